@@ -1,0 +1,292 @@
+"""The ``fedmol`` command line: parse, call one library function, print.
+
+Every user mistake surfaces as a :class:`fedmol.errors.FedmolError` and is printed here as one
+line (exit code 2), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedmol.errors import FedmolError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="fedmol: federated learning benchmarks for drug discovery.")
+split_app = typer.Typer(no_args_is_help=True, help="Scaffold partner splits: make, show, verify.")
+app.add_typer(split_app, name="split")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def friendly(fn):
+    """Turn user errors into one red line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FedmolError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+# shared options -----------------------------------------------------------------------------------
+DataDir = typer.Option(None, "--data-dir", help="Folder holding the dataset files (else $FEDMOL_DATA_DIR).")
+CsvOpt = typer.Option(None, "--csv", help="Your own CSV/TSV instead of a registry dataset.")
+SmilesCol = typer.Option(None, "--smiles-col", help="SMILES column of --csv.")
+TargetCols = typer.Option(None, "--target-cols", help="Comma-separated label columns of --csv.")
+TaskOpt = typer.Option(None, "--task", help="classification | regression (for --csv).")
+Jobs = typer.Option(None, "--jobs", "-j", help="Worker processes for featurization (default: all cores).")
+
+
+def _load(name, data_dir, csv, smiles_col, target_cols, task, jobs=None, progress=True):
+    from fedmol.data.dataset import load_dataset
+
+    return load_dataset(name, csv=csv, smiles_col=smiles_col, target_cols=target_cols, task=task,
+                        data_dir=data_dir, n_jobs=jobs, progress=progress)
+
+
+# datasets ---------------------------------------------------------------------------------------------
+@app.command()
+@friendly
+def datasets(data_dir: Optional[Path] = DataDir, as_json: bool = typer.Option(False, "--json")):
+    """List the dataset registry with local availability."""
+    from fedmol.data.registry import DATASETS
+    from fedmol.data.sources import availability
+
+    rows = []
+    for info in DATASETS.values():
+        where = availability(info, data_dir)
+        rows.append(dict(name=info.name, file=info.file, tasks=info.num_tasks, task_type=info.task_type,
+                         metric=info.metric, rows=info.rows, available=where is not None,
+                         location=str(where) if where else None, url=info.url, sha256=info.sha256))
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    t = Table(title="fedmol datasets")
+    for col in ("name", "task type", "tasks", "rows", "metric", "local file"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["task_type"], str(r["tasks"]), str(r["rows"]), r["metric"],
+                  f"[green]{r['location']}[/]" if r["available"] else "[yellow]absent: downloaded on first use[/]")
+    console.print(t)
+
+
+# featurize --------------------------------------------------------------------------------------------
+@app.command()
+@friendly
+def featurize(
+    name: Optional[str] = typer.Argument(None, help="Registry dataset name (see `fedmol datasets`)."),
+    csv: Optional[Path] = CsvOpt, smiles_col: Optional[str] = SmilesCol, target_cols: Optional[str] = TargetCols,
+    task: Optional[str] = TaskOpt, data_dir: Optional[Path] = DataDir, jobs: Optional[int] = Jobs,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the invalid rows to this CSV."),
+):
+    """Featurize a dataset into graphs (cached) and summarize valid, invalid and duplicated rows."""
+    from fedmol.data.dataset import write_invalid_csv
+
+    ds = _load(name, data_dir, csv, smiles_col, target_cols, task, jobs, progress=not as_json)
+    rep = ds.report.to_dict()
+    if report:
+        write_invalid_csv(report, rep["invalid_rows"])
+    out = dict(dataset=ds.name, rows=rep["rows"], valid=rep["valid"], invalid=rep["invalid"],
+               duplicates=rep["duplicates"], unlabeled=rep["unlabeled"], tasks=list(ds.info.tasks),
+               task_type=ds.task_type, source=ds.source_path, source_sha256=ds.source_sha256,
+               cache=ds.cache_path, invalid_rows=rep["invalid_rows"])
+    if as_json:
+        print(json.dumps(out))
+        return
+    console.print(f"[bold]{ds.name}[/]: {out['rows']} rows -> [green]{out['valid']} valid[/], "
+                  f"[red]{out['invalid']} invalid[/], {out['duplicates']} duplicated SMILES, "
+                  f"{out['unlabeled']} without any label")
+    for r in rep["invalid_rows"][:10]:
+        console.print(f"  row {r['row']}: {r['smiles'][:60]!r}: {r['reason']}", highlight=False)
+    if out["invalid"] > 10:
+        console.print(f"  ... and {out['invalid'] - 10} more")
+    where = report or (Path(ds.cache_path) / "invalid_rows.csv" if ds.cache_path else None)
+    if out["invalid"] and where:
+        console.print(f"invalid rows listed in {where}")
+
+
+# split --------------------------------------------------------------------------------------------------
+@split_app.command("make")
+@friendly
+def split_make(
+    name: Optional[str] = typer.Argument(None, help="Registry dataset name."),
+    partners: int = typer.Option(8, "--partners", "-k", help="Number of simulated partners K."),
+    alpha: float = typer.Option(1.0, "--alpha", "-a", help="Heterogeneity: small = distinct chemistry and labels."),
+    seed: int = typer.Option(0, "--seed", "-s"),
+    quantity_skew: float = typer.Option(0.0, "--quantity-skew", help="0 = equal sizes; >0 a few large, many small."),
+    out: Path = typer.Option(..., "--out", "-o", help="Split file to write (JSON)."),
+    csv: Optional[Path] = CsvOpt, smiles_col: Optional[str] = SmilesCol, target_cols: Optional[str] = TargetCols,
+    task: Optional[str] = TaskOpt, data_dir: Optional[Path] = DataDir, jobs: Optional[int] = Jobs,
+):
+    """Deal a dataset's scaffolds to K partners and freeze the split as a file."""
+    from fedmol.data.splits import make_split, write_split
+
+    ds = _load(name, data_dir, csv, smiles_col, target_cols, task, jobs)
+    split = make_split(ds, partners, alpha, seed, quantity_skew)
+    write_split(split, out)
+    _show(split)
+    console.print(f"wrote {out}")
+
+
+@split_app.command("show")
+@friendly
+def split_show(file: Path = typer.Argument(..., help="A split file."),
+               as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
+    """Print a split file's spec and heterogeneity report."""
+    from fedmol.data.splits import read_split
+
+    split = read_split(file)
+    if as_json:
+        print(json.dumps(dict(spec=split["spec"], report=split["report"], sha256=split["sha256"])))
+        return
+    _show(split)
+
+
+def _show(split: dict) -> None:
+    from fedmol.data.partition import report_table
+
+    s = split["spec"]
+    console.print(f"[bold]{s['dataset']}[/]: K={s['partners']} alpha={s['alpha']} seed={s['seed']} "
+                  f"quantity_skew={s['quantity_skew']} | test {len(split['test'])} molecules (held-out scaffolds)",
+                  highlight=False)
+    console.print(report_table(split["report"]))
+
+
+@split_app.command("verify")
+@friendly
+def split_verify(file: Path = typer.Argument(..., help="A split file."), data_dir: Optional[Path] = DataDir,
+                 csv: Optional[Path] = typer.Option(None, "--csv", help="The CSV a custom split was made from.")):
+    """Check the file's hash, its source's hash, and that rebuilding from its spec gives the same file."""
+    from fedmol.data.splits import verify_split
+
+    problems, notes = verify_split(file, data_dir=data_dir, csv=csv)
+    for n in notes:
+        console.print(f"[yellow]note:[/] {n}")
+    if problems:
+        for p in problems:
+            err.print(f"[bold red]FAILED:[/] {p}")
+        raise typer.Exit(1)
+    console.print(f"[green]OK[/] {file}: hashes match and the split rebuilds identically")
+
+
+@split_app.command("canonical")
+@friendly
+def split_canonical(out: Path = typer.Option(Path("data_splits"), "--out", "-o"),
+                    datasets: Optional[str] = typer.Option(None, "--datasets", help="Comma-separated (default: all)."),
+                    data_dir: Optional[Path] = DataDir):
+    """Rebuild the canonical split set (every dataset, K in 4/8/16, alpha in 0.1/1/100, seed 0)."""
+    from fedmol.data.splits import make_canonical
+
+    names = [d.strip() for d in datasets.split(",")] if datasets else None
+    records = make_canonical(out, names, data_dir=data_dir)
+    (out / "index.json").write_text(json.dumps(records, indent=1) + "\n")
+    ok = [r for r in records if "error" not in r]
+    for r in records:
+        if "error" in r:
+            console.print(f"[yellow]skipped[/] {r['file']}: {r['error']}", highlight=False)
+    console.print(f"wrote {len(ok)} split files under {out} (index: {out / 'index.json'})")
+
+
+# train -------------------------------------------------------------------------------------------------
+@app.command()
+@friendly
+def train(
+    name: Optional[str] = typer.Argument(None, help="Registry dataset name."),
+    model: str = typer.Option("gin", "--model", help="gin | gine | gcn | sage | gat"),
+    width: float = typer.Option(1.0, "--width", help="Train a standalone model of this width (1, 0.5, 0.25, ...)."),
+    seed: int = typer.Option(0, "--seed", "-s"),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: summary.json + model.safetensors."),
+    epochs: int = typer.Option(100, "--epochs"),
+    patience: int = typer.Option(30, "--patience", help="Stop after this many epochs without a better valid metric."),
+    hidden: int = typer.Option(300, "--hidden"),
+    layers: int = typer.Option(5, "--layers"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    csv: Optional[Path] = CsvOpt, smiles_col: Optional[str] = SmilesCol, target_cols: Optional[str] = TargetCols,
+    task: Optional[str] = TaskOpt, data_dir: Optional[Path] = DataDir, jobs: Optional[int] = Jobs,
+):
+    """Centralized reference: train one GNN on a scaffold split 80/10/10 with early stopping."""
+    from fedmol.centralized import train_centralized
+
+    ds = _load(name, data_dir, csv, smiles_col, target_cols, task, jobs)
+    s = train_centralized(ds, out, model=model, width=width, seed=seed, epochs=epochs, patience=patience,
+                          hidden=hidden, layers=layers, batch_size=batch_size, lr=lr)
+    (k, v), = s["test"].items()
+    console.print(f"{s['dataset']} {model} width {k}: test {s['metric']} {v:.4f} (valid {s['valid'][k]:.4f}, "
+                  f"best epoch {s['best_epoch']}, {s['seconds']:.0f} s) -> {out}/summary.json")
+
+
+# run ---------------------------------------------------------------------------------------------------
+def _hparams(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise FedmolError(f"--hp takes KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+@app.command()
+@friendly
+def run(
+    algorithm: str = typer.Option("fedavg", "--algorithm", "-A", help="fedavg | feddf | heterofl | fjord | fedgen | fedrescue"),
+    dataset: Optional[str] = typer.Option("b3db_classification", "--dataset", "-d", help="Registry dataset name."),
+    split: Optional[Path] = typer.Option(None, "--split", help="A frozen split file (overrides --dataset/--partners/--alpha)."),
+    partners: int = typer.Option(8, "--partners", "-k"),
+    alpha: float = typer.Option(1.0, "--alpha", "-a"),
+    quantity_skew: float = typer.Option(0.0, "--quantity-skew"),
+    devices: str = typer.Option("homogeneous", "--devices", help="homogeneous | tiered | pharma | FILE.toml"),
+    rounds: int = typer.Option(20, "--rounds", "-r"),
+    seed: int = typer.Option(0, "--seed", "-s"),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder."),
+    model: str = typer.Option("gin", "--model"),
+    hidden: int = typer.Option(300, "--hidden"),
+    layers: int = typer.Option(5, "--layers"),
+    clients_per_round: Optional[int] = typer.Option(None, "--clients-per-round"),
+    eval_every: int = typer.Option(1, "--eval-every"),
+    hp: list[str] = typer.Option([], "--hp", help="Algorithm hyperparameter KEY=VALUE (repeatable)."),
+    data_dir: Optional[Path] = DataDir,
+):
+    """Run one federated experiment and write config.json, metrics.csv, summary.json, model.safetensors."""
+    from fedmol.fl.harness import RunConfig, run_federated
+
+    cfg = RunConfig(algorithm=algorithm, dataset=dataset, split=str(split) if split else None, partners=partners,
+                    alpha=alpha, quantity_skew=quantity_skew, devices=devices, rounds=rounds, seed=seed,
+                    clients_per_round=clients_per_round, model=model, hidden=hidden, layers=layers,
+                    eval_every=eval_every, hparams=_hparams(hp), data_dir=str(data_dir) if data_dir else None)
+    s = run_federated(cfg, out)
+    t = Table(title=f"{algorithm} on {s['dataset']} ({s['rounds']} rounds, {s['seconds']:.0f} s)")
+    t.add_column("width")
+    t.add_column(f"test {s['metric']}")
+    t.add_column(f"valid {s['metric']}")
+    for w, v in s["test"].items():
+        t.add_row(w, f"{v:.4f}", f"{s['valid'][w]:.4f}")
+    console.print(t)
+    console.print(f"sent {s['bytes_down'] / 1e6:.1f} MB down, {s['bytes_up'] / 1e6:.1f} MB up; "
+                  f"{s['failures']} failed partner-rounds -> {out}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

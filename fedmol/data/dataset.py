@@ -1,0 +1,280 @@
+"""Load a registry dataset or a partner's CSV as torch-geometric graphs, cached.
+
+``load_dataset(name_or_csv, ...)`` reads the table, featurizes every SMILES with the OGB-compatible
+featurizer (parallel, progress bar), and returns a :class:`MoleculeDataset`, an
+``InMemoryDataset`` whose items are ``Data(x, edge_index, edge_attr, y[1, T] with NaN for missing
+labels, smiles, row)``. ``row`` is the 0-based data row of the source table (header excluded):
+split files, reports and submissions all speak in these row numbers, never in dataset positions.
+
+Invalid or empty SMILES are never dropped silently: the dataset holds only valid molecules, and
+``dataset.report`` counts the rows, valid, invalid (each with row, SMILES and reason, also written
+to ``invalid_rows.csv`` beside the cache) and duplicated SMILES (exact text repeats of an earlier
+valid row's SMILES). Labels that are not numbers, or classification labels that are not 0/1,
+are an error that names the rows.
+
+Processed tensors are cached under ``$FEDMOL_CACHE_DIR/processed/`` (safetensors + JSON, nothing
+pickled), keyed by the source file's sha256, the featurizer version, the RDKit version and (for
+CSVs) the column choice. A cached reload does no RDKit work.
+"""
+
+from __future__ import annotations
+
+import csv as csvlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rdkit
+import torch
+from safetensors.torch import load_file, save_file
+from torch_geometric.data import Data, InMemoryDataset
+
+from fedmol.data.featurize import FEATURIZER_VERSION, featurize_smiles
+from fedmol.data.registry import DatasetInfo, csv_info, get_info
+from fedmol.data.sources import cache_dir, resolve_file
+from fedmol.errors import DataError
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class FeaturizationReport:
+    rows: int
+    valid: int
+    invalid: int
+    duplicates: int
+    unlabeled: int
+    invalid_rows: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(rows=self.rows, valid=self.valid, invalid=self.invalid, duplicates=self.duplicates,
+                    unlabeled=self.unlabeled, invalid_rows=self.invalid_rows)
+
+
+class MoleculeDataset(InMemoryDataset):
+    """Valid molecules of one source table, as graphs. Not built directly: use :func:`load_dataset`."""
+
+    def __init__(self, info: DatasetInfo, data: Data, slices: dict, smiles: list[str], report: FeaturizationReport,
+                 source_sha256: str, source_path: str, cache_path: str | None = None):
+        super().__init__(root=None, log=False)
+        self._data, self.slices = data, slices
+        self.info = info
+        self._smiles = smiles
+        self.report = report
+        self.source_sha256 = source_sha256
+        self.source_path = source_path
+        self.cache_path = cache_path
+        self._row_to_pos = {int(r): i for i, r in enumerate(data.row.tolist())}
+
+    # -- facts -----------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def task_type(self) -> str:
+        return self.info.task_type
+
+    @property
+    def num_tasks(self) -> int:
+        return self.info.num_tasks
+
+    def _subset(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self._indices is None else t[torch.as_tensor(list(self.indices()), dtype=torch.long)]
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Source row number of every molecule, in dataset order (of this subset, if it is one)."""
+        return self._subset(self._data.row).numpy()
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels, shape (n, num_tasks), NaN where missing (of this subset, if it is one)."""
+        return self._subset(self._data.y).numpy()
+
+    @property
+    def smiles(self) -> list[str]:
+        if self._indices is None:
+            return self._smiles
+        return [self._smiles[i] for i in self.indices()]
+
+    def positions(self, rows) -> np.ndarray:
+        """Positions in the full dataset of the given source rows; an error names rows that are not
+        valid molecules. (Use on the full dataset: :meth:`select_rows` indexes the full dataset.)"""
+        rows = [int(r) for r in rows]
+        missing = [r for r in rows if r not in self._row_to_pos]
+        if missing:
+            raise DataError(f"{len(missing)} row(s) of {self.name} are not valid molecules of this dataset "
+                            f"(first: {missing[:5]}); the split does not match this data")
+        return np.fromiter((self._row_to_pos[r] for r in rows), dtype=np.int64, count=len(rows))
+
+    def select_rows(self, rows) -> "MoleculeDataset":
+        """The subset holding exactly these source rows, in the given order."""
+        return self.index_select(torch.as_tensor(self.positions(rows)))
+
+    def __repr__(self) -> str:
+        return f"MoleculeDataset({self.name}, {len(self)} molecules, {self.num_tasks} tasks, {self.task_type})"
+
+
+# -- reading the table ---------------------------------------------------------------------------
+def read_table(info: DatasetInfo, path: Path) -> tuple[list, np.ndarray]:
+    """Return (SMILES per row, labels float32 (rows, tasks) with NaN) from the source file."""
+    try:
+        df = pd.read_csv(path, sep=info.sep, dtype=str, keep_default_na=False, na_values=[], quoting=csvlib.QUOTE_MINIMAL)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"could not read {path} as a {'TSV' if info.sep == chr(9) else 'CSV'} table: {e}") from e
+    cols = list(df.columns)
+    if info.smiles_col not in df.columns:
+        raise DataError(f"{path}: no SMILES column {info.smiles_col!r}; columns found: {cols}")
+    missing = [t for t in info.tasks if t not in df.columns]
+    if missing:
+        raise DataError(f"{path}: target column(s) {missing} not found; columns found: {cols}")
+    if len(df) == 0:
+        raise DataError(f"{path} has a header but no rows")
+    smiles = [s.strip() for s in df[info.smiles_col].tolist()]
+    y = np.full((len(df), info.num_tasks), np.nan, dtype=np.float32)
+    for j, task in enumerate(info.tasks):
+        raw = df[task].str.strip()
+        if info.label_map:
+            vals = raw.map(lambda v: info.label_map.get(v, v))
+        else:
+            vals = raw
+        num = pd.to_numeric(vals.replace("", np.nan), errors="coerce")
+        bad = num.isna() & (raw != "") & (raw.str.lower() != "nan")
+        if bad.any():
+            rows = np.flatnonzero(bad.to_numpy())
+            ex = ", ".join(f"row {r}: {raw.iloc[r]!r}" for r in rows[:5])
+            raise DataError(f"{path}: column {task!r} has {len(rows)} value(s) that are not numbers ({ex})")
+        arr = num.to_numpy(dtype=np.float64)
+        if info.task_type == "classification":
+            notbin = ~np.isnan(arr) & ~np.isin(arr, (0.0, 1.0))
+            if notbin.any():
+                rows = np.flatnonzero(notbin)
+                ex = ", ".join(f"row {r}: {raw.iloc[r]!r}" for r in rows[:5])
+                raise DataError(f"{path}: classification column {task!r} must hold 0/1 (or be empty); "
+                                f"{len(rows)} row(s) do not ({ex})")
+        y[:, j] = arr
+    return smiles, y
+
+
+# -- cache ---------------------------------------------------------------------------------------
+def _cache_key(info: DatasetInfo, sha: str) -> str:
+    cols = json.dumps([info.smiles_col, list(info.tasks), info.task_type, info.label_map], sort_keys=True)
+    h = hashlib.sha256(f"{sha}|{FEATURIZER_VERSION}|{rdkit.__version__}|{CACHE_FORMAT}|{cols}".encode()).hexdigest()
+    stem = info.name.replace(":", "_").replace("/", "_")
+    return f"{stem}-{h[:20]}"
+
+
+def _save(folder: Path, data: Data, num_nodes, num_edges, smiles, report, info, sha, source_path):
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({"x": data.x, "edge_index": data.edge_index, "edge_attr": data.edge_attr, "y": data.y,
+               "row": data.row, "num_nodes": num_nodes, "num_edges": num_edges}, str(tmp / "graphs.safetensors"))
+    meta = dict(format=CACHE_FORMAT, featurizer=FEATURIZER_VERSION, rdkit=rdkit.__version__, source_sha256=sha,
+                source_path=str(source_path), info=info.to_dict(), smiles=smiles, report=report.to_dict())
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    for name in ("graphs.safetensors", "meta.json"):
+        os.replace(tmp / name, folder / name)
+    tmp.rmdir()
+    write_invalid_csv(folder / "invalid_rows.csv", report.invalid_rows)
+
+
+def write_invalid_csv(path: Path, invalid_rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csvlib.DictWriter(f, fieldnames=["row", "smiles", "reason"])
+        w.writeheader()
+        w.writerows(invalid_rows)
+
+
+def _build(info, tensors, smiles, report, sha, source_path, cache_path) -> MoleculeDataset:
+    nn, ne = tensors["num_nodes"], tensors["num_edges"]
+    n = len(smiles)
+    z = torch.zeros(1, dtype=torch.long)
+    node_ptr = torch.cat([z, nn.cumsum(0)])
+    edge_ptr = torch.cat([z, ne.cumsum(0)])
+    one = torch.arange(n + 1)
+    data = Data(x=tensors["x"], edge_index=tensors["edge_index"], edge_attr=tensors["edge_attr"],
+                y=tensors["y"], row=tensors["row"], smiles=smiles)
+    slices = {"x": node_ptr, "edge_index": edge_ptr, "edge_attr": edge_ptr, "y": one, "row": one, "smiles": one}
+    return MoleculeDataset(info, data, slices, smiles, report, sha, str(source_path), cache_path)
+
+
+def load_dataset(name_or_csv: str | None = None, *, csv: str | Path | None = None, smiles_col: str | None = None,
+                 target_cols: str | list[str] | None = None, task: str | None = None,
+                 data_dir: str | Path | None = None, n_jobs: int | None = None, progress: bool = True,
+                 use_cache: bool = True) -> MoleculeDataset:
+    """A registry dataset by name, or a CSV (``csv=``, ``smiles_col=``, ``target_cols=``, ``task=``).
+
+    ``name_or_csv`` may also be a path to a CSV file, in which case the column arguments are required.
+    """
+    info = resolve_info(name_or_csv, csv=csv, smiles_col=smiles_col, target_cols=target_cols, task=task)
+    path, sha = resolve_file(info, data_dir, progress=progress)
+    folder = cache_dir() / "processed" / _cache_key(info, sha)
+    if use_cache and (folder / "meta.json").is_file() and (folder / "graphs.safetensors").is_file():
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            tensors = load_file(str(folder / "graphs.safetensors"))
+            report = FeaturizationReport(**meta["report"])
+            return _build(info, tensors, meta["smiles"], report, sha, path, str(folder))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+            pass  # a damaged cache entry is rebuilt below
+    all_smiles, y = read_table(info, path)
+    feats = featurize_smiles(all_smiles, n_jobs=n_jobs, progress=progress, desc=f"featurizing {info.name}")
+    valid = np.asarray(feats.valid, dtype=bool)
+    valid_idx = np.flatnonzero(valid)
+    if valid_idx.size == 0:
+        first = feats.reasons[0] if len(all_smiles) else "empty table"
+        raise DataError(f"{path}: no valid molecule in {len(all_smiles)} rows (first reason: {first})")
+    invalid_rows = [{"row": int(i), "smiles": "" if not isinstance(all_smiles[i], str) else all_smiles[i],
+                     "reason": feats.reasons[i]} for i in np.flatnonzero(~valid)]
+    smiles = [all_smiles[i] for i in valid_idx]
+    seen: set[str] = set()
+    duplicates = 0
+    for s in smiles:
+        duplicates += s in seen
+        seen.add(s)
+    yv = y[valid_idx]
+    report = FeaturizationReport(rows=len(all_smiles), valid=int(valid_idx.size), invalid=len(invalid_rows),
+                                 duplicates=duplicates, unlabeled=int(np.isnan(yv).all(axis=1).sum()),
+                                 invalid_rows=invalid_rows)
+    tensors = {
+        "x": torch.from_numpy(np.ascontiguousarray(feats.x, dtype=np.int64)),
+        "edge_index": torch.from_numpy(np.ascontiguousarray(feats.edge_index, dtype=np.int64)),
+        "edge_attr": torch.from_numpy(np.ascontiguousarray(feats.edge_attr, dtype=np.int64)),
+        "y": torch.from_numpy(yv),
+        "row": torch.from_numpy(valid_idx.astype(np.int64)),
+        "num_nodes": torch.from_numpy(np.asarray(feats.num_nodes, dtype=np.int64)[valid_idx]),
+        "num_edges": torch.from_numpy(np.asarray(feats.num_edges, dtype=np.int64)[valid_idx]),
+    }
+    cache_path = None
+    if use_cache:
+        try:
+            data = Data(**{k: tensors[k] for k in ("x", "edge_index", "edge_attr", "y", "row")})
+            _save(folder, data, tensors["num_nodes"], tensors["num_edges"], smiles, report, info, sha, path)
+            cache_path = str(folder)
+        except OSError:
+            cache_path = None  # read-only cache: still usable, just not cached
+    return _build(info, tensors, smiles, report, sha, path, cache_path)
+
+
+def resolve_info(name_or_csv: str | None = None, *, csv=None, smiles_col=None, target_cols=None,
+                 task=None) -> DatasetInfo:
+    """The registry row for a name, or a row describing a user CSV."""
+    if csv is None and name_or_csv and (name_or_csv.lower().endswith((".csv", ".tsv")) or os.sep in name_or_csv):
+        csv = name_or_csv
+    if csv is not None:
+        missing = [opt for opt, v in (("--smiles-col", smiles_col), ("--target-cols", target_cols),
+                                      ("--task", task)) if not v]
+        if missing:
+            raise DataError(f"a CSV needs {', '.join(missing)} as well (e.g. --csv {csv} --smiles-col smiles "
+                            "--target-cols y --task classification)")
+        return csv_info(csv, smiles_col, target_cols, task)
+    if not name_or_csv:
+        raise DataError("name a dataset (see `fedmol datasets`) or pass --csv FILE --smiles-col COL "
+                        "--target-cols A,B --task classification|regression")
+    return get_info(name_or_csv)

@@ -1,0 +1,174 @@
+"""The one Algorithm interface, in the papers' words.
+
+A round is: the server **configures** each sampled partner (which width, which hyperparameters,
+what it receives), each partner **updates** from what it received and its own data and returns a
+message, the server **aggregates** the messages, then optionally runs a **server step** (FedDF's
+distillation, FedGen's generator). Algorithms that must ask partners something before evaluating
+(HeteroFL's static BN statistics) use the optional **query** pair.
+
+Boundaries, so the same objects run over Flower between real machines:
+
+* Server methods (``init``, ``configure``, ``aggregate``, ``server_step``, ``eval_model``,
+  ``query``, ``absorb_query``) see :class:`PartnerInfo` only (id, training-set size, device),
+  never a partner's data.
+* Client methods (``client_update``, ``client_query``) are *classmethods*: they cannot reach the
+  server's state. They see only the :class:`Message` they received and their own
+  :class:`LocalData`, and return a :class:`Message`.
+
+Subclasses describe themselves with ``name``, ``norm`` / ``scaler`` (how the backbone normalizes,
+see :mod:`fedmol.models`), and ``defaults`` (hyperparameters; every key may be overridden).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fedmol.fl.devices import DeviceProfile
+from fedmol.fl.message import Message
+from fedmol.models import build
+from fedmol.models import slicing
+from fedmol.training import make_loader, seed_everything, train_epoch
+
+
+@dataclass(frozen=True)
+class PartnerInfo:
+    """What the server knows about a partner."""
+
+    pid: int
+    n_train: int
+    device: DeviceProfile
+
+
+@dataclass
+class LocalData:
+    """What only the partner holds: its own training and validation molecules."""
+
+    pid: int
+    train: Any
+    valid: Any
+
+
+def client_seed(run_seed: int, rnd: int, pid: int) -> int:
+    """Deterministic per-(run, round, partner) seed for a client's data order and sampling."""
+    return (run_seed * 1_000_003 + rnd * 10_007 + pid) % (2**31 - 1)
+
+
+class Algorithm:
+    name: ClassVar[str] = ""
+    norm: ClassVar[str] = "bn"
+    scaler: ClassVar[bool] = False
+    #: hyperparameters shared by every algorithm's local training (per-algorithm defaults extend them)
+    base_defaults: ClassVar[dict[str, Any]] = dict(local_epochs=1, batch_size=32, lr=1e-3, weight_decay=0.0,
+                                                   max_local_steps=None, clip=None)
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: arrays a partner sends besides model weights (name -> what it reveals); their values are
+    #: written to the run's ``sent.jsonl`` so a partner can see exactly what left it
+    disclosures: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, model_config: dict, hparams: dict | None = None, seed: int = 0):
+        known = {**self.base_defaults, **self.defaults}
+        unknown = set(hparams or {}) - set(known)
+        if unknown:
+            from fedmol.errors import FedmolError
+            raise FedmolError(f"{self.name}: unknown hyperparameter(s) {sorted(unknown)}; known: {sorted(known)}")
+        self.hp: dict[str, Any] = {**known, **(hparams or {})}
+        self.model_config = {**model_config, "norm": self.norm, "scaler": self.scaler, "width": 1.0}
+        self.seed = seed
+        self.model: nn.Module | None = None
+        self.partners: list[PartnerInfo] = []
+
+    # ---------------------------------------------------------------- server side
+    def init(self, partners: list[PartnerInfo]) -> None:
+        """Server initialization: the global model (seeded) and whatever the algorithm needs."""
+        self.partners = list(partners)
+        seed_everything(self.seed)
+        self.model = build(**self.model_config)
+
+    def widths(self) -> tuple[float, ...]:
+        """The widths at which the global model can be served (and is evaluated)."""
+        return (1.0,)
+
+    def configure(self, rnd: int, partner: PartnerInfo) -> Message | None:
+        """What ``partner`` receives this round; None means it sits this round out."""
+        raise NotImplementedError
+
+    def aggregate(self, rnd: int, replies: list[tuple[PartnerInfo, Message]]) -> dict:
+        raise NotImplementedError
+
+    def server_step(self, rnd: int) -> dict:
+        """Optional server-side work after aggregation; returns metrics."""
+        return {}
+
+    def query(self, width: float) -> Message | None:
+        """Optional question to every partner before evaluating ``width`` (None: no query)."""
+        return None
+
+    def absorb_query(self, width: float, replies: list[tuple[PartnerInfo, Message]]) -> None:
+        pass
+
+    def eval_model(self, width: float) -> nn.Module:
+        """The global model, ready to be evaluated at ``width``."""
+        return self.model
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The final global weights (saved as safetensors)."""
+        return {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+
+    # helpers for subclasses
+    def send(self, rnd: int, partner: PartnerInfo, width: float, **extra: Any) -> Message:
+        """The width-``width`` slice of the global model, with everything a client needs."""
+        config = dict(round=rnd, pid=partner.pid, width=float(width), model=self.model_config,
+                      seed=client_seed(self.seed, rnd, partner.pid),
+                      hp={k: v for k, v in self.hp.items()}, **extra)
+        return Message(arrays=slicing.sub_state_dict(self.model, width), config=config)
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+    # ---------------------------------------------------------------- client side
+    @classmethod
+    def client_model(cls, msg: Message) -> nn.Module:
+        """Rebuild the model a message carries (standalone at its width)."""
+        model = build(**{**msg.config["model"], "width": msg.config["width"]})
+        model.load_state_dict(msg.arrays)
+        return model
+
+    @classmethod
+    def client_update(cls, msg: Message, data: LocalData) -> Message:
+        """Default local update (FedAvg, McMahan et al. 2017, Alg. 1 ClientUpdate): E epochs of
+        mini-batch training from the received weights; the optimizer is rebuilt every round."""
+        seed_everything(msg.config["seed"])
+        model = cls.client_model(msg)
+        stats = cls.local_train(model, msg, data)
+        return cls.reply(model, data, stats)
+
+    @classmethod
+    def local_train(cls, model: nn.Module, msg: Message, data: LocalData, width: float | None = None,
+                    extra_loss=None) -> dict:
+        hp = msg.config["hp"]
+        opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        loader = make_loader(data.train, hp["batch_size"], shuffle=True, seed=msg.config["seed"])
+        loss, steps = 0.0, 0
+        for _ in range(int(hp["local_epochs"])):
+            s = train_epoch(model, loader, opt, width=width, extra_loss=extra_loss,
+                            max_steps=hp["max_local_steps"], clip=hp["clip"])
+            loss, steps = loss + s["loss"] * s["steps"], steps + s["steps"]
+        return {"loss": loss / max(steps, 1), "steps": float(steps)}
+
+    @classmethod
+    def reply(cls, model: nn.Module, data: LocalData, stats: dict) -> Message:
+        return Message(arrays={k: v.detach().clone() for k, v in model.state_dict().items()},
+                       metrics={"n_train": float(len(data.train)), **{k: float(v) for k, v in stats.items()}})
+
+    @classmethod
+    def client_query(cls, msg: Message, data: LocalData) -> Message:
+        raise NotImplementedError
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

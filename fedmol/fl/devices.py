@@ -1,0 +1,131 @@
+"""Device profiles: what each simulated partner's hardware and network allow.
+
+A :class:`DeviceProfile` says the widest model a partner can train (``max_width``, a width of
+:data:`fedmol.models.slicing.WIDTHS`), its relative compute speed (1 = the reference machine;
+simulated client time = measured compute time / speed), the probability it is online in a round
+(``p_online``), and the probability it drops out mid-round after receiving the model
+(``p_drop``).
+
+Built-in profiles, assigned to partners deterministically from the run seed:
+
+* ``homogeneous`` -- everyone full width, speed 1, always online, never drops.
+* ``tiered`` -- equal shares of partners capped at widths 1, 1/2, 1/4, 1/8 (speed = width).
+* ``pharma`` -- a few large partners (the largest quarter by training-set size, at least one) at
+  full width and speed 1; the others split between widths 1/4 and 1/8 with speed 0.25 / 0.125,
+  online with probability 0.9.
+
+Custom profiles come from TOML::
+
+    [[tier]]            # repeated; shares are normalized
+    share = 0.5
+    max_width = 1.0
+    speed = 1.0
+    p_online = 1.0
+    p_drop = 0.0
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedmol.errors import FedmolError
+from fedmol.models.slicing import WIDTHS
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    max_width: float = 1.0
+    speed: float = 1.0
+    p_online: float = 1.0
+    p_drop: float = 0.0
+
+    def __post_init__(self):
+        if not any(math.isclose(self.max_width, w) for w in WIDTHS):
+            raise FedmolError(f"max_width {self.max_width} is not one of the widths {list(WIDTHS)}")
+        if not self.speed > 0:
+            raise FedmolError(f"speed must be > 0, got {self.speed}")
+        for name in ("p_online", "p_drop"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise FedmolError(f"{name} must be in [0, 1], got {v}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Tier:
+    share: float
+    profile: DeviceProfile
+
+
+BUILTIN = {
+    "homogeneous": [Tier(1.0, DeviceProfile())],
+    "tiered": [Tier(0.25, DeviceProfile(w, speed=w)) for w in (1.0, 0.5, 0.25, 0.125)],
+}
+PROFILE_NAMES = ("homogeneous", "tiered", "pharma")
+
+
+def _deal(tiers: list[Tier], n: int, order: np.ndarray) -> list[DeviceProfile]:
+    """Give tier t round(share_t * n) partners (largest remainders), in ``order``."""
+    shares = np.array([t.share for t in tiers], dtype=float)
+    shares = shares / shares.sum()
+    counts = np.floor(shares * n).astype(int)
+    for i in np.argsort(-(shares * n - counts), kind="stable")[: n - counts.sum()]:
+        counts[i] += 1
+    flat = [t.profile for t, c in zip(tiers, counts) for _ in range(c)]
+    out: list[DeviceProfile | None] = [None] * n
+    for slot, partner in enumerate(order):
+        out[int(partner)] = flat[slot]
+    return out  # type: ignore[return-value]
+
+
+def load_tiers(path: str | Path) -> list[Tier]:
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise FedmolError(f"cannot read device profile {path}: {e}") from e
+    tiers = doc.get("tier")
+    if not isinstance(tiers, list) or not tiers:
+        raise FedmolError(f"{path}: a device profile needs at least one [[tier]] table")
+    out = []
+    for i, t in enumerate(tiers):
+        unknown = set(t) - {"share", "max_width", "speed", "p_online", "p_drop"}
+        if unknown:
+            raise FedmolError(f"{path}: tier {i}: unknown key(s) {sorted(unknown)}")
+        share = float(t.get("share", 1.0))
+        if share <= 0:
+            raise FedmolError(f"{path}: tier {i}: share must be > 0")
+        out.append(Tier(share, DeviceProfile(**{k: float(v) for k, v in t.items() if k != "share"})))
+    return out
+
+
+def assign_devices(profile: str, sizes: list[int], seed: int) -> list[DeviceProfile]:
+    """One :class:`DeviceProfile` per partner (``sizes`` = training-set sizes)."""
+    n = len(sizes)
+    rng = np.random.default_rng([seed, 7])
+    if profile == "pharma":
+        n_large = max(1, n // 4)
+        by_size = np.argsort(-np.asarray(sizes), kind="stable")
+        large = [DeviceProfile(1.0, 1.0, 1.0, 0.0)] * n_large
+        small = _deal([Tier(0.5, DeviceProfile(0.25, 0.25, 0.9, 0.0)),
+                       Tier(0.5, DeviceProfile(0.125, 0.125, 0.9, 0.0))], n - n_large,
+                      rng.permutation(n - n_large))
+        out: list[DeviceProfile | None] = [None] * n
+        for i, p in enumerate(by_size):
+            out[int(p)] = large[i] if i < n_large else small[i - n_large]
+        return out  # type: ignore[return-value]
+    if profile in BUILTIN:
+        tiers = BUILTIN[profile]
+    elif profile.endswith(".toml") or Path(profile).is_file():
+        tiers = load_tiers(profile)
+    else:
+        raise FedmolError(f"unknown device profile {profile!r}; built-in: {', '.join(PROFILE_NAMES)}, "
+                          "or a TOML file with [[tier]] tables")
+    return _deal(tiers, n, rng.permutation(n))

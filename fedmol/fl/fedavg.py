@@ -1,0 +1,52 @@
+"""FedAvg (McMahan et al., AISTATS 2017, Algorithm 1).
+
+Server: send the global model to the sampled partners; each runs ``local_epochs`` epochs of
+mini-batch training (ClientUpdate); the new global model is the sample-weighted average
+``w = sum_k n_k w_k / sum_k n_k`` over the partners that answered.
+
+Heterogeneous devices (FedAvg has one model, so it cannot use partial widths), hyperparameter
+``hetero``:
+
+* ``"drop"`` (default): the model is full width; partners whose device cannot train it sit out.
+  This is FedAvg as published, and its cost: the weak partners' data is never used.
+* ``"min"``: everyone trains the width the weakest partner can afford (the whole federation is
+  held to the smallest model).
+
+BatchNorm: running statistics are averaged with the weights (one convention for every algorithm
+in fedmol; ``num_batches_tracked`` takes the maximum). Deviation: Adam (lr 1e-3) replaces plain
+SGD as the local optimizer, as in the molecular GNN literature; the optimizer is rebuilt every round.
+"""
+
+from __future__ import annotations
+
+from fedmol.errors import FedmolError
+from fedmol.fl.algorithm import Algorithm, PartnerInfo
+from fedmol.fl.message import Message
+from fedmol.models import build, slicing
+
+
+class FedAvg(Algorithm):
+    name = "fedavg"
+    defaults = dict(hetero="drop")
+
+    def init(self, partners: list[PartnerInfo]) -> None:
+        if self.hp["hetero"] not in ("drop", "min"):
+            raise FedmolError(f"fedavg: hetero must be 'drop' or 'min', got {self.hp['hetero']!r}")
+        self.train_width = 1.0 if self.hp["hetero"] == "drop" else min(p.device.max_width for p in partners)
+        self.model_config = {**self.model_config, "width": self.train_width}
+        super().init(partners)
+        self.model = build(**self.model_config)  # the standalone model of the trained width
+
+    def widths(self) -> tuple[float, ...]:
+        return (self.train_width,)
+
+    def configure(self, rnd: int, partner: PartnerInfo) -> Message | None:
+        if partner.device.max_width + 1e-9 < self.train_width:
+            return None
+        return self.send(rnd, partner, self.train_width)
+
+    def aggregate(self, rnd: int, replies: list[tuple[PartnerInfo, Message]]) -> dict:
+        if replies:
+            self.load(slicing.aggregate_nested(self.model.state_dict(),
+                                               [(m.arrays, m.metrics["n_train"]) for _, m in replies]))
+        return {}

@@ -1,0 +1,329 @@
+"""FedGen: data-free knowledge distillation (Zhu, Hong, Zhou, ICML 2021), on molecular GNNs.
+
+The paper's Algorithm 1, in fedmol's interface:
+
+* **configure**: broadcast the global model (each partner's width slice) *and* the generator
+  G(eps, y) -> z, which lives in the GNN's graph-embedding space (the input of the task head,
+  ``model.embed``; paper Sec. 3.2 "latent space"), with the decayed coefficients alpha_t, beta_t.
+* **client update** (paper Eq. 5): the usual masked supervised loss plus
+  ``alpha_t * L_gen`` -- the partner's head must predict the label a generated embedding was
+  conditioned on (``y_hat`` sampled from the labels some partner holds) -- plus, as in the
+  official code (not the paper), ``beta_t * L_latent`` -- the partner's prediction on its real
+  molecules is pulled towards its head's (detached) prediction on embeddings generated for the
+  molecules' own labels. Round 0 is plain supervised training (no generator yet).
+  The partner returns its weights and its **label counts** (extra information that leaves the
+  partner: recorded in the run's ``sent.jsonl``).
+* **aggregate**: sample-weighted average of the partners' weights (nested over widths, see below).
+* **server step** (paper Eq. 4): train G for ``gen_steps`` Adam steps against the ensemble of the
+  partners' heads from this round, ``L_G = L_teacher + L_div``:
+  ``L_teacher = sum_k mean_i[ w_k(y_i) * loss(h_k(G(eps_i, y_i)), y_i) ]`` with the **per-sample**
+  weight ``w_k(y) = c_k(y) / sum_j c_j(y)`` (the official code's (B,1)x(B,) broadcast, which turns
+  this into mean(loss)*mean(w), is not reproduced), and the diversity loss
+  ``L_div = exp(-mean_{i,j}[ mean_d (eps_i - eps_j)^2 * mean_d |z_i - z_j| ])``.
+
+Official defaults kept: generator ``[eps; onehot(y)] -> Linear(d+C, 256) -> BatchNorm1d -> ReLU ->
+Linear(256, latent)``, noise d = 32 drawn from U[0, 1) (the author confirmed uniform), generator
+Adam lr 3e-4, weight decay 1e-2, lr x0.98 per round, 50 steps of batch 32 per round, labels for
+G drawn uniformly from the labels some partner holds, alpha_0 = beta_0 = 10, decay
+``max(1e-4, c_0 * 0.98^t)``.
+
+**Molecular adaptation (ours):** MoleculeNet targets are multi-task binary or regression, not one
+label from C classes. G is conditioned on a **(task, label) pair**: C = 2T "classes" for T binary
+tasks ((t, 0), (t, 1)), one-hot over those pairs. A partner's counts c_k(t, l) are its training
+labels of task t equal to l (missing labels are simply not counted: that is the mask). The loss
+of a head on a generated embedding for pair (t, l) is the BCE of its task-t logit against l; the
+other tasks' outputs are unconstrained (the pair says nothing about them). Reasoning: a pair is
+the smallest unit of supervision the data holds, so the label-count weighting of the paper
+carries over exactly per pair. **Regression**: each task's targets are cut into B = 4 bins at the
+quartiles of a standard normal on the pooled standardized target (pooled mean/std come from the
+partners' count/sum/sum-of-squares in round 0); pair (t, b) stands for "task t in bin b", and the
+head's loss is the squared error to the bin's centre (the conditional mean of a normal in that
+bin, in the task's units). Partners report per-(task, bin) counts from round 1 on.
+
+**Heterogeneous widths:** partners train the slice of their device cap (as HeteroFL/FjORD);
+aggregation is the sample-weighted nested mean over the partners holding each coordinate
+(:func:`fedmol.models.slicing.aggregate_nested`); BN keeps per-width statistics ("fjord_bn").
+The generator's output layer is a sliceable linear layer: at width r it emits the leading
+``ceil(r * hidden)`` channels, i.e. exactly the embedding a width-r model produces, so one
+generator serves every width.
+
+Other deviations: local training uses the harness's shared budget (``local_epochs`` epochs, Adam
+lr 1e-3) instead of the official 20 SGD steps at lr 0.01, so every algorithm gets the same local
+compute; the KL of the official latent term becomes, per labelled (molecule, task), the BCE of the
+partner's logit against the teacher's detached probability (a Bernoulli KL up to a constant).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedmol.fl.algorithm import Algorithm, LocalData, PartnerInfo
+from fedmol.fl.message import Message
+from fedmol.models import build, slicing
+from fedmol.models.slicing import SliceLinear
+from fedmol.training import seed_everything
+
+COUNTS = "fedgen.label_counts"
+MOMENTS = "fedgen.target_moments"
+GEN = "generator."
+#: standard-normal quartile edges and the conditional means of the four bins (regression pairs)
+NORMAL_EDGES = (-0.6744897501960817, 0.0, 0.6744897501960817)
+NORMAL_CENTRES = (-1.2710535, -0.3177580, 0.3177580, 1.2710535)
+
+
+def decayed(c0: float, rnd: int, decay: float = 0.98, floor: float = 1e-4) -> float:
+    """The official exponential schedule ``max(floor, c0 * decay^round)``."""
+    return max(floor, c0 * decay**rnd)
+
+
+class Generator(nn.Module):
+    """G(eps, y) -> z: ``[eps; onehot(y)] -> Linear(d+C, H) -> BN -> ReLU -> SliceLinear(H, latent)``."""
+
+    def __init__(self, n_pairs: int, latent: int, noise_dim: int = 32, hidden: int = 256):
+        super().__init__()
+        self.n_pairs, self.noise_dim = n_pairs, noise_dim
+        self.fc = nn.Linear(noise_dim + n_pairs, hidden)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.out = SliceLinear(hidden, latent, slice_in=False, slice_out=True)
+
+    def forward(self, eps: Tensor, pairs: Tensor, width: float = 1.0) -> Tensor:
+        h = torch.cat([eps, F.one_hot(pairs, self.n_pairs).to(eps.dtype)], dim=1)
+        return self.out(F.relu(self.bn(self.fc(h))), width=width)
+
+    def sample(self, pairs: Tensor, width: float = 1.0, generator: torch.Generator | None = None):
+        eps = torch.rand(len(pairs), self.noise_dim, generator=generator)
+        return eps, self(eps, pairs, width)
+
+
+def diversity_loss(eps: Tensor, z: Tensor) -> Tensor:
+    """``exp(-mean_{i,j}[ mean_d (eps_i-eps_j)^2 * mean_d |z_i-z_j| ])`` (official DiversityLoss, l1)."""
+    d_eps = (eps[:, None, :] - eps[None, :, :]).square().mean(-1)
+    d_z = (z[:, None, :] - z[None, :, :]).abs().mean(-1)
+    return torch.exp(-(d_eps * d_z).mean())
+
+
+class PairSpace:
+    """The (task, label) pairs G is conditioned on, and how a head is scored on one."""
+
+    def __init__(self, task_type: str, num_tasks: int, mean=None, std=None):
+        self.task_type, self.T = task_type, num_tasks
+        self.L = 2 if task_type == "classification" else len(NORMAL_CENTRES)
+        self.mean = torch.as_tensor(mean if mean is not None else np.zeros(num_tasks), dtype=torch.float32)
+        self.std = torch.as_tensor(std if std is not None else np.ones(num_tasks), dtype=torch.float32)
+
+    @property
+    def n_pairs(self) -> int:
+        return self.T * self.L
+
+    def split(self, pairs: Tensor) -> tuple[Tensor, Tensor]:
+        return pairs // self.L, pairs % self.L
+
+    def counts(self, y: Tensor) -> Tensor:
+        """``[T, L]`` label counts of a label matrix ``y`` (NaN = missing, not counted)."""
+        y = y.reshape(-1, self.T).float()
+        mask = ~torch.isnan(y)
+        if self.task_type == "classification":
+            lab = torch.where(mask, y, torch.zeros_like(y)).long()
+        else:
+            zs = (torch.where(mask, y, torch.zeros_like(y)) - self.mean) / self.std
+            lab = torch.bucketize(zs, torch.tensor(NORMAL_EDGES))
+        out = torch.zeros(self.T, self.L)
+        t_idx = torch.arange(self.T).expand_as(lab)
+        out.index_put_((t_idx[mask], lab[mask]), torch.ones(int(mask.sum())), accumulate=True)
+        return out
+
+    def targets(self, pairs: Tensor) -> Tensor:
+        """The value a head's output for the pair's task should take."""
+        t, l = self.split(pairs)
+        if self.task_type == "classification":
+            return l.float()
+        return self.mean[t] + self.std[t] * torch.tensor(NORMAL_CENTRES)[l]
+
+    def head_loss(self, pred: Tensor, pairs: Tensor, reduction: str = "none") -> Tensor:
+        """Loss of ``pred`` [B, T] on generated samples for ``pairs`` [B] (task-t output only)."""
+        t, _ = self.split(pairs)
+        out = pred.gather(1, t[:, None]).squeeze(1)
+        target = self.targets(pairs)
+        if self.task_type == "classification":
+            loss = F.binary_cross_entropy_with_logits(out, target, reduction="none")
+        else:
+            loss = (out - target).square()
+        return loss.mean() if reduction == "mean" else loss
+
+    def to_config(self) -> dict:
+        return dict(task_type=self.task_type, num_tasks=self.T, mean=self.mean.tolist(), std=self.std.tolist())
+
+    @classmethod
+    def from_config(cls, c: dict) -> "PairSpace":
+        return cls(c["task_type"], c["num_tasks"], c["mean"], c["std"])
+
+
+def teacher_loss(z_at: dict[float, Tensor], pairs: Tensor, heads: list, weights: Tensor, space: PairSpace) -> Tensor:
+    """``sum_k mean_i[ w_k(y_i) * loss(h_k(z_i), y_i) ]`` with per-sample weights.
+
+    ``z_at[r]``: generated embeddings at width r; ``heads``: (width, head callable) per partner;
+    ``weights``: ``[K, n_pairs]`` label-count weights ``c_k(y) / sum_j c_j(y)``.
+    """
+    total = z_at[next(iter(z_at))].new_zeros(())
+    for k, (r, head) in enumerate(heads):
+        per_sample = space.head_loss(head(z_at[r]), pairs)  # [B]
+        total = total + (weights[k, pairs] * per_sample).mean()
+    return total
+
+
+class FedGen(Algorithm):
+    name = "fedgen"
+    norm = "fjord_bn"
+    disclosures = {COUNTS: "per (task, label) counts of the partner's training labels (regression: per task "
+                           "and target bin), every round from round 1 (classification: from round 0)",
+                   MOMENTS: "per task: count, sum and sum of squares of the training targets (regression, round 0)"}
+    defaults = dict(alpha0=10.0, beta0=10.0, coef_decay=0.98, gen_steps=50, gen_batch=32, gen_lr=3e-4,
+                    gen_weight_decay=1e-2, gen_lr_decay=0.98, noise_dim=32, gen_hidden=256, reg_batch=32)
+
+    def init(self, partners: list[PartnerInfo]) -> None:
+        super().init(partners)
+        hidden, T = self.model_config["hidden"], self.model_config["num_tasks"]
+        self.space = PairSpace(self.model_config["task_type"], T)
+        g = torch.Generator().manual_seed(self.seed + 1)
+        torch.manual_seed(self.seed + 1)
+        self.generator = Generator(self.space.n_pairs, hidden, self.hp["noise_dim"], self.hp["gen_hidden"])
+        self.gen_opt = torch.optim.Adam(self.generator.parameters(), lr=self.hp["gen_lr"],
+                                        weight_decay=self.hp["gen_weight_decay"], betas=(0.9, 0.999))
+        self.gen_sched = torch.optim.lr_scheduler.ExponentialLR(self.gen_opt, gamma=self.hp["gen_lr_decay"])
+        self.rng = g
+        self.counts = torch.zeros(len(partners), T, self.space.L)
+        self.trained = False  # no generator signal before the first server step
+        self.heads: list = []
+        self.last_widths: dict[int, float] = {}
+
+    def widths(self) -> tuple[float, ...]:
+        lo = min(p.device.max_width for p in self.partners)
+        return tuple(w for w in slicing.WIDTHS if w >= lo - 1e-9)
+
+    def configure(self, rnd: int, partner: PartnerInfo) -> Message:
+        w = partner.device.max_width
+        msg = self.send(rnd, partner, w, pairs=self.space.to_config(), use_generator=self.trained,
+                        alpha=decayed(self.hp["alpha0"], rnd, self.hp["coef_decay"]),
+                        beta=decayed(self.hp["beta0"], rnd, self.hp["coef_decay"]),
+                        qualified=self.qualified().tolist())
+        if self.trained:
+            msg.arrays.update({GEN + k: v.detach().clone() for k, v in self.generator.state_dict().items()})
+        self.last_widths[partner.pid] = w
+        return msg
+
+    def qualified(self) -> Tensor:
+        """Pairs some partner holds (the labels G is trained and sampled on)."""
+        return torch.nonzero(self.counts.sum(0).flatten() > 0).flatten()
+
+    def aggregate(self, rnd: int, replies: list[tuple[PartnerInfo, Message]]) -> dict:
+        if not replies:
+            return {}
+        if self.space.task_type == "regression" and rnd == 0:
+            mom = sum(m.arrays[MOMENTS].double() for _, m in replies)  # [3, T]: count, sum, sumsq
+            n = mom[0].clamp_min(1)
+            mean = mom[1] / n
+            std = (mom[2] / n - mean**2).clamp_min(1e-12).sqrt()
+            self.space = PairSpace("regression", self.space.T, mean.float(), std.float())
+        for p, m in replies:
+            if COUNTS in m.arrays:
+                self.counts[p.pid] = m.arrays[COUNTS]
+        models = [(p, {k: v for k, v in m.arrays.items() if not k.startswith("fedgen.")}, m) for p, m in replies]
+        self.load(slicing.aggregate_nested(self.model.state_dict(), [(a, m.metrics["n_train"]) for _, a, m in models]))
+        self.heads = []
+        for p, arrays, _ in models:  # the teachers: this round's partner heads
+            r = self.last_widths[p.pid]
+            net = build(**{**self.model_config, "width": r})
+            net.load_state_dict(arrays)
+            net.eval()
+            for q in net.parameters():
+                q.requires_grad_(False)
+            self.heads.append((p.pid, r, net))
+        return {}
+
+    def server_step(self, rnd: int) -> dict:
+        qualified = self.qualified()
+        if not self.heads or len(qualified) == 0:
+            return {}
+        ids = [pid for pid, _, _ in self.heads]
+        c = self.counts[ids].flatten(1)  # [K, n_pairs]
+        weights = c / c.sum(0, keepdim=True).clamp_min(1e-12)
+        heads = [(r, (lambda z, net=net, r=r: net.head(z, width=r))) for _, r, net in self.heads]
+        widths = sorted({r for r, _ in heads})
+        self.generator.train()
+        t_loss = d_loss = 0.0
+        for _ in range(int(self.hp["gen_steps"])):
+            pick = torch.randint(len(qualified), (int(self.hp["gen_batch"]),), generator=self.rng)
+            pairs = qualified[pick]
+            eps = torch.rand(len(pairs), self.generator.noise_dim, generator=self.rng)
+            z_at = {r: self.generator(eps, pairs, width=r) for r in widths}
+            lt = teacher_loss(z_at, pairs, heads, weights, self.space)
+            ld = diversity_loss(eps, z_at[max(widths)])
+            self.gen_opt.zero_grad(set_to_none=True)
+            (lt + ld).backward()
+            self.gen_opt.step()
+            t_loss, d_loss = float(lt.detach()), float(ld.detach())
+        self.gen_sched.step()
+        self.trained = True
+        return {"gen_teacher_loss": round(t_loss, 6), "gen_diversity_loss": round(d_loss, 6)}
+
+    def state(self) -> dict[str, Tensor]:
+        s = super().state()
+        s.update({GEN + k: v.detach().contiguous() for k, v in self.generator.state_dict().items()})
+        return s
+
+    # ------------------------------------------------------------------ client side
+    @classmethod
+    def client_update(cls, msg: Message, data: LocalData) -> Message:
+        seed_everything(msg.config["seed"])
+        c = msg.config
+        gen_arrays = {k[len(GEN):]: v for k, v in msg.arrays.items() if k.startswith(GEN)}
+        model_msg = Message({k: v for k, v in msg.arrays.items() if not k.startswith(GEN)}, c)
+        model = cls.client_model(model_msg)
+        space = PairSpace.from_config(c["pairs"])
+        extra = None
+        if c["use_generator"] and gen_arrays:
+            gen = Generator(space.n_pairs, c["model"]["hidden"], c["hp"]["noise_dim"], c["hp"]["gen_hidden"])
+            gen.load_state_dict(gen_arrays)
+            gen.eval()
+            qualified = torch.tensor(c["qualified"], dtype=torch.long)
+            g = torch.Generator().manual_seed(c["seed"])
+            extra = _regularizer(gen, space, qualified, c["alpha"], c["beta"], c["width"], c["hp"]["reg_batch"], g)
+        stats = cls.local_train(model, msg, data, extra_loss=extra)
+        reply = cls.reply(model, data, stats)
+        y = torch.as_tensor(data.train.labels, dtype=torch.float32).reshape(-1, space.T)
+        if space.task_type == "regression" and c["round"] == 0:
+            m = ~torch.isnan(y)
+            v = torch.where(m, y, torch.zeros_like(y)).double()
+            reply.arrays[MOMENTS] = torch.stack([m.sum(0).double(), v.sum(0), v.square().sum(0)]).float()
+        else:
+            reply.arrays[COUNTS] = space.counts(y)
+        return reply
+
+
+def _regularizer(gen: Generator, space: PairSpace, qualified: Tensor, alpha: float, beta: float, width: float,
+                 batch: int, g: torch.Generator):
+    """The client's generative terms (paper Eq. 5 + the official latent term), as an extra loss."""
+
+    def extra(model, data_batch, pred):
+        with torch.no_grad():
+            pairs = qualified[torch.randint(len(qualified), (batch,), generator=g)]
+            _, z = gen.sample(pairs, width=width, generator=g)
+        loss = alpha * space.head_loss(model.head(z, width=width), pairs, "mean")
+        if beta > 0 and space.task_type == "classification":
+            y = data_batch.y.reshape(pred.shape)
+            mask = ~torch.isnan(y)
+            if mask.any():
+                rows, tasks = torch.nonzero(mask, as_tuple=True)
+                lab = y[rows, tasks].long()
+                with torch.no_grad():
+                    _, z_true = gen.sample(tasks * space.L + lab, width=width, generator=g)
+                    target = torch.sigmoid(model.head(z_true, width=width).gather(1, tasks[:, None]).squeeze(1))
+                loss = loss + beta * F.binary_cross_entropy_with_logits(pred[rows, tasks], target)
+        return loss
+
+    return extra

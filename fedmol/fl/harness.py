@@ -1,0 +1,235 @@
+"""The in-process benchmark harness: one loop that runs any :class:`Algorithm` fairly.
+
+Everything that differs between methods lives in the algorithm; everything here is shared:
+the split (a frozen file, or one made on the fly with the same code), the partners and their
+device profiles, sampling and failures, byte accounting, evaluation with the one Evaluator at
+every width the algorithm serves, and the result files.
+
+A round (seeded: the same seed gives identical metrics):
+
+1. each partner is online with its device's ``p_online``; at most ``clients_per_round`` of the
+   online ones are sampled;
+2. ``configure`` gives each sampled partner its message (or None: it sits out); bytes down are
+   counted from the tensors in the message;
+3. a partner drops mid-round with its device's ``p_drop`` (after downloading); otherwise it runs
+   ``client_update`` on its own data; a reply with NaN/inf is rejected; each failure is logged
+   with its reason and counted in ``metrics.csv``;
+4. ``aggregate`` over the replies that arrived, then ``server_step``;
+5. evaluation of the global model at each width on the global test set (held-out scaffolds).
+
+Partners are never held as model copies: a client update builds its model from the message and
+drops it after replying, and partners' datasets are index views of one shared dataset.
+
+Files in ``out_dir``: ``config.json`` (fully resolved), ``metrics.csv`` (one row per round),
+``summary.json``, ``model.safetensors`` (final global weights) and ``sent.jsonl`` (one line per
+message a partner sent: array names, shapes, bytes, metrics, and the values of anything the
+algorithm declares as extra disclosure, e.g. FedGen's label counts).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import save_file
+
+import fedmol
+from fedmol.data.dataset import MoleculeDataset, load_dataset
+from fedmol.data.splits import dataset_for_split, make_split, read_split
+from fedmol.errors import FedmolError
+from fedmol.evaluate import Evaluator
+from fedmol.fl.algorithm import LocalData, PartnerInfo
+from fedmol.fl.devices import assign_devices
+from fedmol.fl.registry import get_algorithm
+from fedmol.training import score, width_key
+
+
+@dataclass
+class RunConfig:
+    algorithm: str = "fedavg"
+    dataset: str | None = "b3db_classification"
+    split: str | None = None
+    partners: int = 8
+    alpha: float = 1.0
+    quantity_skew: float = 0.0
+    devices: str = "homogeneous"
+    rounds: int = 20
+    seed: int = 0
+    clients_per_round: int | None = None
+    model: str = "gin"
+    hidden: int = 300
+    layers: int = 5
+    dropout: float = 0.5
+    eval_every: int = 1
+    hparams: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+
+
+@dataclass
+class Federation:
+    """The simulated partners of one split: their info (server-visible) and data (private)."""
+
+    dataset: MoleculeDataset
+    split: dict
+    infos: list[PartnerInfo]
+    local: list[LocalData]
+    test: Any
+    valid: Any
+
+
+def build_federation(cfg: RunConfig, progress: bool = True) -> Federation:
+    if cfg.split:
+        split = read_split(cfg.split)
+        ds = dataset_for_split(split, cfg.data_dir, progress=progress)
+    else:
+        ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, progress=progress)
+        split = make_split(ds, cfg.partners, cfg.alpha, cfg.seed, cfg.quantity_skew, progress=progress)
+    sizes = [len(p["train"]) for p in split["partners"]]
+    devices = assign_devices(cfg.devices, sizes, cfg.seed)
+    local = [LocalData(k, ds.select_rows(p["train"]), ds.select_rows(p["valid"]))
+             for k, p in enumerate(split["partners"])]
+    infos = [PartnerInfo(k, sizes[k], devices[k]) for k in range(len(sizes))]
+    valid_rows = sorted(r for p in split["partners"] for r in p["valid"])
+    return Federation(ds, split, infos, local, ds.select_rows(split["test"]), ds.select_rows(valid_rows))
+
+
+def served_width(widths: tuple[float, ...], cap: float) -> float:
+    """The widest served width a device with cap ``cap`` can run (the narrowest if none fits)."""
+    fitting = [w for w in widths if w <= cap + 1e-9]
+    return max(fitting) if fitting else min(widths)
+
+
+def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    t_start = time.perf_counter()
+    fed = build_federation(cfg, progress)
+    ds = fed.dataset
+    evaluator = Evaluator(ds.task_type, ds.num_tasks)
+    metric = evaluator.eval_metric
+    algo_cls = get_algorithm(cfg.algorithm)
+    model_config = dict(name=cfg.model, num_tasks=ds.num_tasks, hidden=cfg.hidden, layers=cfg.layers,
+                        task_type=ds.task_type, dropout=cfg.dropout)
+    algo = algo_cls(model_config, cfg.hparams, cfg.seed)
+    algo.init(fed.infos)
+    widths = tuple(sorted(algo.widths(), reverse=True))
+    rng = np.random.default_rng([cfg.seed, 11])
+    rows, sent, bytes_up, bytes_down, failures_total = [], [], 0, 0, 0
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(resolved_config(cfg, algo, fed), indent=1))
+
+    def evaluate(dataset) -> dict[str, float]:
+        res = {}
+        for w in widths:
+            _query(algo, fed, w)
+            res[width_key(w)] = score(algo.eval_model(w), dataset, evaluator, w)[metric]
+        return res
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[info]}"), disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"{cfg.algorithm} on {ds.name}", total=cfg.rounds, info="")
+        for rnd in range(cfg.rounds):
+            t0 = time.perf_counter()
+            online = [p for p in fed.infos if rng.random() < p.device.p_online]
+            if cfg.clients_per_round is not None and len(online) > cfg.clients_per_round:
+                pick = rng.choice(len(online), cfg.clients_per_round, replace=False)
+                online = [online[i] for i in sorted(pick)]
+            replies, failures, up, down, client_time = [], [], 0, 0, 0.0
+            for p in online:
+                msg = algo.configure(rnd, p)
+                if msg is None:
+                    continue
+                down += msg.nbytes()
+                if rng.random() < p.device.p_drop:
+                    failures.append(f"partner {p.pid}: dropped out mid-round")
+                    continue
+                tc = time.perf_counter()
+                reply = algo_cls.client_update(msg, fed.local[p.pid])
+                client_time = max(client_time, (time.perf_counter() - tc) / p.device.speed)
+                if not reply.is_finite():
+                    failures.append(f"partner {p.pid}: non-finite update rejected")
+                    continue
+                up += reply.nbytes()
+                replies.append((p, reply))
+                sent.append(dict(round=rnd, partner=p.pid, bytes=reply.nbytes(), arrays=reply.describe(),
+                                 metrics=reply.metrics,
+                                 disclosed={k: reply.arrays[k].tolist() for k in algo.disclosures if k in reply.arrays}))
+            agg = algo.aggregate(rnd, replies)
+            agg.update(algo.server_step(rnd))
+            bytes_up, bytes_down, failures_total = bytes_up + up, bytes_down + down, failures_total + len(failures)
+            row = dict(round=rnd, participants=len(replies), partners=";".join(str(p.pid) for p, _ in replies),
+                       failures=len(failures), failure_reasons=" | ".join(failures), bytes_up=up, bytes_down=down,
+                       sim_client_seconds=round(client_time, 4))
+            if rnd % cfg.eval_every == 0 or rnd == cfg.rounds - 1:
+                for w, v in evaluate(fed.test).items():
+                    row[f"test_{metric}@{w}"] = v
+            row["seconds"] = round(time.perf_counter() - t0, 4)
+            row.update({f"server_{k}": v for k, v in agg.items()})
+            rows.append(row)
+            bar.update(task, advance=1, info=_info(row, metric, widths))
+    test = {k: v for k, v in rows[-1].items() if k.startswith(f"test_{metric}@")}
+    test = {k.split("@")[1]: v for k, v in test.items()}
+    valid = evaluate(fed.valid)
+    per_partner = []
+    for p in fed.infos:
+        w = served_width(widths, p.device.max_width)
+        _query(algo, fed, w)
+        per_partner.append(dict(partner=p.pid, width=w, n_train=p.n_train, n_valid=len(fed.local[p.pid].valid),
+                                test=test[width_key(w)],
+                                valid=score(algo.eval_model(w), fed.local[p.pid].valid, evaluator, w)[metric]))
+    summary = dict(dataset=ds.name, metric=metric, algorithm=cfg.algorithm, test=test, valid=valid,
+                   per_partner=per_partner, bytes_up=bytes_up, bytes_down=bytes_down, failures=failures_total,
+                   rounds=cfg.rounds, seconds=round(time.perf_counter() - t_start, 2))
+    if out is not None:
+        write_metrics(out / "metrics.csv", rows)
+        with open(out / "sent.jsonl", "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in sent)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        save_file(algo.state(), str(out / "model.safetensors"),
+                  metadata={"config": json.dumps(algo.model_config), "algorithm": cfg.algorithm})
+    summary["history"] = rows
+    return summary
+
+
+def _query(algo, fed: Federation, width: float) -> None:
+    q = algo.query(width)
+    if q is not None:
+        algo.absorb_query(width, [(p, type(algo).client_query(q, fed.local[p.pid])) for p in fed.infos])
+
+
+def _info(row: dict, metric: str, widths) -> str:
+    w = width_key(widths[0])
+    v = row.get(f"test_{metric}@{w}")
+    return f"{row['participants']} partners, test {metric}@{w} {v:.3f}" if v is not None else ""
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def resolved_config(cfg: RunConfig, algo, fed: Federation) -> dict:
+    import rdkit
+    return dict(
+        run=asdict(cfg), algorithm=dict(name=algo.name, hparams=algo.hp, norm=algo.norm, scaler=algo.scaler),
+        sent=dict(log="sent.jsonl", model_weights="each participating partner's trained weights at its width",
+                  metrics="n_train (training-set size), local loss and steps", extra=algo.disclosures),
+        model=algo.model_config, widths=list(algo.widths()),
+        split=dict(spec=fed.split["spec"], sha256=fed.split.get("sha256"), partners=len(fed.infos),
+                   test=len(fed.test)),
+        partners=[dict(pid=p.pid, n_train=p.n_train, n_valid=len(fed.local[p.pid].valid), device=p.device.to_dict())
+                  for p in fed.infos],
+        versions=dict(fedmol=fedmol.__version__, torch=torch.__version__, rdkit=rdkit.__version__),
+    )

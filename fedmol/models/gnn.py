@@ -1,0 +1,279 @@
+"""Width-sliceable molecular GNNs: one base class, one small subclass per backbone.
+
+:class:`SliceGNN` owns the plumbing -- atom encoder -> ``layers`` x [conv -> (scaler) -> norm ->
+ReLU -> dropout] (+ optional residual) -> graph pooling -> linear task head -- and a backbone
+only names its conv (:data:`fedmol.models.convs.CONVS`). As in OGB's mol GNNs (Hu et al. 2020)
+the last layer has no ReLU and the graph embedding is the last layer's output ("JK last").
+
+Every forward takes ``width``: an *absolute* width ``r`` (fraction of ``hidden``) no larger than
+the model's own ``width``; the model then runs the nested sub-network with ``ceil(r * hidden)``
+channels (``ceil(r * 2 * hidden)`` inside GIN's MLP). ``num_tasks`` (the head output) and the
+feature vocabularies are never sliced.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedmol.errors import FedmolError
+from fedmol.models import slicing
+from fedmol.models.convs import CONVS, NORMS, GraphContext, make_norm
+from fedmol.models.encoders import AtomEncoder
+from fedmol.models.slicing import Scaler, SliceLinear, check_width, sliced_dim
+
+__all__ = [
+    "ModelConfigError",
+    "SliceGNN",
+    "GIN",
+    "GINE",
+    "GCN",
+    "SAGE",
+    "GAT",
+    "MODELS",
+    "MODEL_NAMES",
+    "TASK_TYPES",
+    "POOLS",
+    "build",
+]
+
+TASK_TYPES = ("classification", "regression")
+POOLS = ("mean", "sum", "max")
+
+
+class ModelConfigError(FedmolError, ValueError):
+    """An impossible model configuration (unknown backbone, norm, pooling, width, ...)."""
+
+
+def _dropout(x: Tensor, p: float) -> Tensor:
+    """Inverted dropout (train mode) from a ``rand_like`` mask.
+
+    Same distribution as ``F.dropout`` but ~3x faster on CPU, where ``bernoulli_`` dominated the
+    step time of narrow models.
+    """
+    keep = 1.0 - p
+    mask = torch.rand_like(x).lt_(keep).to(x.dtype).mul_(1.0 / keep)
+    return x * mask
+
+
+class SliceGNN(nn.Module):
+    """Base molecular GNN; subclasses set :attr:`conv_name`.
+
+    ``model(batch, width=r)`` -> ``[B, num_tasks]`` predictions (logits for classification);
+    ``model.embed(batch, width=r)`` -> ``[B, ceil(r * hidden)]``; ``model.head(z, width=r)``
+    -> predictions from an embedding. ``width=None`` means the model's own width.
+    ``model.config`` rebuilds the model with :func:`build` (``build(**{**model.config, "width": r})``
+    gives the standalone model that ``model.sub_state_dict(r)`` loads into).
+    """
+
+    conv_name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        num_tasks: int,
+        hidden: int = 300,
+        layers: int = 5,
+        width: float = 1.0,
+        task_type: str = "classification",
+        dropout: float = 0.5,
+        pool: str = "mean",
+        norm: str = "bn",
+        scaler: bool = False,
+        residual: bool = False,
+        **conv_options: Any,
+    ) -> None:
+        super().__init__()
+        _validate(num_tasks, hidden, layers, width, task_type, dropout, pool, norm)
+        self.num_tasks, self.hidden, self.num_layers = int(num_tasks), int(hidden), int(layers)
+        self.width = check_width(width)
+        self.task_type, self.dropout, self.pool, self.norm = task_type, float(dropout), pool, norm
+        self.residual = bool(residual)
+        self.config: dict[str, Any] = dict(
+            name=self.conv_name, num_tasks=self.num_tasks, hidden=self.hidden,
+            layers=self.num_layers, width=self.width, task_type=task_type, dropout=self.dropout,
+            pool=pool, norm=norm, scaler=bool(scaler), residual=self.residual, **conv_options,
+        )
+        conv_cls = CONVS[self.conv_name]
+        allowed = set(inspect.signature(conv_cls.__init__).parameters) - {
+            "self", "dim", "width", "norm", "scaler"
+        }
+        unknown = set(conv_options) - allowed
+        if unknown:
+            raise ModelConfigError(
+                f"unknown option(s) {sorted(unknown)} for model {self.conv_name!r}; "
+                f"known extra options: {sorted(allowed | {'residual'})}"
+            )
+        self.atom_encoder = AtomEncoder(hidden, self.width)
+        self.convs = nn.ModuleList(
+            conv_cls(hidden, width=self.width, norm=norm, scaler=scaler, **conv_options)
+            for _ in range(layers)
+        )
+        self.norms = nn.ModuleList(make_norm(norm, hidden, self.width) for _ in range(layers))
+        self.scaler = Scaler(scaler)
+        self.head = SliceLinear(hidden, num_tasks, slice_in=True, slice_out=False, width=self.width)
+
+    # ------------------------------------------------------------------ forward
+    def _width(self, width: float | None) -> float:
+        if width is None:
+            return self.width
+        r = check_width(width)
+        if r > self.width + 1e-9:
+            raise ValueError(f"cannot run width {r} on a model built at width {self.width}")
+        return r
+
+    def embed(self, batch: Any, width: float | None = None) -> Tensor:
+        """Graph embeddings ``[num_graphs, ceil(r * hidden)]`` of a (batched) ``Data``."""
+        r = self._width(width)
+        x = batch.x
+        n = x.shape[0]
+        ctx = GraphContext(batch.edge_index, n)
+        edge_attr = getattr(batch, "edge_attr", None)
+        h = self.atom_encoder(x, r)
+        last = self.num_layers - 1
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            out = norm(self.scaler(conv(h, edge_attr, r, ctx), r), r)
+            if i < last:
+                out = F.relu(out)
+            if self.training and self.dropout > 0.0:
+                out = _dropout(out, self.dropout)
+            h = out + h if self.residual else out
+        return self._pool(h, batch)
+
+    def _pool(self, h: Tensor, batch: Any) -> Tensor:
+        index = getattr(batch, "batch", None)
+        if index is None:
+            index = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
+            num_graphs = 1
+        else:
+            num_graphs = int(batch.num_graphs)
+        if self.pool == "max":
+            out = h.new_full((num_graphs, h.shape[1]), float("-inf"))
+            out = out.scatter_reduce(0, index[:, None].expand_as(h), h, "amax", include_self=True)
+            return out.masked_fill(torch.isinf(out), 0.0)  # graphs without atoms
+        out = h.new_zeros((num_graphs, h.shape[1])).index_add_(0, index, h)
+        if self.pool == "mean":
+            cnt = h.new_zeros(num_graphs).index_add_(0, index, h.new_ones(h.shape[0]))
+            out = out / cnt.clamp_min(1.0)[:, None]
+        return out
+
+    def forward(self, batch: Any, width: float | None = None) -> Tensor:
+        """Predictions ``[num_graphs, num_tasks]`` (logits for classification)."""
+        r = self._width(width)
+        return self.head(self.embed(batch, r), r)
+
+    # ------------------------------------------------------------------ slicing helpers
+    def embed_dim(self, width: float | None = None) -> int:
+        """Size of the graph embedding at ``width``: ``ceil(r * hidden)``."""
+        return sliced_dim(self.hidden, self._width(width))
+
+    def sub_state_dict(self, r: float) -> dict[str, Tensor]:
+        """The width-``r`` slice; loads strictly into ``build(**{**self.config, "width": r})``."""
+        self._width(r)
+        return slicing.sub_state_dict(self, r)
+
+    def load_sub_state_dict(self, sub: dict[str, Tensor], r: float, strict: bool = True):
+        """Write a width-``r`` slice into this model's leading blocks (see slicing)."""
+        self._width(r)
+        return slicing.load_sub_state_dict(self, sub, r, strict)
+
+    def macs(self, width: float, nodes: float, messages: float) -> float:
+        """Analytic MACs of one forward pass of a graph (see :func:`slicing.count`)."""
+        c = sliced_dim(self.hidden, width)
+        total = self.atom_encoder.macs(width, nodes)
+        for conv, norm in zip(self.convs, self.norms):
+            total += conv.macs(width, nodes, messages) + norm.macs(width, nodes)
+        if self.residual:
+            total += self.num_layers * nodes * c
+        total += nodes * c  # pooling sum
+        return total + self.head.macs(width, 1.0)
+
+    def extra_repr(self) -> str:
+        return (
+            f"hidden={self.hidden}, layers={self.num_layers}, width={self.width}, "
+            f"task_type={self.task_type!r}, pool={self.pool!r}, norm={self.norm!r}"
+        )
+
+
+class GIN(SliceGNN):
+    """GIN backbone (no bond features)."""
+
+    conv_name = "gin"
+
+
+class GINE(SliceGNN):
+    """GIN with per-layer bond embeddings (OGB's mol GIN)."""
+
+    conv_name = "gine"
+
+
+class GCN(SliceGNN):
+    """GCN backbone."""
+
+    conv_name = "gcn"
+
+
+class SAGE(SliceGNN):
+    """GraphSAGE (mean) backbone."""
+
+    conv_name = "sage"
+
+
+class GAT(SliceGNN):
+    """GAT backbone (``heads=4`` head-averaged heads by default; pass ``heads=`` to change)."""
+
+    conv_name = "gat"
+
+
+#: Backbone name -> model class.
+MODELS: dict[str, type[SliceGNN]] = {c.conv_name: c for c in (GIN, GINE, GCN, SAGE, GAT)}
+MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+
+
+def _validate(num_tasks, hidden, layers, width, task_type, dropout, pool, norm) -> None:
+    if int(num_tasks) < 1:
+        raise ModelConfigError(f"num_tasks must be >= 1, got {num_tasks}")
+    if int(hidden) < 1 or int(layers) < 1:
+        raise ModelConfigError(f"hidden and layers must be >= 1, got {hidden}, {layers}")
+    if not (0.0 < float(width) <= 1.0):
+        raise ModelConfigError(f"width must be in (0, 1], got {width}")
+    if task_type not in TASK_TYPES:
+        raise ModelConfigError(f"unknown task_type {task_type!r}; known: {', '.join(TASK_TYPES)}")
+    if not (0.0 <= float(dropout) < 1.0):
+        raise ModelConfigError(f"dropout must be in [0, 1), got {dropout}")
+    if pool not in POOLS:
+        raise ModelConfigError(f"unknown pool {pool!r}; known: {', '.join(POOLS)}")
+    if norm not in NORMS:
+        raise ModelConfigError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
+
+
+def build(
+    name: str,
+    num_tasks: int,
+    hidden: int = 300,
+    layers: int = 5,
+    width: float = 1.0,
+    task_type: str = "classification",
+    dropout: float = 0.5,
+    pool: str = "mean",
+    norm: str = "bn",
+    scaler: bool = False,
+    **kw: Any,
+) -> SliceGNN:
+    """Build backbone ``name`` (one of :data:`MODEL_NAMES`).
+
+    ``width`` < 1 builds a standalone model holding only the width-``width`` block
+    (``ceil(width * hidden)`` hidden channels); ``hidden`` is always the full-width size.
+    ``norm``: "bn" | "sbn" | "fjord_bn" | "none"; ``scaler``: HeteroFL's scaler.
+    Extra ``kw``: ``residual=False`` (all), ``heads=4`` (gat).
+    """
+    key = str(name).lower()
+    if key not in MODELS:
+        raise ModelConfigError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    return MODELS[key](
+        num_tasks, hidden=hidden, layers=layers, width=width, task_type=task_type,
+        dropout=dropout, pool=pool, norm=norm, scaler=scaler, **kw,
+    )

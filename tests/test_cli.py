@@ -1,0 +1,88 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fedmol.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_datasets_lists_registry_with_availability(data_dir):
+    res = run("datasets", "--json")
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert len(rows) == 11
+    assert rows["bbbp"]["available"] and rows["bbbp"]["location"] == str(data_dir / "BBBP.csv")
+    assert rows["b3db_classification"]["available"]
+    table = run("datasets")
+    assert table.exit_code == 0 and "lipophilicity" in table.stdout
+
+
+def test_featurize_json_counts_bbbp():
+    res = run("featurize", "bbbp", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert (out["rows"], out["valid"], out["invalid"]) == (2050, 2039, 11)
+    assert len(out["invalid_rows"]) == 11 and set(out["invalid_rows"][0]) == {"row", "smiles", "reason"}
+    assert out["duplicates"] >= 0
+
+
+def test_featurize_summary_and_report_file(tmp_path):
+    res = run("featurize", "bbbp", "--report", tmp_path / "bad.csv")
+    assert res.exit_code == 0, res.output
+    assert "2050 rows" in res.stdout and "11 invalid" in res.stdout
+    assert len((tmp_path / "bad.csv").read_text().strip().splitlines()) == 12
+
+
+@pytest.mark.parametrize("args,message", [
+    (["featurize", "nosuch"], "unknown dataset 'nosuch'; known datasets: bbbp"),
+    (["split", "make", "esol", "--alpha", "0", "--out", "x.json"], "alpha must be > 0"),
+    (["split", "make", "freesolv", "--partners", "5000", "--out", "x.json"], "more partners"),
+    (["split", "show", "absent.json"], "split file not found"),
+])
+def test_user_mistakes_are_one_line_errors(args, message):
+    res = run(*args)
+    assert res.exit_code == 2
+    assert message in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+
+
+def test_csv_without_smiles_column(tmp_path):
+    p = tmp_path / "partner.csv"
+    p.write_text("id,structure,act\n1,CCO,1\n")
+    res = run("featurize", "--csv", p, "--smiles-col", "smiles", "--target-cols", "act", "--task", "classification")
+    assert res.exit_code == 2
+    assert "columns found: ['id', 'structure', 'act']" in " ".join(res.output.split())
+
+
+def test_split_make_show_verify(tmp_path):
+    out = tmp_path / "esol.json"
+    res = run("split", "make", "esol", "--partners", 4, "--alpha", 0.1, "--seed", 1, "--out", out)
+    assert res.exit_code == 0, res.output
+    obj = json.loads(out.read_text())
+    assert obj["spec"]["partners"] == 4 and len(obj["partners"]) == 4
+    shown = run("split", "show", out, "--json")
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["sha256"] == obj["sha256"]
+    ok = run("split", "verify", out)
+    assert ok.exit_code == 0 and "OK" in ok.stdout
+
+
+def test_split_on_partner_csv(tmp_path, data_dir):
+    import pandas as pd
+    df = pd.read_csv(data_dir / "BBBP.csv").head(400)
+    p = tmp_path / "partner.csv"
+    df.to_csv(p, index=False)
+    out = tmp_path / "s.json"
+    args = ["--csv", p, "--smiles-col", "smiles", "--target-cols", "p_np", "--task", "classification"]
+    res = run("split", "make", "--partners", 3, "--alpha", 1, "--out", out, *args)
+    assert res.exit_code == 0, res.output
+    spec = json.loads(out.read_text())["spec"]
+    assert spec["dataset"] == "csv:partner" and spec["csv"]["target_cols"] == ["p_np"]
+    assert run("split", "verify", out).exit_code == 2  # needs its CSV
+    res = run("split", "verify", out, "--csv", p)
+    assert res.exit_code == 0, res.output
