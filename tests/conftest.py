@@ -5,6 +5,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
+
+# Small molecular graphs gain nothing from intra-op threads, and on a loaded 2-core machine extra
+# threads oversubscribe the cores: tests run single-threaded.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("FEDMOL_DATA_DIR", str(REPO.parent / "shared" / "datasets" / "moleculenet"))

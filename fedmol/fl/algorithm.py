@@ -66,6 +66,8 @@ class Algorithm:
     base_defaults: ClassVar[dict[str, Any]] = dict(local_epochs=1, batch_size=32, lr=1e-3, weight_decay=0.0,
                                                    max_local_steps=None, clip=None)
     defaults: ClassVar[dict[str, Any]] = {}
+    #: whether a truncated upload (the sub-model of a narrower width) can still be aggregated
+    accepts_partial_uploads: ClassVar[bool] = False
     #: arrays a partner sends besides model weights (name -> what it reveals); their values are
     #: written to the run's ``sent.jsonl`` so a partner can see exactly what left it
     disclosures: ClassVar[dict[str, str]] = {}

@@ -4,7 +4,9 @@ A :class:`DeviceProfile` says the widest model a partner can train (``max_width`
 :data:`fedmol.models.slicing.WIDTHS`), its relative compute speed (1 = the reference machine;
 simulated client time = measured compute time / speed), the probability it is online in a round
 (``p_online``), and the probability it drops out mid-round after receiving the model
-(``p_drop``).
+(``p_drop``). Faulty links: ``p_truncate`` is the probability that an upload is cut off at a
+random narrower width (the partner's bytes arrive in narrow-to-wide order, so what arrives is the
+sub-model of that width), ``p_upload_loss`` the probability that the whole upload is lost.
 
 Built-in profiles, assigned to partners deterministically from the run seed:
 
@@ -22,6 +24,8 @@ Custom profiles come from TOML::
     speed = 1.0
     p_online = 1.0
     p_drop = 0.0
+    p_truncate = 0.0    # faulty link: upload cut at a random narrower width
+    p_upload_loss = 0.0 # lossy link: upload lost
 """
 
 from __future__ import annotations
@@ -43,13 +47,15 @@ class DeviceProfile:
     speed: float = 1.0
     p_online: float = 1.0
     p_drop: float = 0.0
+    p_truncate: float = 0.0
+    p_upload_loss: float = 0.0
 
     def __post_init__(self):
         if not any(math.isclose(self.max_width, w) for w in WIDTHS):
             raise FedmolError(f"max_width {self.max_width} is not one of the widths {list(WIDTHS)}")
         if not self.speed > 0:
             raise FedmolError(f"speed must be > 0, got {self.speed}")
-        for name in ("p_online", "p_drop"):
+        for name in ("p_online", "p_drop", "p_truncate", "p_upload_loss"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise FedmolError(f"{name} must be in [0, 1], got {v}")
@@ -96,7 +102,7 @@ def load_tiers(path: str | Path) -> list[Tier]:
         raise FedmolError(f"{path}: a device profile needs at least one [[tier]] table")
     out = []
     for i, t in enumerate(tiers):
-        unknown = set(t) - {"share", "max_width", "speed", "p_online", "p_drop"}
+        unknown = set(t) - {"share", "max_width", "speed", "p_online", "p_drop", "p_truncate", "p_upload_loss"}
         if unknown:
             raise FedmolError(f"{path}: tier {i}: unknown key(s) {sorted(unknown)}")
         share = float(t.get("share", 1.0))

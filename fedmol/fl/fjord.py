@@ -4,18 +4,19 @@ the paper and the authors' Flower baseline, for multi-task molecular property pr
 
 What the paper does, and where it lives here:
 
-* **Ordered dropout, OD (Sec. 3.1).** Width ``p`` keeps the first ``ceil(p * C)`` channels of
-  every hidden layer; the output (task head) dimension is never dropped. fedmol's nested slicing
-  (:mod:`fedmol.models.slicing`) is exactly this; the grid ``P`` is fedmol's
-  :data:`~fedmol.models.slicing.WIDTHS` (1 to 1/16) instead of the paper's {0.2, ..., 1.0}.
-* **Client (Sec. 3.2, Alg. 1).** A partner holds the slice of its device cap ``p_max``
+* **Ordered dropout, OD (paper § "Ordered Dropout").** Width ``p`` keeps the first
+  ``ceil(p * C)`` channels of every hidden layer; the output (task head) dimension is never
+  dropped. fedmol's nested slicing (:mod:`fedmol.models.slicing`) is exactly this; the grid ``P``
+  is fedmol's :data:`~fedmol.models.slicing.WIDTHS` (1 to 1/16) instead of the paper's
+  {0.2, ..., 1.0}.
+* **Client (§ "FjORD", Algorithm 1).** A partner holds the slice of its device cap ``p_max``
   (:class:`fedmol.fl.devices.DeviceProfile` ``max_width``) and, per mini-batch, draws one
   ``p`` uniformly from ``{p in P : p <= p_max}`` (:class:`WidthSampler`, seeded by the client's
   per-round seed).
-* **Self-distillation (Sec. 3.3; hp ``self_distill=True``, ``kd_weight=1.0``,
-  ``kd_temperature=1.0``).** Per batch (:func:`fjord_loss`): the teacher is the widest affordable
-  sub-network, ``f_{p_max}``, trained on the labels, and for a sampled ``p < p_max`` the student
-  ``f_p`` is pulled towards the teacher's *detached* prediction::
+* **Self-distillation (§ "Self-distillation" in FjORD's training; hp ``self_distill=True``,
+  ``kd_weight=1.0``, ``kd_temperature=1.0``).** Per batch (:func:`fjord_loss`): the teacher is
+  the widest affordable sub-network, ``f_{p_max}``, trained on the labels, and for a sampled
+  ``p < p_max`` the student ``f_p`` is pulled towards the teacher's *detached* prediction::
 
       loss = masked_CE(f_{p_max}(x), y) + kd_weight * KD(f_p(x), stopgrad(f_{p_max}(x)))
 
@@ -32,10 +33,10 @@ What the paper does, and where it lives here:
   labels do not carry). Regression: MSE between the student's and the detached teacher's
   predictions, over all entries. *Deviation:* the paper mixes ``(1 - a) CE + a KL``; the Flower
   baseline and this implementation add the terms (``kd_weight`` plays ``a / (1 - a)``).
-* **BatchNorm (Sec. 3.1, footnote / baseline).** Affine parameters shared and sliced; running
+* **BatchNorm (paper and Flower baseline).** Affine parameters shared and sliced; running
   statistics kept separately per width (``norm="fjord_bn"``): a forward at ``p`` in training
   updates only the statistics of ``p``, and evaluation at ``p`` uses them.
-* **Server (Sec. 3.2).** For every ``p`` in descending order, each tensor's width-``p`` slice
+* **Server (Algorithm 1).** For every ``p`` in descending order, each tensor's width-``p`` slice
   becomes the ``n_k``-weighted mean over the partners with ``p_max >= p``. Because slices are
   nested, a coordinate's final value is the one written by the smallest ``p`` whose slice holds
   it, i.e. the ``n_k``-weighted mean over the partners whose cap slice contains the coordinate
@@ -54,7 +55,8 @@ Other choices:
 * hp ``p_grid="all"`` (default): a partner samples from every width of ``WIDTHS`` up to its cap,
   as the paper samples from its whole grid ``P`` -- including widths below the smallest cap that
   are not served; ``p_grid="served"`` restricts the draw to :meth:`FjORD.widths`.
-* Batches with fewer than two graphs are skipped (BatchNorm), as in :func:`fedmol.training.train_epoch`.
+* Batches with fewer than two graphs are skipped (BatchNorm), as in
+  :func:`fedmol.training.train_epoch`.
 
 The pieces FedResCuE reuses: :func:`affordable_widths`, :class:`WidthSampler`,
 :func:`distill_loss`, :func:`fjord_loss`, :func:`fjord_step`.
@@ -171,6 +173,7 @@ class FjORD(Algorithm):
     name = "fjord"
     norm = "fjord_bn"
     scaler = False
+    accepts_partial_uploads = True
     defaults = dict(kd_weight=1.0, self_distill=True, kd_temperature=1.0, p_grid="all")
 
     def init(self, partners: list[PartnerInfo]) -> None:

@@ -12,8 +12,11 @@ A round (seeded: the same seed gives identical metrics):
 2. ``configure`` gives each sampled partner its message (or None: it sits out); bytes down are
    counted from the tensors in the message;
 3. a partner drops mid-round with its device's ``p_drop`` (after downloading); otherwise it runs
-   ``client_update`` on its own data; a reply with NaN/inf is rejected; each failure is logged
-   with its reason and counted in ``metrics.csv``;
+   ``client_update`` on its own data; a reply with NaN/inf is rejected; a faulty link loses the
+   upload (``p_upload_loss``) or truncates it at a random narrower width (``p_truncate``): what
+   arrives is the sub-model of that width, which algorithms with ``accepts_partial_uploads``
+   aggregate and the others must discard; each failure is logged with its reason and counted in
+   ``metrics.csv`` (truncations in their own columns);
 4. ``aggregate`` over the replies that arrived, then ``server_step``;
 5. evaluation of the global model at each width on the global test set (held-out scaffolds).
 
@@ -29,6 +32,7 @@ algorithm declares as extra disclosure, e.g. FedGen's label counts).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -48,6 +52,7 @@ from fedmol.evaluate import Evaluator
 from fedmol.fl.algorithm import LocalData, PartnerInfo
 from fedmol.fl.devices import assign_devices
 from fedmol.fl.registry import get_algorithm
+from fedmol.models import slicing
 from fedmol.training import score, width_key
 
 
@@ -68,6 +73,8 @@ class RunConfig:
     layers: int = 5
     dropout: float = 0.5
     eval_every: int = 1
+    faulty_links: float = 0.0  # P(upload truncated at a random narrower width), for every partner
+    lossy_links: float = 0.0   # P(upload lost), for every partner
     hparams: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
 
@@ -93,6 +100,9 @@ def build_federation(cfg: RunConfig, progress: bool = True) -> Federation:
         split = make_split(ds, cfg.partners, cfg.alpha, cfg.seed, cfg.quantity_skew, progress=progress)
     sizes = [len(p["train"]) for p in split["partners"]]
     devices = assign_devices(cfg.devices, sizes, cfg.seed)
+    if cfg.faulty_links or cfg.lossy_links:
+        devices = [dataclasses.replace(d, p_truncate=cfg.faulty_links or d.p_truncate,
+                                       p_upload_loss=cfg.lossy_links or d.p_upload_loss) for d in devices]
     local = [LocalData(k, ds.select_rows(p["train"]), ds.select_rows(p["valid"]))
              for k, p in enumerate(split["partners"])]
     infos = [PartnerInfo(k, sizes[k], devices[k]) for k in range(len(sizes))]
@@ -118,6 +128,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
     algo = algo_cls(model_config, cfg.hparams, cfg.seed)
     algo.init(fed.infos)
     widths = tuple(sorted(algo.widths(), reverse=True))
+    spec = slicing.slice_spec(algo.model)  # how tensors nest: used to model truncated uploads
     rng = np.random.default_rng([cfg.seed, 11])
     rows, sent, bytes_up, bytes_down, failures_total = [], [], 0, 0, 0
     out = Path(out_dir) if out_dir is not None else None
@@ -125,10 +136,12 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(resolved_config(cfg, algo, fed), indent=1))
 
+    traffic = {"down": 0, "up": 0, "log": [], "round": 0}
+
     def evaluate(dataset) -> dict[str, float]:
         res = {}
         for w in widths:
-            _query(algo, fed, w)
+            _query(algo, fed, w, traffic)
             res[width_key(w)] = score(algo.eval_model(w), dataset, evaluator, w)[metric]
         return res
 
@@ -141,7 +154,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
             if cfg.clients_per_round is not None and len(online) > cfg.clients_per_round:
                 pick = rng.choice(len(online), cfg.clients_per_round, replace=False)
                 online = [online[i] for i in sorted(pick)]
-            replies, failures, up, down, client_time = [], [], 0, 0, 0.0
+            replies, failures, truncated, up, down, client_time = [], [], [], 0, 0, 0.0
             for p in online:
                 msg = algo.configure(rnd, p)
                 if msg is None:
@@ -156,20 +169,39 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
                 if not reply.is_finite():
                     failures.append(f"partner {p.pid}: non-finite update rejected")
                     continue
+                if rng.random() < p.device.p_upload_loss:
+                    failures.append(f"partner {p.pid}: upload lost")
+                    continue
+                if rng.random() < p.device.p_truncate:
+                    narrower = [w for w in slicing.WIDTHS if w < msg.config["width"] - 1e-9]
+                    if not narrower or not algo.accepts_partial_uploads:
+                        failures.append(f"partner {p.pid}: upload truncated, unusable by {algo.name}")
+                        continue
+                    cut = float(narrower[int(rng.integers(len(narrower)))])
+                    reply.arrays = slicing.sub_state_dict(reply.arrays, cut, spec=spec)
+                    truncated.append(f"partner {p.pid}: upload truncated at width {cut:g}")
                 up += reply.nbytes()
                 replies.append((p, reply))
-                sent.append(dict(round=rnd, partner=p.pid, bytes=reply.nbytes(), arrays=reply.describe(),
+                sent.append(dict(round=rnd, partner=p.pid, kind="update", bytes=reply.nbytes(), arrays=reply.describe(),
                                  metrics=reply.metrics,
                                  disclosed={k: reply.arrays[k].tolist() for k in algo.disclosures if k in reply.arrays}))
             agg = algo.aggregate(rnd, replies)
             agg.update(algo.server_step(rnd))
             bytes_up, bytes_down, failures_total = bytes_up + up, bytes_down + down, failures_total + len(failures)
             row = dict(round=rnd, participants=len(replies), partners=";".join(str(p.pid) for p, _ in replies),
-                       failures=len(failures), failure_reasons=" | ".join(failures), bytes_up=up, bytes_down=down,
+                       failures=len(failures), failure_reasons=" | ".join(failures), truncated=len(truncated),
+                       truncations=" | ".join(truncated), bytes_up=up, bytes_down=down,
                        sim_client_seconds=round(client_time, 4))
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds - 1:
+                traffic.update(down=0, up=0, round=rnd)
                 for w, v in evaluate(fed.test).items():
                     row[f"test_{metric}@{w}"] = v
+                # evaluation queries (e.g. HeteroFL's static-BN statistics) are real traffic too
+                row["bytes_down"] += traffic["down"]
+                row["bytes_up"] += traffic["up"]
+                bytes_down, bytes_up = bytes_down + traffic["down"], bytes_up + traffic["up"]
+                sent += traffic["log"]
+                traffic["log"] = []
             row["seconds"] = round(time.perf_counter() - t0, 4)
             row.update({f"server_{k}": v for k, v in agg.items()})
             rows.append(row)
@@ -180,7 +212,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
     per_partner = []
     for p in fed.infos:
         w = served_width(widths, p.device.max_width)
-        _query(algo, fed, w)
+        _query(algo, fed, w, traffic)
         per_partner.append(dict(partner=p.pid, width=w, n_train=p.n_train, n_valid=len(fed.local[p.pid].valid),
                                 test=test[width_key(w)],
                                 valid=score(algo.eval_model(w), fed.local[p.pid].valid, evaluator, w)[metric]))
@@ -198,10 +230,17 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
     return summary
 
 
-def _query(algo, fed: Federation, width: float) -> None:
+def _query(algo, fed: Federation, width: float, traffic: dict) -> None:
+    """Run an algorithm's pre-evaluation query at every partner; its bytes count as traffic."""
     q = algo.query(width)
-    if q is not None:
-        algo.absorb_query(width, [(p, type(algo).client_query(q, fed.local[p.pid])) for p in fed.infos])
+    if q is None:
+        return
+    replies = [(p, type(algo).client_query(q, fed.local[p.pid])) for p in fed.infos]
+    traffic["down"] += q.nbytes() * len(replies)
+    traffic["up"] += sum(m.nbytes() for _, m in replies)
+    traffic["log"] += [dict(round=traffic["round"], partner=p.pid, kind="query", bytes=m.nbytes(),
+                            arrays=m.describe(), metrics=m.metrics) for p, m in replies]
+    algo.absorb_query(width, replies)
 
 
 def _info(row: dict, metric: str, widths) -> str:

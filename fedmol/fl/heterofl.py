@@ -3,45 +3,48 @@ Learning for Heterogeneous Clients", ICLR 2021), for multi-task molecular proper
 
 What the paper does, and where it lives here:
 
-* **Sub-model shrinking (Sec. 3.1).** A client of width rate ``r`` holds the first
-  ``ceil(r * C)`` channels of every hidden layer (the leading block of every hidden tensor);
-  input vocabularies and the task head's output dimension keep their full size. Slicing is
-  :func:`fedmol.models.slicing.sub_state_dict` (the rates are :data:`~fedmol.models.slicing.WIDTHS`,
-  1 to 1/16 as in the paper).
-* **Rate assignment (Sec. 4, "fix" / "dynamic").** hp ``mode="fix"`` (default): a partner always
-  trains at its device cap ``DeviceProfile.max_width``. ``mode="dynamic"``: every round a
-  partner's rate is redrawn uniformly from the served widths not above its cap (seeded by
+* **Sub-model shrinking (paper § "Heterogeneous models").** A client of width rate ``r`` holds
+  the first ``ceil(r * C)`` channels of every hidden layer (the leading block of every hidden
+  tensor); input vocabularies and the task head's output dimension keep their full size. Slicing
+  is :func:`fedmol.models.slicing.sub_state_dict` (the rates are
+  :data:`~fedmol.models.slicing.WIDTHS`, 1 to 1/16 as in the paper).
+* **Rate assignment (experiments section, "fix" / "dynamic").** hp ``mode="fix"`` (default): a
+  partner always trains at its device cap ``DeviceProfile.max_width``. ``mode="dynamic"``: every
+  round a partner's rate is redrawn uniformly from the served widths not above its cap (seeded by
   ``(run seed, round, partner)``). *Deviation:* the official code draws dynamic rates from the
   global mix of levels regardless of the client; drawing only affordable rates keeps every
   partner within its device's capacity, which is the premise of this benchmark.
-* **Scaler (Sec. 3.2).** ``scaler=True``: after every hidden layer the activations are divided
+* **Scaler (§ "Scaler").** ``scaler=True``: after every hidden layer the activations are divided
   by ``r`` in training and left alone in evaluation (:class:`fedmol.models.slicing.Scaler`).
-* **Static batch normalization, sBN (Sec. 3.2).** ``norm="sbn"``: BN layers never track running
-  statistics while training (they always normalize with the batch's statistics). Before the
-  global model is evaluated at a width, :meth:`HeteroFL.query` sends that width's slice to
-  every partner; :meth:`HeteroFL.client_query` makes one no-grad pass over the partner's
-  training molecules (:func:`~fedmol.models.slicing.recompute_bn_stats`: eval mode, so no
-  dropout and no scaler; each BN normalizes with the batch's statistics, as in the official
-  code's sBN pass) and returns, for every BN layer, the *exact* sums ``count``, ``sum`` and
+* **Static batch normalization, sBN (§ "Static batch normalization").** ``norm="sbn"``: BN layers
+  never track running statistics while training (they always normalize with the batch's
+  statistics). Before the global model is evaluated at a width, :meth:`HeteroFL.query` sends that
+  width's slice to every partner; :meth:`HeteroFL.client_query` makes one no-grad pass over the
+  partner's training molecules (:func:`~fedmol.models.slicing.recompute_bn_stats`: eval mode, so
+  no dropout and no scaler -- the statistics describe the inputs BN sees at evaluation; during
+  the pass each BN normalizes with its batch's statistics, as in the official sBN pass) and
+  returns, for every BN layer, the *exact* sums ``count``, ``sum`` and
   ``sum of squares`` of that layer's inputs; :meth:`HeteroFL.absorb_query` adds them up, so the
   server's statistics are the pooled mean and (unbiased, as torch's BN) variance over the union
-  of all partners' training data. :meth:`HeteroFL.eval_model` returns a copy of the global
-  model whose BN layers use them. The statistics are cached until the weights change
-  (evaluating the same width twice asks the partners once).
-* **Aggregation (Sec. 3.1, Eq. 2).** Each coordinate becomes the *unweighted* mean over the
-  partners whose sub-model contains it; coordinates nobody trained this round keep their old
+  of all partners' training data. The query goes to every partner, whatever its cap (a forward
+  pass without gradients; the cap bounds training), so the statistics cover all the training
+  data. :meth:`HeteroFL.eval_model` returns a copy of the global model whose BN layers use them.
+  The statistics are cached until the weights change (evaluating the same width twice asks the
+  partners once).
+* **Aggregation (§ "Heterogeneous models").** Each coordinate becomes the *unweighted* mean over
+  the partners whose sub-model contains it; coordinates nobody trained this round keep their old
   value (:func:`~fedmol.models.slicing.aggregate_nested` with weight 1 per partner; the official
   code also averages without sample weights).
-* **Output layer (Sec. 3.1, "static" label split).** The paper lets a client update only the
-  output rows of the classes it holds (single-label multiclass). *Adaptation to multi-task
-  binary / regression (hp ``head_rule="labelled"``, default):* a partner contributes task
-  ``t``'s head row (``head.weight[t]``) and bias (``head.bias[t]``) only if its training set has
-  at least one label for task ``t``; each task row is then averaged, unweighted, over exactly
-  those partners (tasks nobody labelled keep their old row). The partner reports which tasks it
-  labels as a boolean vector ``labelled_tasks`` in its reply. The official code additionally
-  masks the logits of absent classes in the softmax; the masked BCE/MSE loss
-  (:func:`fedmol.models.masked_loss`) already gives unlabelled tasks exactly zero gradient, so
-  no masking is needed here. ``head_rule="all"``: every partner contributes every row.
+* **Output layer (non-IID experiments; ``label_split`` in the official code).** The paper lets a
+  client update only the output rows of the classes it holds (single-label multiclass).
+  *Adaptation to multi-task binary / regression (hp ``head_rule="labelled"``, default):* a
+  partner contributes task ``t``'s head row (``head.weight[t]``) and bias (``head.bias[t]``) only
+  if its training set has at least one label for task ``t``; each task row is then averaged,
+  unweighted, over exactly those partners (tasks nobody labelled keep their old row). The partner
+  reports which tasks it labels as a boolean vector ``labelled_tasks`` in its reply. The official
+  code additionally masks the logits of absent classes in the softmax; the masked BCE/MSE loss
+  (:func:`fedmol.models.masked_loss`) already gives unlabelled tasks exactly zero gradient, so no
+  masking is needed here. ``head_rule="all"``: every partner contributes every row.
 * **Widths served:** every width of ``WIDTHS`` from 1 down to the smallest device cap.
 
 Other deviations and choices (written down as required):
@@ -73,7 +76,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -215,6 +217,8 @@ class HeteroFL(Algorithm):
     name = "heterofl"
     norm = "sbn"
     scaler = True
+    accepts_partial_uploads = True
+    disclosures = {LABELLED: "which tasks the partner has at least one training label for (head-row rule)"}
     defaults = dict(mode="fix", head_rule="labelled", optimizer="adam", momentum=0.9, sbn_batch_size=256)
 
     # ---------------------------------------------------------------- server side

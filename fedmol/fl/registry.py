@@ -13,6 +13,7 @@ ALGORITHMS = {
     "heterofl": "fedmol.fl.heterofl:HeteroFL",
     "fjord": "fedmol.fl.fjord:FjORD",
     "fedgen": "fedmol.fl.fedgen:FedGen",
+    "fedrescue": "fedmol.fl.fedrescue:FedResCuE",
 }
 
 

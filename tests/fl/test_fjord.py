@@ -238,6 +238,20 @@ def test_server_rule_equals_per_width_weighted_means(caps):
         assert torch.equal(got["norms.0.running_var_1"], global_state["norms.0.running_var_1"])
 
 
+def test_truncated_upload_keeps_the_outer_ring_and_wider_statistics():
+    algo, (p,) = make([1.0], hidden=8)
+    assert FjORD.accepts_partial_uploads
+    old = {k: v.clone() for k, v in algo.model.state_dict().items()}
+    arrays = {k: torch.full_like(v, 2.0) for k, v in slicing.sub_state_dict(algo.model, 1.0).items()}
+    arrays = slicing.sub_state_dict(arrays, 0.5, spec=slicing.slice_spec(algo.model))  # faulty link
+    algo.aggregate(0, [(p, Message(arrays=arrays, metrics={"n_train": 5.0}))])
+    new = algo.model.state_dict()
+    assert torch.equal(new["norms.0.running_mean_1"], old["norms.0.running_mean_1"])  # never arrived
+    assert torch.equal(new["norms.0.running_mean_1_2"], torch.full_like(old["norms.0.running_mean_1_2"], 2.0))
+    w = new["convs.0.lin1.weight"]
+    assert torch.equal(w[:8, :4], torch.full((8, 4), 2.0)) and torch.equal(w[8:], old["convs.0.lin1.weight"][8:])
+
+
 def test_widths_and_configure_follow_the_caps():
     algo, partners = make([0.5, 0.125])
     assert algo.widths() == (1.0, 0.5, 0.25, 0.125)

@@ -12,7 +12,7 @@ from torch_geometric.data import Data
 from fedmol.data.featurize import smiles_to_graph
 from fedmol.fl.algorithm import LocalData, PartnerInfo
 from fedmol.fl.devices import DeviceProfile
-from fedmol.fl.heterofl import LABELLED, HeteroFL, labelled_tasks, sbn_buffer_keys
+from fedmol.fl.heterofl import LABELLED, HeteroFL, labelled_tasks
 from fedmol.fl.message import Message
 from fedmol.models import slicing
 from fedmol.models.slicing import Scaler, SliceBatchNorm
@@ -141,6 +141,28 @@ def test_client_reports_labelled_tasks_and_trains_only_their_rows():
     # masked loss: the unlabelled task's head row gets no gradient, so Adam (no weight decay) leaves it alone
     assert torch.equal(reply.arrays["head.weight"][1], msg.arrays["head.weight"][1])
     assert not torch.equal(reply.arrays["head.weight"][0], msg.arrays["head.weight"][0])
+
+
+def test_truncated_upload_counts_as_the_narrower_sub_model():
+    algo, (pa,) = make([1.0], num_tasks=2, hidden=8, layers=1)
+    assert HeteroFL.accepts_partial_uploads
+    old = {k: v.clone() for k, v in algo.model.state_dict().items()}
+    reply = filled(algo, 1.0, 7.0, labelled=[True, False])
+    reply.arrays = slicing.sub_state_dict(reply.arrays, 0.25, spec=slicing.slice_spec(algo.model))  # faulty link
+    assert reply.arrays[LABELLED].tolist() == [True, False]
+    algo.aggregate(0, [(pa, reply)])
+    new = algo.model.state_dict()
+    for key, t in new.items():
+        if key in algo._bn_keys or key.startswith("head."):
+            continue
+        expected = old[key].clone()
+        expected[tuple(slice(0, n) for n in reply.arrays[key].shape)] = 7.0
+        assert torch.equal(t, expected), key
+    c = slicing.sliced_dim(8, 0.25)
+    w = new["head.weight"]
+    assert torch.equal(w[0, :c], torch.full((c,), 7.0)) and torch.equal(w[0, c:], old["head.weight"][0, c:])
+    assert torch.equal(w[1], old["head.weight"][1])  # task 1 unlabelled at this partner
+    assert new["head.bias"].tolist() == [7.0, float(old["head.bias"][1])]
 
 
 # ----------------------------------------------------------------------------------- scaler

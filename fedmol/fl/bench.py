@@ -1,0 +1,415 @@
+"""``fedmol bench SUITE``: run a benchmark grid from a TOML file, resumably, then report it.
+
+A suite (``benchmarks/suites/<name>.toml``, or any TOML file) is the grid datasets x alphas x
+device profiles x seeds x (algorithms + references), with shared run settings::
+
+    name = "quick"                       # optional, default: the file's stem
+    description = "..."
+    datasets = ["b3db_classification"]  # registry names
+    alphas = [0.1]                       # scaffold-Dirichlet heterogeneity
+    devices = ["tiered"]                 # homogeneous | tiered | pharma | a profile TOML
+    algorithms = ["fedavg", "heterofl"]  # registry names, or labels of [algorithm.<label>] tables
+    seeds = [0]                          # each seed: its own split, device draw, model init
+    references = ["local-only", "centralized"]   # [] for none
+    reference_models = ["gnn", "rf-ecfp4"]
+    threads = 1                          # torch intra-op threads (1: fastest on small shared CPUs)
+
+    [run]            # fedmol.fl.harness.RunConfig fields shared by every run
+    partners = 4
+    rounds = 5
+    model = "gin"
+    hidden = 64
+    layers = 3
+
+    [hparams]        # hyperparameters every algorithm knows (the shared local-training ones)
+    max_local_steps = 20
+
+    [algorithm.feddf]            # hyperparameters of one algorithm
+    ...
+    [algorithm.fedavg_min]       # a variant: a label with its own registry algorithm and hparams
+    base = "fedavg"
+    hetero = "min"
+
+    [reference]      # the references' training (fedmol.fl.references)
+    min_epochs = 5
+    patience = 5     # omit: keep the best of all epochs
+    rf_jobs = 2      # scikit-learn n_jobs of the forests
+
+Every name is checked before anything runs (unknown dataset, algorithm, hyperparameter, device
+profile, reference: one clear error).
+
+Layout under the output folder (default ``benchmarks/results/<name>``)::
+
+    suite.json                                   the resolved suite
+    runs/<dataset>/<devices>/a<alpha>/<algorithm>/s<seed>/           run_federated's files
+    runs/<dataset>/<devices>/a<alpha>/reference-<ref>-<model>/s<seed>/   config.json, summary.json
+    results.csv, results.md, results_per_seed.csv, partner_gains.csv, plots/*.png
+
+**Resume**: a run folder is only ever created complete: each run writes into
+``s<seed>.partial/`` which is renamed to ``s<seed>/`` when it finished. A folder with a
+``summary.json`` whose recorded configuration equals the suite's is skipped; one with another
+configuration (the suite was edited) is run again and replaced; leftover ``.partial`` folders are
+discarded. A failing run stops the suite with its error (finished runs stay; run it again to
+resume).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from fedmol.errors import FedmolError
+from fedmol.fl.harness import RunConfig, build_federation, run_federated
+from fedmol.fl.references import REFERENCE_MODELS, REFERENCES, check_reference, reference_config, run_reference
+
+#: where suite names are looked up (after ``./benchmarks/suites``)
+SUITES_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "suites"
+TOP_KEYS = {"name", "description", "datasets", "alphas", "devices", "algorithms", "seeds", "references",
+            "reference_models", "threads", "run", "hparams", "algorithm", "reference"}
+RUN_KEYS = {f.name for f in fields(RunConfig)} - {"algorithm", "dataset", "split", "alpha", "devices", "seed",
+                                                   "hparams", "data_dir"}
+REFERENCE_KEYS = {"min_epochs", "patience", "rf_jobs"}
+
+
+@dataclass
+class AlgoSpec:
+    label: str
+    base: str
+    hparams: dict[str, Any]
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    description: str = ""
+    datasets: list[str] = field(default_factory=list)
+    alphas: list[float] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    algorithms: list[AlgoSpec] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
+    reference_models: list[str] = field(default_factory=list)
+    run: dict[str, Any] = field(default_factory=dict)
+    hparams: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+@dataclass
+class Job:
+    kind: str  # "federated" | "reference"
+    dataset: str
+    alpha: float
+    devices: str
+    seed: int
+    method: str  # algorithm label, or "reference-<ref>-<model>"
+    path: Path
+    cfg: RunConfig
+    reference: str | None = None
+    model: str | None = None
+
+    @property
+    def group(self) -> tuple:
+        return (self.dataset, self.alpha, self.devices, self.seed)
+
+    def entry(self) -> dict:
+        """What the report needs to know about this job."""
+        return dict(kind=self.kind, dataset=self.dataset, alpha=self.alpha, devices=self.devices, seed=self.seed,
+                    method=self.method, reference=self.reference, model=self.model, path=self.path)
+
+
+# ------------------------------------------------------------------------------------------- suites
+def find_suite(suite: str | Path) -> Path:
+    """A suite file: a path, or a name looked up in ./benchmarks/suites then the repository's."""
+    p = Path(suite)
+    if p.suffix == ".toml" or p.is_file():
+        if not p.is_file():
+            raise FedmolError(f"suite file {p} not found")
+        return p
+    for folder in (Path.cwd() / "benchmarks" / "suites", SUITES_DIR):
+        if (folder / f"{suite}.toml").is_file():
+            return folder / f"{suite}.toml"
+    known = sorted({q.stem for d in (Path.cwd() / "benchmarks" / "suites", SUITES_DIR) if d.is_dir()
+                    for q in d.glob("*.toml")})
+    raise FedmolError(f"unknown suite {suite!r}: no {suite}.toml in benchmarks/suites/ "
+                      f"(known: {', '.join(known) or 'none'}); or give a path to a TOML file")
+
+
+def _list(doc: dict, key: str, kind, where: str, default=None) -> list:
+    v = doc.get(key, default)
+    if v is None:
+        raise FedmolError(f"{where}: missing {key!r} (a list)")
+    if not isinstance(v, list):
+        v = [v]
+    try:
+        out = [kind(x) for x in v]
+    except (TypeError, ValueError) as e:
+        raise FedmolError(f"{where}: {key} = {v!r}: {e}") from e
+    if not out and key not in ("references", "reference_models"):
+        raise FedmolError(f"{where}: {key} is empty")
+    if len(set(map(str, out))) != len(out):
+        raise FedmolError(f"{where}: {key} has duplicates: {v!r}")
+    return out
+
+
+def load_suite(suite: str | Path) -> Suite:
+    """Read and check a suite (see the module docstring); nothing runs."""
+    path = find_suite(suite)
+    where = str(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise FedmolError(f"cannot read suite {path}: {e}") from e
+    unknown = set(doc) - TOP_KEYS
+    if unknown:
+        raise FedmolError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(TOP_KEYS)}")
+    run = dict(doc.get("run", {}))
+    bad = set(run) - RUN_KEYS
+    if bad:
+        raise FedmolError(f"{where}: unknown [run] key(s) {sorted(bad)}; known: {sorted(RUN_KEYS)}")
+    ref = dict(doc.get("reference", {}))
+    bad = set(ref) - REFERENCE_KEYS
+    if bad:
+        raise FedmolError(f"{where}: unknown [reference] key(s) {sorted(bad)}; known: {sorted(REFERENCE_KEYS)}")
+    tables = doc.get("algorithm", {})
+    algos = []
+    for label in _list(doc, "algorithms", str, where):
+        t = dict(tables.get(label, {}))
+        base = str(t.pop("base", label))
+        algos.append(AlgoSpec(label, base, t))
+    stray = set(tables) - {a.label for a in algos}
+    if stray:
+        raise FedmolError(f"{where}: [algorithm.{sorted(stray)[0]}] is not in algorithms = "
+                          f"{[a.label for a in algos]}")
+    s = Suite(name=str(doc.get("name", path.stem)), path=path, description=str(doc.get("description", "")),
+              datasets=_list(doc, "datasets", str, where), alphas=_list(doc, "alphas", float, where),
+              devices=_list(doc, "devices", str, where), algorithms=algos,
+              seeds=_list(doc, "seeds", int, where, [0]),
+              references=_list(doc, "references", str, where, list(REFERENCES)),
+              reference_models=_list(doc, "reference_models", str, where, list(REFERENCE_MODELS)),
+              run=run, hparams=dict(doc.get("hparams", {})), reference=ref, threads=doc.get("threads", 1))
+    check_suite(s)
+    return s
+
+
+def check_suite(s: Suite) -> None:
+    """Every name of the suite resolves: datasets, algorithms (and their hyperparameters), devices."""
+    from fedmol.data.registry import get_info
+    from fedmol.fl.devices import assign_devices
+    from fedmol.fl.registry import ALGORITHMS, get_algorithm
+
+    where = f"suite {s.name}"
+    for d in s.datasets:
+        try:
+            get_info(d)
+        except FedmolError as e:
+            raise FedmolError(f"{where}: {e}") from e
+    partners = int(s.run.get("partners", RunConfig.partners))
+    for dev in s.devices:
+        try:
+            assign_devices(dev, [1] * partners, 0)
+        except FedmolError as e:
+            raise FedmolError(f"{where}: {e}") from e
+    for a in s.algorithms:
+        try:
+            cls = get_algorithm(a.base)
+        except FedmolError as e:
+            raise FedmolError(f"{where}: algorithm {a.label!r}: {e}") from e
+        except (ImportError, AttributeError) as e:
+            raise FedmolError(f"{where}: algorithm {a.label!r} is registered ({ALGORITHMS.get(a.base)}) but cannot "
+                              f"be loaded: {e}; drop it from the suite or run with --algorithms") from e
+        try:
+            cls(dict(name=s.run.get("model", "gin")), {**s.hparams, **a.hparams}, 0)
+        except FedmolError as e:
+            raise FedmolError(f"{where}: algorithm {a.label!r}: {e}") from e
+    for r in s.references:
+        for m in s.reference_models:
+            check_reference(r, m)
+    if s.threads is not None and (not isinstance(s.threads, int) or s.threads < 1):
+        raise FedmolError(f"{where}: threads must be a positive integer, got {s.threads!r}")
+
+
+def default_out(s: Suite) -> Path:
+    """``benchmarks/results/<name>`` beside the suites folder the suite came from."""
+    base = s.path.parent.parent if s.path.parent.name == "suites" else s.path.parent
+    return base / "results" / s.name
+
+
+def _tag(devices: str) -> str:
+    return Path(devices).stem if devices.endswith(".toml") else devices
+
+
+def alpha_tag(alpha: float) -> str:
+    return f"a{alpha:g}"
+
+
+def plan(s: Suite, out: Path, data_dir: str | Path | None = None, algorithms: list[str] | None = None,
+         references: bool = True) -> list[Job]:
+    """The suite's jobs, grouped by (dataset, alpha, devices, seed): references first, then algorithms."""
+    algos = s.algorithms
+    if algorithms is not None:
+        labels = {a.label for a in s.algorithms}
+        missing = [a for a in algorithms if a not in labels]
+        if missing:
+            raise FedmolError(f"suite {s.name} has no algorithm(s) {missing}; it has {sorted(labels)}")
+        algos = [a for a in s.algorithms if a.label in algorithms]
+    jobs = []
+    for ds in s.datasets:
+        for alpha in s.alphas:
+            for dev in s.devices:
+                for seed in s.seeds:
+                    base = out / "runs" / ds / _tag(dev) / alpha_tag(alpha)
+                    common = dict(dataset=ds, alpha=alpha, devices=dev, seed=seed,
+                                  data_dir=str(data_dir) if data_dir else None, **s.run)
+                    if references:
+                        for ref in s.references:
+                            for model in s.reference_models:
+                                name = f"reference-{ref}-{model}"
+                                jobs.append(Job("reference", ds, alpha, dev, seed, name, base / name / f"s{seed}",
+                                                RunConfig(algorithm="fedavg", hparams=dict(s.hparams), **common),
+                                                ref, model))
+                    for a in algos:
+                        jobs.append(Job("federated", ds, alpha, dev, seed, a.label, base / a.label / f"s{seed}",
+                                        RunConfig(algorithm=a.base, hparams={**s.hparams, **a.hparams}, **common)))
+    return jobs
+
+
+# ------------------------------------------------------------------------------------------- running
+def _norm(obj) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def expected_config(job: Job, s: Suite) -> dict:
+    if job.kind == "reference":
+        return reference_config(job.cfg, job.reference, job.model, **_ref_train(s))
+    run = asdict(job.cfg)
+    run.pop("data_dir")
+    return _norm(run)
+
+
+def recorded_config(job: Job) -> dict | None:
+    try:
+        conf = json.loads((job.path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if job.kind == "reference":
+        return conf
+    run = dict(conf.get("run", {}))
+    run.pop("data_dir", None)
+    return _norm(run)
+
+
+def status(job: Job, s: Suite) -> str:
+    """"done" (finished with this configuration), "stale" (finished with another) or "todo"."""
+    if not (job.path / "summary.json").is_file():
+        return "todo"
+    return "done" if recorded_config(job) == expected_config(job, s) else "stale"
+
+
+def _ref_train(s: Suite) -> dict:
+    return dict(min_epochs=int(s.reference.get("min_epochs", 5)), patience=s.reference.get("patience"))
+
+
+def run_job(job: Job, s: Suite, fed=None, progress: bool = True) -> dict:
+    """Run one job into ``<path>.partial`` and rename it to ``<path>`` once complete."""
+    tmp = job.path.with_name(job.path.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if job.kind == "reference":
+        summary = run_reference(job.cfg, job.reference, job.model, tmp, fed=fed, progress=progress,
+                                n_jobs=s.reference.get("rf_jobs", -1), **_ref_train(s))
+    else:
+        summary = run_federated(job.cfg, tmp, progress=progress)
+    if job.path.exists():
+        shutil.rmtree(job.path)
+    tmp.rename(job.path)
+    return summary
+
+
+def _headline(summary: dict) -> str:
+    test = summary.get("test", {})
+    key = "mean" if "mean" in test else (max(test, key=float) if test else None)
+    if key is None:
+        return ""
+    return f"test {summary['metric']}@{key} {test[key]:.4f}"
+
+
+def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_dir: str | Path | None = None,
+              algorithms: list[str] | None = None, references: bool = True, report_only: bool = False,
+              threads: int | None = None, progress: bool = True, console: Console | None = None,
+              show_table: bool = True) -> dict:
+    """Run (or resume) a suite, then write its tables and plots.
+
+    ``algorithms``: a subset of the suite's algorithm labels; ``references=False`` skips the
+    references; ``report_only``: run nothing, report the finished runs. ``threads`` overrides the
+    suite's torch thread count. Returns ``{"suite", "out", "total", "ran", "skipped", "missing",
+    "seconds", "table" (pandas), "files"}``.
+    """
+    from fedmol.fl import report
+
+    t0 = time.perf_counter()
+    console = console or Console()
+    s = suite if isinstance(suite, Suite) else load_suite(suite)
+    out = Path(out) if out is not None else default_out(s)
+    jobs = plan(s, out, data_dir, algorithms, references)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "suite.json").write_text(json.dumps(s.to_dict(), indent=1))
+    n_threads = threads if threads is not None else s.threads
+    ran = skipped = missing = 0
+    import torch
+
+    old_threads = torch.get_num_threads()
+    if n_threads:
+        torch.set_num_threads(int(n_threads))
+    fed_key, fed = None, None
+    try:
+        width = len(str(len(jobs)))
+        for i, job in enumerate(jobs, 1):
+            rel = job.path.relative_to(out / "runs")
+            state = status(job, s)
+            head = f"[{i:>{width}}/{len(jobs)}]"
+            if state == "done":
+                skipped += 1
+                console.print(f"{head} skip  {rel} (finished)", highlight=False)
+                continue
+            if report_only:
+                missing += 1
+                console.print(f"{head} --    {rel} (not run)", highlight=False)
+                continue
+            note = " (configuration changed: running again)" if state == "stale" else ""
+            console.print(f"{head} run   {rel}{note}", highlight=False)
+            if job.kind == "reference" and fed_key != job.group:
+                fed_key, fed = job.group, build_federation(job.cfg, progress)
+            tj = time.perf_counter()
+            summary = run_job(job, s, fed if job.kind == "reference" else None, progress)
+            ran += 1
+            console.print(f"{' ' * len(head)} done  {time.perf_counter() - tj:.1f} s  {_headline(summary)}",
+                          highlight=False)
+    finally:
+        torch.set_num_threads(old_threads)
+    entries = [job.entry() for job in jobs if (job.path / "summary.json").is_file()]
+    rep = report.write_report(entries, out, title=f"fedmol bench {s.name}")
+    seconds = round(time.perf_counter() - t0, 1)
+    if show_table and not rep["table"].empty:
+        # a file or pipe gets a wide table instead of rich's 80 columns
+        wide = console if console.is_terminal else Console(file=console.file, width=max(console.width, 170))
+        wide.print(report.rich_table(rep["table"], title=f"fedmol bench {s.name}"))
+    console.print(f"{ran} run, {skipped} skipped" + (f", {missing} not run" if missing else "")
+                  + f" in {seconds:.0f} s -> {out / 'results.md'}", highlight=False)
+    return dict(suite=s.name, out=out, total=len(jobs), ran=ran, skipped=skipped, missing=missing, seconds=seconds,
+                table=rep["table"], files=rep["files"])
+

@@ -1,0 +1,371 @@
+"""Presenting a benchmark: the results table (pandas, CSV, Markdown, rich) and the plots (PNG).
+
+Input: the finished runs of a suite as *entries* (dicts with ``kind`` "federated" | "reference",
+``dataset``, ``alpha``, ``devices``, ``seed``, ``method``, ``reference``, ``model``, ``path``: the
+run folder holding ``summary.json`` and, for federated runs, ``metrics.csv``); see
+:func:`fedmol.fl.bench.run_suite`.
+
+Tables (one row per dataset x alpha x devices x method; methods: the references first, then the
+algorithms in suite order):
+
+* ``test@<w>`` -- federated: the global model served at width ``w`` on the global test set;
+  ``local-only (gnn)``: the mean over the partners whose device cap is ``w`` of their own
+  model's test metric; ``centralized``: width 1 (the forest is keyed 1.0 too).
+* ``test@partner`` -- the mean over partners of the test metric of the model each partner ends
+  up with (federated: the global model at its served width; local-only: its own; centralized:
+  the pooled one).
+* ``gain_test`` / ``gain_valid`` / ``share_gain_test`` -- :func:`fedmol.fl.references.federated_gain`
+  against the local-only reference of the same model family of the same split (GNN for
+  federated runs): mean over partners of ``metric - local metric`` on the global test set and on
+  each partner's own validation set, signed so that **positive = better than training alone**
+  also for RMSE; the share of partners with a positive test gain. ``gain_test_vs_rf``: the test
+  gain of a GNN row against each partner's local ECFP4 random forest.
+* ``mb`` -- megabytes (1e6 bytes) communicated, down + up, over the whole run.
+
+Each measure is the mean and the sample standard deviation (ddof=1) over seeds; with one seed
+the standard deviation is empty (NaN in the CSV, blank in Markdown).
+
+Files: ``results.csv`` (``<measure>_mean``, ``<measure>_std``, ``n_seeds``), ``results.md``,
+``results_per_seed.csv``, ``partner_gains.csv``, and per dataset x devices x alpha, under
+``plots/``: ``rounds_*.png`` (test metric vs round), ``mb_*.png`` (test metric vs cumulative MB
+communicated), ``widths_*.png`` (final test metric per served width).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedmol.evaluate import HIGHER_IS_BETTER
+from fedmol.fl.references import REFERENCE_MODELS, federated_gain
+
+KEYS = ["dataset", "metric", "alpha", "devices", "kind", "method"]
+GAIN_MEASURES = ["gain_test", "gain_valid", "rel_gain_test", "rel_gain_valid", "share_gain_test",
+                 "share_gain_valid", "gain_test_vs_rf"]
+OTHER_MEASURES = ["test@partner", "valid@partner", *GAIN_MEASURES, "mb", "seconds"]
+#: reference rows first, in this order
+REF_ORDER = [(r, m) for r in ("local-only", "centralized") for m in REFERENCE_MODELS]
+NOTES = [
+    "Values: mean ± sample standard deviation over seeds (ddof=1); with one seed only the mean is shown.",
+    "test@w: federated = global model served at width w on the global test set (held-out scaffolds); "
+    "local-only (gnn) = mean over the partners whose device cap is w of their own model; centralized = width 1.",
+    "test@partner: mean over partners of the model each partner ends up with (its served width / its own model "
+    "/ the pooled model).",
+    "gain (MELLODDY-style): per partner, metric minus that partner's local-only metric (same model family; GNN "
+    "for federated runs), on the global test set and on the partner's own validation set, signed so that "
+    "positive = better than training alone (also for RMSE); mean over partners. gaining: share of partners "
+    "with a positive test gain. gain vs local RF: the test gain over each partner's local ECFP4 random forest.",
+    "MB: megabytes (1e6 bytes) sent down + up over the whole run.",
+]
+
+
+def method_name(entry: dict) -> str:
+    if entry["kind"] == "reference":
+        return f"{entry['reference']} ({entry['model']})"
+    return entry["method"]
+
+
+def _order(entry: dict, algo_order: dict[str, int]) -> int:
+    if entry["kind"] == "reference":
+        return REF_ORDER.index((entry["reference"], entry["model"]))
+    return len(REF_ORDER) + algo_order[entry["method"]]
+
+
+def _nanmean(values) -> float:
+    a = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+    return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
+
+
+def load(entries: list[dict]) -> list[dict]:
+    """Entries with their ``summary`` read from ``<path>/summary.json``."""
+    out = []
+    for e in entries:
+        e = dict(e)
+        e["summary"] = json.loads((Path(e["path"]) / "summary.json").read_text())
+        out.append(e)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- tables
+def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(per_seed, partner_gains)``: one row per finished run, one per run x partner with a gain."""
+    algo_order: dict[str, int] = {}
+    for e in entries:
+        if e["kind"] == "federated":
+            algo_order.setdefault(e["method"], len(algo_order))
+    locals_ = {(e["dataset"], e["alpha"], e["devices"], e["seed"], e["model"]): e["summary"]
+               for e in entries if e["kind"] == "reference" and e["reference"] == "local-only"}
+    rows, partner_rows = [], []
+    for e in entries:
+        s = e["summary"]
+        row: dict[str, Any] = dict(dataset=e["dataset"], metric=s["metric"], alpha=e["alpha"], devices=e["devices"],
+                                   kind=e["kind"], method=method_name(e), seed=e["seed"], order=_order(e, algo_order))
+        for k, v in s.get("test", {}).items():
+            if k != "mean":
+                row[f"test@{k}"] = v
+        pp = s.get("per_partner", [])
+        row["test@partner"] = _nanmean(p.get("test") for p in pp)
+        row["valid@partner"] = _nanmean(p.get("valid") for p in pp)
+        family = e["model"] if e["kind"] == "reference" else "gnn"
+        group = (e["dataset"], e["alpha"], e["devices"], e["seed"])
+        is_local = e["kind"] == "reference" and e["reference"] == "local-only"
+        local = locals_.get((*group, family))
+        if local is not None and not is_local:
+            g = federated_gain(s, local)
+            row.update(gain_test=g["gain_test"], gain_valid=g["gain_valid"], rel_gain_test=g["rel_gain_test"],
+                       rel_gain_valid=g["rel_gain_valid"], share_gain_test=g["share_test"],
+                       share_gain_valid=g["share_valid"])
+            for p in g["per_partner"]:
+                partner_rows.append(dict(dataset=e["dataset"], alpha=e["alpha"], devices=e["devices"],
+                                         method=row["method"], seed=e["seed"], **p))
+        rf = locals_.get((*group, "rf-ecfp4"))
+        if family == "gnn" and rf is not None:
+            row["gain_test_vs_rf"] = federated_gain(s, rf)["gain_test"]
+        if e["kind"] == "federated":
+            row["mb"] = (s.get("bytes_up", 0) + s.get("bytes_down", 0)) / 1e6
+        row["seconds"] = s.get("seconds")
+        rows.append(row)
+    per_seed = pd.DataFrame(rows)
+    if not per_seed.empty:
+        for c in OTHER_MEASURES:
+            if c not in per_seed:
+                per_seed[c] = np.nan
+        per_seed = per_seed[_ordered_columns(per_seed.columns)]
+    return per_seed, pd.DataFrame(partner_rows)
+
+
+def width_columns(columns) -> list[str]:
+    ws = [c for c in columns if c.startswith("test@") and c != "test@partner"]
+    return sorted(ws, key=lambda c: -float(c.split("@")[1]))
+
+
+def _ordered_columns(columns) -> list[str]:
+    head = [*KEYS, "seed", "order"]
+    return head + width_columns(columns) + OTHER_MEASURES
+
+
+def results_table(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample std (ddof=1) over seeds of every measure, with ``n_seeds``."""
+    if per_seed.empty:
+        return pd.DataFrame()
+    measures = width_columns(per_seed.columns) + OTHER_MEASURES
+    grouped = per_seed.groupby(KEYS, sort=False, dropna=False)
+    mean = grouped[measures].mean()
+    std = grouped[measures].std(ddof=1)
+    out = pd.DataFrame(index=mean.index)
+    out["n_seeds"] = grouped.size()
+    out["order"] = grouped["order"].first()
+    for m in measures:
+        out[f"{m}_mean"] = mean[m]
+        out[f"{m}_std"] = std[m]
+    out = out.reset_index()
+    first = {k: {v: i for i, v in enumerate(dict.fromkeys(per_seed[k]))} for k in ("dataset", "devices")}
+    out["_d"] = out["dataset"].map(first["dataset"])
+    out["_v"] = out["devices"].map(first["devices"])
+    out = out.sort_values(["_d", "alpha", "_v", "order"], kind="stable").drop(columns=["_d", "_v", "order"])
+    return out.reset_index(drop=True)
+
+
+def _fmt(mean, std, pct: bool = False, digits: int = 3) -> str:
+    if mean is None or not np.isfinite(mean):
+        return ""
+    scale, unit = (100.0, "%") if pct else (1.0, "")
+    d = 0 if pct else digits
+    s = f"{mean * scale:.{d}f}{unit}"
+    if std is not None and np.isfinite(std):
+        s += f" ± {std * scale:.{d}f}{unit}"
+    return s
+
+
+def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted rows of the results table (shared by Markdown and rich)."""
+    widths = [c[: -len("_mean")] for c in table.columns if c.startswith("test@") and c.endswith("_mean")
+              and c != "test@partner_mean"]
+    widths = [w for w in widths if table[f"{w}_mean"].notna().any()]
+    header = ["dataset", "metric", "alpha", "devices", "method", "seeds", *widths, "test@partner", "gain test",
+              "gain valid", "gaining", "gain vs local RF", "MB"]
+    rows = []
+    for _, r in table.iterrows():
+        metric = r["metric"]
+        rows.append([
+            str(r["dataset"]), f"{metric} ({'↑' if HIGHER_IS_BETTER.get(metric, True) else '↓'})", f"{r['alpha']:g}",
+            str(r["devices"]), str(r["method"]), str(int(r["n_seeds"])),
+            *[_fmt(r[f"{w}_mean"], r[f"{w}_std"]) for w in widths],
+            _fmt(r["test@partner_mean"], r["test@partner_std"]),
+            _fmt(r["gain_test_mean"], r["gain_test_std"]), _fmt(r["gain_valid_mean"], r["gain_valid_std"]),
+            _fmt(r["share_gain_test_mean"], r["share_gain_test_std"], pct=True),
+            _fmt(r["gain_test_vs_rf_mean"], r["gain_test_vs_rf_std"]),
+            "" if not np.isfinite(r["mb_mean"]) else f"{r['mb_mean']:.3g}",
+        ])
+    return header, rows
+
+
+def to_markdown(table: pd.DataFrame, title: str = "Results") -> str:
+    header, rows = display_rows(table)
+    lines = [f"# {title}", "", *[f"- {n}" for n in NOTES], ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---" if i < 5 else "---:" for i in range(len(header))) + "|")
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(table: pd.DataFrame, title: str = "Results"):
+    """The results as rich tables, one per dataset x alpha x devices (a renderable ``Group``)."""
+    from rich.console import Group
+    from rich.table import Table
+
+    header, rows = display_rows(table)
+    tables = []
+    groups: dict[tuple, list[list[str]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[:4]), []).append(row[4:])
+    short = {"test@partner": "partner mean", "gain vs local RF": "vs local RF"}
+    for i, ((ds, metric, alpha, dev), grows) in enumerate(groups.items()):
+        t = Table(title=(f"{title}\n" if i == 0 else "") + f"{ds}, test {metric}, alpha {alpha}, {dev} devices",
+                  title_justify="left")
+        for j, h in enumerate(header[4:]):
+            t.add_column(short.get(h, h.replace("test@", "@")), justify="left" if j == 0 else "right")
+        for r in grows:
+            t.add_row(*[c.replace(" ± ", "±") for c in r])
+        tables.append(t)
+    tables[-1].caption = ("±: sample std over seeds (ddof=1). gain: vs local-only, positive = better than "
+                          "training alone; gaining: share of partners with a positive test gain")
+    return Group(*tables)
+
+
+# --------------------------------------------------------------------------------------------- plots
+def _metrics_frame(path: Path, metric: str) -> pd.DataFrame | None:
+    """``round``, cumulative ``mb`` and the widest width's test metric (eval rounds only) of one run."""
+    f = Path(path) / "metrics.csv"
+    if not f.is_file():
+        return None
+    df = pd.read_csv(f)
+    cols = [c for c in df.columns if c.startswith(f"test_{metric}@")]
+    if not cols:
+        return None
+    col = max(cols, key=lambda c: float(c.split("@")[1]))
+    out = pd.DataFrame({"round": df["round"], "mb": (df["bytes_up"] + df["bytes_down"]).cumsum() / 1e6,
+                        "value": pd.to_numeric(df[col], errors="coerce")})
+    out.attrs["width"] = col.split("@")[1]
+    return out.dropna(subset=["value"])
+
+
+def _ref_lines(ax, refs: dict[str, float]) -> None:
+    styles = {"centralized (gnn)": ("black", "--"), "local-only (gnn)": ("black", ":"),
+              "centralized (rf-ecfp4)": ("tab:gray", "--"), "local-only (rf-ecfp4)": ("tab:gray", ":")}
+    for name, v in refs.items():
+        if v is not None and np.isfinite(v):
+            color, ls = styles.get(name, ("gray", "-."))
+            ax.axhline(v, color=color, ls=ls, lw=1.2, label=name)
+
+
+def plot_group(entries: list[dict], table: pd.DataFrame, folder: Path, tag: str) -> list[Path]:
+    """The three plots of one dataset x alpha x devices group."""
+    from matplotlib.figure import Figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    metric = entries[0]["summary"]["metric"]
+    title = f"{entries[0]['dataset']}, {entries[0]['devices']} devices, alpha {entries[0]['alpha']:g}"
+    refs = {}
+    for _, r in table.iterrows():
+        if r["kind"] == "reference":
+            key = "test@1.0_mean" if r["method"].startswith("centralized") else "test@partner_mean"
+            refs[r["method"]] = r.get(key, np.nan)
+    methods = list(dict.fromkeys(e["method"] for e in entries if e["kind"] == "federated"))
+    curves = {}
+    for m in methods:
+        frames = [f for e in entries if e["kind"] == "federated" and e["method"] == m
+                  if (f := _metrics_frame(e["path"], metric)) is not None and not f.empty]
+        if frames:
+            curves[m] = (pd.concat(frames).groupby("round").mean(numeric_only=True).reset_index(),
+                         frames[0].attrs.get("width", "1.0"))
+    files = []
+    for kind, x, xlabel in (("rounds", "round", "round"), ("mb", "mb", "MB communicated (down + up, cumulative)")):
+        fig = Figure(figsize=(6.4, 4.2))
+        ax = fig.subplots()
+        for m, (c, w) in curves.items():
+            ax.plot(c[x], c["value"], marker="o", ms=3, label=f"{m} @{w}")
+        _ref_lines(ax, refs)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"test {metric}")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        p = folder / f"{kind}_{tag}.png"
+        fig.savefig(p, dpi=110)
+        files.append(p)
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    wcols = [c[: -len("_mean")] for c in table.columns if c.startswith("test@") and c.endswith("_mean")
+             and c != "test@partner_mean"]
+    for _, r in table.iterrows():
+        if r["kind"] == "reference" and r["method"] != "local-only (gnn)":
+            continue
+        pts = [(float(c.split("@")[1]), r[f"{c}_mean"], r[f"{c}_std"]) for c in wcols
+               if np.isfinite(r[f"{c}_mean"])]
+        if not pts:
+            continue
+        pts.sort()
+        xs, ys, es = zip(*pts)
+        es = [e if np.isfinite(e) else 0.0 for e in es]
+        ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=3, label=r["method"],
+                    ls=":" if r["kind"] == "reference" else "-", color="black" if r["kind"] == "reference" else None)
+    _ref_lines(ax, {k: v for k, v in refs.items() if k.startswith("centralized")})
+    ax.set_xscale("log", base=2)
+    ws = sorted({float(c.split("@")[1]) for c in wcols})
+    if ws:
+        ax.set_xticks(ws)
+        ax.set_xticklabels([_width_label(w) for w in ws])
+    ax.set_xlabel("served width")
+    ax.set_ylabel(f"final test {metric}")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    p = folder / f"widths_{tag}.png"
+    fig.savefig(p, dpi=110)
+    files.append(p)
+    return files
+
+
+def _width_label(w: float) -> str:
+    return "1" if w == 1 else (f"1/{round(1 / w)}" if math.isclose(1 / w, round(1 / w)) else f"{w:g}")
+
+
+# ---------------------------------------------------------------------------------------- everything
+def write_report(entries: list[dict], out: str | Path, title: str = "Results") -> dict:
+    """Tables and plots of the finished runs in ``entries``, written under ``out``.
+
+    Returns ``{"table": aggregated DataFrame, "per_seed": DataFrame, "files": {name: path(s)}}``.
+    """
+    out = Path(out)
+    entries = load(entries)
+    per_seed, gains = seed_tables(entries)
+    table = results_table(per_seed)
+    files: dict[str, Any] = {}
+    if table.empty:
+        return dict(table=table, per_seed=per_seed, files=files)
+    files["csv"] = out / "results.csv"
+    table.to_csv(files["csv"], index=False)
+    files["per_seed"] = out / "results_per_seed.csv"
+    per_seed.drop(columns=["order"]).to_csv(files["per_seed"], index=False)
+    files["partner_gains"] = out / "partner_gains.csv"
+    gains.to_csv(files["partner_gains"], index=False)
+    files["markdown"] = out / "results.md"
+    files["markdown"].write_text(to_markdown(table, title))
+    plots = []
+    groups: dict[tuple, list[dict]] = {}
+    for e in entries:
+        groups.setdefault((e["dataset"], e["devices"], e["alpha"]), []).append(e)
+    for (ds, dev, alpha), group in groups.items():
+        sub = table[(table["dataset"] == ds) & (table["devices"] == dev) & (table["alpha"] == alpha)]
+        tag = f"{ds}_{Path(dev).stem if dev.endswith('.toml') else dev}_a{alpha:g}"
+        plots += plot_group(group, sub, out / "plots", tag)
+    files["plots"] = plots
+    return dict(table=table, per_seed=per_seed, files=files)
