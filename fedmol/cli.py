@@ -216,12 +216,15 @@ def train(
     layers: int = typer.Option(5, "--layers"),
     batch_size: int = typer.Option(32, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr"),
+    threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest for small molecular graphs)."),
     csv: Optional[Path] = CsvOpt, smiles_col: Optional[str] = SmilesCol, target_cols: Optional[str] = TargetCols,
     task: Optional[str] = TaskOpt, data_dir: Optional[Path] = DataDir, jobs: Optional[int] = Jobs,
 ):
     """Centralized reference: train one GNN on a scaffold split 80/10/10 with early stopping."""
     from fedmol.centralized import train_centralized
 
+    import torch
+    torch.set_num_threads(threads)
     ds = _load(name, data_dir, csv, smiles_col, target_cols, task, jobs)
     s = train_centralized(ds, out, model=model, width=width, seed=seed, epochs=epochs, patience=patience,
                           hidden=hidden, layers=layers, batch_size=batch_size, lr=lr)
@@ -262,6 +265,9 @@ def run(
     layers: int = typer.Option(5, "--layers"),
     clients_per_round: Optional[int] = typer.Option(None, "--clients-per-round"),
     eval_every: int = typer.Option(1, "--eval-every"),
+    faulty_links: float = typer.Option(0.0, "--faulty-links", help="P(an upload is truncated at a random narrower width)."),
+    lossy_links: float = typer.Option(0.0, "--lossy-links", help="P(an upload is lost)."),
+    threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest for small molecular graphs)."),
     hp: list[str] = typer.Option([], "--hp", help="Algorithm hyperparameter KEY=VALUE (repeatable)."),
     data_dir: Optional[Path] = DataDir,
 ):
@@ -271,7 +277,10 @@ def run(
     cfg = RunConfig(algorithm=algorithm, dataset=dataset, split=str(split) if split else None, partners=partners,
                     alpha=alpha, quantity_skew=quantity_skew, devices=devices, rounds=rounds, seed=seed,
                     clients_per_round=clients_per_round, model=model, hidden=hidden, layers=layers,
-                    eval_every=eval_every, hparams=_hparams(hp), data_dir=str(data_dir) if data_dir else None)
+                    eval_every=eval_every, faulty_links=faulty_links, lossy_links=lossy_links,
+                    hparams=_hparams(hp), data_dir=str(data_dir) if data_dir else None)
+    import torch
+    torch.set_num_threads(threads)
     s = run_federated(cfg, out)
     t = Table(title=f"{algorithm} on {s['dataset']} ({s['rounds']} rounds, {s['seconds']:.0f} s)")
     t.add_column("width")
@@ -280,7 +289,7 @@ def run(
     for w, v in s["test"].items():
         t.add_row(w, f"{v:.4f}", f"{s['valid'][w]:.4f}")
     console.print(t)
-    console.print(f"sent {s['bytes_down'] / 1e6:.1f} MB down, {s['bytes_up'] / 1e6:.1f} MB up; "
+    console.print(f"sent {s['bytes_down'] / 1e6:.2f} MB down, {s['bytes_up'] / 1e6:.2f} MB up; "
                   f"{s['failures']} failed partner-rounds -> {out}")
 
 

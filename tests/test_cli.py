@@ -86,3 +86,26 @@ def test_split_on_partner_csv(tmp_path, data_dir):
     assert run("split", "verify", out).exit_code == 2  # needs its CSV
     res = run("split", "verify", out, "--csv", p)
     assert res.exit_code == 0, res.output
+
+
+def test_train_writes_summary_and_safetensors(tmp_path):
+    res = run("train", "bace", "--epochs", 2, "--hidden", 16, "--layers", 2, "--width", 0.5, "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["dataset"] == "bace" and s["metric"] == "rocauc" and list(s["test"]) == ["0.5"]
+    assert set(s) >= {"valid", "seconds", "config"} and 0 <= s["test"]["0.5"] <= 1
+    from safetensors.torch import load_file
+    from fedmol.models import build
+    net = build(**{**s["config"]["model"]})
+    net.load_state_dict(load_file(str(tmp_path / "model.safetensors")))
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "heterofl", "fjord", "fedgen", "fedrescue", "feddf"])
+def test_run_every_algorithm(tmp_path, algorithm):
+    res = run("run", "--algorithm", algorithm, "--dataset", "bace", "--partners", 3, "--rounds", 1, "--hidden", 16,
+              "--layers", 2, "--devices", "tiered", "--hp", "max_local_steps=2", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["algorithm"] == algorithm and s["test"] and all(0 <= v <= 1 for v in s["test"].values())
+    for f in ("config.json", "metrics.csv", "model.safetensors", "test_predictions.csv", "sent.jsonl"):
+        assert (tmp_path / f).is_file()

@@ -10,7 +10,7 @@ scaffold SMILES of molecule ``i`` (``""`` for acyclic ones, see :mod:`fedmol.dat
 ``y`` is a float ``(n, T)`` label matrix with ``NaN`` for a missing label (a 1-D ``y`` is read as
 ``(n, 1)``); ``K`` partners; Dirichlet concentration ``alpha``; integer ``seed``.
 
-Algorithm ``fedmol-scaffold-dirichlet/1``
+Algorithm ``fedmol-scaffold-dirichlet/2``
 =========================================
 1. **Scaffold groups.** Molecules sharing a scaffold string form a group. Groups are ordered by
    size descending, then scaffold string ascending (Python ``str`` order, i.e. code points). Inside
@@ -60,9 +60,15 @@ Algorithm ``fedmol-scaffold-dirichlet/1``
    is uniform ``1/K``; ``s > 0`` gives a few large partners and many small ones), normalized to
    sum 1. Then, for draw ``d = 1, 2, ..., 100`` (``MAX_DRAWS``):
 
-   a. for every type present in the pool, in ascending type index, draw
-      ``p_t = rng.dirichlet(alpha * K * q)`` (if numerical underflow yields a non-finite or
-      all-zero vector, ``p_t`` is one-hot on ``rng.choice(K, p=q)`` instead);
+   a. draw every partner's *label preference* ``pi_k = rng.dirichlet(alpha * ones(S))``
+      (one call with ``size=K``: a ``K x S`` matrix); then for every type present in the pool,
+      in ascending type index, with ``t = c * S + l``: if cluster ``c`` has no chemistry share
+      yet in this draw, draw ``P_c = rng.dirichlet(alpha * K * q)``; the type's proportions are
+      ``p_t ∝ P_c * pi[:, l]`` (element-wise over partners, normalized to sum 1). The cluster
+      share ``P_c`` concentrates chemistry; the preference ``pi`` is shared by all of a
+      partner's clusters, so a small ``alpha`` also gives each partner a consistently skewed
+      label balance. (If the product is all zero or non-finite, ``p_t = P_c``; if that too is
+      degenerate, one-hot on ``rng.choice(K, p=q)``.)
    b. with ``size_t`` the molecules of type ``t``, targets ``p_t,k * size_t`` and running counts
       ``a_t,k = 0``, walk the pool groups in group order: group ``g`` of type ``t`` goes to the
       partner with the largest deficit ``p_t,k * size_t - a_t,k`` (ties: lowest ``k``), then
@@ -102,10 +108,11 @@ in ``{0, 1, NaN}``; ``y`` finite or NaN with ``len(y) == len(scaffolds)``.
 
 Notes on behaviour
 ==================
-* Chemistry skew is the dominant, reliable effect of a small ``alpha`` (each chemistry cluster
-  lands on one or two partners). Label skew also grows as ``alpha`` shrinks, but since a partner
-  collects several (cluster, stratum) types its label balance is a mix, so for a single seed it
-  can come out close to the global balance; compare heterogeneity over several seeds.
+* A small ``alpha`` skews both chemistry (each chemistry cluster lands on one or two partners)
+  and labels (each partner's preference over label strata is shared across its clusters).
+  Version 1 of this algorithm drew an independent Dirichlet per (cluster, stratum) type, which
+  let a partner's label balance average out over its clusters; version 2 adds the shared
+  preference.
 * Very large scaffold groups (benzene, the acyclic ``""`` group) cannot be split, so even at
   large ``alpha`` the partners receiving them are larger than the others.
 * The k-means clustering is memoized per (pool scaffolds, cluster count): partitions of the same
@@ -142,7 +149,7 @@ __all__ = [
     "test_groups_mask",
 ]
 
-ALGORITHM = "fedmol-scaffold-dirichlet/1"
+ALGORITHM = "fedmol-scaffold-dirichlet/2"
 #: Dirichlet draws tried before giving up on an infeasible configuration.
 MAX_DRAWS = 100
 #: Every partner needs one scaffold group for train and one for valid.
@@ -463,16 +470,25 @@ def _deal(
     conc: np.ndarray,
     q: np.ndarray,
     rng: np.random.Generator,
+    n_strata: int,
+    alpha: float,
 ) -> np.ndarray:
     """One Dirichlet draw + greedy dealing (step 4a-b); returns the owner of each pool group."""
     K = len(conc)
+    pref = rng.dirichlet(np.full(n_strata, alpha), size=K)  # [K, S] each partner's label preference
     deficit = np.zeros((len(type_size), K), dtype=np.float64)
+    chem: dict[int, np.ndarray] = {}
     for t in present_types:
-        p = rng.dirichlet(conc)
+        c, l = divmod(int(t), n_strata)
+        if c not in chem:
+            chem[c] = rng.dirichlet(conc)
+        p = chem[c] * pref[:, l]
         if not (np.all(np.isfinite(p)) and p.sum() > 0):
-            p = np.zeros(K)
-            p[int(rng.choice(K, p=q))] = 1.0
-        deficit[t] = p * type_size[t]
+            p = chem[c] if np.all(np.isfinite(chem[c])) and chem[c].sum() > 0 else np.zeros(K)
+            if p.sum() <= 0:
+                p = np.zeros(K)
+                p[int(rng.choice(K, p=q))] = 1.0
+        deficit[t] = p / p.sum() * type_size[t]
     owner = np.empty(len(group_type), dtype=np.int64)
     for g in range(len(group_type)):
         row = deficit[group_type[g]]
@@ -596,7 +612,7 @@ def scaffold_partition(
     owner = None
     draws = 0
     for draws in range(1, MAX_DRAWS + 1):
-        cand = _deal(group_type, pool_sizes, type_size, present, conc, q, rng)
+        cand = _deal(group_type, pool_sizes, type_size, present, conc, q, rng, n_strata, a)
         mol_k = np.bincount(cand, weights=pool_sizes, minlength=K)
         grp_k = np.bincount(cand, minlength=K)
         if mol_k.min() >= min_size and grp_k.min() >= MIN_GROUPS_PER_PARTNER:

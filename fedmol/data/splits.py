@@ -35,12 +35,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedmol.data.dataset import MoleculeDataset, load_dataset
 from fedmol.data.featurize import FEATURIZER_VERSION
-from fedmol.data.partition import heterogeneity_report, scaffold_partition
+from fedmol.data.partition import ALGORITHM, heterogeneity_report, scaffold_partition
 from fedmol.data.scaffold import murcko_scaffolds
 from fedmol.errors import DataError
 
 FORMAT = "fedmol-split/1"
-METHOD = "scaffold-dirichlet-v1"
+METHOD = ALGORITHM
 MAX_SPLIT_BYTES = 64 << 20
 
 

@@ -348,6 +348,22 @@ def _headline(summary: dict) -> str:
     return f"test {summary['metric']}@{key} {test[key]:.4f}"
 
 
+def settings_notes(s: Suite, threads: int | None) -> list[str]:
+    """The suite's settings, as lines for the top of ``results.md``."""
+    run = {**{f.name: f.default for f in fields(RunConfig) if f.name in RUN_KEYS}, **s.run}
+    lines = [f"Suite `{s.name}` ({s.path.name}){': ' + s.description if s.description else ''}."]
+    lines.append("Runs: " + ", ".join(f"{k} {run[k]}" for k in ("partners", "rounds", "model", "hidden", "layers",
+                                                                 "dropout", "eval_every")) +
+                 f"; shared hparams {s.hparams or '{}'}"
+                 + "".join(f"; {a.label}: {a.base} {a.hparams}" for a in s.algorithms if a.hparams or a.base != a.label)
+                 + f"; seeds {s.seeds}; torch threads {threads}.")
+    ref = {"min_epochs": 5, "patience": None, **s.reference}
+    lines.append(f"References: {', '.join(s.references) or 'none'} x {', '.join(s.reference_models)}; GNN epochs "
+                 f"max({ref['min_epochs']}, rounds x local_epochs), each capped like a round's local work, best "
+                 f"validation epoch kept (patience {ref['patience']}); forests: ECFP4 2048 bits, 200 trees.")
+    return lines
+
+
 def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_dir: str | Path | None = None,
               algorithms: list[str] | None = None, references: bool = True, report_only: bool = False,
               threads: int | None = None, progress: bool = True, console: Console | None = None,
@@ -402,7 +418,7 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
     finally:
         torch.set_num_threads(old_threads)
     entries = [job.entry() for job in jobs if (job.path / "summary.json").is_file()]
-    rep = report.write_report(entries, out, title=f"fedmol bench {s.name}")
+    rep = report.write_report(entries, out, title=f"fedmol bench {s.name}", notes=settings_notes(s, n_threads))
     seconds = round(time.perf_counter() - t0, 1)
     if show_table and not rep["table"].empty:
         # a file or pipe gets a wide table instead of rich's 80 columns

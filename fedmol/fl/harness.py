@@ -24,7 +24,8 @@ Partners are never held as model copies: a client update builds its model from t
 drops it after replying, and partners' datasets are index views of one shared dataset.
 
 Files in ``out_dir``: ``config.json`` (fully resolved), ``metrics.csv`` (one row per round),
-``summary.json``, ``model.safetensors`` (final global weights) and ``sent.jsonl`` (one line per
+``summary.json``, ``model.safetensors`` (final global weights), ``test_predictions.csv`` (the
+final model's predictions on the global test set at every width) and ``sent.jsonl`` (one line per
 message a partner sent: array names, shapes, bytes, metrics, and the values of anything the
 algorithm declares as extra disclosure, e.g. FedGen's label counts).
 """
@@ -53,7 +54,7 @@ from fedmol.fl.algorithm import LocalData, PartnerInfo
 from fedmol.fl.devices import assign_devices
 from fedmol.fl.registry import get_algorithm
 from fedmol.models import slicing
-from fedmol.training import score, width_key
+from fedmol.training import predict, score, width_key
 
 
 @dataclass
@@ -155,6 +156,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
                 pick = rng.choice(len(online), cfg.clients_per_round, replace=False)
                 online = [online[i] for i in sorted(pick)]
             replies, failures, truncated, up, down, client_time = [], [], [], 0, 0, 0.0
+            client_total = 0.0
             for p in online:
                 msg = algo.configure(rnd, p)
                 if msg is None:
@@ -165,7 +167,9 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
                     continue
                 tc = time.perf_counter()
                 reply = algo_cls.client_update(msg, fed.local[p.pid])
-                client_time = max(client_time, (time.perf_counter() - tc) / p.device.speed)
+                dt = time.perf_counter() - tc
+                client_total += dt
+                client_time = max(client_time, dt / p.device.speed)
                 if not reply.is_finite():
                     failures.append(f"partner {p.pid}: non-finite update rejected")
                     continue
@@ -185,13 +189,16 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
                 sent.append(dict(round=rnd, partner=p.pid, kind="update", bytes=reply.nbytes(), arrays=reply.describe(),
                                  metrics=reply.metrics,
                                  disclosed={k: reply.arrays[k].tolist() for k in algo.disclosures if k in reply.arrays}))
+            ts = time.perf_counter()
             agg = algo.aggregate(rnd, replies)
             agg.update(algo.server_step(rnd))
+            server_time = time.perf_counter() - ts
             bytes_up, bytes_down, failures_total = bytes_up + up, bytes_down + down, failures_total + len(failures)
             row = dict(round=rnd, participants=len(replies), partners=";".join(str(p.pid) for p, _ in replies),
                        failures=len(failures), failure_reasons=" | ".join(failures), truncated=len(truncated),
                        truncations=" | ".join(truncated), bytes_up=up, bytes_down=down,
                        sim_client_seconds=round(client_time, 4))
+            te = time.perf_counter()
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds - 1:
                 traffic.update(down=0, up=0, round=rnd)
                 for w, v in evaluate(fed.test).items():
@@ -202,6 +209,9 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
                 bytes_down, bytes_up = bytes_down + traffic["down"], bytes_up + traffic["up"]
                 sent += traffic["log"]
                 traffic["log"] = []
+            row["eval_seconds"] = round(time.perf_counter() - te, 4)
+            row["client_seconds"] = round(client_total, 4)
+            row["server_seconds"] = round(server_time, 4)
             row["seconds"] = round(time.perf_counter() - t0, 4)
             row.update({f"server_{k}": v for k, v in agg.items()})
             rows.append(row)
@@ -220,6 +230,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
                    per_partner=per_partner, bytes_up=bytes_up, bytes_down=bytes_down, failures=failures_total,
                    rounds=cfg.rounds, seconds=round(time.perf_counter() - t_start, 2))
     if out is not None:
+        write_predictions(out / "test_predictions.csv", algo, fed, widths)
         write_metrics(out / "metrics.csv", rows)
         with open(out / "sent.jsonl", "w") as f:
             f.writelines(json.dumps(m) + "\n" for m in sent)
@@ -247,6 +258,19 @@ def _info(row: dict, metric: str, widths) -> str:
     w = width_key(widths[0])
     v = row.get(f"test_{metric}@{w}")
     return f"{row['participants']} partners, test {metric}@{w} {v:.3f}" if v is not None else ""
+
+
+def write_predictions(path: Path, algo, fed: Federation, widths) -> None:
+    """The final global model's predictions on the global test set, one row per (molecule, width):
+    ``row`` (source row), ``width``, then ``task_0 ... task_{T-1}`` (logits for classification)."""
+    rows = fed.test.rows
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "width"] + [f"task_{t}" for t in range(fed.dataset.num_tasks)])
+        for width in widths:
+            _, pred = predict(algo.eval_model(width), fed.test, width)
+            for r, p in zip(rows, pred):
+                w.writerow([int(r), width_key(width)] + [repr(float(x)) for x in p])
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:

@@ -246,8 +246,9 @@ def reference_config(cfg: RunConfig, reference: str, model: str, min_epochs: int
     """What a reference result depends on (written as ``config.json``; the benchmark's resume check)."""
     from dataclasses import asdict
 
-    run = {k: v for k, v in asdict(cfg).items() if k not in ("algorithm", "data_dir", "eval_every",
-                                                             "clients_per_round")}
+    # what a reference does not depend on: the algorithm, sampling, evaluation schedule, links, data folder
+    skip = {"algorithm", "data_dir", "eval_every", "clients_per_round", "faulty_links", "lossy_links"}
+    run = {k: v for k, v in asdict(cfg).items() if k not in skip}
     run["hparams"] = {k: v for k, v in (cfg.hparams or {}).items() if k in TRAIN_KEYS}
     conf = dict(reference=reference, model=model, run=run)
     if model == "gnn":

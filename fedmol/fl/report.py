@@ -205,9 +205,9 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def to_markdown(table: pd.DataFrame, title: str = "Results") -> str:
+def to_markdown(table: pd.DataFrame, title: str = "Results", notes: list[str] | None = None) -> str:
     header, rows = display_rows(table)
-    lines = [f"# {title}", "", *[f"- {n}" for n in NOTES], ""]
+    lines = [f"# {title}", "", *[f"- {n}" for n in [*(notes or []), *NOTES]], ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" if i < 5 else "---:" for i in range(len(header))) + "|")
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -339,10 +339,11 @@ def _width_label(w: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------- everything
-def write_report(entries: list[dict], out: str | Path, title: str = "Results") -> dict:
+def write_report(entries: list[dict], out: str | Path, title: str = "Results", notes: list[str] | None = None) -> dict:
     """Tables and plots of the finished runs in ``entries``, written under ``out``.
 
-    Returns ``{"table": aggregated DataFrame, "per_seed": DataFrame, "files": {name: path(s)}}``.
+    ``notes``: extra lines for the top of ``results.md`` (the run settings). Returns
+    ``{"table": aggregated DataFrame, "per_seed": DataFrame, "files": {name: path(s)}}``.
     """
     out = Path(out)
     entries = load(entries)
@@ -358,7 +359,7 @@ def write_report(entries: list[dict], out: str | Path, title: str = "Results") -
     files["partner_gains"] = out / "partner_gains.csv"
     gains.to_csv(files["partner_gains"], index=False)
     files["markdown"] = out / "results.md"
-    files["markdown"].write_text(to_markdown(table, title))
+    files["markdown"].write_text(to_markdown(table, title, notes))
     plots = []
     groups: dict[tuple, list[dict]] = {}
     for e in entries:

@@ -379,7 +379,7 @@ def test_params_are_json_and_complete() -> None:
     p = part("esol", 4, 0.5, 3, quantity_skew=0.5)
     params = json.loads(json.dumps(p.params))
     for key, value in {
-        "algorithm": "fedmol-scaffold-dirichlet/1",
+        "algorithm": "fedmol-scaffold-dirichlet/2",
         "task_type": "regression",
         "n_partners": 4,
         "alpha": 0.5,

@@ -72,14 +72,18 @@ def test_truncated_uploads_are_aggregated_over_exactly_their_deliverers():
     b = slicing.sub_state_dict(full_b, 0.25, spec=spec)  # cut after width 1/4
     algo.aggregate(0, [(infos[0], Message(a, {}, {"n_train": 10.0})), (infos[1], Message(b, {}, {"n_train": 30.0}))])
     new = algo.model.state_dict()
-    w = new["convs.0.mlp.0.weight"] if "convs.0.mlp.0.weight" in new else next(
-        v for k, v in new.items() if v.dim() == 2 and v.shape[0] > 2 and v.shape[1] > 2)
-    rows, cols = b[[k for k in b if b[k].shape != full_b[k].shape][0]].shape[:2], None
-    inner = next(k for k in b if b[k].dim() == 2 and b[k].shape != old[k].shape)
+    inner = next(k for k in b if b[k].dim() == 2 and b[k].shape != old[k].shape)  # a sliced hidden weight
     r0, c0 = b[inner].shape
     assert torch.allclose(new[inner][:r0, :c0], torch.full((r0, c0), 4.0))  # (10*1 + 30*5) / 40
     assert torch.allclose(new[inner][r0:, :], torch.ones_like(new[inner][r0:, :]))  # only A delivered these
-    assert w is not None and rows is not None and cols is None
+    assert torch.allclose(new[inner][:, c0:], torch.ones_like(new[inner][:, c0:]))
+    # coordinates nobody delivered keep their old value
+    nobody = slicing.sub_state_dict(full_a, 0.5, spec=spec)
+    algo.load(old)
+    algo.aggregate(1, [(infos[0], Message(nobody, {}, {"n_train": 10.0}))])
+    after = algo.model.state_dict()
+    r1, c1 = nobody[inner].shape
+    assert torch.equal(after[inner][r1:, :], old[inner][r1:, :])
 
 
 def test_end_to_end_under_faulty_links(tmp_path):
