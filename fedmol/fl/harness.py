@@ -127,6 +127,8 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
     model_config = dict(name=cfg.model, num_tasks=ds.num_tasks, hidden=cfg.hidden, layers=cfg.layers,
                         task_type=ds.task_type, dropout=cfg.dropout)
     algo = algo_cls(model_config, cfg.hparams, cfg.seed)
+    if hasattr(algo, "bind_dataset"):  # the organizer tells FedDF which molecules its public pool must avoid
+        algo.bind_dataset(ds.name, list(ds.smiles) if ds.info.is_custom else None, data_dir=cfg.data_dir)
     algo.init(fed.infos)
     widths = tuple(sorted(algo.widths(), reverse=True))
     spec = slicing.slice_spec(algo.model)  # how tensors nest: used to model truncated uploads
@@ -226,7 +228,8 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
         per_partner.append(dict(partner=p.pid, width=w, n_train=p.n_train, n_valid=len(fed.local[p.pid].valid),
                                 test=test[width_key(w)],
                                 valid=score(algo.eval_model(w), fed.local[p.pid].valid, evaluator, w)[metric]))
-    summary = dict(dataset=ds.name, metric=metric, algorithm=cfg.algorithm, test=test, valid=valid,
+    extra = {"public_pool": algo.pool.report} if getattr(algo, "pool", None) is not None else {}
+    summary = dict(dataset=ds.name, metric=metric, algorithm=cfg.algorithm, test=test, valid=valid, **extra,
                    per_partner=per_partner, bytes_up=bytes_up, bytes_down=bytes_down, failures=failures_total,
                    rounds=cfg.rounds, seconds=round(time.perf_counter() - t_start, 2))
     if out is not None:

@@ -8,7 +8,9 @@ removed, featurized without labels.
 
 What exactly is used
 --------------------
-* **Sources** (default :data:`DEFAULT_SOURCES`): ``b3db_classification``, ``b3db_regression``
+* **Sources** (default :data:`DEFAULT_SOURCES`): ``rdkit_nci5k`` (the first 5,000 compounds of
+  the public NCI database, shipped inside RDKit as ``Data/NCI/first_5K.smi``: always available
+  offline, and the reason a pool is large even with no data folder), ``b3db_classification``, ``b3db_regression``
   (shipped by the ``qc-b3db`` package: always available offline), ``bbbp``, ``bace``,
   ``clintox``, ``sider``, ``tox21``, ``esol``, ``freesolv``, ``lipophilicity`` (MoleculeNet CSVs:
   available when ``FEDMOL_DATA_DIR`` / ``--data-dir`` / fedmol's download cache holds them; never
@@ -32,13 +34,14 @@ What exactly is used
 
 Chemical overlap, not only identity: when federating e.g. BBBP, B3DB (itself compiled partly from
 the same literature) contains most BBBP molecules; the canonical-SMILES de-duplication removes
-every exact overlap (measured: of 1,953 distinct BBBP molecules only ~270 are absent from B3DB
-classification), but close analogues (other salt forms, a different tautomer, a homologue) remain
+every exact overlap (measured, stereo-free canonical SMILES: of BBBP's 1,953 distinct molecules
+only 232 are absent from B3DB classification, whose 7,807 rows are 4,038 distinct stereo-free
+molecules), but close analogues (other salt forms, a different tautomer, a homologue) remain
 in the pool. That is unlabeled *inputs* only -- no label of the federated task reaches the server
 -- and is the molecular counterpart of the paper's CIFAR-100 pool sharing its image domain with
 CIFAR-10. Federating B3DB itself: the pool is the other datasets; without MoleculeNet files only
-``b3db_regression`` remains, and almost all of its molecules are also in B3DB classification
-(the pool then holds a few dozen molecules; set ``FEDMOL_DATA_DIR`` for a useful pool).
+``b3db_regression`` remains, and 906 of its 935 distinct molecules are also in B3DB
+classification (the pool then holds 29 molecules; set ``FEDMOL_DATA_DIR`` for a useful pool).
 
 Privacy note: de-duplication needs the federated dataset's SMILES. In the benchmark this is done
 by the organiser (it already holds the whole dataset to simulate the partners) before the run,
@@ -48,7 +51,10 @@ intersection on canonical-SMILES hashes, or simply skipped.
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
+import os
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
@@ -61,8 +67,10 @@ from fedmol.errors import FedmolError
 log = logging.getLogger(__name__)
 
 #: Registry datasets used as the pool by default (minus the federated one; unavailable ones skipped).
-DEFAULT_SOURCES: tuple[str, ...] = ("b3db_classification", "b3db_regression", "bbbp", "bace", "clintox", "sider",
-                                    "tox21", "esol", "freesolv", "lipophilicity")
+DEFAULT_SOURCES: tuple[str, ...] = ("rdkit_nci5k", "b3db_classification", "b3db_regression", "bbbp", "bace",
+                                    "clintox", "sider", "tox21", "esol", "freesolv", "lipophilicity")
+#: Pool sources that are not registry datasets: name -> (description, reader)
+NCI5K = "rdkit_nci5k"
 DEFAULT_SIZE = 5000
 _ORDER_SALT = 7717
 
@@ -138,30 +146,60 @@ class PublicPool(InMemoryDataset):
         return f"PublicPool({len(self)} unlabeled molecules from {sorted(set(self.sources))})"
 
 
-def _available_smiles(name: str, data_dir) -> tuple[list[str] | None, str]:
-    """SMILES column of registry dataset ``name`` if its file is available locally, else (None, why)."""
+def _available_smiles(name: str, data_dir) -> tuple[list[str] | None, str, str]:
+    """(SMILES column, "", file sha256) of registry dataset ``name`` if its file is available
+    locally, else (None, why, "")."""
     from fedmol.data.dataset import read_table
     from fedmol.data.registry import get_info
-    from fedmol.data.sources import availability, resolve_file
+    from fedmol.data.sources import availability, resolve_file, sha256_file
 
+    if name == NCI5K:
+        from rdkit import RDConfig
+
+        path = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
+        if not path.is_file():
+            return None, f"{path} not found (it ships with RDKit)", ""
+        lines = path.read_text().splitlines()
+        return [ln.split("\t")[0].strip() for ln in lines if ln.strip()], "", sha256_file(path)
     info = get_info(name)
     if availability(info, data_dir) is None:
         where = ("its package " + info.package) if info.package else "FEDMOL_DATA_DIR / --data-dir / the cache"
-        return None, f"{info.file} not found locally (looked in {where}; the pool never downloads)"
-    path, _ = resolve_file(info, data_dir, allow_download=False, progress=False)
+        return None, f"{info.file} not found locally (looked in {where}; the pool never downloads)", ""
+    path, sha = resolve_file(info, data_dir, allow_download=False, progress=False)
     smiles, _ = read_table(info, path)
-    return [s if isinstance(s, str) else "" for s in smiles], ""
+    return [s if isinstance(s, str) else "" for s in smiles], "", sha
 
 
 @lru_cache(maxsize=16)
 def _dataset_keys(name: str, data_dir: str | None) -> tuple[frozenset, frozenset] | None:
-    """(exact SMILES texts, canonical keys) of every row of registry dataset ``name``; None if unavailable."""
-    smiles, _ = _available_smiles(name, data_dir)
+    """(exact SMILES texts, canonical keys) of every row of registry dataset ``name``; None if unavailable.
+
+    The canonical keys are cached on disk (``$FEDMOL_CACHE_DIR/public_pool/``, keyed by the file's
+    sha256 and the RDKit version): canonicalizing HIV's 41k molecules takes ~10-20 s.
+    """
+    import rdkit
+
+    from fedmol.data.sources import cache_dir
+
+    smiles, _, sha = _available_smiles(name, data_dir)
     if smiles is None:
         return None
+    texts = frozenset(s.strip() for s in smiles)
+    cache = cache_dir() / "public_pool" / f"{name}-{sha[:20]}-rdkit{rdkit.__version__}-keys.json"
+    try:
+        return texts, frozenset(json.loads(cache.read_text())["keys"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     keys = {canonical_key(s) for s in smiles}
     keys.discard(None)
-    return frozenset(s.strip() for s in smiles), frozenset(keys)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"dataset": name, "sha256": sha, "keys": sorted(keys)}))
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # read-only cache: recomputed next time
+    return texts, frozenset(keys)
 
 
 def _names(value) -> list[str]:
@@ -190,9 +228,9 @@ def build_public_pool(exclude: str | Iterable[str] | None = None, exclude_smiles
         raise FedmolError(f"public pool: size must be >= 1, got {size}")
     excl_names = _names(exclude)
     src_names = _names(sources) if sources is not None else list(DEFAULT_SOURCES)
-    unknown = [n for n in excl_names + src_names if n not in DATASETS]
+    unknown = [n for n in excl_names + src_names if n not in DATASETS and n != NCI5K]
     if unknown:
-        raise FedmolError(f"public pool: unknown dataset(s) {unknown}; known: {', '.join(DATASETS)}")
+        raise FedmolError(f"public pool: unknown dataset(s) {unknown}; known: {NCI5K}, {', '.join(DATASETS)}")
     data_dir = str(data_dir) if data_dir else None
     skipped: dict[str, str] = {}
 
@@ -215,7 +253,7 @@ def build_public_pool(exclude: str | Iterable[str] | None = None, exclude_smiles
         if name in excl_names:
             skipped[name] = "is the federated dataset"
             continue
-        smiles, why = _available_smiles(name, data_dir)
+        smiles, why, _ = _available_smiles(name, data_dir)
         if smiles is None:
             skipped[name] = why
             continue

@@ -101,6 +101,17 @@ def test_pool_excludes_given_smiles_by_canonical_form_and_skips_unavailable(monk
     assert len(pool) < len(reg) - 90
 
 
+def test_feddf_pool_uses_bound_dataset(data_dir):
+    free = _table_smiles(str(data_dir), "freesolv")
+    algo = FedDF(dict(TINY, num_tasks=1, task_type="regression"),
+                 dict(pool_sources="bace,freesolv", pool_size=5000, pool_data_dir=str(data_dir)), seed=0)
+    algo.bind_dataset("bace", smiles=free[:200])  # the organiser names the dataset (+ extra SMILES)
+    pool = algo.ensure_pool()
+    assert pool.report["skipped"] == {"bace": "is the federated dataset"} and set(pool.sources) == {"freesolv"}
+    assert not (_keys(pool.smiles)[1] & _keys(free[:200])[1]) and len(pool) > 300
+    assert "bound: bace" in pool.report["exclusion"] and algo.ensure_pool() is pool
+
+
 # ---------------------------------------------------------------------------------- teacher and loss
 def test_avg_logits_is_the_mean_of_client_logits(tiny_pool):
     a = torch.tensor([[1.0, -2.0], [3.0, 0.0]])
