@@ -27,7 +27,7 @@ from fedmol.data.partition import scaffold_split
 from fedmol.data.splits import dataset_scaffolds
 from fedmol.evaluate import Evaluator
 from fedmol.models import build
-from fedmol.training import make_loader, score, seed_everything, train_epoch, width_key
+from fedmol.training import fit, score, seed_everything, width_key
 
 
 def train_centralized(ds: MoleculeDataset, out_dir: str | Path | None = None, model: str = "gin",
@@ -42,23 +42,16 @@ def train_centralized(ds: MoleculeDataset, out_dir: str | Path | None = None, mo
     metric = evaluator.eval_metric
     net = build(model, ds.num_tasks, hidden=hidden, layers=layers, width=width, task_type=ds.task_type,
                 dropout=dropout)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    loader = make_loader(train, batch_size, shuffle=True, seed=seed)
-    best, best_state, best_epoch, history = float("nan"), None, -1, []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.fields[info]}"), disable=not progress, transient=True) as bar:
         task = bar.add_task(f"{ds.name} {model} w={width}", total=epochs, info="")
-        for epoch in range(epochs):
-            stats = train_epoch(net, loader, opt)
-            v = score(net, valid, evaluator)[metric]
-            history.append({"epoch": epoch, "loss": stats["loss"], "valid": v})
-            if Evaluator.better(metric, v, best) or best_state is None:
-                best, best_epoch = v, epoch
-                best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
+
+        def on_epoch(epoch, stats, v, best):
             bar.update(task, advance=1, info=f"loss {stats['loss']:.3f} valid {metric} {v:.3f} best {best:.3f}")
-            if epoch - best_epoch >= patience:
-                break
-    net.load_state_dict(best_state)
+
+        res = fit(net, train, valid, evaluator, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
+                  patience=patience, on_epoch=on_epoch)
+    best, best_epoch, history = res["valid"], res["best_epoch"], res["history"]
     key = width_key(width)
     summary = dict(
         dataset=ds.name, metric=metric,

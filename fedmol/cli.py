@@ -293,6 +293,26 @@ def run(
                   f"{s['failures']} failed partner-rounds -> {out}")
 
 
+# bench -------------------------------------------------------------------------------------------------
+@app.command()
+@friendly
+def bench(
+    suite: str = typer.Argument(..., help="A suite of benchmarks/suites/ (quick, standard) or a suite TOML file."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default: benchmarks/results/<suite>)."),
+    algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Comma-separated subset of the suite's algorithms."),
+    no_references: bool = typer.Option(False, "--no-references", help="Skip the local-only and centralized references."),
+    report_only: bool = typer.Option(False, "--report-only", help="Run nothing: rebuild tables and plots from finished runs."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: the suite's, usually 1)."),
+    data_dir: Optional[Path] = DataDir,
+):
+    """Run a benchmark suite (resumable: finished runs are skipped), then write and print its results table."""
+    from fedmol.fl.bench import run_suite
+
+    names = [a.strip() for a in algorithms.split(",") if a.strip()] if algorithms else None
+    run_suite(suite, out, data_dir=data_dir, algorithms=names, references=not no_references,
+              report_only=report_only, threads=threads, console=console)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -85,3 +85,35 @@ def train_epoch(model, loader: Iterable, optimizer: torch.optim.Optimizer, width
         steps += 1
         samples += batch.num_graphs
     return {"loss": total / max(steps, 1), "steps": steps, "samples": samples}
+
+
+def fit(model, train, valid, evaluator: Evaluator, *, seed: int, epochs: int, lr: float = 1e-3,
+        weight_decay: float = 0.0, batch_size: int = 32, clip: float | None = None, max_steps: int | None = None,
+        patience: int | None = None, on_epoch: Callable | None = None) -> dict:
+    """Train ``model`` with Adam and early stopping on ``valid``; the best epoch's weights are kept.
+
+    Without a usable validation metric (e.g. one class only) the last epoch is kept. ``on_epoch(epoch,
+    stats, valid_metric, best)`` is called after every epoch (progress bars). Returns ``{"valid": best
+    metric, "best_epoch", "epochs_run", "history": [{"epoch", "loss", "valid"}, ...]}``; the model is
+    left in eval mode.
+    """
+    metric = evaluator.eval_metric
+    seed_everything(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loader = make_loader(train, int(batch_size), shuffle=True, seed=seed)
+    best, best_state, best_epoch, history = float("nan"), None, -1, []
+    for epoch in range(int(epochs)):
+        stats = train_epoch(model, loader, opt, max_steps=max_steps, clip=clip)
+        v = score(model, valid, evaluator)[metric] if len(valid) else float("nan")
+        history.append({"epoch": epoch, "loss": stats["loss"], "valid": v})
+        if best_state is None or Evaluator.better(metric, v, best) or (np.isnan(v) and np.isnan(best)):
+            best, best_epoch = v, epoch
+            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        if on_epoch is not None:
+            on_epoch(epoch, stats, v, best)
+        if patience is not None and epoch - best_epoch >= patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return dict(valid=best, best_epoch=best_epoch, epochs_run=len(history), history=history)

@@ -48,7 +48,8 @@ Layout under the output folder (default ``benchmarks/results/<name>``)::
 **Resume**: a run folder is only ever created complete: each run writes into
 ``s<seed>.partial/`` which is renamed to ``s<seed>/`` when it finished. A folder with a
 ``summary.json`` whose recorded configuration equals the suite's is skipped; one with another
-configuration (the suite was edited) is run again and replaced; leftover ``.partial`` folders are
+configuration (the suite was edited, or the split method or featurizer version changed) is run
+again and replaced; leftover ``.partial`` folders are
 discarded. A failing run stops the suite with its error (finished runs stay; run it again to
 resume).
 """
@@ -67,7 +68,8 @@ from rich.console import Console
 
 from fedmol.errors import FedmolError
 from fedmol.fl.harness import RunConfig, build_federation, run_federated
-from fedmol.fl.references import REFERENCE_MODELS, REFERENCES, check_reference, reference_config, run_reference
+from fedmol.fl.references import (REFERENCE_MODELS, REFERENCES, check_reference, reference_config, run_reference,
+                                  split_versions)
 
 #: where suite names are looked up (after ``./benchmarks/suites``)
 SUITES_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "suites"
@@ -297,7 +299,7 @@ def expected_config(job: Job, s: Suite) -> dict:
         return reference_config(job.cfg, job.reference, job.model, **_ref_train(s))
     run = asdict(job.cfg)
     run.pop("data_dir")
-    return _norm(run)
+    return _norm(dict(run=run, split=split_versions()))
 
 
 def recorded_config(job: Job) -> dict | None:
@@ -309,7 +311,8 @@ def recorded_config(job: Job) -> dict | None:
         return conf
     run = dict(conf.get("run", {}))
     run.pop("data_dir", None)
-    return _norm(run)
+    spec = conf.get("split", {}).get("spec", {})
+    return _norm(dict(run=run, split=dict(method=spec.get("method"), featurizer_version=spec.get("featurizer_version"))))
 
 
 def status(job: Job, s: Suite) -> str:
@@ -379,6 +382,7 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
 
     t0 = time.perf_counter()
     console = console or Console()
+    progress = progress and console.is_terminal  # live bars only where they can redraw in place
     s = suite if isinstance(suite, Suite) else load_suite(suite)
     out = Path(out) if out is not None else default_out(s)
     jobs = plan(s, out, data_dir, algorithms, references)
@@ -391,7 +395,7 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
     old_threads = torch.get_num_threads()
     if n_threads:
         torch.set_num_threads(int(n_threads))
-    fed_key, fed = None, None
+    fed_key, fed, finished = None, None, []
     try:
         width = len(str(len(jobs)))
         for i, job in enumerate(jobs, 1):
@@ -400,32 +404,35 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
             head = f"[{i:>{width}}/{len(jobs)}]"
             if state == "done":
                 skipped += 1
-                console.print(f"{head} skip  {rel} (finished)", highlight=False)
+                finished.append(job)
+                console.print(f"{head} skip  {rel} (finished)", highlight=False, soft_wrap=True)
                 continue
             if report_only:
                 missing += 1
-                console.print(f"{head} --    {rel} (not run)", highlight=False)
+                why = "finished with another configuration" if state == "stale" else "not run"
+                console.print(f"{head} --    {rel} ({why}: left out)", highlight=False, soft_wrap=True)
                 continue
             note = " (configuration changed: running again)" if state == "stale" else ""
-            console.print(f"{head} run   {rel}{note}", highlight=False)
+            console.print(f"{head} run   {rel}{note}", highlight=False, soft_wrap=True)
             if job.kind == "reference" and fed_key != job.group:
                 fed_key, fed = job.group, build_federation(job.cfg, progress)
             tj = time.perf_counter()
             summary = run_job(job, s, fed if job.kind == "reference" else None, progress)
             ran += 1
+            finished.append(job)
             console.print(f"{' ' * len(head)} done  {time.perf_counter() - tj:.1f} s  {_headline(summary)}",
-                          highlight=False)
+                          highlight=False, soft_wrap=True)
     finally:
         torch.set_num_threads(old_threads)
-    entries = [job.entry() for job in jobs if (job.path / "summary.json").is_file()]
+    entries = [job.entry() for job in finished]
     rep = report.write_report(entries, out, title=f"fedmol bench {s.name}", notes=settings_notes(s, n_threads))
     seconds = round(time.perf_counter() - t0, 1)
     if show_table and not rep["table"].empty:
         # a file or pipe gets a wide table instead of rich's 80 columns
         wide = console if console.is_terminal else Console(file=console.file, width=max(console.width, 170))
         wide.print(report.rich_table(rep["table"], title=f"fedmol bench {s.name}"))
-    console.print(f"{ran} run, {skipped} skipped" + (f", {missing} not run" if missing else "")
-                  + f" in {seconds:.0f} s -> {out / 'results.md'}", highlight=False)
+    console.print(f"{ran} run, {skipped} skipped" + (f", {missing} left out" if missing else "")
+                  + f" in {seconds:.0f} s -> {out / 'results.md'}", highlight=False, soft_wrap=True)
     return dict(suite=s.name, out=out, total=len(jobs), ran=ran, skipped=skipped, missing=missing, seconds=seconds,
                 table=rep["table"], files=rep["files"])
 

@@ -55,7 +55,6 @@ partner's logit against the teacher's detached probability (a Bernoulli KL up to
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch

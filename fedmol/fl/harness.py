@@ -35,6 +35,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +49,6 @@ from safetensors.torch import save_file
 import fedmol
 from fedmol.data.dataset import MoleculeDataset, load_dataset
 from fedmol.data.splits import dataset_for_split, make_split, read_split
-from fedmol.errors import FedmolError
 from fedmol.evaluate import Evaluator
 from fedmol.fl.algorithm import LocalData, PartnerInfo
 from fedmol.fl.devices import assign_devices
@@ -237,9 +237,11 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
         write_metrics(out / "metrics.csv", rows)
         with open(out / "sent.jsonl", "w") as f:
             f.writelines(json.dumps(m) + "\n" for m in sent)
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
         save_file(algo.state(), str(out / "model.safetensors"),
                   metadata={"config": json.dumps(algo.model_config), "algorithm": cfg.algorithm})
+        tmp = out / "summary.json.tmp"  # written last and atomically: its presence means the run is complete
+        tmp.write_text(json.dumps(summary, indent=1))
+        os.replace(tmp, out / "summary.json")
     summary["history"] = rows
     return summary
 

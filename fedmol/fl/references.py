@@ -53,7 +53,7 @@ from fedmol.evaluate import HIGHER_IS_BETTER, Evaluator
 from fedmol.fl.algorithm import Algorithm
 from fedmol.fl.harness import Federation, RunConfig, build_federation
 from fedmol.models import build
-from fedmol.training import make_loader, score, seed_everything, train_epoch, width_key
+from fedmol.training import fit, score, seed_everything, width_key
 
 REFERENCES = ("local-only", "centralized")
 REFERENCE_MODELS = ("gnn", "rf-ecfp4")
@@ -181,31 +181,13 @@ def budget(cfg: RunConfig, min_epochs: int = 5) -> int:
 
 def fit_gnn(train, valid, model_config: dict, evaluator: Evaluator, *, seed: int, epochs: int,
             hp: dict, max_steps: int | None = None, patience: int | None = None) -> tuple[torch.nn.Module, dict]:
-    """Train ``build(**model_config)`` on ``train`` with early stopping on ``valid`` (best epoch kept).
-
-    The loop is :func:`fedmol.centralized.train_centralized`'s, built from the same shared pieces
-    (:func:`make_loader`, :func:`train_epoch`, :func:`score`, :meth:`Evaluator.better`).
-    Returns ``(model at its best epoch, {"valid", "best_epoch", "epochs_run"})``.
-    """
-    metric = evaluator.eval_metric
+    """``build(**model_config)`` trained by :func:`fedmol.training.fit` (early stopping on ``valid``).
+    Returns ``(model at its best epoch, {"valid", "best_epoch", "epochs_run"})``."""
     seed_everything(seed)
     net = build(**model_config)
-    opt = torch.optim.Adam(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    loader = make_loader(train, int(hp["batch_size"]), shuffle=True, seed=seed)
-    best, best_state, best_epoch, run = float("nan"), None, -1, 0
-    for epoch in range(epochs):
-        train_epoch(net, loader, opt, max_steps=max_steps, clip=hp["clip"])
-        run += 1
-        v = score(net, valid, evaluator)[metric] if len(valid) else float("nan")
-        # without a usable validation metric (e.g. one class only) the last epoch is kept
-        if best_state is None or Evaluator.better(metric, v, best) or (math.isnan(v) and math.isnan(best)):
-            best, best_epoch = v, epoch
-            best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
-        if patience is not None and epoch - best_epoch >= patience:
-            break
-    net.load_state_dict(best_state)
-    net.eval()
-    return net, dict(valid=best, best_epoch=best_epoch, epochs_run=run)
+    res = fit(net, train, valid, evaluator, seed=seed, epochs=epochs, lr=hp["lr"], weight_decay=hp["weight_decay"],
+              batch_size=hp["batch_size"], clip=hp["clip"], max_steps=max_steps, patience=patience)
+    return net, {k: res[k] for k in ("valid", "best_epoch", "epochs_run")}
 
 
 def _model_config(cfg: RunConfig, ds, width: float) -> dict:
@@ -250,7 +232,7 @@ def reference_config(cfg: RunConfig, reference: str, model: str, min_epochs: int
     skip = {"algorithm", "data_dir", "eval_every", "clients_per_round", "faulty_links", "lossy_links"}
     run = {k: v for k, v in asdict(cfg).items() if k not in skip}
     run["hparams"] = {k: v for k, v in (cfg.hparams or {}).items() if k in TRAIN_KEYS}
-    conf = dict(reference=reference, model=model, run=run)
+    conf = dict(reference=reference, model=model, run=run, split=split_versions())
     if model == "gnn":
         conf["train"] = dict(train_settings(cfg), epochs=budget(cfg, min_epochs), patience=patience,
                              optimizer="adam")
@@ -258,6 +240,14 @@ def reference_config(cfg: RunConfig, reference: str, model: str, min_epochs: int
         conf["forest"] = dict(fingerprint=f"morgan r={FP_RADIUS} {FP_BITS} bits (ECFP4)", trees=RF_TREES,
                               class_weight="balanced", one_forest_per_task=True)
     return json.loads(json.dumps(conf))
+
+
+def split_versions() -> dict:
+    """The versions a split made on the fly depends on (besides dataset, K, alpha, seed)."""
+    from fedmol.data.featurize import FEATURIZER_VERSION
+    from fedmol.data.splits import METHOD
+
+    return dict(method=METHOD, featurizer_version=FEATURIZER_VERSION)
 
 
 def run_reference(cfg: RunConfig, reference: str, model: str = "gnn", out_dir: str | Path | None = None, *,

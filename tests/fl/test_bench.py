@@ -203,3 +203,13 @@ def test_single_seed_has_no_std():
     assert table.loc[0, "test@1.0_mean"] == 1.5 and np.isnan(table.loc[0, "test@1.0_std"])
     md = report.to_markdown(table)
     assert "| 1.500 |" in md and "rmse (↓)" in md
+
+
+def test_report_only_runs_nothing(finished, tmp_path):
+    suite, out, _, _ = finished
+    console, buf = quiet()
+    res = bench.run_suite(suite, out, progress=False, console=console, report_only=True, show_table=False)
+    assert res["ran"] == 0 and res["skipped"] == 8 and res["missing"] == 0
+    res = bench.run_suite(suite, tmp_path / "empty", progress=False, console=console, report_only=True)
+    assert res["ran"] == 0 and res["missing"] == 8 and res["table"].empty
+    assert not (tmp_path / "empty" / "runs").exists()
