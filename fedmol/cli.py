@@ -22,6 +22,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="fedmol: federated learning benchmarks for drug discovery.")
 split_app = typer.Typer(no_args_is_help=True, help="Scaffold partner splits: make, show, verify.")
 app.add_typer(split_app, name="split")
+from fedmol.leaderboard.cli import leaderboard_app  # noqa: E402
+
+app.add_typer(leaderboard_app, name="leaderboard")
 
 console = Console()
 err = Console(stderr=True)

@@ -1,0 +1,404 @@
+"""The static leaderboard: ``README.md``, ``index.html``, one PNG per track, one config JSON per
+submission -- built from *verified* submissions only.
+
+Every archive in the submissions folder is verified (:func:`fedmol.leaderboard.verify`,
+without reruns); those that fail are listed as rejected with their one-line reason. Ranked
+submissions appear in their track's table, ordered by the track's ranking width (mean over seeds);
+unranked ones (runs that fit no track) are listed apart with why. Metrics come from the
+verification (re-scored from the shipped predictions), never from the submitter's claims; bytes
+and failures are as reported by the runs (only ``verify --rerun`` checks them).
+
+``index.html`` is self-contained (inline CSS and JS, no network): click a column header to sort,
+or open ``index.html#sort=<table id>:<column key>:<asc|desc>`` (e.g. ``#sort=board-quick:w1.0:asc``).
+The output is deterministic: the same submissions give the same files.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from fedmol.errors import FedmolError
+from fedmol.evaluate import HIGHER_IS_BETTER
+from fedmol.leaderboard.archive import Limits, Rejected, one_line
+from fedmol.leaderboard.tracks import Track, load_tracks
+
+WIDTH_LABEL = {"1.0": "1", "0.5": "1/2", "0.25": "1/4", "0.125": "1/8", "0.0625": "1/16"}
+
+
+def _slug(name: str, taken: set[str]) -> str:
+    base = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "submission"
+    slug, i = base, 2
+    while slug in taken:
+        slug, i = f"{base}-{i}", i + 1
+    taken.add(slug)
+    return slug
+
+
+def _stats(values: list[float], ddof: int) -> tuple[float, float, int]:
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = float(np.mean(values))
+    std = float(np.std(values, ddof=ddof)) if n > ddof else math.nan
+    return mean, std, n
+
+
+def summarize(rep, track: Track | None) -> dict:
+    """A board row from a verification report: per width, mean and std over seeds of the verified
+    test metric (a seed's value is the mean over the track's splits)."""
+    m = rep.manifest
+    ddof = track.std_ddof if track is not None else 1
+    splits = sorted({r.split for r in rep.runs})
+    widths = sorted({k for r in rep.runs for k in r.test}, key=float, reverse=True)
+    per_width = {}
+    for k in widths:
+        seed_vals = []
+        for s in sorted({r.seed for r in rep.runs}):
+            vals = [r.test[k] for r in rep.runs if r.seed == s and k in r.test]
+            if len(vals) == len(splits):
+                seed_vals.append(float(np.mean(vals)))
+        per_width[k] = _stats(seed_vals, ddof)
+    runs = m["runs"]
+    mb = float(np.mean([(r["bytes_up"] + r["bytes_down"]) / 1e6 for r in runs]))
+    failures = float(np.mean([r["failures"] for r in runs]))
+    reproduced = sorted({w for r in rep.runs for w in r.reproduced_widths}, key=float, reverse=True)
+    rescored = sorted({w for r in rep.runs for w in r.rescored_only_widths}, key=float, reverse=True)
+    return dict(name=rep.name, algorithm=rep.algorithm, track=rep.track, status=rep.status,
+                reasons=rep.unranked_reasons, metric=rep.metric, seeds=rep.seeds, ddof=ddof, widths=per_width,
+                mb=mb, failures=failures, reproduced=reproduced, rescored=rescored, hparams=m["hparams"])
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    if n == 0 or not math.isfinite(mean):
+        return "—"
+    return f"{mean:.4f} ± {std:.4f}" if math.isfinite(std) else f"{mean:.4f} (n=1)"
+
+
+def _rank_key(row: dict, track: Track | None):
+    k = repr(float(track.rank_width)) if track is not None else "1.0"
+    mean = row["widths"].get(k, (math.nan, math.nan, 0))[0]
+    if not math.isfinite(mean):
+        return (1, 0.0, row["name"])
+    sign = -1.0 if HIGHER_IS_BETTER.get(row["metric"], True) else 1.0
+    return (0, sign * mean, row["name"])
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    return sorted({k for r in rows for k in r["widths"]}, key=float, reverse=True)
+
+
+def build_board(submissions: str | Path, out: str | Path, *, tracks_file: str | Path | None = None,
+                splits_dir: str | Path | None = None, limits: Limits = Limits()) -> dict:
+    """Verify every ``*.zip`` in ``submissions`` and write the board to ``out``; returns
+    ``{"verified": n, "rejected": [(file, reason)], "tracks": {track: [row names in rank order]}}``."""
+    from fedmol.leaderboard.verification import verify
+
+    submissions, out = Path(submissions), Path(out)
+    if not submissions.is_dir():
+        raise FedmolError(f"submissions folder not found: {submissions}")
+    tracks = load_tracks(tracks_file)
+    rows, rejected, taken = [], [], set()
+    seen: set[tuple[str | None, str]] = set()
+    for z in sorted(submissions.glob("*.zip")):
+        try:
+            rep = verify(z, tracks_file=tracks_file, splits_dir=splits_dir, limits=limits)
+        except Rejected as e:
+            rejected.append((z.name, str(e)))
+            continue
+        except FedmolError as e:
+            rejected.append((z.name, one_line(e)))
+            continue
+        except Exception as e:  # a verifier bug must not take the board down; it shows as a rejection
+            rejected.append((z.name, one_line(f"verifier error: {type(e).__name__}: {e}")))
+            continue
+        key = (rep.track if rep.status == "ranked" else None, rep.name)
+        if key in seen:
+            rejected.append((z.name, f"duplicate submission name {rep.name!r}"))
+            continue
+        seen.add(key)
+        row = summarize(rep, tracks.get(rep.track) if rep.track else None)
+        row["file"] = z.name
+        row["slug"] = _slug(rep.name, taken)
+        row["config_doc"] = dict(name=rep.name, file=z.name, algorithm=rep.algorithm, track=rep.track,
+                                 status=rep.status, unranked_reasons=rep.unranked_reasons, seeds=rep.seeds,
+                                 hparams=rep.manifest["hparams"], provenance=rep.manifest["provenance"],
+                                 verification=dict(checks=rep.checks, runs=[r.__dict__ for r in rep.runs]),
+                                 runs=[dict(seed=r["seed"], split=r["split"], config=r["config"])
+                                       for r in rep.manifest["runs"]])
+        rows.append(row)
+
+    if out.exists():
+        for sub in ("configs",):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for old in out.glob("*.png"):
+            old.unlink()
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        (out / "configs" / f"{r['slug']}.json").write_text(json.dumps(r["config_doc"], indent=1) + "\n")
+
+    ranked = {name: sorted([r for r in rows if r["status"] == "ranked" and r["track"] == name],
+                           key=lambda r: _rank_key(r, t)) for name, t in sorted(tracks.items())}
+    unranked = sorted([r for r in rows if r["status"] != "ranked" or r["track"] not in tracks],
+                      key=lambda r: (r["track"] or "", r["name"]))
+    plots = {name: _plot(out / f"{name}.png", tracks[name], rs) for name, rs in ranked.items() if rs}
+    (out / "README.md").write_text(_markdown(tracks, ranked, unranked, rejected, plots))
+    (out / "index.html").write_text(_html(tracks, ranked, unranked, rejected, plots))
+    return dict(verified=len(rows), rejected=rejected,
+                tracks={name: [r["name"] for r in rs] for name, rs in ranked.items()},
+                unranked=[r["name"] for r in unranked])
+
+
+# -- plots -------------------------------------------------------------------------------------------
+def _plot(path: Path, track: Track, rows: list[dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = _columns(rows)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    for i, r in enumerate(rows):
+        xs, ys, es = [], [], []
+        for k in cols:
+            mean, std, n = r["widths"].get(k, (math.nan, math.nan, 0))
+            if n and math.isfinite(mean):
+                xs.append(float(k))
+                ys.append(mean)
+                es.append(std if math.isfinite(std) else 0.0)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=r["name"], linewidth=1.5,
+                    linestyle="-" if len(xs) > 1 else "none")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([float(k) for k in cols])
+    ax.set_xticklabels([WIDTH_LABEL.get(k, k) for k in cols])
+    ax.invert_xaxis()
+    metric = rows[0]["metric"] if rows else ""
+    ax.set_xlabel("model width")
+    ax.set_ylabel(f"test {metric} (mean ± std over seeds)")
+    ax.set_title(f"{track.name}: {metric} per width")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return path.name
+
+
+# -- markdown ----------------------------------------------------------------------------------------
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _track_lines(t: Track) -> list[str]:
+    return [f"{t.description}", "",
+            f"Split(s): {', '.join('`data_splits/' + s + '`' for s in t.splits)} · devices `{t.devices}` · "
+            f"{t.rounds} rounds · seeds {t.seeds} · fixed: "
+            + ", ".join(f"{k}={v}" for k, v in {**t.run, **t.hparams}.items())
+            + f" · mean ± std over seeds (ddof={t.std_ddof}) · ranked by width {t.rank_width:g}"]
+
+
+def _md_table(rows: list[dict], ranked: bool) -> list[str]:
+    cols = _columns(rows)
+    metric = rows[0]["metric"] if rows else "metric"
+    head = (["#"] if ranked else []) + ["submission", "algorithm"] + [f"{metric}@{k}" for k in cols] + [
+        "MB sent", "failures/run", "weights reproduce", "config"] + ([] if ranked else ["track", "why unranked"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, r in enumerate(rows, 1):
+        cells = ([str(i)] if ranked else []) + [_md(r["name"]), r["algorithm"]]
+        cells += [_fmt(*r["widths"].get(k, (math.nan, math.nan, 0))) for k in cols]
+        cells += [f"{r['mb']:.3f}", f"{r['failures']:.2f}", ", ".join(r["reproduced"]) or "—",
+                  f"[json](configs/{r['slug']}.json)"]
+        if not ranked:
+            cells += [r["track"] or "—", _md("; ".join(r["reasons"]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _markdown(tracks, ranked, unranked, rejected, plots) -> str:
+    n = sum(len(v) for v in ranked.values()) + len(unranked)
+    out = ["# fedmol leaderboard", "",
+           f"Built by `fedmol leaderboard build` from the archives in `leaderboard/submissions/`: {n} verified "
+           f"submission(s), {len(rejected)} rejected. Only verified submissions are shown; their metrics are "
+           "re-scored from the shipped test-set predictions with fedmol's Evaluator, and the shipped weights "
+           "reproduce those predictions at the widths listed under *weights reproduce* (elsewhere the "
+           "predictions are re-scored only). MB sent = bytes up + down per run as reported by the run "
+           "(checked by `fedmol leaderboard verify --rerun`). Open `index.html` for sortable tables.", ""]
+    for name, t in sorted(tracks.items()):
+        out += [f"## Track `{name}`: {t.title}", ""] + _track_lines(t) + [""]
+        if ranked[name]:
+            out += _md_table(ranked[name], True) + [""]
+            if name in plots:
+                out += [f"![{name}: metric per width]({plots[name]})", ""]
+        else:
+            out += ["No verified submissions yet.", ""]
+    out += ["## Unranked", "", "Verified submissions whose runs fit no track (listed apart, not ranked).", ""]
+    out += (_md_table(unranked, False) if unranked else ["None."]) + [""]
+    out += ["## Rejected", ""]
+    out += [f"- `{_md(f)}`: {_md(reason)}" for f, reason in rejected] or ["None."]
+    return "\n".join(out) + "\n"
+
+
+# -- html --------------------------------------------------------------------------------------------
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;
+color:#1b1f24;line-height:1.45}
+table{border-collapse:collapse;margin:1em 0;font-size:14px;width:100%}
+th,td{border-bottom:1px solid #d0d7de;padding:.35em .6em;text-align:left;white-space:nowrap}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+th{cursor:pointer;user-select:none;background:#f6f8fa;position:relative}
+th[aria-sort=ascending]::after{content:" \\25B2";font-size:.8em}
+th[aria-sort=descending]::after{content:" \\25BC";font-size:.8em}
+td.why{white-space:normal;max-width:28em;font-size:13px;color:#57606a}
+.note{color:#57606a;font-size:14px}
+img{max-width:100%;border:1px solid #d0d7de}
+code{background:#f6f8fa;padding:0 .25em}
+.scroll{overflow-x:auto}
+"""
+
+JS = r"""
+(function () {
+  function cellValue(row, idx) {
+    var c = row.cells[idx];
+    return c ? c.getAttribute("data-value") : null;
+  }
+  function sortTable(table, key, dir) {
+    var th = table.querySelector('th[data-key="' + key + '"]');
+    if (!th) return false;
+    var idx = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var num = th.getAttribute("data-type") === "num";
+    var body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var va = cellValue(a, idx), vb = cellValue(b, idx);
+      var ea = va === null || va === "", eb = vb === null || vb === "";
+      if (ea || eb) return ea === eb ? 0 : (ea ? 1 : -1);  /* missing values always last */
+      var c = num ? parseFloat(va) - parseFloat(vb) : va.localeCompare(vb);
+      return dir === "desc" ? -c : c;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+    Array.prototype.forEach.call(table.querySelectorAll("th"), function (h) { h.removeAttribute("aria-sort"); });
+    th.setAttribute("aria-sort", dir === "desc" ? "descending" : "ascending");
+    table.setAttribute("data-sort", key + ":" + dir);
+    return true;
+  }
+  function fromHash() {
+    var m = /(?:^#|&)sort=([^&]+)/.exec(window.location.hash);
+    if (!m) return;
+    var parts = decodeURIComponent(m[1]).split(":");
+    var table = document.getElementById(parts[0]);
+    if (table && parts.length === 3) sortTable(table, parts[1], parts[2] === "desc" ? "desc" : "asc");
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    Array.prototype.forEach.call(document.querySelectorAll("table.board"), function (table) {
+      Array.prototype.forEach.call(table.querySelectorAll("th[data-key]"), function (th) {
+        th.addEventListener("click", function () {
+          var key = th.getAttribute("data-key");
+          var cur = table.getAttribute("data-sort") || "";
+          var first = th.getAttribute("data-type") === "num" ? "desc" : "asc";
+          var dir = cur === key + ":" + first ? (first === "desc" ? "asc" : "desc") : first;
+          sortTable(table, key, dir);
+          if (window.history && window.history.replaceState) {
+            window.history.replaceState(null, "", "#sort=" + encodeURIComponent(table.id + ":" + key + ":" + dir));
+          }
+        });
+      });
+    });
+    fromHash();
+  });
+  window.addEventListener("hashchange", fromHash);
+  window.fedmolSortTable = sortTable;
+})();
+"""
+
+
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _code(text: str) -> str:
+    """Escape, then render `x` as <code>x</code>."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", _e(text))
+
+
+def _num(v: float) -> str:
+    return repr(float(v)) if math.isfinite(v) else ""
+
+
+def _html_table(table_id: str, rows: list[dict], ranked: bool) -> str:
+    cols = _columns(rows)
+    metric = rows[0]["metric"] if rows else "metric"
+    heads = []
+    if ranked:
+        heads.append(("rank", "#", "num"))
+    heads += [("name", "submission", "str"), ("algorithm", "algorithm", "str")]
+    heads += [(f"w{k}", f"{metric}@{k}", "num") for k in cols]
+    heads += [("mb", "MB sent", "num"), ("failures", "failures/run", "num"), ("reproduced", "weights reproduce", "str"),
+              ("config", "config", "str")]
+    if not ranked:
+        heads += [("track", "track", "str"), ("why", "why unranked", "str")]
+    th = "".join(f'<th data-key="{_e(k)}" data-type="{t}"{" class=num" if t == "num" else ""}>{_e(label)}</th>'
+                 for k, label, t in heads)
+    body = []
+    for i, r in enumerate(rows, 1):
+        cells = []
+        if ranked:
+            cells.append(f'<td class="num" data-value="{i}">{i}</td>')
+        cells.append(f'<td data-value="{_e(r["name"])}">{_e(r["name"])}</td>')
+        cells.append(f'<td data-value="{_e(r["algorithm"])}">{_e(r["algorithm"])}</td>')
+        for k in cols:
+            mean, std, n = r["widths"].get(k, (math.nan, math.nan, 0))
+            cells.append(f'<td class="num" data-value="{_num(mean) if n else ""}" title="n={n} seeds">'
+                         f'{_e(_fmt(mean, std, n))}</td>')
+        cells.append(f'<td class="num" data-value="{_num(r["mb"])}">{r["mb"]:.3f}</td>')
+        cells.append(f'<td class="num" data-value="{_num(r["failures"])}">{r["failures"]:.2f}</td>')
+        rep = ", ".join(r["reproduced"]) or "—"
+        only = ", ".join(r["rescored"])
+        tip = f"re-scored from predictions only at {only}" if only else "every width reproduced from the weights"
+        cells.append(f'<td data-value="{_e(rep)}" title="{_e(tip)}">{_e(rep)}</td>')
+        href = f"configs/{r['slug']}.json"
+        cells.append(f'<td data-value="{_e(r["slug"])}"><a href="{_e(href)}">config</a></td>')
+        if not ranked:
+            cells.append(f'<td data-value="{_e(r["track"] or "")}">{_e(r["track"] or "—")}</td>')
+            why = "; ".join(r["reasons"])
+            cells.append(f'<td class="why" data-value="{_e(why)}">{_e(why)}</td>')
+        body.append(f'<tr data-name="{_e(r["name"])}">' + "".join(cells) + "</tr>")
+    return (f'<div class="scroll"><table class="board" id="{_e(table_id)}"><thead><tr>{th}</tr></thead>'
+            f"<tbody>\n" + "\n".join(body) + "\n</tbody></table></div>")
+
+
+def _html(tracks, ranked, unranked, rejected, plots) -> str:
+    parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             "<title>fedmol leaderboard</title>", f"<style>{CSS}</style>", f"<script>{JS}</script>",
+             "</head><body>", "<h1>fedmol leaderboard</h1>",
+             '<p class="note">Only verified submissions are shown. Metrics are re-scored from the shipped '
+             "test-set predictions with fedmol's Evaluator (mean ± std over the track's seeds); the shipped "
+             "weights reproduce those predictions at the widths under <em>weights reproduce</em> (elsewhere the "
+             "predictions are re-scored only). MB sent = bytes up + down per run as reported by the run "
+             "(checked by <code>fedmol leaderboard verify --rerun</code>). Click a column header to sort.</p>"]
+    for name, t in sorted(tracks.items()):
+        parts.append(f'<h2 id="track-{_e(name)}">Track <code>{_e(name)}</code>: {_e(t.title)}</h2>')
+        parts += [f'<p class="note">{_code(line)}</p>' for line in _track_lines(t) if line]
+        if ranked[name]:
+            parts.append(_html_table(f"board-{name}", ranked[name], True))
+            if name in plots:
+                parts.append(f'<p><img src="{_e(plots[name])}" alt="{_e(name)}: metric per width"></p>')
+        else:
+            parts.append("<p>No verified submissions yet.</p>")
+    parts.append('<h2 id="unranked">Unranked</h2><p class="note">Verified submissions whose runs fit no track '
+                 "(listed apart, not ranked).</p>")
+    parts.append(_html_table("board-unranked", unranked, False) if unranked else "<p>None.</p>")
+    parts.append('<h2 id="rejected">Rejected</h2>')
+    if rejected:
+        parts.append("<ul>" + "".join(f"<li><code>{_e(f)}</code>: {_e(reason)}</li>" for f, reason in rejected)
+                     + "</ul>")
+    else:
+        parts.append("<p>None.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,230 @@
+"""The submission manifest (``manifest.json``): a strict, versioned pydantic schema.
+
+A manifest is untrusted input. Every model forbids extra fields and non-finite floats; every field
+is required (no defaults), so an unknown or a missing field is a validation error. Sizes that
+decide how much memory verification allocates (hidden width, layers, tasks, runs) are bounded.
+
+Layout of a submission archive (nothing else is allowed in it)::
+
+    manifest.json
+    runs/00/model.safetensors       # the final global weights of run 00 (safetensors, never pickle)
+    runs/00/test_predictions.csv    # its predictions on the global test set at every width
+    runs/01/...
+
+``runs[i].id`` names the folder. Width keys are :func:`fedmol.training.width_key` strings
+("1.0", "0.5", ...).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from fedmol.data.splits import SplitSpec
+
+SCHEMA_VERSION = "fedmol-submission/1"
+
+#: bounds (verification builds the declared model, so its size must be bounded before building it)
+MAX_RUNS = 64
+MAX_HIDDEN = 4096
+MAX_LAYERS = 32
+MAX_TASKS = 1024
+MAX_ROUNDS = 100_000
+MAX_TEXT = 4096
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+WidthKey = Annotated[str, Field(pattern=r"^(1\.0|0\.5|0\.25|0\.125|0\.0625)$")]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]
+HParam = Union[Scalar, list[Scalar]]
+NonNeg = Annotated[int, Field(ge=0)]
+Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+#: a split file, relative to data_splits/: "<dataset>/<name>.json" (no other characters)
+SplitPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+\.json$", max_length=200)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=False)
+
+
+# -- the resolved run configuration (config.json written by fedmol.fl.harness) -------------------
+class RunSettings(Strict):
+    """:class:`fedmol.fl.harness.RunConfig`, field for field (a test keeps them in step)."""
+
+    algorithm: StrictStr
+    dataset: StrictStr | None
+    split: Text | None
+    partners: Annotated[int, Field(ge=1, le=10_000)]
+    alpha: float
+    quantity_skew: float
+    devices: Text
+    rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS)]
+    seed: Annotated[int, Field(ge=0, lt=2**31)]
+    clients_per_round: Annotated[int, Field(ge=1)] | None
+    model: StrictStr
+    hidden: Annotated[int, Field(ge=1, le=MAX_HIDDEN)]
+    layers: Annotated[int, Field(ge=1, le=MAX_LAYERS)]
+    dropout: Prob
+    eval_every: Annotated[int, Field(ge=1)]
+    faulty_links: Prob
+    lossy_links: Prob
+    hparams: dict[str, HParam]
+    data_dir: Text | None
+
+
+class AlgorithmInfo(Strict):
+    name: StrictStr
+    hparams: dict[str, HParam]
+    norm: StrictStr
+    scaler: StrictBool
+
+
+class SentInfo(Strict):
+    log: Text
+    model_weights: Text
+    metrics: Text
+    extra: dict[str, Text]
+
+
+class ModelConfig(Strict):
+    """The backbone: ``fedmol.models.build(**model)``."""
+
+    name: StrictStr
+    num_tasks: Annotated[int, Field(ge=1, le=MAX_TASKS)]
+    hidden: Annotated[int, Field(ge=1, le=MAX_HIDDEN)]
+    layers: Annotated[int, Field(ge=1, le=MAX_LAYERS)]
+    task_type: Literal["classification", "regression"]
+    dropout: Prob
+    norm: StrictStr
+    scaler: StrictBool
+    width: float
+
+
+class SplitInfo(Strict):
+    spec: SplitSpec
+    sha256: Sha256
+    partners: Annotated[int, Field(ge=1)]
+    test: NonNeg
+
+
+class DeviceInfo(Strict):
+    max_width: float
+    speed: float
+    p_online: Prob
+    p_drop: Prob
+    p_truncate: Prob
+    p_upload_loss: Prob
+
+
+class PartnerEntry(Strict):
+    pid: NonNeg
+    n_train: NonNeg
+    n_valid: NonNeg
+    device: DeviceInfo
+
+
+class Versions(Strict):
+    fedmol: Text
+    torch: Text
+    rdkit: Text
+
+
+class ResolvedConfig(Strict):
+    """A run's ``config.json``, as the harness writes it."""
+
+    run: RunSettings
+    algorithm: AlgorithmInfo
+    sent: SentInfo
+    model: ModelConfig
+    widths: list[float]
+    split: SplitInfo
+    partners: list[PartnerEntry]
+    versions: Versions
+
+
+# -- results ----------------------------------------------------------------------------------------
+class RoundRecord(Strict):
+    """One round of ``metrics.csv``: who took part, what failed and why, bytes communicated."""
+
+    round: NonNeg
+    participants: NonNeg
+    failures: NonNeg
+    failure_reasons: Text
+    truncated: NonNeg
+    truncations: Text
+    bytes_up: NonNeg
+    bytes_down: NonNeg
+
+
+class PartnerResult(Strict):
+    partner: NonNeg
+    width: float
+    n_train: NonNeg
+    n_valid: NonNeg
+    test: float
+    #: None where the partner's validation set cannot be scored (e.g. one class only)
+    valid: float | None
+
+
+class FileRef(Strict):
+    path: Annotated[str, Field(pattern=r"^runs/[0-9]{2}/(model\.safetensors|test_predictions\.csv)$")]
+    sha256: Sha256
+    bytes: NonNeg
+
+
+class RunEntry(Strict):
+    id: Annotated[str, Field(pattern=r"^[0-9]{2}$")]
+    seed: Annotated[int, Field(ge=0, lt=2**31)]
+    split: SplitPath
+    config: ResolvedConfig
+    weights: FileRef
+    predictions: FileRef
+    #: test metric per width (re-scored from the shipped predictions by verification)
+    test: dict[WidthKey, float]
+    #: validation metric per width (pooled partner validation sets; checked by --rerun only)
+    valid: dict[WidthKey, float]
+    per_partner: list[PartnerResult]
+    bytes_up: NonNeg
+    bytes_down: NonNeg
+    failures: NonNeg
+    rounds: list[RoundRecord]
+    seconds: Annotated[float, Field(ge=0)]
+
+
+class SplitRef(Strict):
+    path: SplitPath
+    sha256: Sha256
+
+
+class Provenance(Strict):
+    fedmol: Text
+    commit: Text
+    commit_dirty: StrictBool | None
+    python: Text
+    torch: Text
+    rdkit: Text
+    featurizer: Text
+
+
+class Manifest(Strict):
+    schema_version: Literal["fedmol-submission/1"]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._+()-]{0,79}$")]
+    #: the track the runs were matched against (None: no track uses these splits)
+    track: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")] | None
+    status: Literal["ranked", "unranked"]
+    unranked_reasons: list[Text]
+    algorithm: StrictStr
+    dataset: StrictStr
+    task_type: Literal["classification", "regression"]
+    metric: Literal["rocauc", "rmse"]
+    provenance: Provenance
+    splits: Annotated[list[SplitRef], Field(min_length=1, max_length=16)]
+    hparams: dict[str, HParam]
+    seeds: Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(min_length=1, max_length=MAX_RUNS)]
+    runs: Annotated[list[RunEntry], Field(min_length=1, max_length=MAX_RUNS)]
+
+
+def manifest_json_schema() -> dict[str, Any]:
+    """The JSON Schema of :class:`Manifest` (for documentation and other tools)."""
+    return Manifest.model_json_schema()

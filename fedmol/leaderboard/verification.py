@@ -1,0 +1,454 @@
+"""Verifying a submission archive: :func:`verify` returns a :class:`Report` or raises
+:class:`~fedmol.leaderboard.archive.Rejected` with a one-line reason.
+
+What is checked, in order (the first failure rejects):
+
+1. **The archive** (:mod:`fedmol.leaderboard.archive`): paths, member kinds and names, sizes
+   declared and actually decompressed, CRCs. Nothing is extracted to disk, nothing unpickled.
+2. **The manifest** validates against :class:`~fedmol.leaderboard.schema.Manifest` (strict JSON:
+   no NaN/inf, no duplicate keys; extra fields forbidden, every field required) and is
+   self-consistent: run folders ``00..N-1``, exactly the referenced files in the archive with the
+   declared sha256 and sizes, one algorithm and one set of hyperparameters and settings across
+   runs, each run's seed, split and split hash agreeing with its config.
+3. **Splits**: every split file named exists among the frozen files of ``data_splits/``, passes
+   :func:`fedmol.data.splits.read_split` (structure and content hash), and its sha256 is the one
+   the manifest and every run's config declare; its spec is the one in the config. The data file
+   it was made from is found and checked by sha256 when the dataset loads.
+4. **Track**: a manifest that says ``ranked`` must name a track of ``leaderboard/tracks.toml`` and
+   qualify for it (its splits, device profile, rounds, fixed settings and exactly the track's
+   seeds). ``unranked`` manifests skip this step (and must say why they are unranked).
+5. **Per run**, with the federation rebuilt from the frozen split
+   (:func:`fedmol.fl.harness.build_federation`: partners, sizes and device profiles from the seed;
+   they must equal the config's): the algorithm is built from the registry with the run's
+   hyperparameters and initialised on those partners, and must resolve to the declared
+   hyperparameters, norm, backbone config and widths; the shipped weights (safetensors only; float
+   tensors finite) must hold exactly its state's tensors with the same shapes and dtypes.
+6. **Predictions re-score**: the shipped ``test_predictions.csv`` holds finite predictions for
+   exactly the split's test rows at exactly the run's widths; scored with the
+   :class:`~fedmol.evaluate.Evaluator` against the frozen test labels they give the claimed test
+   metric at every width (abs. tolerance :data:`TOL_RESCORE`); each partner's claimed test metric
+   is the one of its served width.
+7. **Weights reproduce predictions**: the backbone ``fedmol.models.build(**config["model"])`` with
+   the shipped weights reproduces the shipped predictions on the frozen test set (abs. tolerance
+   :data:`TOL_WEIGHTS`) at every width where the saved state *is* the model the harness evaluated
+   (:func:`weight_widths`). Elsewhere the predictions are only re-scored, and the report says so:
+
+   * algorithms that evaluate the global model itself (``eval_model`` not overridden: FedAvg,
+     FjORD, FedGen, FedResCuE -- FjORD-style BN keeps per-width statistics in the state): every
+     served width up to the model's width;
+   * algorithms whose evaluated model is not the saved state at narrower widths (``eval_model``
+     overridden): only the saved model's own width. HeteroFL recomputes static-BN statistics per
+     width from the partners before evaluating, and saves the width-1 pooled statistics; FedDF
+     keeps one distilled student per width group and saves the widest.
+8. ``rerun=K``: K runs chosen with ``random.Random(rerun_seed)`` are run again with
+   :func:`fedmol.fl.harness.run_federated` from the manifest's config (split: the frozen file); the
+   test and validation metrics at every width must match within :data:`TOL_RERUN` (runs are
+   deterministic on one machine and library build), and bytes up/down and failures exactly.
+
+Not verified without ``rerun``: the validation metrics, bytes communicated, failures and timings
+(they are reported by the submitter's run).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import random
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from fedmol.errors import FedmolError
+from fedmol.leaderboard.archive import (MANIFEST, Limits, Rejected, load_safetensors, one_line, read_archive,
+                                        strict_json)
+from fedmol.leaderboard.schema import Manifest
+from fedmol.leaderboard.submission import default_splits_dir, shared_settings
+from fedmol.leaderboard.tracks import load_tracks, track_problems
+
+TOL_RESCORE = 1e-9
+TOL_WEIGHTS = 1e-5
+TOL_RERUN = 1e-6
+#: hyperparameters that size tensors built at init (bounded before anything is allocated)
+SIZE_HPARAMS = {"gen_hidden": 4096, "noise_dim": 4096}
+
+
+@dataclass
+class RunCheck:
+    id: str
+    seed: int
+    split: str
+    test: dict[str, float]
+    reproduced_widths: list[str]
+    rescored_only_widths: list[str]
+    max_abs_diff: float
+    rerun: dict[str, Any] | None = None
+
+
+@dataclass
+class Report:
+    file: str
+    name: str
+    track: str | None
+    status: str
+    unranked_reasons: list[str]
+    algorithm: str
+    dataset: str
+    metric: str
+    seeds: list[int]
+    runs: list[RunCheck]
+    checks: list[str] = field(default_factory=list)
+    manifest: dict = field(default_factory=dict, repr=False)
+
+    def to_dict(self, with_manifest: bool = False) -> dict:
+        d = asdict(self)
+        if not with_manifest:
+            d.pop("manifest")
+        return d
+
+
+def _norm(x):
+    """JSON-normal form (tuples -> lists, ints stay ints) for comparing configs."""
+    return json.loads(json.dumps(x, default=str))
+
+
+def _width_key(w: float) -> str:
+    return repr(float(w))
+
+
+def weight_widths(algo_cls, widths: list[float], own: float) -> list[float]:
+    """The served widths at which the saved global state alone reproduces the harness's evaluation
+    (see the module docstring, step 7)."""
+    from fedmol.fl.algorithm import Algorithm
+
+    if algo_cls.eval_model is Algorithm.eval_model:
+        return [w for w in widths if w <= own + 1e-9]
+    return [w for w in widths if abs(w - own) < 1e-9]
+
+
+def _validate_manifest(raw) -> Manifest:
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise Rejected(f"manifest.json does not fit the schema: {where}: {first['msg']} "
+                       f"({e.error_count()} problem(s))") from e
+
+
+def _check_structure(m: Manifest, members: dict[str, bytes]) -> None:
+    ids = [r.id for r in m.runs]
+    if ids != [f"{i:02d}" for i in range(len(ids))]:
+        raise Rejected(f"run ids must be 00, 01, ... in order, got {ids}")
+    wanted = {MANIFEST}
+    for r in m.runs:
+        for ref, fname in ((r.weights, "model.safetensors"), (r.predictions, "test_predictions.csv")):
+            if ref.path != f"runs/{r.id}/{fname}":
+                raise Rejected(f"run {r.id}: file {ref.path!r} should be runs/{r.id}/{fname}")
+            wanted.add(ref.path)
+            data = members.get(ref.path)
+            if data is None:
+                raise Rejected(f"the manifest names {ref.path} but the archive lacks it")
+            if len(data) != ref.bytes or hashlib.sha256(data).hexdigest() != ref.sha256:
+                raise Rejected(f"{ref.path}: its sha256 or size differs from the manifest's")
+    extra = sorted(set(members) - wanted)
+    if extra:
+        raise Rejected(f"archive member {extra[0]!r} is not referenced by the manifest")
+    keys = [(r.split, r.seed) for r in m.runs]
+    if len(set(keys)) != len(keys):
+        raise Rejected("two runs share a split and a seed")
+    if m.seeds != sorted({r.seed for r in m.runs}):
+        raise Rejected(f"manifest seeds {m.seeds} are not the runs' seeds {sorted({r.seed for r in m.runs})}")
+    split_sha = {s.path: s.sha256 for s in m.splits}
+    if len(split_sha) != len(m.splits) or sorted(split_sha) != sorted({r.split for r in m.runs}):
+        raise Rejected("manifest splits are not exactly the runs' splits")
+    if (m.status == "ranked") != (not m.unranked_reasons) or (m.status == "ranked" and m.track is None):
+        raise Rejected("status 'ranked' needs a track and no unranked reasons; 'unranked' needs a reason")
+    shared = _norm(shared_settings(m.runs[0].config.model_dump()))
+    for r in m.runs:
+        c = r.config
+        if c.run.seed != r.seed:
+            raise Rejected(f"run {r.id}: seed {r.seed} but its config says {c.run.seed}")
+        if not (c.run.algorithm == c.algorithm.name == m.algorithm):
+            raise Rejected(f"run {r.id}: algorithm {c.algorithm.name!r} is not the manifest's {m.algorithm!r}")
+        if _norm(c.algorithm.hparams) != _norm(m.hparams):
+            raise Rejected(f"run {r.id}: hyperparameters differ from the manifest's")
+        if c.split.sha256 != split_sha[r.split]:
+            raise Rejected(f"run {r.id}: its config's split sha256 is not the one of {r.split}")
+        if c.model.task_type != m.task_type:
+            raise Rejected(f"run {r.id}: task type {c.model.task_type} is not the manifest's {m.task_type}")
+        if _norm(shared_settings(c.model_dump())) != shared:
+            raise Rejected(f"run {r.id}: its settings differ from run 00's beyond the seed and split")
+        if sorted(r.test) != sorted(_width_key(w) for w in c.widths):
+            raise Rejected(f"run {r.id}: test metrics at widths {sorted(r.test)}, but the run serves "
+                           f"{[_width_key(w) for w in c.widths]}")
+
+
+def _check_splits(m: Manifest, splits_dir: Path) -> dict[str, tuple[Path, dict]]:
+    from fedmol.data.splits import read_split
+
+    out = {}
+    root = splits_dir.resolve()
+    for s in m.splits:
+        local = (splits_dir / s.path).resolve()
+        if root not in local.parents or not local.is_file():
+            raise Rejected(f"split {s.path} is not one of the frozen split files in {splits_dir}")
+        try:
+            obj = read_split(local)
+        except FedmolError as e:
+            raise Rejected(f"frozen split {s.path} does not validate: {e}") from e
+        if obj["sha256"] != s.sha256:
+            raise Rejected(f"split {s.path}: the manifest's sha256 {s.sha256[:12]}... is not the frozen file's "
+                           f"{obj['sha256'][:12]}...")
+        if obj["spec"]["dataset"] != m.dataset:
+            raise Rejected(f"split {s.path} is a split of {obj['spec']['dataset']}, not {m.dataset}")
+        out[s.path] = (local, obj)
+    return out
+
+
+def _parse_predictions(data: bytes, what: str, num_tasks: int, widths: list[float], test_rows: np.ndarray
+                       ) -> dict[str, np.ndarray]:
+    """``{width key: (n_test, num_tasks) array in test order}`` from a shipped predictions CSV."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Rejected(f"{what} is not UTF-8") from e
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    want = ["row", "width"] + [f"task_{t}" for t in range(num_tasks)]
+    if header != want:
+        raise Rejected(f"{what}: header must be {','.join(want)}")
+    keys = {_width_key(w) for w in widths}
+    pos = {int(r): i for i, r in enumerate(test_rows)}
+    out = {k: np.full((len(test_rows), num_tasks), np.nan) for k in keys}
+    seen = {k: np.zeros(len(test_rows), dtype=bool) for k in keys}
+    for n, line in enumerate(reader, start=2):
+        if len(line) != len(want):
+            raise Rejected(f"{what} line {n}: {len(line)} fields, expected {len(want)}")
+        row, width = line[0], line[1]
+        if width not in keys:
+            raise Rejected(f"{what} line {n}: width {width!r} is not one the run serves")
+        if not row.isdigit() or int(row) not in pos:
+            raise Rejected(f"{what} line {n}: row {row[:20]!r} is not a row of the split's test set")
+        i = pos[int(row)]
+        if seen[width][i]:
+            raise Rejected(f"{what} line {n}: row {row} at width {width} appears twice")
+        try:
+            vals = [float(v) for v in line[2:]]
+        except ValueError as e:
+            raise Rejected(f"{what} line {n}: not a number: {e}") from e
+        if not all(math.isfinite(v) for v in vals):
+            raise Rejected(f"{what} line {n}: NaN or inf prediction")
+        out[width][i] = vals
+        seen[width][i] = True
+    for k in sorted(keys):
+        if not seen[k].all():
+            raise Rejected(f"{what}: {int((~seen[k]).sum())} test rows lack a prediction at width {k}")
+    return out
+
+
+def _bound_hparams(hp: dict) -> None:
+    for k, cap in SIZE_HPARAMS.items():
+        v = hp.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= cap):
+            raise Rejected(f"hyperparameter {k} = {v!r} is out of range (1..{cap})")
+
+
+def _verify_run(r, m: Manifest, members: dict[str, bytes], split_path: Path, split_obj: dict,
+                evaluator_cache: dict) -> RunCheck:
+    import torch
+
+    from fedmol.evaluate import Evaluator
+    from fedmol.fl.devices import PROFILE_NAMES
+    from fedmol.fl.harness import RunConfig, build_federation
+    from fedmol.fl.registry import get_algorithm
+    from fedmol.models import build
+    from fedmol.training import predict
+
+    c = r.config
+    tag = f"run {r.id} (seed {r.seed})"
+    if c.run.devices not in PROFILE_NAMES:
+        raise Rejected(f"{tag}: device profile {c.run.devices!r} is not built in ({', '.join(PROFILE_NAMES)}): "
+                       "only built-in profiles can be verified")
+    _bound_hparams(c.run.hparams)
+    try:
+        cfg = RunConfig(**{**c.run.model_dump(), "split": str(split_path), "data_dir": None})
+        fed = build_federation(cfg, progress=False)
+    except FedmolError as e:
+        raise Rejected(f"{tag}: cannot rebuild the federation from the frozen split: {e}") from e
+    ds = fed.dataset
+    if ds.name != m.dataset or ds.task_type != m.task_type:
+        raise Rejected(f"{tag}: the frozen split's dataset is {ds.name} ({ds.task_type}), not {m.dataset}")
+    from fedmol.data.splits import SplitSpec
+
+    if SplitSpec.model_validate(split_obj["spec"]).model_dump() != c.split.spec.model_dump():
+        raise Rejected(f"{tag}: its config's split spec is not the frozen file's")
+    if c.split.partners != len(split_obj["partners"]) or c.split.test != len(split_obj["test"]):
+        raise Rejected(f"{tag}: its config's split sizes are not the frozen file's")
+    partners = [dict(pid=p.pid, n_train=p.n_train, n_valid=len(fed.local[p.pid].valid), device=p.device.to_dict())
+                for p in fed.infos]
+    if _norm(partners) != _norm([p.model_dump() for p in c.partners]):
+        raise Rejected(f"{tag}: its partners (sizes or device profiles) are not those the split and seed give")
+
+    # the algorithm, as the harness builds it
+    try:
+        algo_cls = get_algorithm(c.run.algorithm)
+        base = dict(name=c.run.model, num_tasks=ds.num_tasks, hidden=c.run.hidden, layers=c.run.layers,
+                    task_type=ds.task_type, dropout=c.run.dropout)
+        algo = algo_cls(base, dict(c.run.hparams), c.run.seed)
+        algo.init(fed.infos)
+    except (FedmolError, ValueError, TypeError, KeyError) as e:
+        raise Rejected(f"{tag}: the algorithm cannot be built from the manifest's config: {e}") from e
+    if _norm(algo.hp) != _norm(c.algorithm.hparams) or algo.norm != c.algorithm.norm or algo.scaler != c.algorithm.scaler:
+        raise Rejected(f"{tag}: the resolved hyperparameters/norm differ from what {algo_cls.name} resolves")
+    if _norm(algo.model_config) != _norm(c.model.model_dump()):
+        raise Rejected(f"{tag}: the declared backbone {c.model.model_dump()} is not the one {algo_cls.name} builds")
+    widths = [float(w) for w in algo.widths()]
+    if sorted(widths, reverse=True) != [float(w) for w in sorted(c.widths, reverse=True)]:
+        raise Rejected(f"{tag}: widths {c.widths} are not the ones {algo_cls.name} serves here ({widths})")
+    expected = algo.state()
+
+    # the weights
+    tensors, meta = load_safetensors(members[r.weights.path], r.weights.path)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        raise Rejected(f"{r.weights.path}: lacks tensor {missing[0]!r} of the declared model ({len(missing)} missing)")
+    if unexpected:
+        raise Rejected(f"{r.weights.path}: tensor {unexpected[0]!r} is not part of the declared model")
+    for k, t in expected.items():
+        got = tensors[k]
+        if tuple(got.shape) != tuple(t.shape):
+            raise Rejected(f"{r.weights.path}: tensor {k!r} has shape {list(got.shape)} but the declared model "
+                           f"needs {list(t.shape)}")
+        if got.dtype != t.dtype:
+            raise Rejected(f"{r.weights.path}: tensor {k!r} has dtype {got.dtype} but the declared model needs "
+                           f"{t.dtype}")
+    if "algorithm" in meta and meta["algorithm"] != c.algorithm.name:
+        raise Rejected(f"{r.weights.path}: its metadata names algorithm {meta['algorithm'][:40]!r}")
+
+    # predictions re-score to the claimed metrics
+    test_rows = fed.test.rows
+    preds = _parse_predictions(members[r.predictions.path], r.predictions.path, ds.num_tasks, widths, test_rows)
+    key = (ds.task_type, ds.num_tasks)
+    evaluator = evaluator_cache.setdefault(key, Evaluator(ds.task_type, ds.num_tasks))
+    y_true = fed.test.labels
+    metric = evaluator.eval_metric
+    if metric != m.metric:
+        raise Rejected(f"the manifest's metric {m.metric} is not the Evaluator's {metric}")
+    rescored = {}
+    for k in sorted(preds):
+        try:
+            v = evaluator.eval({"y_true": y_true, "y_pred": preds[k]})[metric]
+        except FedmolError as e:
+            raise Rejected(f"{r.predictions.path}: cannot be scored at width {k}: {e}") from e
+        claimed = r.test[k]
+        if not math.isfinite(v) or abs(v - claimed) > TOL_RESCORE:
+            raise Rejected(f"run {r.id}: claimed test {metric}@{k} = {claimed!r} but the shipped predictions score "
+                           f"{v!r}")
+        rescored[k] = v
+    for p in r.per_partner:
+        k = _width_key(p.width)
+        if k not in r.test or abs(p.test - r.test[k]) > TOL_RESCORE:
+            raise Rejected(f"run {r.id}: partner {p.partner}'s test metric is not the one of width {k}")
+
+    # the weights reproduce the predictions where the saved state is the evaluated model
+    model = build(**c.model.model_dump())
+    own = model.state_dict()
+    try:
+        model.load_state_dict({k: tensors[k] for k in own}, strict=True)
+    except (RuntimeError, KeyError) as e:
+        raise Rejected(f"{r.weights.path}: does not load into the declared backbone: {one_line(e)}") from e
+    reproducible = weight_widths(algo_cls, widths, float(c.model.width))
+    worst = 0.0
+    with torch.no_grad():
+        for w in reproducible:
+            k = _width_key(w)
+            _, p = predict(model, fed.test, w)
+            diff = float(np.max(np.abs(p.astype(np.float64) - preds[k]))) if len(p) else 0.0
+            if not diff <= TOL_WEIGHTS:
+                raise Rejected(f"run {r.id}: the shipped weights do not reproduce the shipped predictions at width "
+                               f"{k} (max abs diff {diff:.3g} > {TOL_WEIGHTS:g})")
+            worst = max(worst, diff)
+    rep = sorted((_width_key(w) for w in reproducible), key=float, reverse=True)
+    only = sorted((k for k in preds if k not in rep), key=float, reverse=True)
+    return RunCheck(id=r.id, seed=r.seed, split=r.split, test=rescored, reproduced_widths=rep,
+                    rescored_only_widths=only, max_abs_diff=worst)
+
+
+def _rerun(r, split_path: Path, progress: bool) -> dict:
+    from fedmol.fl.harness import RunConfig, run_federated
+
+    cfg = RunConfig(**{**r.config.run.model_dump(), "split": str(split_path), "data_dir": None})
+    with tempfile.TemporaryDirectory(prefix="fedmol-rerun-") as tmp:
+        s = run_federated(cfg, tmp, progress=progress)
+    problems = []
+    for part in ("test", "valid"):
+        claimed = getattr(r, part)
+        got = {k: float(v) for k, v in s[part].items()}
+        if sorted(got) != sorted(claimed):
+            problems.append(f"{part} widths {sorted(got)} vs claimed {sorted(claimed)}")
+            continue
+        for k in sorted(claimed):
+            if not abs(got[k] - claimed[k]) <= TOL_RERUN:
+                problems.append(f"{part} @{k}: rerun {got[k]:.8f} vs claimed {claimed[k]:.8f}")
+    for part in ("bytes_up", "bytes_down", "failures"):
+        if int(s[part]) != getattr(r, part):
+            problems.append(f"{part}: rerun {s[part]} vs claimed {getattr(r, part)}")
+    if problems:
+        raise Rejected(f"run {r.id} (seed {r.seed}) does not reproduce: {'; '.join(problems)}")
+    return {"seed": r.seed, "test": s["test"], "valid": s["valid"], "bytes_up": s["bytes_up"],
+            "bytes_down": s["bytes_down"], "failures": s["failures"], "tolerance": TOL_RERUN}
+
+
+def verify(path: str | Path, *, rerun: int = 0, rerun_seed: int = 0, tracks_file: str | Path | None = None,
+           splits_dir: str | Path | None = None, limits: Limits = Limits(), progress: bool = False) -> Report:
+    """Verify a submission archive (see the module docstring); raises :class:`Rejected`."""
+    members = read_archive(path, limits)
+    m = _validate_manifest(strict_json(members[MANIFEST], "manifest.json"))
+    checks = ["archive: safe paths, plain files, allowed members, sizes within limits, CRCs",
+              "manifest: schema " + m.schema_version + " (strict), files and hashes, one configuration across runs"]
+    _check_structure(m, members)
+    splits = _check_splits(m, Path(splits_dir) if splits_dir is not None else default_splits_dir())
+    checks.append("splits: frozen files in data_splits/, content sha256 matches: "
+                  + ", ".join(f"{p} ({s.sha256[:12]})" for p, s in zip(splits, m.splits)))
+    if m.status == "ranked":
+        tracks = load_tracks(tracks_file)
+        if m.track not in tracks:
+            raise Rejected(f"ranked on unknown track {m.track!r} (known: {', '.join(sorted(tracks))})")
+        problems = track_problems(tracks[m.track], [dict(split=r.split, seed=r.seed, config=_norm(r.config.model_dump()))
+                                                    for r in m.runs])
+        if problems:
+            raise Rejected(f"claims a rank on track {m.track} but {problems[0]}")
+        checks.append(f"track {m.track}: splits, devices, rounds, fixed settings and seeds {tracks[m.track].seeds}")
+    else:
+        checks.append("unranked: " + "; ".join(m.unranked_reasons))
+    runs, cache = [], {}
+    for r in m.runs:
+        local, obj = splits[r.split]
+        try:
+            runs.append(_verify_run(r, m, members, local, obj, cache))
+        except Rejected:
+            raise
+        except FedmolError as e:
+            raise Rejected(f"run {r.id}: {e}") from e
+    checks.append(f"predictions re-score to the claimed metrics (abs tol {TOL_RESCORE:g})")
+    checks.append(f"weights reproduce the predictions (abs tol {TOL_WEIGHTS:g}) at widths "
+                  + ", ".join(sorted({w for c in runs for w in c.reproduced_widths}, key=float, reverse=True)))
+    if rerun:
+        if not 0 < rerun <= len(m.runs):
+            raise FedmolError(f"--rerun must be between 1 and the number of runs ({len(m.runs)})")
+        pick = sorted(random.Random(rerun_seed).sample(range(len(m.runs)), rerun))
+        for i in pick:
+            runs[i].rerun = _rerun(m.runs[i], splits[m.runs[i].split][0], progress)
+        checks.append(f"rerun of seed(s) {[m.runs[i].seed for i in pick]} reproduces test/valid metrics "
+                      f"(abs tol {TOL_RERUN:g}), bytes and failures")
+    return Report(file=str(path), name=m.name, track=m.track, status=m.status, unranked_reasons=m.unranked_reasons,
+                  algorithm=m.algorithm, dataset=m.dataset, metric=m.metric, seeds=m.seeds, runs=runs, checks=checks,
+                  manifest=m.model_dump())

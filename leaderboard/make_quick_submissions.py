@@ -1,0 +1,91 @@
+"""Make the quick track's reference submissions and build the board.
+
+For every algorithm of the harness's registry (``fedmol.fl.registry.ALGORITHMS``) and every seed
+of the ``quick`` track (``leaderboard/tracks.toml``), one :func:`fedmol.fl.harness.run_federated`
+run with the track's settings; the runs of each algorithm are packed with
+:func:`fedmol.leaderboard.submission` into ``leaderboard/submissions/<algorithm>.zip``; then the board
+is built into ``leaderboard/board/`` from the verified submissions.
+
+Usage (from anywhere; a few minutes on one CPU core)::
+
+    python leaderboard/make_quick_submissions.py [--algorithms fedavg,fjord] [--no-board]
+
+Method-specific hyperparameters (everything the track does not fix) are in :data:`HPARAMS`:
+FedDF's server-side distillation budget is the one of the ``quick`` bench suite, and its public
+pool is RDKit's NCI 5K set (shipped with RDKit: offline, so ``verify --rerun`` reproduces it
+anywhere; the harness has FedDF remove every molecule of the federated dataset from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACK = "quick"
+HPARAMS: dict[str, dict] = {
+    "feddf": dict(distill_steps=50, eval_every=10, patience=30, pool_size=500, pool_sources="rdkit_nci5k"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fedmol.fl.harness import RunConfig, run_federated
+    from fedmol.fl.registry import ALGORITHMS
+    from fedmol.leaderboard import build_board, load_tracks, submit
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated (default: the registry)")
+    ap.add_argument("--out", default=str(ROOT / "leaderboard" / "submissions"))
+    ap.add_argument("--board", default=str(ROOT / "leaderboard" / "board"))
+    ap.add_argument("--runs-dir", default=None, help="keep the run folders here (default: a temporary folder)")
+    ap.add_argument("--no-board", action="store_true")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(1)
+    os.chdir(ROOT)  # run configs record the split as the repository-relative data_splits/... path
+    track = load_tracks()[TRACK]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = None if args.runs_dir else tempfile.TemporaryDirectory(prefix="fedmol-quick-")
+    runs_root = Path(args.runs_dir or tmp.name)
+    t_all = time.perf_counter()
+    for algo in [a.strip() for a in args.algorithms.split(",") if a.strip()]:
+        dirs = []
+        for split in track.splits:
+            for seed in track.seeds:
+                t0 = time.perf_counter()
+                cfg = RunConfig(algorithm=algo, split=f"data_splits/{split}", devices=track.devices,
+                                rounds=track.rounds, seed=seed, **track.run,
+                                hparams={**track.hparams, **HPARAMS.get(algo, {})})
+                d = runs_root / algo / f"{Path(split).stem}-seed{seed}"
+                s = run_federated(cfg, d, progress=False)
+                dirs.append(d)
+                print(f"{algo} seed {seed}: test {s['metric']} "
+                      + ", ".join(f"{k}={v:.4f}" for k, v in s["test"].items())
+                      + f" ({time.perf_counter() - t0:.1f}s)", flush=True)
+        m = submit(dirs, name=f"{algo} (reference)", out=out / f"{algo}.zip", track=TRACK)
+        print(f"-> {out / (algo + '.zip')}: {m['status']} {'; '.join(m['unranked_reasons'])}", flush=True)
+        if m["status"] != "ranked":
+            print(f"error: the reference {algo} submission does not qualify for track {TRACK}", file=sys.stderr)
+            return 1
+    if tmp is not None:
+        tmp.cleanup()
+    if not args.no_board:
+        res = build_board(out, args.board)
+        print(f"board: {args.board} ({res['verified']} verified, {len(res['rejected'])} rejected)")
+        for f, reason in res["rejected"]:
+            print(f"  rejected {f}: {reason}", file=sys.stderr)
+        if res["rejected"]:
+            return 1
+    print(f"done in {time.perf_counter() - t_all:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The board: README table rows, rejected and unranked submissions listed apart, and the static page
+sorted by a real headless browser (Debian's chromium) executing the page's JavaScript."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lb_helpers import repack
+
+from fedmol.leaderboard.cli import leaderboard_app
+
+
+@pytest.fixture(scope="module")
+def board(good_zip, fedavg_zip, unranked_zip, tracks_file, tmp_path_factory) -> Path:
+    subs = tmp_path_factory.mktemp("submissions")
+    shutil.copy(good_zip, subs / "a-good.zip")
+    shutil.copy(unranked_zip, subs / "b-unranked.zip")
+    shutil.copy(fedavg_zip, subs / "c-fedavg.zip")
+    repack(good_zip, subs / "d-tampered.zip",
+           edit_manifest=lambda m: m["runs"][0]["test"].update({"1.0": 0.99}))
+    (subs / "e-garbage.zip").write_bytes(b"garbage")
+    out = tmp_path_factory.mktemp("board")
+    res = CliRunner().invoke(leaderboard_app, ["build", "--submissions", str(subs), "--out", str(out),
+                                               "--tracks", str(tracks_file)])
+    assert res.exit_code == 0, res.output
+    assert "3 verified submission(s), 2 rejected" in res.stdout
+    return out
+
+
+def test_readme_table(board):
+    text = (board / "README.md").read_text()
+    assert "## Track `tiny`: Tiny (tests)" in text and "## Track `quick`" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2 and any("| tiny fjord | fjord |" in r for r in rows)
+    assert any("| tiny fedavg | fedavg |" in r for r in rows)
+    assert "| # | submission | algorithm | rocauc@1.0 | rocauc@0.5 | rocauc@0.25 | rocauc@0.125 |" in text
+    assert re.search(r"\| tiny fjord \| fjord \| 0\.\d{4} ± 0\.\d{4} \|", text)
+    assert re.search(r"\| tiny fedavg \| fedavg \| 0\.\d{4} ± 0\.\d{4} \| — \| — \| — \|", text)
+    # ranked by the mean at width 1.0, best first
+    means = [float(re.search(r"\| (0\.\d{4}) ±", r).group(1)) for r in rows]
+    assert means == sorted(means, reverse=True)
+    # unranked listed apart, rejected with reasons
+    unranked = text.split("## Unranked", 1)[1].split("## Rejected", 1)[0]
+    assert "tiny two seeds" in unranked and "are not the track's [0, 1, 2]" in unranked
+    assert "tiny two seeds" not in text.split("## Unranked", 1)[0]
+    rejected = text.split("## Rejected", 1)[1]
+    assert "`d-tampered.zip`: run 00: claimed test rocauc@1.0 = 0.99" in rejected
+    assert "`e-garbage.zip`: not a zip archive" in rejected
+    assert (board / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![tiny: metric per width](tiny.png)" in text
+
+
+def test_configs_written_next_to_page(board):
+    html = (board / "index.html").read_text()
+    links = re.findall(r'href="(configs/[^"]+\.json)"', html)
+    assert len(links) == 3
+    docs = {}
+    for link in links:
+        doc = json.loads((board / link).read_text())
+        assert doc["runs"][0]["config"]["model"]["hidden"] == 16
+        docs[doc["name"]] = doc
+    assert docs["tiny fjord"]["verification"]["runs"][0]["reproduced_widths"] == ["1.0", "0.5", "0.25", "0.125"]
+    assert docs["tiny fedavg"]["verification"]["runs"][0]["reproduced_widths"] == ["1.0"]
+
+
+# -- the browser --------------------------------------------------------------------------------------
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class _Rows(HTMLParser):
+    """The data-value of one column of one table's body rows, in document order."""
+
+    def __init__(self, table_id: str, key: str):
+        super().__init__()
+        self.table_id, self.key = table_id, key
+        self.in_table = self.in_body = False
+        self.col = None
+        self.cell = 0
+        self.values: list[str] = []
+        self.names: list[str] = []
+        self._headers: list[str] = []
+        self.sort_attr = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table" and a.get("id") == self.table_id:
+            self.in_table = True
+            self.sort_attr = a.get("data-sort")
+        elif self.in_table and tag == "th":
+            self._headers.append(a.get("data-key"))
+        elif self.in_table and tag == "tbody":
+            self.in_body = True
+            self.col = self._headers.index(self.key)
+        elif self.in_body and tag == "tr":
+            self.cell = 0
+            self.names.append(a.get("data-name"))
+        elif self.in_body and tag == "td":
+            if self.cell == self.col:
+                self.values.append(a.get("data-value"))
+            self.cell += 1
+
+    def handle_endtag(self, tag):
+        if tag == "table" and self.in_table:
+            self.in_table = self.in_body = False
+
+
+def _dump_dom(chromium: str, page: Path, fragment: str, profile: Path) -> str:
+    url = page.resolve().as_uri() + fragment
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--dump-dom", url]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+def test_browser_sorts_columns(board, tmp_path):
+    chromium = _chromium()
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed but CI is set: apt-get install -y chromium chromium-driver")
+        pytest.skip("chromium is not installed (apt-get install -y chromium chromium-driver); CI is not set")
+    page = board / "index.html"
+
+    static = _Rows("board-tiny", "w1.0")
+    static.feed(page.read_text())
+    assert static.sort_attr is None and len(static.values) == 2
+
+    # numeric column, both directions: the page's JS reorders the rows from the URL fragment
+    for direction in ("asc", "desc"):
+        dom = _dump_dom(chromium, page, f"#sort=board-tiny:w1.0:{direction}", tmp_path / f"profile-{direction}")
+        p = _Rows("board-tiny", "w1.0")
+        p.feed(dom)
+        assert p.sort_attr == f"w1.0:{direction}", "the page's script did not run"
+        vals = [float(v) for v in p.values]
+        assert len(vals) == 2 and vals[0] != vals[1]
+        assert vals == sorted(vals, reverse=direction == "desc")
+        by_name = dict(zip(p.names, vals))
+        assert set(by_name) == {"tiny fjord", "tiny fedavg"}
+
+    # a text column; and a width FedAvg does not serve: its empty cell sorts last either way
+    dom = _dump_dom(chromium, page, "#sort=board-tiny:name:desc", tmp_path / "profile-name")
+    p = _Rows("board-tiny", "name")
+    p.feed(dom)
+    assert p.names == ["tiny fjord", "tiny fedavg"]
+    dom = _dump_dom(chromium, page, "#sort=board-tiny:w0.5:asc", tmp_path / "profile-w05")
+    p = _Rows("board-tiny", "w0.5")
+    p.feed(dom)
+    assert p.names == ["tiny fjord", "tiny fedavg"] and p.values[1] == ""

@@ -1,0 +1,26 @@
+"""The shipped board: every reference submission in leaderboard/submissions/ verifies, every algorithm of
+the registry is ranked on the quick track, and leaderboard/board/ is what the build gives (rebuild it
+with ``python leaderboard/make_quick_submissions.py`` when the split, the harness or the schema change)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_submissions_verify_and_board_is_current(tmp_path):
+    from fedmol.fl.registry import ALGORITHMS
+    from fedmol.leaderboard import build_board
+
+    subs = REPO / "leaderboard" / "submissions"
+    zips = sorted(subs.glob("*.zip"))
+    assert {z.stem for z in zips} >= set(ALGORITHMS)
+    assert all(z.stat().st_size < 2 << 20 for z in zips)
+    res = build_board(subs, tmp_path / "board")
+    assert res["rejected"] == [], res["rejected"]
+    assert sorted(res["tracks"]["quick"]) == sorted(f"{a} (reference)" for a in ALGORITHMS)
+    for name in ("README.md", "index.html"):
+        assert (tmp_path / "board" / name).read_text() == (REPO / "leaderboard" / "board" / name).read_text(), (
+            f"leaderboard/board/{name} is stale: rebuild with fedmol leaderboard build "
+            "--submissions leaderboard/submissions --out leaderboard/board")
