@@ -82,7 +82,7 @@ def test_identical_to_ogb_on_real_molecules(real_sample):
         assert_same_as_ogb(s, smiles_to_graph(s))
 
 
-def test_bulk_identical_to_ogb_on_real_molecules(real_sample):
+def test_bulk_identical_to_ogb_on_real_molecules(real_sample, force_pool):
     feats = featurize_smiles(real_sample, n_jobs=2, progress=False)
     assert feats.valid.all()
     for i, s in enumerate(real_sample):
@@ -193,7 +193,9 @@ def test_rdkit_failures_carry_rdkit_message(smiles, expected):
 def test_valence_reason_is_rdkits_text():
     with pytest.raises(InvalidSmiles) as info:
         smiles_to_graph("N(C)(C)(C)(C)C")
-    assert info.value.reason == "RDKit could not parse: Explicit valence for atom # 0 N, 5, is greater than permitted"
+    assert info.value.reason == (
+        "RDKit could not parse: Explicit valence for atom # 0 N, 5, is greater than permitted"
+    )
 
 
 @pytest.mark.parametrize("smiles", ["", "   ", "\t\n", None, float("nan"), np.nan, np.float32("nan"), pd.NA])
@@ -242,6 +244,21 @@ def test_clean_rdkit_log_drops_timestamps_caret_and_duplicates():
 # --------------------------------------------------------------------------------------------
 # bulk path
 # --------------------------------------------------------------------------------------------
+@pytest.fixture
+def force_pool(monkeypatch):
+    """Use the process pool even for a few hundred SMILES (normally in-process below 1,000)."""
+    monkeypatch.setattr(F, "_MIN_POOL_ROWS", 0)
+    calls = []
+    real = F._pool_context
+
+    def spy():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(F, "_pool_context", spy)
+    return calls
+
+
 INVALID = {3: "C1CC", 50: "N(C)(C)(C)(C)C", 51: "", 120: None, 200: float("nan"), 299: "CC("}
 
 
@@ -254,8 +271,9 @@ def mixed(real_sample) -> list:
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
-def test_bulk_equals_per_molecule(mixed, n_jobs):
+def test_bulk_equals_per_molecule(mixed, n_jobs, force_pool):
     feats = featurize_smiles(mixed, n_jobs=n_jobs, progress=False)
+    assert len(force_pool) == (n_jobs > 1)  # n_jobs=2 really went through the pool
     n = len(mixed)
     assert len(feats) == n
     assert feats.x.dtype == feats.edge_index.dtype == feats.edge_attr.dtype == np.int64
@@ -286,16 +304,16 @@ def test_bulk_equals_per_molecule(mixed, n_jobs):
     assert "valence" in feats.reasons[50]
 
 
-def test_bulk_results_do_not_depend_on_n_jobs(mixed):
+def test_bulk_results_do_not_depend_on_n_jobs(mixed, force_pool):
     one = featurize_smiles(mixed, n_jobs=1, progress=False)
     two = featurize_smiles(mixed, n_jobs=2, progress=False)
-    assert F._chunk_size(len(mixed), 2) < len(mixed)  # n_jobs=2 really uses several chunks / a pool
+    assert len(force_pool) == 1 and F._chunk_size(len(mixed), 2) < len(mixed)  # pool, several chunks
     for name in ("x", "edge_index", "edge_attr", "num_nodes", "num_edges", "valid"):
         np.testing.assert_array_equal(getattr(one, name), getattr(two, name), err_msg=name)
     assert one.reasons == two.reasons
 
 
-def test_bulk_preserves_order(real_sample):
+def test_bulk_preserves_order(real_sample, force_pool):
     rows = real_sample[:200]
     forward = featurize_smiles(rows, n_jobs=2, progress=False)
     backward = featurize_smiles(rows[::-1], n_jobs=2, progress=False)
@@ -326,6 +344,12 @@ def test_bulk_all_invalid_and_bondless():
     assert feats.edge_index.shape == (2, 0)
 
 
+def test_small_inputs_skip_the_pool(real_sample, monkeypatch):
+    monkeypatch.setattr(F, "_pool_context", lambda: pytest.fail("no pool expected below 1,000 SMILES"))
+    feats = featurize_smiles(real_sample, n_jobs=2, progress=False)
+    assert feats.valid.all() and len(feats) == len(real_sample)
+
+
 def test_bulk_rejects_bad_n_jobs():
     with pytest.raises(ValueError, match="n_jobs"):
         featurize_smiles(["C"], n_jobs=0)
@@ -333,7 +357,7 @@ def test_bulk_rejects_bad_n_jobs():
 
 def test_bbbp_invalid_count_is_11(bbbp):
     assert len(bbbp) == 2050
-    feats = featurize_smiles(bbbp, n_jobs=2, progress=False)
+    feats = featurize_smiles(bbbp, n_jobs=2, progress=False)  # >= 1,000 rows: the real pool path
     invalid = np.flatnonzero(~feats.valid)
     assert len(invalid) == 11, [(int(i), bbbp[i], feats.reasons[i]) for i in invalid]
     assert all(feats.reasons[i].startswith("RDKit could not parse: ") for i in invalid)
