@@ -9,6 +9,8 @@ parameters: FjORD-style local training) and, for reference, with DataLoader coll
 Timing: a fixed cycle of ``--batches`` pre-collated batches; all configurations are run in
 ``--passes`` interleaved passes and every step is timed; the reported graphs/s uses each batch's
 fastest step ("best", robust to other processes sharing the CPU), the median is reported too.
+As a reference that a busy, shared CPU distorts least, GIN is also timed with one thread in
+process CPU time per step.
 
 Data: the first ~1000 SMILES of BBBP featurized with ``ogb.utils.smiles2graph`` when
 ``$FEDMOL_DATA_DIR/BBBP.csv`` or ``/work/shared/datasets/moleculenet/BBBP.csv`` is readable,
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batches", type=int, default=10, help="batches in the timed cycle")
     ap.add_argument("--passes", type=int, default=4, help="interleaved passes over all configs")
     ap.add_argument("--quick", action="store_true", help="1 pass (noisy)")
+    ap.add_argument("--gin-only", action="store_true", help="only GIN standalone at every width")
     ap.add_argument("--synthetic", action="store_true", help="ignore BBBP even if present")
     ap.add_argument("--out", type=Path, default=RESULTS / "model_speed.json")
     args = ap.parse_args(argv)
@@ -181,9 +184,10 @@ def main(argv: list[str] | None = None) -> dict:
         return Timed(name, r, mode, m, len(batches))
 
     plan = [make("gin", r, "standalone") for r in WIDTHS]
-    plan += [make("gin", r, "slice_of_full") for r in (1.0, 0.25, 0.0625)]
-    plan += [make("gin", r, "with_collation") for r in (1.0, 0.25)]
-    plan += [make(n, r, "standalone") for n in ("gine", "gcn", "sage", "gat") for r in (1.0, 0.25)]
+    if not args.gin_only:
+        plan += [make("gin", r, "slice_of_full") for r in (1.0, 0.25, 0.0625)]
+        plan += [make("gin", r, "with_collation") for r in (1.0, 0.25)]
+        plan += [make(n, r, "standalone") for n in ("gine", "gcn", "sage", "gat") for r in (1.0, 0.25)]
     for cfg in plan:  # warm-up
         for b in batches[:3]:
             cfg.step(b)
@@ -191,6 +195,21 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"pass {p + 1}/{passes}", flush=True)
         for cfg in plan:
             cfg.cycle(batches, loader if cfg.mode == "with_collation" else None)
+
+    # Contention-robust reference: process CPU time per step with ONE thread (no thread sync to
+    # be delayed by other processes; only cache sharing leaks through).
+    torch.set_num_threads(1)
+    cpu_rows = []
+    for cfg in plan:
+        if cfg.mode != "standalone" or cfg.name != "gin":
+            continue
+        t = time.process_time()
+        for b in batches:
+            cfg.step(b)
+        ms_step = (time.process_time() - t) / len(batches) * 1e3
+        cpu_rows.append(dict(model=cfg.name, width=cfg.width, cpu_ms_per_step=round(ms_step, 2),
+                             graphs_per_cpu_s=round(BATCH / ms_step * 1e3, 1)))
+    torch.set_num_threads(args.threads)
 
     rows: list[dict] = []
     titles = {
@@ -218,10 +237,19 @@ def main(argv: list[str] | None = None) -> dict:
             x["graphs_per_s"] for x in rows if (x["model"], x["width"], x["mode"]) == (name, r, mode)
         )
 
-    pairs = [("gin", "standalone"), ("gin", "slice_of_full"), ("gin", "with_collation")]
-    pairs += [(n, "standalone") for n in ("gine", "gcn", "sage", "gat")]
+    pairs = [("gin", "standalone")]
+    if not args.gin_only:
+        pairs += [("gin", "slice_of_full"), ("gin", "with_collation")]
+        pairs += [(n, "standalone") for n in ("gine", "gcn", "sage", "gat")]
     ratios = {f"{n}_{m}": round(gps(n, 0.25, m) / gps(n, 1.0, m), 2) for n, m in pairs}
     print("speed ratio width 1/4 vs width 1 (best):", ratios)
+    print("GIN, 1 thread, process CPU time per training step (robust to a busy CPU):")
+    for x in cpu_rows:
+        print(f"  gin   width {x['width']:<7g} {x['cpu_ms_per_step']:8.2f} ms/step "
+              f"= {x['graphs_per_cpu_s']:8.1f} graphs per CPU-second")
+    cpu = {x["width"]: x["cpu_ms_per_step"] for x in cpu_rows}
+    ratios["gin_1thread_cpu_time"] = round(cpu[1.0] / cpu[0.25], 2)
+    print(f"  ratio width 1/4 vs 1 (1 thread, CPU time): {ratios['gin_1thread_cpu_time']}")
     result = dict(
         data=source, num_graphs=len(graphs), avg_nodes=round(avg_nodes, 2),
         avg_bonds=round(avg_bonds, 2), batch_size=BATCH, hidden=args.hidden,
@@ -230,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
         machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
         cpu_count=os.cpu_count(), load_avg_before=round(load_before[0], 2),
         load_avg_after=round(os.getloadavg()[0], 2), ratio_quarter_vs_full=ratios, results=rows,
+        gin_one_thread_cpu_time=cpu_rows,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

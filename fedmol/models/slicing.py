@@ -426,7 +426,8 @@ def aggregate_nested(
     whose slice contains it; coordinates nobody sent keep their old value.
 
     ``updates``: ``(sub_state_dict, weight)`` pairs (weight 1 for an unweighted mean, ``n_k`` for
-    a sample-weighted one; weights must be >= 0). A tensor of shape ``s`` in an update covers the
+    a sample-weighted one; weights must be >= 0; keys the global state lacks are ignored, so
+    messages may carry extra entries). A tensor of shape ``s`` in an update covers the
     leading block ``[:s0, :s1, ...]`` of the global tensor -- the shape alone says which, so no
     slicing rules are needed; tensors missing from an update are not covered by it. Float tensors
     are averaged (in float64, cast back); non-float ones (``num_batches_tracked``) become the

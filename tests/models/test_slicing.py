@@ -193,6 +193,8 @@ def test_aggregate_nested_weights_and_nonfloat():
         aggregate_nested({"v": torch.zeros(2)}, [({"v": torch.ones(3)}, 1.0)])
     with pytest.raises(ValueError):
         aggregate_nested({"v": torch.zeros(2)}, [({"v": torch.ones(2)}, -1.0)])
+    out = aggregate_nested({"v": torch.zeros(2)}, [({"v": torch.ones(2), "x": torch.ones(1)}, 1.0)])
+    assert out.keys() == {"v"}  # extra entries in a message are ignored
 
 
 @pytest.mark.parametrize("norm", ["bn", "fjord_bn"])
