@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from rdkit import Chem, RDLogger
+from rdkit import Chem, rdBase
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
 __all__ = ["murcko_scaffolds", "scaffold_fingerprints", "DEFAULT_CHUNK_SIZE"]
@@ -28,7 +28,7 @@ DEFAULT_CHUNK_SIZE = 1000
 def _scaffold_chunk(args: tuple[int, Sequence[str]]) -> list[str]:
     """Scaffolds of one chunk; ``offset`` is the position of the chunk's first SMILES."""
     offset, chunk = args
-    RDLogger.DisableLog("rdApp.*")
+    blocker = rdBase.BlockLogs()  # noqa: F841 - scoped: the caller's RDKit log settings come back
     out: list[str] = []
     for i, smi in enumerate(chunk):
         mol = Chem.MolFromSmiles(smi) if isinstance(smi, str) else None
@@ -120,7 +120,7 @@ def scaffold_fingerprints(scaffolds: Sequence[str], n_bits: int = 1024) -> np.nd
         raise ValueError(f"n_bits must be >= 1, got {n_bits}")
     from rdkit.Chem import rdFingerprintGenerator
 
-    RDLogger.DisableLog("rdApp.*")
+    blocker = rdBase.BlockLogs()  # noqa: F841 - scoped silence, restored when the function returns
     scaffolds = list(scaffolds)
     out = np.zeros((len(scaffolds), n_bits), dtype=np.uint8)
     generator = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=n_bits)

@@ -83,10 +83,10 @@ def rows_of(ds) -> np.ndarray:
 
 def ecfp4(smiles: list[str], radius: int = FP_RADIUS, n_bits: int = FP_BITS) -> np.ndarray:
     """Morgan fingerprints as a ``(n, n_bits)`` uint8 0/1 matrix (a SMILES RDKit cannot read: zeros)."""
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem, rdBase
     from rdkit.Chem import rdFingerprintGenerator
 
-    RDLogger.DisableLog("rdApp.*")
+    blocker = rdBase.BlockLogs()  # noqa: F841 - scoped silence, restored when the function returns
     gen = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
     out = np.zeros((len(smiles), n_bits), dtype=np.uint8)
     for i, s in enumerate(smiles):

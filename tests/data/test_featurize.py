@@ -220,6 +220,10 @@ def test_zero_atom_molecule_is_rejected(monkeypatch):
 
 
 def test_rdkit_spam_is_silenced_and_logging_restored(capfd):
+    from rdkit import RDLogger
+
+    RDLogger.EnableLog("rdApp.error")  # the caller's setting (other libraries may have changed it)
+    capfd.readouterr()
     feats = featurize_smiles(["C1CC", "N(C)(C)(C)(C)C", "CCO"], n_jobs=1, progress=False)
     with pytest.raises(InvalidSmiles):
         smiles_to_graph("C1CC")
