@@ -6,17 +6,15 @@ line (exit code 2), never as a traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from fedmol.errors import FedmolError
+from fedmol.cli_common import console, err, friendly, parse_hparams  # noqa: F401
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fedmol: federated learning benchmarks for drug discovery.")
@@ -25,23 +23,10 @@ app.add_typer(split_app, name="split")
 from fedmol.leaderboard.cli import leaderboard_app  # noqa: E402
 
 app.add_typer(leaderboard_app, name="leaderboard")
+from fedmol.pilot.cli import pilot_app  # noqa: E402  (typer only; each command imports what it needs)
 
-console = Console()
-err = Console(stderr=True)
+app.add_typer(pilot_app, name="pilot")
 
-
-def friendly(fn):
-    """Turn user errors into one red line and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FedmolError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
-
-    return wrapper
 
 
 # shared options -----------------------------------------------------------------------------------
@@ -237,17 +222,6 @@ def train(
 
 
 # run ---------------------------------------------------------------------------------------------------
-def _hparams(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise FedmolError(f"--hp takes KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
 
 
 @app.command()
@@ -281,7 +255,7 @@ def run(
                     alpha=alpha, quantity_skew=quantity_skew, devices=devices, rounds=rounds, seed=seed,
                     clients_per_round=clients_per_round, model=model, hidden=hidden, layers=layers,
                     eval_every=eval_every, faulty_links=faulty_links, lossy_links=lossy_links,
-                    hparams=_hparams(hp), data_dir=str(data_dir) if data_dir else None)
+                    hparams=parse_hparams(hp), data_dir=str(data_dir) if data_dir else None)
     import torch
     torch.set_num_threads(threads)
     s = run_federated(cfg, out)

@@ -1,0 +1,57 @@
+"""fedmol's Flower ClientApp: what runs at a partner site for each message from the coordinator.
+
+Message types (Flower ``<category>.<action>``):
+
+* ``query.hello`` -- the site introduces itself (training / validation set sizes, width cap,
+  task type, versions) and checks that its data loads;
+* ``train`` -- :meth:`Algorithm.client_update` on the site's data (the harness's algorithm
+  classes, unchanged);
+* ``query`` -- :meth:`Algorithm.client_query` (e.g. HeteroFL's static-BN statistics);
+* ``evaluate`` -- score the served model on the site's own validation molecules.
+
+Each handler converts the Flower message with :mod:`fedmol.pilot.records`, answers with
+:func:`fedmol.pilot.site.serve` (version check, audit log, redacted errors) and converts back. A
+failure raises, so Flower returns an *error reply* that the coordinator records as this node's
+failure for the round.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+
+def _serve(kind: str, message: Message, context: Context) -> Message:
+    import torch
+
+    threads = int(context.node_config.get("threads", 0) or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    from fedmol.pilot.records import from_record_dict, to_record_dict
+    from fedmol.pilot.site import serve
+
+    msg, meta = from_record_dict(message.content)
+    reply, info = serve(kind, msg, meta, dict(context.node_config), run_id=message.metadata.run_id)
+    return Message(to_record_dict(reply, info), reply_to=message)
+
+
+@app.query("hello")
+def hello(message: Message, context: Context) -> Message:
+    return _serve("hello", message, context)
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    return _serve("train", message, context)
+
+
+@app.query()
+def query(message: Message, context: Context) -> Message:
+    return _serve("query", message, context)
+
+
+@app.evaluate()
+def validate(message: Message, context: Context) -> Message:
+    return _serve("validate", message, context)

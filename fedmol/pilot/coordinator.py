@@ -1,0 +1,559 @@
+"""The coordinator: the harness's round loop over real partners (Flower nodes).
+
+It runs the harness's :class:`~fedmol.fl.algorithm.Algorithm` objects unchanged and reproduces
+:func:`fedmol.fl.harness.run_federated` draw for draw, so a pilot on K nodes and the in-process
+benchmark with the same arguments give the same metrics:
+
+1. wait (at most ``connect-timeout``) for the expected nodes; send each a ``hello`` and learn its
+   partition id, training-set size and width cap (from the node's own config) and check its
+   versions and task; nodes that fail are refused with their reason (``nodes.json``);
+2. partners are the accepted nodes in partition-id order; device profiles come from
+   ``--devices`` as in the harness (:func:`fedmol.fl.devices.assign_devices` on the reported
+   sizes), except that each partner's ``max_width`` is its node's ``width-cap``;
+3. every round draws online partners and samples exactly as the harness (``numpy`` generator
+   seeded with ``[seed, 11]``, never the global ``random``), builds one message per partner with
+   ``algorithm.configure`` (per-partner width), sends them all, and waits at most
+   ``round-timeout`` seconds; then, in partner order and with the harness's draws, applies the
+   simulated faults of the device profile (drop, upload loss, truncation) and the real ones: no
+   reply before the deadline, an error reply (a ClientApp exception, a refusal), a reply that does
+   not match the model or is not finite. Each failure is in ``metrics.csv`` with its reason; the
+   round goes on with the partners that answered and ``algorithm.aggregate`` is the algorithm's
+   own (fedmol's nested aggregation);
+4. evaluation of the global model at every width on the global test set happens here (the test
+   set is held by the benchmark organizer, never a partner); queries an algorithm needs first
+   (HeteroFL's static BN) go to every partner;
+5. at the end each partner scores the model at its served width on its own validation molecules
+   (their union never leaves the partners, so ``summary.json``'s ``valid`` is the
+   n_valid-weighted mean of the partners' scores, not the harness's pooled score).
+
+Transport is a :class:`Link`: :class:`GridLink` over a Flower ``Grid`` (push, then pull only the
+pending replies until the deadline), or :class:`LocalLink` in-process (tests).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from fedmol.fl.message import Message
+from fedmol.pilot.config import PilotSettings
+from fedmol.pilot.records import (HELLO, MESSAGE_TYPES, QUERY, TRAIN, VALIDATE, IncompatibleVersion, PilotError,
+                                  check_compatible, error_reason, from_record_dict, record_strings, to_record_dict)
+
+DEADLINE = "no reply within the deadline"
+
+
+@dataclass
+class Reply:
+    ok: bool
+    msg: Message | None = None
+    meta: dict = field(default_factory=dict)
+    reason: str = ""
+    timed_out: bool = False  # no answer: deadline passed, or the SuperLink reports the node unavailable
+
+
+class Link(Protocol):
+    def node_ids(self) -> list[int]: ...
+
+    def exchange(self, kind: str, sends: dict[int, tuple[Message, dict]], group: str,
+                 timeout: float) -> dict[int, Reply]: ...
+
+
+def _decode(content, node: int, inbox: list | None) -> Reply:
+    """A reply's content as a fedmol message, with the sender's versions checked."""
+    if inbox is not None:
+        inbox.append(content)
+    try:
+        msg, meta = from_record_dict(content)
+        check_compatible(meta, f"partner node {node}")
+    except IncompatibleVersion as e:
+        return Reply(False, reason=f"refused: {e}")
+    except (PilotError, ValueError, TypeError, KeyError) as e:
+        return Reply(False, reason=f"malformed reply: {e}")
+    return Reply(True, msg, meta)
+
+
+class GridLink:
+    """Messages over a Flower ``Grid``: push all, then pull the pending replies until the deadline."""
+
+    def __init__(self, grid, poll: float = 0.2, inbox_path: str | Path | None = None):
+        self.grid, self.poll = grid, poll
+        self.inbox_path = Path(inbox_path) if inbox_path else None
+
+    def node_ids(self) -> list[int]:
+        return sorted(int(n) for n in self.grid.get_node_ids())
+
+    def _push(self, messages: list) -> list[str | None]:
+        try:
+            return list(self.grid.push_messages(messages))
+        except Exception:  # noqa: BLE001 - find the message that cannot be pushed, keep the others
+            ids = []
+            for m in messages:
+                try:
+                    ids += list(self.grid.push_messages([m]))
+                except Exception:  # noqa: BLE001
+                    ids.append(None)
+            return ids
+
+    def exchange(self, kind: str, sends: dict[int, tuple[Message, dict]], group: str,
+                 timeout: float) -> dict[int, Reply]:
+        from flwr.app import Message as FlowerMessage
+
+        nodes = list(sends)
+        messages = [FlowerMessage(to_record_dict(m, meta), node, MESSAGE_TYPES[kind], ttl=float(timeout) + 30.0,
+                                  group_id=group) for node, (m, meta) in sends.items()]
+        out: dict[int, Reply] = {}
+        pending: dict[str, int] = {}
+        for node, mid in zip(nodes, self._push(messages)):
+            if mid:
+                pending[mid] = node
+            else:
+                out[node] = Reply(False, reason="the SuperLink did not accept the message for this node")
+        deadline = time.monotonic() + timeout
+        inbox: list | None = [] if self.inbox_path else None
+        while pending and time.monotonic() < deadline:
+            try:
+                got = list(self.grid.pull_messages(list(pending)))
+            except Exception:  # noqa: BLE001 - a transient SuperLink error: retry until the deadline
+                got = []
+            for r in got:
+                node = pending.pop(r.metadata.reply_to_message_id, None)
+                if node is None:
+                    continue
+                if r.has_error():
+                    gone = int(r.metadata.src_node_id) != int(node)  # the SuperLink answers for a node it lost
+                    reason = error_reason(r.error.reason)
+                    out[node] = Reply(False, reason=f"unreachable, the SuperLink says: {reason}" if gone else reason,
+                                      timed_out=gone)
+                else:
+                    out[node] = _decode(r.content, node, inbox)
+            if pending:
+                time.sleep(self.poll)
+        for node in pending.values():
+            out[node] = Reply(False, reason=f"{DEADLINE} ({timeout:g} s)", timed_out=True)
+        if inbox:
+            self._record(kind, group, inbox)
+        return out
+
+    def _record(self, kind: str, group: str, inbox: list) -> None:
+        """Append every received record verbatim (arrays base64) to the inbox file (audits, tests)."""
+        self.inbox_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.inbox_path, "a") as f:
+            for content in inbox:
+                rec = {"kind": kind, "group": group, "strings": record_strings(content), "arrays": {}}
+                for name, ar in content.array_records.items():
+                    for k, a in ar.items():
+                        rec["arrays"][f"{name}/{k}"] = {"dtype": str(a.dtype), "shape": list(a.shape),
+                                                        "data": base64.b64encode(a.data).decode()}
+                f.write(json.dumps(rec) + "\n")
+
+
+class LocalLink:
+    """In-process partners (no Flower): each message still goes through the wire conversion."""
+
+    def __init__(self, node_configs: dict[int, dict]):
+        self.node_configs = node_configs
+        self.dead: set[int] = set()  # nodes that answer the hello, then never again (a machine that died)
+
+    def node_ids(self) -> list[int]:
+        return sorted(self.node_configs)
+
+    def exchange(self, kind: str, sends: dict[int, tuple[Message, dict]], group: str,
+                 timeout: float) -> dict[int, Reply]:
+        from fedmol.pilot.site import serve
+
+        out = {}
+        for node, (m, meta) in sends.items():
+            if node in self.dead and kind != HELLO:
+                out[node] = Reply(False, reason=f"{DEADLINE} ({timeout:g} s)", timed_out=True)
+                continue
+            msg, meta2 = from_record_dict(to_record_dict(m, meta))
+            try:
+                reply, info = serve(kind, msg, meta2, self.node_configs[node])
+            except Exception as e:  # noqa: BLE001 - what Flower turns into an error reply
+                out[node] = Reply(False, reason=str(e))
+                continue
+            out[node] = _decode(to_record_dict(reply, info), node, None)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Partner:
+    node_id: int
+    partition_id: int
+    info: object  # PartnerInfo
+    n_valid: int
+    width_cap: float
+
+
+def load_test_set(s: PilotSettings):
+    """The global test set the organizer holds: a split's test rows, or a test CSV."""
+    from fedmol.data.dataset import load_dataset
+    from fedmol.data.splits import dataset_for_split, read_split
+
+    if s.split:
+        split = read_split(s.split)
+        ds = dataset_for_split(split, s.data_dir or None, csv=s.split_csv or None, progress=False)
+        return ds, ds.select_rows(split["test"]), split
+    ds = load_dataset(csv=s.test_csv, smiles_col=s.smiles_col or None, target_cols=s.target_cols or None,
+                      task=s.task or None, progress=False)
+    return ds, ds, None
+
+
+def wait_for_nodes(link: Link, expected: int, timeout: float) -> list[int]:
+    end = time.monotonic() + timeout
+    while True:
+        nodes = link.node_ids()
+        if len(nodes) >= expected or time.monotonic() >= end:
+            return nodes
+        time.sleep(0.5)
+
+
+def _meta(kind: str, rnd: int, algorithm: str) -> dict:
+    return {"kind": kind, "round": int(rnd), "algorithm": algorithm}
+
+
+def _check_reply(reply: Message, state: dict, n_train: int) -> str | None:
+    """Why a training reply cannot be aggregated (None: it can)."""
+    for k, t in reply.arrays.items():
+        if k not in state:
+            continue
+        g = state[k]
+        if t.dtype != g.dtype or t.dim() != g.dim() or any(a > b for a, b in zip(t.shape, g.shape)):
+            return f"reply does not match the model: {k} is {t.dtype} {list(t.shape)}, the model has {g.dtype} {list(g.shape)}"
+    claimed = reply.metrics.get("n_train")
+    if claimed is not None and int(claimed) != int(n_train):
+        return f"reply claims n_train {claimed}, the partner announced {n_train}"
+    return None
+
+
+def _check_hello(r: Reply, ds) -> str | None:
+    """Why a hello reply cannot be accepted (None: it can)."""
+    from fedmol.models.slicing import WIDTHS
+
+    try:
+        int(r.meta["partition-id"])
+        facts = {k: float(r.msg.metrics[k]) for k in ("n_train", "n_valid", "width_cap")}
+    except (KeyError, TypeError, ValueError) as e:
+        return f"malformed hello reply: {e!r} missing or not a number"
+    if not any(abs(facts["width_cap"] - w) < 1e-9 for w in WIDTHS):
+        return f"width-cap {facts['width_cap']} is not one of the widths {list(WIDTHS)}"
+    tasks = r.msg.config.get("tasks") or []
+    if r.msg.config.get("task_type") != ds.task_type or len(tasks) != ds.num_tasks:
+        return (f"its data is {r.msg.config.get('task_type')} with {len(tasks)} task(s), the test set is "
+                f"{ds.task_type} with {ds.num_tasks}")
+    return None
+
+
+def run_coordinator(link: Link, s: PilotSettings, log=print) -> dict:
+    """Run a pilot over ``link``; write the harness's result files to ``s.out_dir``; return the summary."""
+    out = Path(s.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("pilot_error.json", "progress.jsonl", "inbox.jsonl", "summary.json", "coordinator.log"):
+        (out / stale).unlink(missing_ok=True)
+
+    def both(message: str) -> None:  # the caller's log and out-dir/coordinator.log
+        log(message)
+        with open(out / "coordinator.log", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    try:
+        return _run(link, s, out, both)
+    except Exception as e:
+        both(f"[fedmol pilot] failed: {e}")
+        (out / "pilot_error.json").write_text(json.dumps({"error": str(e), "type": type(e).__name__}, indent=1))
+        raise
+
+
+def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
+    from safetensors.torch import save_file
+
+    from fedmol.evaluate import Evaluator
+    from fedmol.fl.algorithm import PartnerInfo
+    from fedmol.fl.devices import assign_devices
+    from fedmol.fl.harness import served_width, write_metrics, write_predictions
+    from fedmol.fl.registry import get_algorithm
+    from fedmol.models import slicing
+    from fedmol.training import score, width_key
+
+    if s.threads > 0:
+        torch.set_num_threads(s.threads)
+    t_start = time.perf_counter()
+    ds, test, split = load_test_set(s)
+    evaluator = Evaluator(ds.task_type, ds.num_tasks)
+    metric = evaluator.eval_metric
+    algo_cls = get_algorithm(s.algorithm)
+    name = algo_cls.name or s.algorithm
+
+    # -- partners -------------------------------------------------------------------------------
+    node_ids = wait_for_nodes(link, s.partners, s.connect_timeout)
+    log(f"[fedmol pilot] {len(node_ids)} node(s) connected (expected {s.partners})")
+    if not node_ids:
+        raise PilotError(f"no partner node connected within {s.connect_timeout:g} s")
+    hello = Message(config={"task_type": ds.task_type, "num_tasks": ds.num_tasks})
+    replies = link.exchange(HELLO, {n: (hello, _meta(HELLO, -1, name)) for n in node_ids}, "hello", s.round_timeout)
+    for n in node_ids:
+        if replies[n].ok:
+            bad = _check_hello(replies[n], ds)
+            if bad:
+                replies[n] = Reply(False, reason=bad)
+    claimed: dict[int, list[int]] = {}
+    for n in node_ids:
+        if replies[n].ok:
+            claimed.setdefault(int(replies[n].meta["partition-id"]), []).append(n)
+    nodes_report, accepted = [], {}
+    for n in node_ids:
+        r = replies[n]
+        entry = {"node_id": n, "status": "refused"}
+        if r.ok:
+            pid = int(r.meta["partition-id"])
+            entry.update(partition_id=pid, n_train=int(r.msg.metrics["n_train"]), n_valid=int(r.msg.metrics["n_valid"]),
+                         width_cap=float(r.msg.metrics["width_cap"]), source=r.msg.config.get("source"),
+                         versions={k: r.meta.get(k) for k in ("fedmol-version", "featurizer-version", "protocol", "code")})
+            sha = r.msg.config.get("split_sha256")
+            if len(claimed[pid]) > 1:
+                r = Reply(False, reason=f"partition-id {pid} is claimed by several nodes {claimed[pid]}: all refused")
+            elif split is not None and sha and sha != split["sha256"]:
+                r = Reply(False, reason=f"its split file (sha256 {sha[:12]}...) is not the coordinator's "
+                                        f"({split['sha256'][:12]}...)")
+            elif entry["n_train"] < 1:
+                r = Reply(False, reason="it has no training molecule")
+            else:
+                accepted[pid] = (n, r)
+                entry["status"] = "accepted"
+        if not r.ok:
+            entry["reason"] = r.reason
+            log(f"[fedmol pilot] node {n} refused: {r.reason}")
+        nodes_report.append(entry)
+    (out / "nodes.json").write_text(json.dumps(nodes_report, indent=1))
+    if not accepted:
+        raise PilotError("no partner joined the federation: " +
+                         " | ".join(f"node {e['node_id']}: {e.get('reason')}" for e in nodes_report))
+    pids = sorted(accepted)
+    sizes = [int(accepted[p][1].msg.metrics["n_train"]) for p in pids]
+    devices = assign_devices(s.devices, sizes, s.seed)
+    devices = [dataclasses.replace(d, max_width=float(accepted[p][1].msg.metrics["width_cap"]))
+               for d, p in zip(devices, pids)]
+    if s.faulty_links or s.lossy_links:
+        devices = [dataclasses.replace(d, p_truncate=s.faulty_links or d.p_truncate,
+                                       p_upload_loss=s.lossy_links or d.p_upload_loss) for d in devices]
+    partners = [Partner(accepted[p][0], p, PartnerInfo(i, sizes[i], devices[i]),
+                        int(accepted[p][1].msg.metrics["n_valid"]), devices[i].max_width)
+                for i, p in enumerate(pids)]
+    by_index = {pt.info.pid: pt for pt in partners}
+
+    # -- algorithm (as the harness) -------------------------------------------------------------
+    model_config = dict(name=s.model, num_tasks=ds.num_tasks, hidden=s.hidden, layers=s.layers,
+                        task_type=ds.task_type, dropout=s.dropout)
+    algo = algo_cls(model_config, s.hparams, s.seed)
+    algo.init([pt.info for pt in partners])
+    widths = tuple(sorted(algo.widths(), reverse=True))
+    spec = slicing.slice_spec(algo.model)
+    rng = np.random.default_rng([s.seed, 11])
+    rows, sent, bytes_up, bytes_down, failures_total = [], [], 0, 0, 0
+    (out / "config.json").write_text(json.dumps(_resolved(s, algo, ds, test, split, partners, nodes_report), indent=1))
+    traffic = {"down": 0, "up": 0, "log": [], "round": 0, "failures": []}
+    unresponsive: set[int] = set()  # nodes that missed the last deadline: not asked again this round
+
+    def query(width: float) -> None:
+        q = algo.query(width)
+        if q is None:
+            return
+        targets = [pt for pt in partners if pt.node_id not in unresponsive]
+        got = link.exchange(QUERY, {pt.node_id: (q, _meta(QUERY, traffic["round"], name)) for pt in targets},
+                            f"query-{traffic['round']}-{width_key(width)}", s.round_timeout)
+        ok = []
+        for pt in targets:
+            r = got[pt.node_id]
+            if r.ok:
+                ok.append((pt.info, r.msg))
+            else:
+                traffic["failures"].append(f"partner {pt.partition_id}: query at width {width:g} failed: {r.reason}")
+                if r.timed_out:
+                    unresponsive.add(pt.node_id)
+        traffic["down"] += q.nbytes() * len(targets)
+        traffic["up"] += sum(m.nbytes() for _, m in ok)
+        traffic["log"] += [dict(round=traffic["round"], partner=by_index[p.pid].partition_id, kind="query",
+                                bytes=m.nbytes(), arrays=m.describe(), metrics=m.metrics) for p, m in ok]
+        algo.absorb_query(width, ok)
+
+    for rnd in range(s.rounds):
+        t0 = time.perf_counter()
+        unresponsive.clear()
+        online = [pt for pt in partners if rng.random() < pt.info.device.p_online]
+        if s.clients_per_round and len(online) > s.clients_per_round:
+            pick = rng.choice(len(online), s.clients_per_round, replace=False)
+            online = [online[i] for i in sorted(pick)]
+        configured, down = [], 0
+        for pt in online:
+            msg = algo.configure(rnd, pt.info)
+            if msg is None:
+                continue
+            down += msg.nbytes()
+            configured.append((pt, msg))
+        got = link.exchange(TRAIN, {pt.node_id: (msg, _meta(TRAIN, rnd, name)) for pt, msg in configured},
+                            str(rnd), s.round_timeout)
+        state = algo.model.state_dict()
+        replies, failures, truncated, up, client_time, client_total = [], [], [], 0, 0.0, 0.0
+        for pt, msg in configured:
+            p = pt.info
+            if rng.random() < p.device.p_drop:
+                failures.append(f"partner {pt.partition_id}: dropped out mid-round")
+                continue
+            r = got[pt.node_id]
+            if not r.ok:
+                failures.append(f"partner {pt.partition_id}: {r.reason}")
+                if r.timed_out:
+                    unresponsive.add(pt.node_id)
+                continue
+            reply = r.msg
+            dt = float(r.meta.get("seconds", 0.0))  # the partner's own compute time
+            client_total += dt
+            client_time = max(client_time, dt / p.device.speed)
+            if not reply.is_finite():
+                failures.append(f"partner {pt.partition_id}: non-finite update rejected")
+                continue
+            bad = _check_reply(reply, state, p.n_train)
+            if bad:
+                failures.append(f"partner {pt.partition_id}: {bad}")
+                continue
+            if rng.random() < p.device.p_upload_loss:
+                failures.append(f"partner {pt.partition_id}: upload lost")
+                continue
+            if rng.random() < p.device.p_truncate:
+                narrower = [w for w in slicing.WIDTHS if w < msg.config["width"] - 1e-9]
+                if not narrower or not algo.accepts_partial_uploads:
+                    failures.append(f"partner {pt.partition_id}: upload truncated, unusable by {algo.name}")
+                    continue
+                cut = float(narrower[int(rng.integers(len(narrower)))])
+                reply.arrays = slicing.sub_state_dict(reply.arrays, cut, spec=spec)
+                truncated.append(f"partner {pt.partition_id}: upload truncated at width {cut:g}")
+            up += reply.nbytes()
+            replies.append((p, reply))
+            sent.append(dict(round=rnd, partner=pt.partition_id, kind="update", bytes=reply.nbytes(),
+                             arrays=reply.describe(), metrics=reply.metrics,
+                             disclosed={k: reply.arrays[k].tolist() for k in algo.disclosures if k in reply.arrays}))
+        ts = time.perf_counter()
+        agg = algo.aggregate(rnd, replies)
+        agg.update(algo.server_step(rnd))
+        server_time = time.perf_counter() - ts
+        bytes_up, bytes_down = bytes_up + up, bytes_down + down
+        row = dict(round=rnd, participants=len(replies), partners=";".join(str(by_index[p.pid].partition_id)
+                                                                            for p, _ in replies),
+                   failures=len(failures), failure_reasons=" | ".join(failures), truncated=len(truncated),
+                   truncations=" | ".join(truncated), bytes_up=up, bytes_down=down,
+                   sim_client_seconds=round(client_time, 4))
+        te = time.perf_counter()
+        if rnd % s.eval_every == 0 or rnd == s.rounds - 1:
+            traffic.update(down=0, up=0, round=rnd, failures=[])
+            for w in widths:
+                query(w)
+                row[f"test_{metric}@{width_key(w)}"] = score(algo.eval_model(w), test, evaluator, w)[metric]
+            row["bytes_down"] += traffic["down"]
+            row["bytes_up"] += traffic["up"]
+            bytes_down, bytes_up = bytes_down + traffic["down"], bytes_up + traffic["up"]
+            sent += traffic["log"]
+            traffic["log"] = []
+            if traffic["failures"]:
+                failures += traffic["failures"]
+                row.update(failures=len(failures), failure_reasons=" | ".join(failures))
+        failures_total += len(failures)
+        row["eval_seconds"] = round(time.perf_counter() - te, 4)
+        row["client_seconds"] = round(client_total, 4)
+        row["server_seconds"] = round(server_time, 4)
+        row["seconds"] = round(time.perf_counter() - t0, 4)
+        row.update({f"server_{k}": v for k, v in agg.items()})
+        rows.append(row)
+        log(f"[fedmol pilot] round {rnd}: {len(replies)} partner(s), {len(failures)} failure(s)"
+            + "".join(f", test {k.split('_', 1)[1]} {v:.4f}" for k, v in row.items() if k.startswith("test_")))
+        with open(out / "progress.jsonl", "a") as f:
+            f.write(json.dumps({k: v for k, v in row.items()}) + "\n")
+
+    test_scores = {k.split("@")[1]: v for k, v in rows[-1].items() if k.startswith(f"test_{metric}@")}
+
+    # -- validation at the partners ---------------------------------------------------------------
+    traffic.update(round=s.rounds, failures=[])
+    needed = sorted({served_width(widths, pt.width_cap) for pt in partners}, reverse=True)
+    vmsgs = {}
+    for w in needed:
+        query(w)
+        vmsgs[w] = Message(arrays=slicing.sub_state_dict(algo.eval_model(w), w),
+                           config={"width": float(w), "model": algo.model_config, "purpose": "validate"})
+    targets = [pt for pt in partners if pt.node_id not in unresponsive]
+    got = link.exchange(VALIDATE, {pt.node_id: (vmsgs[served_width(widths, pt.width_cap)],
+                                                _meta(VALIDATE, s.rounds, name)) for pt in targets},
+                        "validate", s.round_timeout)
+    per_partner, valid_failures = [], list(traffic["failures"])
+    for pt in partners:
+        w = served_width(widths, pt.width_cap)
+        r = got.get(pt.node_id) or Reply(False, reason="not asked: it missed the last deadline")
+        entry = dict(partner=pt.partition_id, width=w, n_train=pt.info.n_train, n_valid=pt.n_valid,
+                     test=test_scores[width_key(w)], valid=float(r.msg.metrics["valid"]) if r.ok else float("nan"))
+        if not r.ok:
+            entry["valid_error"] = r.reason
+            valid_failures.append(f"partner {pt.partition_id}: validation failed: {r.reason}")
+        per_partner.append(entry)
+    valid = {}
+    for w in widths:
+        vals = [(e["n_valid"], e["valid"]) for e in per_partner
+                if e["width"] == w and math.isfinite(e["valid"]) and e["n_valid"] > 0]
+        if vals:
+            valid[width_key(w)] = sum(n * v for n, v in vals) / sum(n for n, _ in vals)
+    summary = dict(dataset=ds.name, metric=metric, algorithm=s.algorithm, test=test_scores, valid=valid,
+                   per_partner=per_partner, bytes_up=bytes_up, bytes_down=bytes_down, failures=failures_total,
+                   rounds=s.rounds, seconds=round(time.perf_counter() - t_start, 2), backend="flower",
+                   valid_kind="n_valid-weighted mean of the partners' own validation scores at their served width",
+                   partners=len(partners), refused=[e for e in nodes_report if e["status"] != "accepted"],
+                   validation_failures=valid_failures)
+    write_predictions(out / "test_predictions.csv", algo, SimpleNamespace(test=test, dataset=ds), widths)
+    write_metrics(out / "metrics.csv", rows)
+    with open(out / "sent.jsonl", "w") as f:
+        f.writelines(json.dumps(m) + "\n" for m in sent)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    save_file(algo.state(), str(out / "model.safetensors"),
+              metadata={"config": json.dumps(algo.model_config), "algorithm": s.algorithm})
+    log(f"[fedmol pilot] done: test {metric} " + ", ".join(f"@{k} {v:.4f}" for k, v in test_scores.items()))
+    summary["history"] = rows
+    return summary
+
+
+def _resolved(s: PilotSettings, algo, ds, test, split, partners: list[Partner], nodes_report: list) -> dict:
+    import rdkit
+
+    import fedmol
+    from fedmol.fl.harness import RunConfig
+
+    spec = split["spec"] if split else {}
+    run = RunConfig(algorithm=s.algorithm, dataset=ds.name, split=s.split or None, partners=len(partners),
+                    alpha=spec.get("alpha", float("nan")), quantity_skew=spec.get("quantity_skew", 0.0),
+                    devices=s.devices, rounds=s.rounds, seed=s.seed, clients_per_round=s.clients_per_round or None,
+                    model=s.model, hidden=s.hidden, layers=s.layers, dropout=s.dropout, eval_every=s.eval_every,
+                    faulty_links=s.faulty_links, lossy_links=s.lossy_links, hparams=s.hparams,
+                    data_dir=s.data_dir or None)
+    return dict(
+        run=dataclasses.asdict(run),
+        algorithm=dict(name=algo.name, hparams=algo.hp, norm=algo.norm, scaler=algo.scaler),
+        sent=dict(log="sent.jsonl (what the coordinator received from each partner)",
+                  model_weights="each participating partner's trained weights at its width",
+                  metrics="n_train (training-set size), local loss and steps", extra=algo.disclosures,
+                  partner_audit="each site's own audit.jsonl (its audit-dir)"),
+        model=algo.model_config, widths=list(algo.widths()),
+        split=dict(spec=spec, sha256=split.get("sha256") if split else None, partners=len(partners), test=len(test)),
+        partners=[dict(pid=pt.partition_id, node_id=pt.node_id, n_train=pt.info.n_train, n_valid=pt.n_valid,
+                       device=pt.info.device.to_dict()) for pt in partners],
+        nodes=nodes_report,
+        pilot=dict(backend="flower", round_timeout=s.round_timeout, connect_timeout=s.connect_timeout,
+                   test_source="split test rows" if s.split else "test-csv"),
+        versions=dict(fedmol=fedmol.__version__, torch=torch.__version__, rdkit=rdkit.__version__),
+    )
