@@ -175,22 +175,15 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
                 if not reply.is_finite():
                     failures.append(f"partner {p.pid}: non-finite update rejected")
                     continue
-                if rng.random() < p.device.p_upload_loss:
-                    failures.append(f"partner {p.pid}: upload lost")
+                failure, cut = link_faults(algo, p.device, msg, reply, rng, spec)
+                if failure:
+                    failures.append(f"partner {p.pid}: {failure}")
                     continue
-                if rng.random() < p.device.p_truncate:
-                    narrower = [w for w in slicing.WIDTHS if w < msg.config["width"] - 1e-9]
-                    if not narrower or not algo.accepts_partial_uploads:
-                        failures.append(f"partner {p.pid}: upload truncated, unusable by {algo.name}")
-                        continue
-                    cut = float(narrower[int(rng.integers(len(narrower)))])
-                    reply.arrays = slicing.sub_state_dict(reply.arrays, cut, spec=spec)
-                    truncated.append(f"partner {p.pid}: upload truncated at width {cut:g}")
+                if cut:
+                    truncated.append(f"partner {p.pid}: {cut}")
                 up += reply.nbytes()
                 replies.append((p, reply))
-                sent.append(dict(round=rnd, partner=p.pid, kind="update", bytes=reply.nbytes(), arrays=reply.describe(),
-                                 metrics=reply.metrics,
-                                 disclosed={k: reply.arrays[k].tolist() for k in algo.disclosures if k in reply.arrays}))
+                sent.append(sent_record(rnd, p.pid, reply, algo))
             ts = time.perf_counter()
             agg = algo.aggregate(rnd, replies)
             agg.update(algo.server_step(rnd))
@@ -244,6 +237,30 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
         os.replace(tmp, out / "summary.json")
     summary["history"] = rows
     return summary
+
+
+def link_faults(algo, device, msg, reply, rng, spec) -> tuple[str | None, str | None]:
+    """Apply a faulty link to a delivered ``reply`` (the device's ``p_upload_loss``, then
+    ``p_truncate``), drawing from ``rng`` in a fixed order. Returns ``(failure reason or None,
+    truncation note or None)``; a truncated upload's arrays are replaced, in place, by the
+    sub-model of a random narrower width (what arrives of an upload ordered narrow-to-wide)."""
+    if rng.random() < device.p_upload_loss:
+        return "upload lost", None
+    if rng.random() < device.p_truncate:
+        narrower = [w for w in slicing.WIDTHS if w < msg.config["width"] - 1e-9]
+        if not narrower or not algo.accepts_partial_uploads:
+            return f"upload truncated, unusable by {algo.name}", None
+        cut = float(narrower[int(rng.integers(len(narrower)))])
+        reply.arrays = slicing.sub_state_dict(reply.arrays, cut, spec=spec)
+        return None, f"upload truncated at width {cut:g}"
+    return None, None
+
+
+def sent_record(rnd: int, partner, reply, algo) -> dict:
+    """One line of ``sent.jsonl``: what a partner sent this round, with declared extra disclosures."""
+    return dict(round=rnd, partner=partner, kind="update", bytes=reply.nbytes(), arrays=reply.describe(),
+                metrics=reply.metrics,
+                disclosed={k: reply.arrays[k].tolist() for k in algo.disclosures if k in reply.arrays})
 
 
 def _query(algo, fed: Federation, width: float, traffic: dict) -> None:

@@ -282,7 +282,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     from fedmol.evaluate import Evaluator
     from fedmol.fl.algorithm import PartnerInfo
     from fedmol.fl.devices import assign_devices
-    from fedmol.fl.harness import served_width, write_metrics, write_predictions
+    from fedmol.fl.harness import link_faults, sent_record, served_width, write_metrics, write_predictions
     from fedmol.fl.registry import get_algorithm
     from fedmol.models import slicing
     from fedmol.training import score, width_key
@@ -428,22 +428,15 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
             if bad:
                 failures.append(f"partner {pt.partition_id}: {bad}")
                 continue
-            if rng.random() < p.device.p_upload_loss:
-                failures.append(f"partner {pt.partition_id}: upload lost")
+            failure, cut = link_faults(algo, p.device, msg, reply, rng, spec)
+            if failure:
+                failures.append(f"partner {pt.partition_id}: {failure}")
                 continue
-            if rng.random() < p.device.p_truncate:
-                narrower = [w for w in slicing.WIDTHS if w < msg.config["width"] - 1e-9]
-                if not narrower or not algo.accepts_partial_uploads:
-                    failures.append(f"partner {pt.partition_id}: upload truncated, unusable by {algo.name}")
-                    continue
-                cut = float(narrower[int(rng.integers(len(narrower)))])
-                reply.arrays = slicing.sub_state_dict(reply.arrays, cut, spec=spec)
-                truncated.append(f"partner {pt.partition_id}: upload truncated at width {cut:g}")
+            if cut:
+                truncated.append(f"partner {pt.partition_id}: {cut}")
             up += reply.nbytes()
             replies.append((p, reply))
-            sent.append(dict(round=rnd, partner=pt.partition_id, kind="update", bytes=reply.nbytes(),
-                             arrays=reply.describe(), metrics=reply.metrics,
-                             disclosed={k: reply.arrays[k].tolist() for k in algo.disclosures if k in reply.arrays}))
+            sent.append(sent_record(rnd, pt.partition_id, reply, algo))
         ts = time.perf_counter()
         agg = algo.aggregate(rnd, replies)
         agg.update(algo.server_step(rnd))
