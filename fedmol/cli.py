@@ -246,7 +246,8 @@ def run(
     lossy_links: float = typer.Option(0.0, "--lossy-links", help="P(an upload is lost)."),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest for small molecular graphs)."),
     hp: list[str] = typer.Option([], "--hp", help="Algorithm hyperparameter KEY=VALUE (repeatable)."),
-    data_dir: Optional[Path] = DataDir,
+    csv: Optional[Path] = CsvOpt, smiles_col: Optional[str] = SmilesCol, target_cols: Optional[str] = TargetCols,
+    task: Optional[str] = TaskOpt, data_dir: Optional[Path] = DataDir,
 ):
     """Run one federated experiment and write config.json, metrics.csv, summary.json, model.safetensors."""
     from fedmol.fl.harness import RunConfig, run_federated
@@ -255,7 +256,8 @@ def run(
                     alpha=alpha, quantity_skew=quantity_skew, devices=devices, rounds=rounds, seed=seed,
                     clients_per_round=clients_per_round, model=model, hidden=hidden, layers=layers,
                     eval_every=eval_every, faulty_links=faulty_links, lossy_links=lossy_links,
-                    hparams=parse_hparams(hp), data_dir=str(data_dir) if data_dir else None)
+                    hparams=parse_hparams(hp), data_dir=str(data_dir) if data_dir else None,
+                    csv=str(csv) if csv else None, smiles_col=smiles_col, target_cols=target_cols, task=task)
     import torch
     torch.set_num_threads(threads)
     s = run_federated(cfg, out)

@@ -109,3 +109,15 @@ def test_run_every_algorithm(tmp_path, algorithm):
     assert s["algorithm"] == algorithm and s["test"] and all(0 <= v <= 1 for v in s["test"].values())
     for f in ("config.json", "metrics.csv", "model.safetensors", "test_predictions.csv", "sent.jsonl"):
         assert (tmp_path / f).is_file()
+
+
+def test_run_on_a_partner_csv(tmp_path, data_dir):
+    import pandas as pd
+    p = tmp_path / "partner.csv"
+    pd.read_csv(data_dir / "bace.csv").head(300)[["smiles", "Class"]].to_csv(p, index=False)
+    out = tmp_path / "run"
+    res = run("run", "--csv", p, "--smiles-col", "smiles", "--target-cols", "Class", "--task", "classification",
+              "--partners", 2, "--rounds", 1, "--hidden", 16, "--layers", 2, "--hp", "max_local_steps=2", "--out", out)
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["dataset"] == "csv:partner" and 0 <= s["test"]["1.0"] <= 1

@@ -78,6 +78,10 @@ class RunConfig:
     lossy_links: float = 0.0   # P(upload lost), for every partner
     hparams: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
+    csv: str | None = None           # a partner's own table instead of a registry dataset ...
+    smiles_col: str | None = None    # ... with its SMILES column,
+    target_cols: str | None = None   # comma-separated label columns
+    task: str | None = None          # and task type
 
 
 @dataclass
@@ -95,9 +99,10 @@ class Federation:
 def build_federation(cfg: RunConfig, progress: bool = True) -> Federation:
     if cfg.split:
         split = read_split(cfg.split)
-        ds = dataset_for_split(split, cfg.data_dir, progress=progress)
+        ds = dataset_for_split(split, cfg.data_dir, csv=cfg.csv, progress=progress)
     else:
-        ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, progress=progress)
+        ds = load_dataset(None if cfg.csv else cfg.dataset, csv=cfg.csv, smiles_col=cfg.smiles_col,
+                          target_cols=cfg.target_cols, task=cfg.task, data_dir=cfg.data_dir, progress=progress)
         split = make_split(ds, cfg.partners, cfg.alpha, cfg.seed, cfg.quantity_skew, progress=progress)
     sizes = [len(p["train"]) for p in split["partners"]]
     devices = assign_devices(cfg.devices, sizes, cfg.seed)
