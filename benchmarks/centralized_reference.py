@@ -53,7 +53,9 @@ def main():
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--patience", type=int, default=30)
     ap.add_argument("--width-datasets", default="bace", help="datasets for the accuracy-vs-width sweep")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--width-seeds", default="0")
+    ap.add_argument("--width-epochs", type=int, default=None, help="epochs for the width sweep (default: --epochs)")
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -71,11 +73,13 @@ def main():
         secs = statistics.mean(r["seconds"] for r in runs)
         lines.append(f"| {name} | {len(runs)} | {m:.1f} +- {sd:.1f} | {ref} +- {ref_sd} | {'yes' if ok else 'no'} | {secs:.0f} |")
     lines += ["", "## Accuracy vs width (each width trained alone)", "",
+              f"Seeds {a.width_seeds}, up to {a.width_epochs or a.epochs} epochs.", "",
               "| dataset | width | params | test ROC-AUC x100 (mean +- std) |", "|---|---|---|---|"]
     from fedmol.models import build, slicing
     for name in [d for d in a.width_datasets.split(",") if d]:
         for w in slicing.WIDTHS:
-            runs = [run(name, s, w, a.epochs, a.patience) for s in seeds]
+            runs = [run(name, s, w, a.width_epochs or a.epochs, a.patience)
+                    for s in [int(x) for x in a.width_seeds.split(",")]]
             m, sd = mean_std([100 * r["test"][repr(float(w))] for r in runs])
             params = slicing.count(build("gin", 1, width=1.0), w)["params"]
             lines.append(f"| {name} | {w:g} | {params:,} | {m:.1f} +- {sd:.1f} |")
