@@ -71,6 +71,11 @@ class RunSettings(Strict):
     lossy_links: Prob
     hparams: dict[str, HParam]
     data_dir: Text | None
+    # a partner's own CSV is never a leaderboard run: these must be absent or null
+    csv: None = None
+    smiles_col: None = None
+    target_cols: None = None
+    task: None = None
 
 
 class AlgorithmInfo(Strict):
