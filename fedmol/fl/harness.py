@@ -177,10 +177,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
                 dt = time.perf_counter() - tc
                 client_total += dt
                 client_time = max(client_time, dt / p.device.speed)
-                if not reply.is_finite():
-                    failures.append(f"partner {p.pid}: non-finite update rejected")
-                    continue
-                failure, cut = link_faults(algo, p.device, msg, reply, rng, spec)
+                failure, cut = screen_reply(algo, p.device, msg, reply, rng, spec)
                 if failure:
                     failures.append(f"partner {p.pid}: {failure}")
                     continue
@@ -242,6 +239,14 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
         os.replace(tmp, out / "summary.json")
     summary["history"] = rows
     return summary
+
+
+def screen_reply(algo, device, msg, reply, rng, spec) -> tuple[str | None, str | None]:
+    """Everything a delivered reply goes through before aggregation, in one fixed order (the same
+    in-process and over Flower): NaN/inf is rejected, then :func:`link_faults` applies."""
+    if not reply.is_finite():
+        return "non-finite update rejected", None
+    return link_faults(algo, device, msg, reply, rng, spec)
 
 
 def link_faults(algo, device, msg, reply, rng, spec) -> tuple[str | None, str | None]:
