@@ -8,6 +8,8 @@ device profiles x seeds x (algorithms + references), with shared run settings::
     datasets = ["b3db_classification"]  # registry names
     alphas = [0.1]                       # scaffold-Dirichlet heterogeneity
     devices = ["tiered"]                 # homogeneous | tiered | pharma | a profile TOML
+    faulty_links = [0.0, 0.5]            # optional axis: P(upload truncated at a random narrower
+                                         # width) for every partner; default [0.0]
     algorithms = ["fedavg", "heterofl"]  # registry names, or labels of [algorithm.<label>] tables
     seeds = [0]                          # each seed: its own split, device draw, model init
     references = ["local-only", "centralized"]   # [] for none
@@ -42,6 +44,7 @@ Layout under the output folder (default ``benchmarks/results/<name>``)::
 
     suite.json                                   the resolved suite
     runs/<dataset>/<devices>/a<alpha>/<algorithm>/s<seed>/           run_federated's files
+    runs/<dataset>/<devices>-faulty<p>/a<alpha>/<algorithm>/s<seed>/  the same with faulty links p > 0
     runs/<dataset>/<devices>/a<alpha>/reference-<ref>-<model>/s<seed>/   config.json, summary.json
     results.csv, results.md, results_per_seed.csv, partner_gains.csv, plots/*.png
 
@@ -52,6 +55,14 @@ configuration (the suite was edited, or the split method or featurizer version c
 again and replaced; leftover ``.partial`` folders are
 discarded. A failing run stops the suite with its error (finished runs stay; run it again to
 resume).
+
+**Faulty links** (``faulty_links``, an axis like ``alphas``): the references communicate nothing,
+so they run once per dataset x alpha x devices x seed and frame every faulty-links variant of it;
+in the tables a variant is the devices label ``<devices>-faulty<p>`` (``<devices>`` when p = 0).
+
+**Workers** (``workers`` > 1): the runs that are not finished go to that many worker processes
+(spawned, each with the suite's torch threads); results are identical to a sequential run (every
+run is seeded on its own), only the order in which they finish differs.
 """
 
 from __future__ import annotations
@@ -73,7 +84,7 @@ from fedmol.fl.references import (REFERENCE_MODELS, REFERENCES, check_reference,
 
 #: where suite names are looked up (after ``./benchmarks/suites``)
 SUITES_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "suites"
-TOP_KEYS = {"name", "description", "datasets", "alphas", "devices", "algorithms", "seeds", "references",
+TOP_KEYS = {"name", "description", "datasets", "alphas", "devices", "faulty_links", "algorithms", "seeds", "references",
             "reference_models", "threads", "run", "hparams", "algorithm", "reference"}
 RUN_KEYS = {f.name for f in fields(RunConfig)} - {"algorithm", "dataset", "split", "alpha", "devices", "seed",
                                                    "hparams", "data_dir"}
@@ -95,6 +106,7 @@ class Suite:
     datasets: list[str] = field(default_factory=list)
     alphas: list[float] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
+    faulty_links: list[float] = field(default_factory=lambda: [0.0])
     algorithms: list[AlgoSpec] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     references: list[str] = field(default_factory=list)
@@ -122,15 +134,18 @@ class Job:
     cfg: RunConfig
     reference: str | None = None
     model: str | None = None
+    #: the devices labels whose table rows this run feeds (a reference frames every faulty-links variant)
+    labels: tuple[str, ...] = ()
 
     @property
     def group(self) -> tuple:
         return (self.dataset, self.alpha, self.devices, self.seed)
 
-    def entry(self) -> dict:
-        """What the report needs to know about this job."""
-        return dict(kind=self.kind, dataset=self.dataset, alpha=self.alpha, devices=self.devices, seed=self.seed,
-                    method=self.method, reference=self.reference, model=self.model, path=self.path)
+    def entries(self) -> list[dict]:
+        """What the report needs to know about this job: one entry per devices label it feeds."""
+        return [dict(kind=self.kind, dataset=self.dataset, alpha=self.alpha, devices=label, seed=self.seed,
+                     method=self.method, reference=self.reference, model=self.model, path=self.path)
+                for label in (self.labels or (self.devices,))]
 
 
 # ------------------------------------------------------------------------------------------- suites
@@ -198,7 +213,8 @@ def load_suite(suite: str | Path) -> Suite:
                           f"{[a.label for a in algos]}")
     s = Suite(name=str(doc.get("name", path.stem)), path=path, description=str(doc.get("description", "")),
               datasets=_list(doc, "datasets", str, where), alphas=_list(doc, "alphas", float, where),
-              devices=_list(doc, "devices", str, where), algorithms=algos,
+              devices=_list(doc, "devices", str, where),
+              faulty_links=_list(doc, "faulty_links", float, where, [0.0]), algorithms=algos,
               seeds=_list(doc, "seeds", int, where, [0]),
               references=_list(doc, "references", str, where, list(REFERENCES)),
               reference_models=_list(doc, "reference_models", str, where, list(REFERENCE_MODELS)),
@@ -240,6 +256,11 @@ def check_suite(s: Suite) -> None:
     for r in s.references:
         for m in s.reference_models:
             check_reference(r, m)
+    for p in s.faulty_links:
+        if not 0.0 <= p <= 1.0:
+            raise FedmolError(f"{where}: faulty_links must be probabilities in [0, 1], got {p!r}")
+    if "faulty_links" in s.run and s.faulty_links != [0.0]:
+        raise FedmolError(f"{where}: faulty_links is set both as the axis and in [run]; keep one")
     if s.threads is not None and (not isinstance(s.threads, int) or s.threads < 1):
         raise FedmolError(f"{where}: threads must be a positive integer, got {s.threads!r}")
 
@@ -252,6 +273,11 @@ def default_out(s: Suite) -> Path:
 
 def _tag(devices: str) -> str:
     return Path(devices).stem if devices.endswith(".toml") else devices
+
+
+def devices_label(devices: str, faulty: float) -> str:
+    """The devices column of the tables: ``tiered``, or ``tiered-faulty0.5`` with faulty links."""
+    return _tag(devices) + (f"-faulty{faulty:g}" if faulty else "")
 
 
 def alpha_tag(alpha: float) -> str:
@@ -273,19 +299,24 @@ def plan(s: Suite, out: Path, data_dir: str | Path | None = None, algorithms: li
         for alpha in s.alphas:
             for dev in s.devices:
                 for seed in s.seeds:
-                    base = out / "runs" / ds / _tag(dev) / alpha_tag(alpha)
                     common = dict(dataset=ds, alpha=alpha, devices=dev, seed=seed,
                                   data_dir=str(data_dir) if data_dir else None, **s.run)
-                    if references:
+                    labels = tuple(devices_label(dev, p) for p in s.faulty_links)
+                    if references:  # no communication, so one run frames every faulty-links variant
+                        base = out / "runs" / ds / _tag(dev) / alpha_tag(alpha)
                         for ref in s.references:
                             for model in s.reference_models:
                                 name = f"reference-{ref}-{model}"
                                 jobs.append(Job("reference", ds, alpha, dev, seed, name, base / name / f"s{seed}",
                                                 RunConfig(algorithm="fedavg", hparams=dict(s.hparams), **common),
-                                                ref, model))
-                    for a in algos:
-                        jobs.append(Job("federated", ds, alpha, dev, seed, a.label, base / a.label / f"s{seed}",
-                                        RunConfig(algorithm=a.base, hparams={**s.hparams, **a.hparams}, **common)))
+                                                ref, model, labels))
+                    for p, label in zip(s.faulty_links, labels):
+                        base = out / "runs" / ds / label / alpha_tag(alpha)
+                        links = dict(faulty_links=p) if "faulty_links" not in s.run else {}
+                        for a in algos:
+                            jobs.append(Job("federated", ds, alpha, dev, seed, a.label, base / a.label / f"s{seed}",
+                                            RunConfig(algorithm=a.base, hparams={**s.hparams, **a.hparams},
+                                                      **common, **links), labels=(label,)))
     return jobs
 
 
@@ -343,6 +374,58 @@ def run_job(job: Job, s: Suite, fed=None, progress: bool = True) -> dict:
     return summary
 
 
+def _worker_run(job: Job, s: Suite, threads: int | None) -> tuple[dict, float]:
+    """One run in a worker process (no live progress bars: several workers share the terminal)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    t0 = time.perf_counter()
+    summary = run_job(job, s, None, progress=False)
+    return summary, time.perf_counter() - t0
+
+
+def _run_parallel(todo: list, s: Suite, threads: int | None, workers: int, console: Console,
+                  finished: list[Job]) -> int:
+    """Run ``todo`` in ``workers`` spawned processes; the first failure stops the suite (finished runs stay)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    ran = 0
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_worker_run, job, s, threads): (head, rel, job) for head, rel, job, _ in todo}
+        stale = sum(1 for *_, note in todo if note)
+        console.print(f"{len(todo)} runs to do on {workers} worker processes"
+                      + (f" ({stale} finished with another configuration: running again)" if stale else ""),
+                      highlight=False, soft_wrap=True)
+        _flush(console)
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for f in done:
+                head, rel, job = futures[f]
+                err = f.exception()
+                if err is not None:
+                    for q in pending:
+                        q.cancel()
+                    console.print(f"{head} FAIL  {rel}: {err}", highlight=False, soft_wrap=True)
+                    raise err
+                summary, sec = f.result()
+                ran += 1
+                finished.append(job)
+                console.print(f"{head} done  {rel}  {sec:.1f} s  {_headline(summary)}", highlight=False,
+                              soft_wrap=True)
+                _flush(console)
+    return ran
+
+
+def _flush(console: Console) -> None:
+    try:  # a log file should show progress as it happens, not when the suite ends
+        console.file.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def _headline(summary: dict) -> str:
     test = summary.get("test", {})
     key = "mean" if "mean" in test else (max(test, key=float) if test else None)
@@ -359,7 +442,10 @@ def settings_notes(s: Suite, threads: int | None) -> list[str]:
                                                                  "dropout", "eval_every")) +
                  f"; shared hparams {s.hparams or '{}'}"
                  + "".join(f"; {a.label}: {a.base} {a.hparams}" for a in s.algorithms if a.hparams or a.base != a.label)
-                 + f"; seeds {s.seeds}; torch threads {threads}.")
+                 + f"; seeds {s.seeds}; torch threads {threads}."
+                 + (f" Faulty links (P(upload truncated at a random narrower width), every partner): "
+                    f"{', '.join(f'{p:g}' for p in s.faulty_links)}; devices label `<profile>-faulty<p>`; the "
+                    f"references (no communication) frame every variant." if s.faulty_links != [0.0] else ""))
     ref = {"min_epochs": 5, "patience": None, **s.reference}
     lines.append(f"References: {', '.join(s.references) or 'none'} x {', '.join(s.reference_models)}; GNN epochs "
                  f"max({ref['min_epochs']}, rounds x local_epochs), each capped like a round's local work, best "
@@ -369,13 +455,14 @@ def settings_notes(s: Suite, threads: int | None) -> list[str]:
 
 def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_dir: str | Path | None = None,
               algorithms: list[str] | None = None, references: bool = True, report_only: bool = False,
-              threads: int | None = None, progress: bool = True, console: Console | None = None,
-              show_table: bool = True) -> dict:
+              threads: int | None = None, workers: int = 1, progress: bool = True,
+              console: Console | None = None, show_table: bool = True) -> dict:
     """Run (or resume) a suite, then write its tables and plots.
 
     ``algorithms``: a subset of the suite's algorithm labels; ``references=False`` skips the
     references; ``report_only``: run nothing, report the finished runs. ``threads`` overrides the
-    suite's torch thread count. Returns ``{"suite", "out", "total", "ran", "skipped", "missing",
+    suite's torch thread count; ``workers`` > 1 runs the unfinished runs in that many processes.
+    Returns ``{"suite", "out", "total", "ran", "skipped", "missing",
     "seconds", "table" (pandas), "files"}``.
     """
     from fedmol.fl import report
@@ -390,41 +477,48 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
     (out / "suite.json").write_text(json.dumps(s.to_dict(), indent=1))
     n_threads = threads if threads is not None else s.threads
     ran = skipped = missing = 0
-    import torch
-
-    old_threads = torch.get_num_threads()
-    if n_threads:
-        torch.set_num_threads(int(n_threads))
-    fed_key, fed, finished = None, None, []
-    try:
-        width = len(str(len(jobs)))
-        for i, job in enumerate(jobs, 1):
-            rel = job.path.relative_to(out / "runs")
-            state = status(job, s)
-            head = f"[{i:>{width}}/{len(jobs)}]"
-            if state == "done":
-                skipped += 1
-                finished.append(job)
-                console.print(f"{head} skip  {rel} (finished)", highlight=False, soft_wrap=True)
-                continue
-            if report_only:
-                missing += 1
-                why = "finished with another configuration" if state == "stale" else "not run"
-                console.print(f"{head} --    {rel} ({why}: left out)", highlight=False, soft_wrap=True)
-                continue
-            note = " (configuration changed: running again)" if state == "stale" else ""
-            console.print(f"{head} run   {rel}{note}", highlight=False, soft_wrap=True)
-            if job.kind == "reference" and fed_key != job.group:
-                fed_key, fed = job.group, build_federation(job.cfg, progress)
-            tj = time.perf_counter()
-            summary = run_job(job, s, fed if job.kind == "reference" else None, progress)
-            ran += 1
+    finished, todo = [], []
+    width = len(str(len(jobs)))
+    for i, job in enumerate(jobs, 1):
+        rel = job.path.relative_to(out / "runs")
+        state = status(job, s)
+        head = f"[{i:>{width}}/{len(jobs)}]"
+        if state == "done":
+            skipped += 1
             finished.append(job)
-            console.print(f"{' ' * len(head)} done  {time.perf_counter() - tj:.1f} s  {_headline(summary)}",
-                          highlight=False, soft_wrap=True)
-    finally:
-        torch.set_num_threads(old_threads)
-    entries = [job.entry() for job in finished]
+            console.print(f"{head} skip  {rel} (finished)", highlight=False, soft_wrap=True)
+        elif report_only:
+            missing += 1
+            why = "finished with another configuration" if state == "stale" else "not run"
+            console.print(f"{head} --    {rel} ({why}: left out)", highlight=False, soft_wrap=True)
+        else:
+            todo.append((head, rel, job, " (configuration changed: running again)" if state == "stale" else ""))
+    todo.sort(key=lambda t: s.seeds.index(t[2].seed))  # seed-major: a stopped suite has whole seeds
+    workers = max(1, int(workers or 1))
+    if todo and workers == 1:
+        import torch
+
+        old_threads = torch.get_num_threads()
+        if n_threads:
+            torch.set_num_threads(int(n_threads))
+        fed_key, fed = None, None
+        try:
+            for head, rel, job, note in todo:
+                console.print(f"{head} run   {rel}{note}", highlight=False, soft_wrap=True)
+                if job.kind == "reference" and fed_key != job.group:
+                    fed_key, fed = job.group, build_federation(job.cfg, progress)
+                tj = time.perf_counter()
+                summary = run_job(job, s, fed if job.kind == "reference" else None, progress)
+                ran += 1
+                finished.append(job)
+                console.print(f"{' ' * len(head)} done  {time.perf_counter() - tj:.1f} s  {_headline(summary)}",
+                              highlight=False, soft_wrap=True)
+        finally:
+            torch.set_num_threads(old_threads)
+    elif todo:
+        ran += _run_parallel(todo, s, n_threads, workers, console, finished)
+    done_ids = {id(job) for job in finished}  # plan order, whatever order the workers finished in
+    entries = [e for job in jobs if id(job) in done_ids for e in job.entries()]
     rep = report.write_report(entries, out, title=f"fedmol bench {s.name}", notes=settings_notes(s, n_threads))
     seconds = round(time.perf_counter() - t0, 1)
     if show_table and not rep["table"].empty:

@@ -190,7 +190,9 @@ def test_shipped_suites_load():
     assert {"fedavg", "feddf", "heterofl", "fjord"} <= {a.label for a in quick.algorithms}
     assert bench.default_out(quick).parts[-3:] == ("benchmarks", "results", "quick")
     standard = bench.load_suite("standard")
-    assert standard.seeds == [0, 1, 2] and standard.alphas == [0.1, 1.0, 100.0] and len(standard.datasets) >= 4
+    assert standard.seeds == [0, 1, 2] and standard.alphas == [0.1, 1.0, 100.0] and len(standard.datasets) >= 2
+    assert standard.devices == ["tiered"] and standard.faulty_links == [0.0, 0.5]
+    assert {a.label for a in standard.algorithms} == {"fedavg", "feddf", "heterofl", "fjord", "fedgen", "fedrescue"}
 
 
 def test_single_seed_has_no_std():
@@ -213,3 +215,55 @@ def test_report_only_runs_nothing(finished, tmp_path):
     res = bench.run_suite(suite, tmp_path / "empty", progress=False, console=console, report_only=True)
     assert res["ran"] == 0 and res["missing"] == 8 and res["table"].empty
     assert not (tmp_path / "empty" / "runs").exists()
+
+
+FAULTY = SUITE.replace('devices = ["tiered"]', 'devices = ["tiered"]\nfaulty_links = [0.0, 0.5]').replace(
+    "seeds = [0, 1]", "seeds = [0]")
+
+
+def test_faulty_links_axis_plans_references_once(tmp_path):
+    s = bench.load_suite(write(tmp_path, FAULTY))
+    jobs = bench.plan(s, tmp_path / "out")
+    refs = [j for j in jobs if j.kind == "reference"]
+    fed = [j for j in jobs if j.kind == "federated"]
+    assert len(refs) == 2 and len(fed) == 4  # references do not communicate: one run frames both variants
+    assert all(j.labels == ("tiered", "tiered-faulty0.5") for j in refs)
+    assert [(j.method, j.cfg.faulty_links, j.labels) for j in fed] == [
+        ("fedavg", 0.0, ("tiered",)), ("fjord", 0.0, ("tiered",)),
+        ("fedavg", 0.5, ("tiered-faulty0.5",)), ("fjord", 0.5, ("tiered-faulty0.5",))]
+    assert fed[3].path == tmp_path / "out" / "runs" / "bace" / "tiered-faulty0.5" / "a1" / "fjord" / "s0"
+    assert [e["devices"] for e in refs[0].entries()] == ["tiered", "tiered-faulty0.5"]
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("faulty_links = [1.5]", "probabilities"),
+    ("faulty_links = [0.0, 0.0]", "duplicates"),
+])
+def test_faulty_links_mistakes(tmp_path, bad, match):
+    with pytest.raises(FedmolError, match=match):
+        bench.load_suite(write(tmp_path, FAULTY.replace("faulty_links = [0.0, 0.5]", bad)))
+    both = FAULTY.replace("[run]\n", "[run]\nfaulty_links = 0.2\n")
+    with pytest.raises(FedmolError, match="both"):
+        bench.load_suite(write(tmp_path, both))
+
+
+def test_parallel_workers_equal_sequential_and_faulty_rows(tmp_path):
+    suite = write(tmp_path, FAULTY)
+    console, buf = quiet()
+    par = bench.run_suite(suite, tmp_path / "par", workers=2, progress=False, console=console)
+    assert par["ran"] == 6 and "6 runs to do on 2 worker processes" in buf.getvalue()
+    seq = bench.run_suite(suite, tmp_path / "seq", progress=False, console=quiet()[0])
+    a = pd.read_csv(tmp_path / "par" / "results_per_seed.csv").drop(columns=["seconds"])
+    b = pd.read_csv(tmp_path / "seq" / "results_per_seed.csv").drop(columns=["seconds"])
+    pd.testing.assert_frame_equal(a, b)  # same rows in the same (plan) order, same numbers
+    table = par["table"]
+    assert list(zip(table["devices"], table["method"])) == [
+        ("tiered", "local-only (gnn)"), ("tiered", "centralized (gnn)"), ("tiered", "fedavg"), ("tiered", "fjord"),
+        ("tiered-faulty0.5", "local-only (gnn)"), ("tiered-faulty0.5", "centralized (gnn)"),
+        ("tiered-faulty0.5", "fedavg"), ("tiered-faulty0.5", "fjord")]
+    ref = table[table["method"] == "centralized (gnn)"]["test@1.0_mean"].to_numpy()
+    assert ref[0] == ref[1]  # the same reference run frames both
+    fjord = pd.read_csv(tmp_path / "par" / "runs" / "bace" / "tiered-faulty0.5" / "a1" / "fjord" / "s0" /
+                        "metrics.csv")
+    assert len(fjord) == 1
+    assert (tmp_path / "par" / "plots" / "rounds_bace_tiered-faulty0.5_a1.png").is_file()
