@@ -14,7 +14,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from fedmol.cli_common import console, err, friendly, parse_hparams  # noqa: F401
+from fedmol.cli_common import console, err, friendly, parse_hparams, results_table  # noqa: F401
+from fedmol.errors import FedmolError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fedmol: federated learning benchmarks for drug discovery.")
@@ -205,6 +206,8 @@ def train(
     batch_size: int = typer.Option(32, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr"),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest for small molecular graphs)."),
+    split_protocol: str = typer.Option("fedmol", "--split-protocol", help="fedmol (the federated splits' test set) "
+                                       "| hu2020 (Hu et al. 2020's splitter, to compare with published numbers)."),
     csv: Optional[Path] = CsvOpt, smiles_col: Optional[str] = SmilesCol, target_cols: Optional[str] = TargetCols,
     task: Optional[str] = TaskOpt, data_dir: Optional[Path] = DataDir, jobs: Optional[int] = Jobs,
 ):
@@ -215,7 +218,7 @@ def train(
     torch.set_num_threads(threads)
     ds = _load(name, data_dir, csv, smiles_col, target_cols, task, jobs)
     s = train_centralized(ds, out, model=model, width=width, seed=seed, epochs=epochs, patience=patience,
-                          hidden=hidden, layers=layers, batch_size=batch_size, lr=lr)
+                          hidden=hidden, layers=layers, batch_size=batch_size, lr=lr, split_protocol=split_protocol)
     (k, v), = s["test"].items()
     console.print(f"{s['dataset']} {model} width {k}: test {s['metric']} {v:.4f} (valid {s['valid'][k]:.4f}, "
                   f"best epoch {s['best_epoch']}, {s['seconds']:.0f} s) -> {out}/summary.json")
@@ -246,28 +249,40 @@ def run(
     lossy_links: float = typer.Option(0.0, "--lossy-links", help="P(an upload is lost)."),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest for small molecular graphs)."),
     hp: list[str] = typer.Option([], "--hp", help="Algorithm hyperparameter KEY=VALUE (repeatable)."),
+    dp_clip: Optional[float] = typer.Option(None, "--dp-clip", help="Differential privacy (DP-FedAvg): clip each "
+                                            "partner's update to this L2 norm (hp dp_clip; default off)."),
+    dp_noise: Optional[float] = typer.Option(None, "--dp-noise", help="DP noise multiplier sigma: Gaussian noise of "
+                                             "std sigma * clip on each coordinate's sum (hp dp_noise; default 0)."),
+    dp_delta: Optional[float] = typer.Option(None, "--dp-delta", help="DP delta of the epsilon written in "
+                                             "summary.json's privacy (hp dp_delta; default 1e-5)."),
+    backend: str = typer.Option("inprocess", "--backend", help="inprocess (one process) | flower-sim (Flower's "
+                                "simulation engine on Ray: partners train in parallel; same results)."),
+    client_cpus: int = typer.Option(1, "--client-cpus", min=1, help="flower-sim: CPUs Ray gives each partner."),
     csv: Optional[Path] = CsvOpt, smiles_col: Optional[str] = SmilesCol, target_cols: Optional[str] = TargetCols,
     task: Optional[str] = TaskOpt, data_dir: Optional[Path] = DataDir,
 ):
     """Run one federated experiment and write config.json, metrics.csv, summary.json, model.safetensors."""
     from fedmol.fl.harness import RunConfig, run_federated
 
+    hparams = parse_hparams(hp)
+    hparams.update({k: v for k, v in (("dp_clip", dp_clip), ("dp_noise", dp_noise), ("dp_delta", dp_delta))
+                    if v is not None})
     cfg = RunConfig(algorithm=algorithm, dataset=dataset, split=str(split) if split else None, partners=partners,
                     alpha=alpha, quantity_skew=quantity_skew, devices=devices, rounds=rounds, seed=seed,
                     clients_per_round=clients_per_round, model=model, hidden=hidden, layers=layers,
                     eval_every=eval_every, faulty_links=faulty_links, lossy_links=lossy_links,
-                    hparams=parse_hparams(hp), data_dir=str(data_dir) if data_dir else None,
+                    hparams=hparams, data_dir=str(data_dir) if data_dir else None,
                     csv=str(csv) if csv else None, smiles_col=smiles_col, target_cols=target_cols, task=task)
     import torch
     torch.set_num_threads(threads)
-    s = run_federated(cfg, out)
-    t = Table(title=f"{algorithm} on {s['dataset']} ({s['rounds']} rounds, {s['seconds']:.0f} s)")
-    t.add_column("width")
-    t.add_column(f"test {s['metric']}")
-    t.add_column(f"valid {s['metric']}")
-    for w, v in s["test"].items():
-        t.add_row(w, f"{v:.4f}", f"{s['valid'][w]:.4f}")
-    console.print(t)
+    if backend == "inprocess":
+        s = run_federated(cfg, out)
+    elif backend == "flower-sim":
+        from fedmol.pilot.simulation import run_flower_sim
+        s = run_flower_sim(cfg, out, client_cpus=client_cpus, threads=threads, log=console.print)
+    else:
+        raise FedmolError(f"unknown --backend {backend!r}: inprocess | flower-sim")
+    console.print(results_table(f"{algorithm} on {s['dataset']} ({s['rounds']} rounds, {s['seconds']:.0f} s)", s))
     console.print(f"sent {s['bytes_down'] / 1e6:.2f} MB down, {s['bytes_up'] / 1e6:.2f} MB up; "
                   f"{s['failures']} failed partner-rounds -> {out}")
 
@@ -282,6 +297,8 @@ def bench(
     no_references: bool = typer.Option(False, "--no-references", help="Skip the local-only and centralized references."),
     report_only: bool = typer.Option(False, "--report-only", help="Run nothing: rebuild tables and plots from finished runs."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: the suite's, usually 1)."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1,
+                                help="Runs at a time, each in its own process (e.g. the number of cores)."),
     data_dir: Optional[Path] = DataDir,
 ):
     """Run a benchmark suite (resumable: finished runs are skipped), then write and print its results table."""
@@ -289,7 +306,7 @@ def bench(
 
     names = [a.strip() for a in algorithms.split(",") if a.strip()] if algorithms else None
     run_suite(suite, out, data_dir=data_dir, algorithms=names, references=not no_references,
-              report_only=report_only, threads=threads, console=console)
+              report_only=report_only, threads=threads, workers=workers, console=console)
 
 
 def main() -> None:  # pragma: no cover - console entry point

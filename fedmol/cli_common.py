@@ -7,6 +7,7 @@ import json
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedmol.errors import FedmolError
 
@@ -22,7 +23,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except FedmolError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
 
     return wrapper
@@ -40,3 +41,18 @@ def parse_hparams(items: list[str]) -> dict:
         except json.JSONDecodeError:
             out[k.strip()] = v
     return out
+
+
+def results_table(title: str, summary: dict, valid_label: str = "valid"):
+    """A run's ``summary.json`` as a rich table: test and valid metric per served width."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("width")
+    t.add_column(f"test {summary['metric']}")
+    t.add_column(f"{valid_label} {summary['metric']}")
+    valid = summary.get("valid") or {}
+    for w, v in summary["test"].items():
+        vv = valid.get(w) if isinstance(valid, dict) else None
+        t.add_row(w, f"{v:.4f}", "-" if not isinstance(vv, (int, float)) else f"{vv:.4f}")
+    return t

@@ -100,6 +100,22 @@ def test_train_writes_summary_and_safetensors(tmp_path):
     net.load_state_dict(load_file(str(tmp_path / "model.safetensors")))
 
 
+def test_train_split_protocols(tmp_path):
+    from fedmol.centralized import centralized_split
+    from fedmol.data.dataset import load_dataset
+    ds = load_dataset("bace", progress=False)
+    ours, hu = centralized_split(ds, "fedmol"), centralized_split(ds, "hu2020")
+    assert [len(x) for x in ours] == [len(x) for x in hu] == [1210, 151, 152]  # same sizes, other molecules
+    assert set(ours[2].tolist()) != set(hu[2].tolist())
+    res = run("train", "bace", "--epochs", 1, "--hidden", 8, "--layers", 2, "--split-protocol", "hu2020",
+              "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["config"]["split"] == "scaffold 80/10/10, protocol hu2020" and s["sizes"]["test"] == 152
+    bad = run("train", "bace", "--split-protocol", "random", "--out", tmp_path)
+    assert bad.exit_code != 0 and "unknown split protocol 'random'" in bad.output
+
+
 @pytest.mark.parametrize("algorithm", ["fedavg", "heterofl", "fjord", "fedgen", "fedrescue", "feddf"])
 def test_run_every_algorithm(tmp_path, algorithm):
     res = run("run", "--algorithm", algorithm, "--dataset", "bace", "--partners", 3, "--rounds", 1, "--hidden", 16,

@@ -328,6 +328,45 @@ def scaffold_split(
     return tuple(_sorted_concat(p) for p in parts)  # type: ignore[return-value]
 
 
+def hu2020_scaffold_split(
+    scaffolds: Sequence[str], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The deterministic scaffold split of Hu et al. 2020 ("Strategies for Pre-training GNNs",
+    their ``splitters.scaffold_split``; OGB's ogbg-mol* splits are the same), for comparing with
+    the literature. Pass scaffolds computed *with* chirality, as they do
+    (``murcko_scaffolds(..., include_chirality=True)``).
+
+    Groups are ordered by (size, smallest member position), both descending -- so among groups of
+    equal size the ones that come *later* in the file go first -- and dealt in that order: a group
+    goes to train if train stays ``<= n * fractions[0]``, else to valid if train + valid stays
+    ``<= n * (fractions[0] + fractions[1])``, else to test. Unlike :func:`scaffold_split` (ties by
+    scaffold string), the test set here is decided by file order among the many singleton
+    scaffolds; on BBBP that turns a test set with 89% positives into one with 53% (an ECFP4
+    random forest scores 0.80 ROC-AUC on fedmol's and 0.68 on this one).
+    """
+    fr = [float(f) for f in fractions]
+    if len(fr) != 3 or abs(sum(fr) - 1.0) > 1e-6 or min(fr) < 0 or fr[0] <= 0:
+        raise PartitionError(f"fractions must be three numbers >= 0 summing to 1 with train > 0, got {fractions!r}")
+    groups: dict[str, list[int]] = {}
+    for i, sc in enumerate(scaffolds):
+        groups.setdefault(str(sc), []).append(i)
+    ordered = sorted(groups.values(), key=lambda m: (len(m), m[0]), reverse=True)
+    n = len(scaffolds)
+    train_cut, valid_cut = fr[0] * n, (fr[0] + fr[1]) * n
+    parts: tuple[list, list, list] = ([], [], [])
+    n_train = n_valid = 0
+    for m in ordered:
+        if n_train + len(m) <= train_cut:
+            parts[0].append(np.asarray(m))
+            n_train += len(m)
+        elif n_train + n_valid + len(m) <= valid_cut:
+            parts[1].append(np.asarray(m))
+            n_valid += len(m)
+        else:
+            parts[2].append(np.asarray(m))
+    return tuple(_sorted_concat(p) for p in parts)  # type: ignore[return-value]
+
+
 def _sorted_concat(arrays: list[np.ndarray]) -> np.ndarray:
     if not arrays:
         return np.zeros(0, dtype=np.int64)

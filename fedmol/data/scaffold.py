@@ -25,9 +25,9 @@ __all__ = ["murcko_scaffolds", "scaffold_fingerprints", "DEFAULT_CHUNK_SIZE"]
 DEFAULT_CHUNK_SIZE = 1000
 
 
-def _scaffold_chunk(args: tuple[int, Sequence[str]]) -> list[str]:
+def _scaffold_chunk(args: tuple[int, Sequence[str], bool]) -> list[str]:
     """Scaffolds of one chunk; ``offset`` is the position of the chunk's first SMILES."""
-    offset, chunk = args
+    offset, chunk, chirality = args
     blocker = rdBase.BlockLogs()  # noqa: F841 - scoped: the caller's RDKit log settings come back
     out: list[str] = []
     for i, smi in enumerate(chunk):
@@ -37,7 +37,7 @@ def _scaffold_chunk(args: tuple[int, Sequence[str]]) -> list[str]:
                 f"SMILES at index {offset + i} does not parse with RDKit: {smi!r} "
                 "(drop invalid molecules before computing scaffolds)"
             )
-        out.append(MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False))
+        out.append(MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=chirality))
     return out
 
 
@@ -53,6 +53,7 @@ def murcko_scaffolds(
     progress: bool = False,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    include_chirality: bool = False,
 ) -> list[str]:
     """Bemis-Murcko scaffold SMILES of every molecule, in input order.
 
@@ -63,6 +64,8 @@ def murcko_scaffolds(
             ``fork`` process pool (serial when there is only one chunk or ``fork`` is unavailable).
         progress: show a rich progress bar (stderr) while computing.
         chunk_size: molecules per work item.
+        include_chirality: keep stereo marks in the scaffold (Hu et al. 2020's splitter does;
+            fedmol's partitions do not).
 
     Returns:
         One scaffold SMILES per molecule; ``""`` for acyclic molecules.
@@ -74,7 +77,7 @@ def murcko_scaffolds(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     smiles = list(smiles)
     n = len(smiles)
-    chunks = [(start, smiles[start : start + chunk_size]) for start in range(0, n, chunk_size)]
+    chunks = [(start, smiles[start : start + chunk_size], include_chirality) for start in range(0, n, chunk_size)]
     jobs = min(_resolve_jobs(n_jobs), len(chunks))
     if jobs > 1 and "fork" not in multiprocessing.get_all_start_methods():
         jobs = 1

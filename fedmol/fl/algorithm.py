@@ -17,6 +17,14 @@ Boundaries, so the same objects run over Flower between real machines:
 
 Subclasses describe themselves with ``name``, ``norm`` / ``scaler`` (how the backbone normalizes,
 see :mod:`fedmol.models`), and ``defaults`` (hyperparameters; every key may be overridden).
+
+Differential privacy (:mod:`fedmol.fl.privacy`, DP-FedAvg with fixed clipping) is switched on by
+the shared hyperparameter ``dp_clip`` (with ``dp_noise``, ``dp_delta``) for algorithms with
+``supports_dp``; the others refuse it at construction with ``dp_refusal``. It hooks in at one place
+per side: :meth:`Algorithm.partner_update` (what the harness and a pilot site call: the
+algorithm's ``client_update``, then the partner-side clipping) and :meth:`Algorithm.merge` (what a
+supporting algorithm's ``aggregate`` calls: :func:`fedmol.models.slicing.aggregate_nested`, with
+uniform weights and seeded Gaussian noise when DP is on).
 """
 
 from __future__ import annotations
@@ -64,13 +72,18 @@ class Algorithm:
     scaler: ClassVar[bool] = False
     #: hyperparameters shared by every algorithm's local training (per-algorithm defaults extend them)
     base_defaults: ClassVar[dict[str, Any]] = dict(local_epochs=1, batch_size=32, lr=1e-3, weight_decay=0.0,
-                                                   max_local_steps=None, clip=None)
+                                                   max_local_steps=None, clip=None,
+                                                   dp_clip=None, dp_noise=0.0, dp_delta=1e-5)
     defaults: ClassVar[dict[str, Any]] = {}
     #: whether a truncated upload (the sub-model of a narrower width) can still be aggregated
     accepts_partial_uploads: ClassVar[bool] = False
     #: arrays a partner sends besides model weights (name -> what it reveals); their values are
     #: written to the run's ``sent.jsonl`` so a partner can see exactly what left it
     disclosures: ClassVar[dict[str, str]] = {}
+    #: whether the algorithm runs DP-FedAvg when ``dp_clip`` is set (its ``aggregate`` goes through
+    #: :meth:`merge` and nothing else it sends or uses depends on a partner's data); else why not
+    supports_dp: ClassVar[bool] = False
+    dp_refusal: ClassVar[str] = "its server step has not been checked against DP-FedAvg's guarantee"
 
     def __init__(self, model_config: dict, hparams: dict | None = None, seed: int = 0):
         known = {**self.base_defaults, **self.defaults}
@@ -79,6 +92,12 @@ class Algorithm:
             from fedmol.errors import FedmolError
             raise FedmolError(f"{self.name}: unknown hyperparameter(s) {sorted(unknown)}; known: {sorted(known)}")
         self.hp: dict[str, Any] = {**known, **(hparams or {})}
+        if self.hp["dp_clip"] is not None:
+            from fedmol.errors import FedmolError
+            from fedmol.fl import privacy
+            if not self.supports_dp:
+                raise FedmolError(f"{self.name}: differential privacy (dp_clip) is not supported: {self.dp_refusal}")
+            privacy.check_hparams(self.hp, self.name)
         self.model_config = {**model_config, "norm": self.norm, "scaler": self.scaler, "width": 1.0}
         self.seed = seed
         self.model: nn.Module | None = None
@@ -132,7 +151,37 @@ class Algorithm:
     def load(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)
 
+    def merge(self, rnd: int, state: dict[str, torch.Tensor], updates: list[tuple[dict, float]],
+              stream: int = 0) -> dict[str, torch.Tensor]:
+        """:func:`slicing.aggregate_nested` of ``updates`` (``(arrays, weight)`` pairs) into ``state``;
+        with DP on (``dp_clip``) the weights become uniform, Gaussian noise of std
+        ``dp_noise * dp_clip`` is added to each coordinate's sum (generator seeded by the run seed,
+        ``rnd`` and ``stream``) and BN variances are clamped at 0 (see :mod:`fedmol.fl.privacy`)."""
+        if self.hp["dp_clip"] is None:
+            return slicing.aggregate_nested(state, updates)
+        from fedmol.fl import privacy
+        new = slicing.aggregate_nested(state, [(u, 1.0) for u, _ in updates], noise_std=privacy.noise_std(self.hp),
+                                       generator=privacy.noise_generator(self.seed, rnd, stream))
+        return privacy.clamp_variances(new)
+
     # ---------------------------------------------------------------- client side
+    @classmethod
+    def partner_update(cls, msg: Message, data: LocalData) -> Message:
+        """What a partner runs for a training message (the harness and a pilot site both call
+        this): :meth:`client_update`, then, when the message's hyperparameters set ``dp_clip``,
+        DP-FedAvg's partner-side clipping of the update (:func:`fedmol.fl.privacy.clip_update`),
+        with the norm before clipping reported as the metric ``dp_norm``."""
+        clip = msg.config.get("hp", {}).get("dp_clip")
+        if clip is not None and not cls.supports_dp:
+            from fedmol.errors import FedmolError
+            raise FedmolError(f"{cls.name}: differential privacy (dp_clip) is not supported: {cls.dp_refusal}")
+        reply = cls.client_update(msg, data)
+        if clip is not None:
+            from fedmol.fl import privacy
+            reply.arrays, norm = privacy.clip_update(msg.arrays, reply.arrays, float(clip))
+            reply.metrics["dp_norm"] = float(norm)
+        return reply
+
     @classmethod
     def client_model(cls, msg: Message) -> nn.Module:
         """Rebuild the model a message carries (standalone at its width)."""

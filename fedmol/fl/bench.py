@@ -389,7 +389,7 @@ def _run_parallel(todo: list, s: Suite, threads: int | None, workers: int, conso
                   finished: list[Job]) -> int:
     """Run ``todo`` in ``workers`` spawned processes; the first failure stops the suite (finished runs stay)."""
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ran = 0
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -401,7 +401,7 @@ def _run_parallel(todo: list, s: Suite, threads: int | None, workers: int, conso
         _flush(console)
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
                 head, rel, job = futures[f]
                 err = f.exception()

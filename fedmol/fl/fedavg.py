@@ -15,6 +15,10 @@ Heterogeneous devices (FedAvg has one model, so it cannot use partial widths), h
 BatchNorm: running statistics are averaged with the weights (one convention for every algorithm
 in fedmol; ``num_batches_tracked`` takes the maximum). Deviation: Adam (lr 1e-3) replaces plain
 SGD as the local optimizer, as in the molecular GNN literature; the optimizer is rebuilt every round.
+
+Differential privacy (hp ``dp_clip``, ``dp_noise``, ``dp_delta``): DP-FedAvg with fixed clipping,
+:mod:`fedmol.fl.privacy` -- partners clip their update, the server averages with uniform weights
+(instead of ``n_k``) and adds Gaussian noise to the sums.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from __future__ import annotations
 from fedmol.errors import FedmolError
 from fedmol.fl.algorithm import Algorithm, PartnerInfo
 from fedmol.fl.message import Message
-from fedmol.models import build, slicing
+from fedmol.models import build
 
 
 class FedAvg(Algorithm):
     name = "fedavg"
     defaults = dict(hetero="drop")
+    supports_dp = True  # DP-FedAvg (fedmol.fl.privacy) through Algorithm.merge
 
     def init(self, partners: list[PartnerInfo]) -> None:
         if self.hp["hetero"] not in ("drop", "min"):
@@ -47,6 +52,5 @@ class FedAvg(Algorithm):
 
     def aggregate(self, rnd: int, replies: list[tuple[PartnerInfo, Message]]) -> dict:
         if replies:
-            self.load(slicing.aggregate_nested(self.model.state_dict(),
-                                               [(m.arrays, m.metrics["n_train"]) for _, m in replies]))
+            self.load(self.merge(rnd, self.model.state_dict(), [(m.arrays, m.metrics["n_train"]) for _, m in replies]))
         return {}

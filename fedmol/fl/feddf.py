@@ -73,6 +73,10 @@ Deviations from the paper (and why):
 6. ``state()`` (``model.safetensors``) holds the widest group's student, loadable like every other
    algorithm's; narrower groups' students are served by ``eval_model`` but not saved.
 
+No differential privacy: hp ``dp_clip`` is refused (``dp_refusal``), because the distillation
+teachers are the partners' individual models, outside DP-FedAvg's noisy average
+(:mod:`fedmol.fl.privacy`).
+
 Cost (measured on a shared 2-core CPU, one torch thread, B3DB classification, 4 partners, pool
 of 2,000): ~45 ms per distillation step (batch 128) at hidden 32 / 2 layers, i.e. 9-19 s of
 distillation per round at the defaults (early stopping ended after 200-350 of the 500 steps); ~1.4 s
@@ -252,6 +256,8 @@ class FedDF(Algorithm):
     defaults = dict(hetero="groups", distill_steps=500, eval_every=50, patience=150, distill_batch=128,
                     distill_lr=1e-3, temperature=1.0, pool_size=2000, pool_valid_frac=0.2, pool_sources=None,
                     pool_exclude=None, pool_data_dir=None)
+    dp_refusal = ("its server step distils from every partner's own trained model (the teachers), which DP-FedAvg's "
+                  "noisy average does not protect")
 
     def __init__(self, model_config: dict, hparams: dict | None = None, seed: int = 0):
         super().__init__(model_config, hparams, seed)

@@ -51,6 +51,9 @@ Other deviations: local training uses the harness's shared budget (``local_epoch
 lr 1e-3) instead of the official 20 SGD steps at lr 0.01, so every algorithm gets the same local
 compute; the KL of the official latent term becomes, per labelled (molecule, task), the BCE of the
 partner's logit against the teacher's detached probability (a Bernoulli KL up to a constant).
+
+No differential privacy: hp ``dp_clip`` is refused (``dp_refusal``): the generator is trained on
+each partner's own head and label counts, outside DP-FedAvg's noisy average (:mod:`fedmol.fl.privacy`).
 """
 
 from __future__ import annotations
@@ -183,6 +186,8 @@ class FedGen(Algorithm):
                    MOMENTS: "per task: count, sum and sum of squares of the training targets (regression, round 0)"}
     defaults = dict(alpha0=10.0, beta0=10.0, coef_decay=0.98, gen_steps=50, gen_batch=32, gen_lr=3e-4,
                     gen_weight_decay=1e-2, gen_lr_decay=0.98, noise_dim=32, gen_hidden=256, reg_batch=32)
+    dp_refusal = ("its server step trains the generator on every partner's own head and its label counts, which "
+                  "DP-FedAvg's noisy average does not protect")
 
     def init(self, partners: list[PartnerInfo]) -> None:
         super().init(partners)

@@ -26,6 +26,9 @@ and fedmol's reference notes, with every assumption stated:
    their training-set size (:func:`fedmol.models.slicing.aggregate_nested`); coordinates nobody
    delivered keep their value. BN keeps per-width running statistics ("fjord_bn").
 
+Differential privacy (hp ``dp_clip``): as FjORD's (:mod:`fedmol.fl.privacy`, uniform weights and
+noise in the nested aggregation of item 4).
+
 The pieces are swappable through hyperparameters (``width_sampling``, ``direction``,
 ``kd_weight``, ``kd_temperature``, ``ce_all_widths`` to add the supervised loss at every width).
 Deviation risk: the paper may weight or schedule the distillation differently; the defaults here

@@ -58,6 +58,11 @@ Other choices:
 * Batches with fewer than two graphs are skipped (BatchNorm), as in
   :func:`fedmol.training.train_epoch`.
 
+Differential privacy (hp ``dp_clip``; :mod:`fedmol.fl.privacy`, also for FedResCuE): DP-FedAvg on
+the nested slices -- a partner clips the update of its cap slice (weights, biases and its per-width
+BN statistics, one joint norm), the server replaces the ``n_k`` weights by uniform ones and adds
+Gaussian noise to each coordinate's sum over the partners whose slice holds it.
+
 The pieces FedResCuE reuses: :func:`affordable_widths`, :class:`WidthSampler`,
 :func:`distill_loss`, :func:`fjord_loss`, :func:`fjord_step`.
 """
@@ -175,6 +180,7 @@ class FjORD(Algorithm):
     scaler = False
     accepts_partial_uploads = True
     defaults = dict(kd_weight=1.0, self_distill=True, kd_temperature=1.0, p_grid="all")
+    supports_dp = True  # DP-FedAvg (fedmol.fl.privacy) through Algorithm.merge
 
     def init(self, partners: list[PartnerInfo]) -> None:
         if self.hp["p_grid"] not in ("all", "served"):
@@ -199,8 +205,7 @@ class FjORD(Algorithm):
 
     def aggregate(self, rnd: int, replies: list[tuple[PartnerInfo, Message]]) -> dict:
         if replies:
-            self.load(slicing.aggregate_nested(self.model.state_dict(),
-                                               [(m.arrays, m.metrics["n_train"]) for _, m in replies]))
+            self.load(self.merge(rnd, self.model.state_dict(), [(m.arrays, m.metrics["n_train"]) for _, m in replies]))
         return {}
 
     # ---------------------------------------------------------------- client side

@@ -12,11 +12,12 @@ A round (seeded: the same seed gives identical metrics):
 2. ``configure`` gives each sampled partner its message (or None: it sits out); bytes down are
    counted from the tensors in the message;
 3. a partner drops mid-round with its device's ``p_drop`` (after downloading); otherwise it runs
-   ``client_update`` on its own data; a reply with NaN/inf is rejected; a faulty link loses the
-   upload (``p_upload_loss``) or truncates it at a random narrower width (``p_truncate``): what
-   arrives is the sub-model of that width, which algorithms with ``accepts_partial_uploads``
-   aggregate and the others must discard; each failure is logged with its reason and counted in
-   ``metrics.csv`` (truncations in their own columns);
+   ``client_update`` on its own data (through :meth:`Algorithm.partner_update`, which also clips
+   the update when differential privacy is on, :mod:`fedmol.fl.privacy`); a reply with NaN/inf is
+   rejected; a faulty link loses the upload (``p_upload_loss``) or truncates it at a random
+   narrower width (``p_truncate``): what arrives is the sub-model of that width, which algorithms
+   with ``accepts_partial_uploads`` aggregate and the others must discard; each failure is logged
+   with its reason and counted in ``metrics.csv`` (truncations in their own columns);
 4. ``aggregate`` over the replies that arrived, then ``server_step``;
 5. evaluation of the global model at each width on the global test set (held-out scaffolds).
 
@@ -24,10 +25,11 @@ Partners are never held as model copies: a client update builds its model from t
 drops it after replying, and partners' datasets are index views of one shared dataset.
 
 Files in ``out_dir``: ``config.json`` (fully resolved), ``metrics.csv`` (one row per round),
-``summary.json``, ``model.safetensors`` (final global weights), ``test_predictions.csv`` (the
-final model's predictions on the global test set at every width) and ``sent.jsonl`` (one line per
-message a partner sent: array names, shapes, bytes, metrics, and the values of anything the
-algorithm declares as extra disclosure, e.g. FedGen's label counts).
+``summary.json`` (with ``privacy``: the DP accounting of :func:`fedmol.fl.privacy.account`, null
+when DP is off; also in config.json), ``model.safetensors`` (final global weights),
+``test_predictions.csv`` (the final model's predictions on the global test set at every width)
+and ``sent.jsonl`` (one line per message a partner sent: array names, shapes, bytes, metrics, and
+the values of anything the algorithm declares as extra disclosure, e.g. FedGen's label counts).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import fedmol
 from fedmol.data.dataset import MoleculeDataset, load_dataset
 from fedmol.data.splits import dataset_for_split, make_split, read_split
 from fedmol.evaluate import Evaluator
+from fedmol.fl import privacy
 from fedmol.fl.algorithm import LocalData, PartnerInfo
 from fedmol.fl.devices import assign_devices
 from fedmol.fl.registry import get_algorithm
@@ -137,12 +140,13 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
     algo.init(fed.infos)
     widths = tuple(sorted(algo.widths(), reverse=True))
     spec = slicing.slice_spec(algo.model)  # how tensors nest: used to model truncated uploads
+    dp = privacy.account(algo.hp, [p.device.p_online for p in fed.infos], cfg.clients_per_round, cfg.rounds)
     rng = np.random.default_rng([cfg.seed, 11])
     rows, sent, bytes_up, bytes_down, failures_total = [], [], 0, 0, 0
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(resolved_config(cfg, algo, fed), indent=1))
+        (out / "config.json").write_text(json.dumps(resolved_config(cfg, algo, fed, dp), indent=1))
 
     traffic = {"down": 0, "up": 0, "log": [], "round": 0}
 
@@ -173,7 +177,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
                     failures.append(f"partner {p.pid}: dropped out mid-round")
                     continue
                 tc = time.perf_counter()
-                reply = algo_cls.client_update(msg, fed.local[p.pid])
+                reply = algo_cls.partner_update(msg, fed.local[p.pid])
                 dt = time.perf_counter() - tc
                 client_total += dt
                 client_time = max(client_time, dt / p.device.speed)
@@ -226,7 +230,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
     extra = {"public_pool": algo.pool.report} if getattr(algo, "pool", None) is not None else {}
     summary = dict(dataset=ds.name, metric=metric, algorithm=cfg.algorithm, test=test, valid=valid, **extra,
                    per_partner=per_partner, bytes_up=bytes_up, bytes_down=bytes_down, failures=failures_total,
-                   rounds=cfg.rounds, seconds=round(time.perf_counter() - t_start, 2))
+                   rounds=cfg.rounds, privacy=dp, seconds=round(time.perf_counter() - t_start, 2))
     if out is not None:
         write_predictions(out / "test_predictions.csv", algo, fed, widths)
         write_metrics(out / "metrics.csv", rows)
@@ -315,13 +319,13 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def resolved_config(cfg: RunConfig, algo, fed: Federation) -> dict:
+def resolved_config(cfg: RunConfig, algo, fed: Federation, dp: dict | None = None) -> dict:
     import rdkit
     return dict(
         run=asdict(cfg), algorithm=dict(name=algo.name, hparams=algo.hp, norm=algo.norm, scaler=algo.scaler),
         sent=dict(log="sent.jsonl", model_weights="each participating partner's trained weights at its width",
                   metrics="n_train (training-set size), local loss and steps", extra=algo.disclosures),
-        model=algo.model_config, widths=list(algo.widths()),
+        model=algo.model_config, widths=list(algo.widths()), privacy=dp,
         split=dict(spec=fed.split["spec"], sha256=fed.split.get("sha256"), partners=len(fed.infos),
                    test=len(fed.test)),
         partners=[dict(pid=p.pid, n_train=p.n_train, n_valid=len(fed.local[p.pid].valid), device=p.device.to_dict())

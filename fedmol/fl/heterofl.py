@@ -63,6 +63,9 @@ Other deviations and choices (written down as required):
   of hidden activations over its training data (sBN). The harness counts round traffic only; the
   sBN query traffic (one width slice down, ``3 x channels`` float64 numbers per BN layer up, per
   partner and evaluated width) is not in ``bytes_up``/``bytes_down``.
+* **No differential privacy** (hp ``dp_clip`` is refused): the sBN query's exact activation sums
+  and the ``labelled_tasks`` mask leave the partner outside the clipped, noised update, so
+  DP-FedAvg (:mod:`fedmol.fl.privacy`) would not bound what the run reveals.
 * The sBN pass reads the training data in unshuffled batches of ``sbn_batch_size`` molecules
   (default 256; ``None``: the training ``batch_size``). The first BN layer's statistics do not
   depend on it; deeper layers see inputs normalized with their batch's statistics, which come
@@ -220,6 +223,9 @@ class HeteroFL(Algorithm):
     accepts_partial_uploads = True
     disclosures = {LABELLED: "which tasks the partner has at least one training label for (head-row rule)"}
     defaults = dict(mode="fix", head_rule="labelled", optimizer="adam", momentum=0.9, sbn_batch_size=256)
+    dp_refusal = ("before every evaluation its static-BN query sends each partner's exact per-channel activation "
+                  "sums over its training molecules, and its head rule uses each partner's label mask; DP-FedAvg's "
+                  "clipping and noise protect neither")
 
     # ---------------------------------------------------------------- server side
     def init(self, partners: list[PartnerInfo]) -> None:

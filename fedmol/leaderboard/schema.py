@@ -17,7 +17,7 @@ Layout of a submission archive (nothing else is allowed in it)::
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -135,6 +135,21 @@ class Versions(Strict):
     rdkit: Text
 
 
+class Privacy(Strict):
+    """The differential-privacy accounting of a DP run (:func:`fedmol.fl.privacy.account`)."""
+
+    mechanism: Text
+    level: Text
+    clip: Annotated[float, Field(gt=0.0)]
+    noise_multiplier: Annotated[float, Field(ge=0.0)]
+    delta: Prob
+    epsilon: Optional[Annotated[float, Field(ge=0.0)]]  # None: no noise, no guarantee
+    rounds: NonNeg
+    sample_rate: Prob
+    accountant: Text
+    not_covered: Text
+
+
 class ResolvedConfig(Strict):
     """A run's ``config.json``, as the harness writes it."""
 
@@ -146,6 +161,7 @@ class ResolvedConfig(Strict):
     split: SplitInfo
     partners: list[PartnerEntry]
     versions: Versions
+    privacy: Optional[Privacy] = None  # null / absent: DP off
 
 
 # -- results ----------------------------------------------------------------------------------------

@@ -113,6 +113,11 @@ class Report:
         return d
 
 
+
+#: shared hyperparameters added to fedmol after schema 1 whose defaults change nothing (differential
+#: privacy, off): a submission made before them lacks them and resolves to these defaults
+ADDED_LATER = ("dp_clip", "dp_noise", "dp_delta")
+
 def _norm(x):
     """JSON-normal form (tuples -> lists, ints stay ints) for comparing configs."""
     return json.loads(json.dumps(x, default=str))
@@ -305,7 +310,9 @@ def _verify_run(r, m: Manifest, members: dict[str, bytes], split_path: Path, spl
         algo.init(fed.infos)
     except (FedmolError, ValueError, TypeError, KeyError) as e:
         raise Rejected(f"{tag}: the algorithm cannot be built from the manifest's config: {e}") from e
-    if _norm(algo.hp) != _norm(c.algorithm.hparams) or algo.norm != c.algorithm.norm or algo.scaler != c.algorithm.scaler:
+    # hyperparameters added after a submission was made resolve to behaviour-neutral defaults (DP off)
+    recorded = {**{k: algo_cls.base_defaults[k] for k in ADDED_LATER}, **c.algorithm.hparams}
+    if _norm(algo.hp) != _norm(recorded) or algo.norm != c.algorithm.norm or algo.scaler != c.algorithm.scaler:
         raise Rejected(f"{tag}: the resolved hyperparameters/norm differ from what {algo_cls.name} resolves")
     if _norm(algo.model_config) != _norm(c.model.model_dump()):
         raise Rejected(f"{tag}: the declared backbone {c.model.model_dump()} is not the one {algo_cls.name} builds")

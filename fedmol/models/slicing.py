@@ -15,7 +15,8 @@ sliceable module registers a :class:`SliceRule` per parameter/buffer in ``self.s
 a rule (e.g. GIN's ``eps``, the head bias, the rows of embedding tables) are never sliced.
 
 :func:`aggregate_nested` needs no rules at all: an update's tensor *shape* says which leading
-block it covers.
+block it covers. It is the only place that aggregates; with ``noise_std`` it is also DP-FedAvg's
+noisy server step (:mod:`fedmol.fl.privacy`).
 
 Non-float tensors (``num_batches_tracked`` of the "bn" norm) are copied unsliced by
 :func:`sub_state_dict`; :func:`aggregate_nested` does not average them but takes the element-wise
@@ -421,6 +422,8 @@ def load_sub_state_dict(
 def aggregate_nested(
     global_state: Mapping[str, Tensor],
     updates: Iterable[tuple[Mapping[str, Tensor], float]],
+    noise_std: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
     """HeteroFL's nested aggregation: each coordinate becomes the weighted mean of the updates
     whose slice contains it; coordinates nobody sent keep their old value.
@@ -432,11 +435,23 @@ def aggregate_nested(
     slicing rules are needed; tensors missing from an update are not covered by it. Float tensors
     are averaged (in float64, cast back); non-float ones (``num_batches_tracked``) become the
     element-wise maximum of the senders' values. Returns a new state dict (inputs are not modified).
+
+    ``noise_std`` (differential privacy, :mod:`fedmol.fl.privacy`): every weight must then be 1,
+    and Gaussian noise ``N(0, noise_std^2)`` drawn from ``generator`` is added to each float
+    coordinate's *sum* over its holders before the division by their number (one draw of the
+    global tensor's full shape per float tensor somebody sent, in state-dict order, so the draws
+    do not depend on who sent what; coordinates nobody holds keep their old value, without noise).
+    ``noise_std=0`` is uniform averaging without noise.
     """
     updates = list(updates)
     for _, w in updates:
         if not (float(w) >= 0.0):
             raise ValueError(f"aggregation weights must be >= 0, got {w}")
+    if noise_std is not None:
+        if not (float(noise_std) >= 0.0):
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        if any(float(w) != 1.0 for _, w in updates):
+            raise ValueError("noise is added to sums over holders: every aggregation weight must be 1")
     out: dict[str, Tensor] = {}
     for key, old in global_state.items():
         old = old.detach()
@@ -466,6 +481,8 @@ def aggregate_nested(
             block = tuple(slice(0, n) for n in t.shape)
             acc[block] += w * t.detach().to(old.device, torch.float64)
             wsum[block] += w
+        if noise_std:
+            acc += float(noise_std) * torch.randn(old.shape, generator=generator, dtype=torch.float64).to(old.device)
         mean = acc / wsum.clamp_min(1e-300)
         out[key] = torch.where(wsum > 0, mean, old.to(torch.float64)).to(old.dtype)
     return out

@@ -8,19 +8,23 @@
 * ``server.pem`` / ``server.key`` -- the SuperLink's TLS certificate (EC P-256), signed by the CA,
   with subject alternative names for each of ``hosts`` (IP addresses and DNS names; by default
   127.0.0.1 and localhost, add the coordinator's public name for a real pilot).
-* ``partner-<k>`` / ``partner-<k>.pub`` -- SuperNode authentication keys, EC P-384, OpenSSH
-  format: the private key stays at site k (``--auth-supernode-private-key``), the public key is
-  registered at the SuperLink (``flwr supernode register partner-<k>.pub <connection>``).
-  For a real pilot each site should make its own key pair (:func:`make_node_key`) and send only
-  the ``.pub`` file.
+* ``partner-<k>/`` -- the folder to hand to partner k (``fedmol pilot partner --certs``):
+  ``ca.pem``, ``node.key`` / ``node.key.pub`` (its SuperNode authentication key pair, EC P-384,
+  OpenSSH format, ``--auth-supernode-private-key``) and ``partner.json`` (its partition id).
+* ``partner-keys/partner-<k>.pub`` -- the partners' public keys, which ``fedmol pilot
+  coordinator`` registers at the SuperLink (``flwr supernode register``). A site may instead make
+  its own key pair (``ssh-keygen -t ecdsa -b 384``) and send only the ``.pub`` file: it goes into
+  ``partner-keys/``.
 
-Private keys are written with mode 0600.
+The server certificate always also names 127.0.0.1 and localhost (the coordinator's own ``flwr``
+CLI and ServerApp connect through them). Private keys are written with mode 0600.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import os
 from pathlib import Path
 
@@ -32,6 +36,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedmol.errors import FedmolError
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
+NODE_KEY = "node.key"          # a partner's private key, in its folder
+PARTNER_KEYS = "partner-keys"  # the coordinator's folder of the partners' public keys
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -78,7 +84,7 @@ def make_certs(out: str | Path, partners: int = 0, hosts=DEFAULT_HOSTS, days: in
     """Write a CA, the SuperLink's server certificate and ``partners`` node key pairs to ``out``."""
     if partners < 0:
         raise FedmolError("partners must be >= 0")
-    hosts = tuple(hosts) or DEFAULT_HOSTS
+    hosts = tuple(dict.fromkeys([*hosts, *DEFAULT_HOSTS]))  # the first one is the certificate's name
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
@@ -112,6 +118,21 @@ def make_certs(out: str | Path, partners: int = 0, hosts=DEFAULT_HOSTS, days: in
     _write_private(out / "server.key", _pem_key(srv_key))
     (out / "server.pem").write_bytes(srv.public_bytes(serialization.Encoding.PEM))
 
-    keys = [make_node_key(out / f"partner-{k}") for k in range(partners)]
+    keys = [make_partner_bundle(out, k) for k in range(partners)]
     return dict(ca=out / "ca.pem", ca_key=out / "ca.key", server_cert=out / "server.pem", server_key=out / "server.key",
                 hosts=list(hosts), partner_keys=[k for k, _ in keys], partner_pubs=[p for _, p in keys])
+
+
+def make_partner_bundle(out: str | Path, k: int) -> tuple[Path, Path]:
+    """Partner k's folder ``out/partner-<k>/`` (``ca.pem``, ``node.key`` + ``.pub``, ``partner.json``)
+    and its public key in ``out/partner-keys/``; returns (private key, registered public key)."""
+    out = Path(out)
+    folder = out / f"partner-{k}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ca.pem").write_bytes((out / "ca.pem").read_bytes())
+    key, pub = make_node_key(folder / NODE_KEY)
+    (folder / "partner.json").write_text(json.dumps({"partition_id": k}) + "\n")
+    registered = out / PARTNER_KEYS / f"partner-{k}.pub"
+    registered.parent.mkdir(parents=True, exist_ok=True)
+    registered.write_bytes(pub.read_bytes())
+    return key, registered

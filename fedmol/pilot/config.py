@@ -36,6 +36,7 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "partners": 2,
     "devices": "homogeneous",
     "clients-per-round": 0,
+    "min-partners": 0,
     "model": "gin",
     "hidden": 300,
     "layers": 5,
@@ -69,6 +70,8 @@ class PilotSettings:
     partners: int = 2
     devices: str = "homogeneous"
     clients_per_round: int = 0
+    #: a round with fewer usable replies than this is not aggregated (0: no minimum, as the harness)
+    min_partners: int = 0
     model: str = "gin"
     hidden: int = 300
     layers: int = 5
@@ -126,6 +129,8 @@ class PilotSettings:
                               "test-csv with smiles-col, target-cols and task")
         if s.rounds < 1 or s.partners < 1:
             raise FedmolError("rounds and partners must be >= 1")
+        if s.min_partners < 0:
+            raise FedmolError(f"min-partners must be >= 0, got {s.min_partners}")
         if not (s.round_timeout > 0 and s.connect_timeout > 0):
             raise FedmolError("round-timeout and connect-timeout must be > 0 seconds")
         return s

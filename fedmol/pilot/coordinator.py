@@ -26,6 +26,11 @@ benchmark with the same arguments give the same metrics:
    (their union never leaves the partners, so ``summary.json``'s ``valid`` is the
    n_valid-weighted mean of the partners' scores, not the harness's pooled score).
 
+With differential privacy on (hp ``dp_clip``), the sites clip their updates
+(:meth:`~fedmol.fl.algorithm.Algorithm.partner_update`), the algorithm's ``aggregate`` adds the
+noise here, and ``summary.json`` / ``config.json`` carry the ``privacy`` accounting of
+:func:`fedmol.fl.privacy.account`, exactly as the harness writes it (:mod:`fedmol.fl.privacy`).
+
 Transport is a :class:`Link`: :class:`GridLink` over a Flower ``Grid`` (push, then pull only the
 pending replies until the deadline), or :class:`LocalLink` in-process (tests).
 """
@@ -253,6 +258,9 @@ def _check_hello(r: Reply, ds) -> str | None:
     if r.msg.config.get("task_type") != ds.task_type or len(tasks) != ds.num_tasks:
         return (f"its data is {r.msg.config.get('task_type')} with {len(tasks)} task(s), the test set is "
                 f"{ds.task_type} with {ds.num_tasks}")
+    want = list(getattr(getattr(ds, "info", None), "tasks", None) or [])
+    if want and [str(t) for t in tasks] != [str(t) for t in want]:  # same columns, same order: same meaning
+        return f"its target columns are {list(tasks)}, the federation's are {want} (same names, same order)"
     return None
 
 
@@ -280,6 +288,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     from safetensors.torch import save_file
 
     from fedmol.evaluate import Evaluator
+    from fedmol.fl import privacy
     from fedmol.fl.algorithm import PartnerInfo
     from fedmol.fl.devices import assign_devices
     from fedmol.fl.harness import screen_reply, sent_record, served_width, write_metrics, write_predictions
@@ -360,9 +369,11 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     algo.init([pt.info for pt in partners])
     widths = tuple(sorted(algo.widths(), reverse=True))
     spec = slicing.slice_spec(algo.model)
+    dp = privacy.account(algo.hp, [pt.info.device.p_online for pt in partners], s.clients_per_round or None,
+                         s.rounds)
     rng = np.random.default_rng([s.seed, 11])
     rows, sent, bytes_up, bytes_down, failures_total = [], [], 0, 0, 0
-    (out / "config.json").write_text(json.dumps(_resolved(s, algo, ds, test, split, partners, nodes_report), indent=1))
+    (out / "config.json").write_text(json.dumps(_resolved(s, algo, ds, test, split, partners, nodes_report, dp), indent=1))
     traffic = {"down": 0, "up": 0, "log": [], "round": 0, "failures": []}
     unresponsive: set[int] = set()  # nodes that missed the last deadline: not asked again this round
 
@@ -435,8 +446,14 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
             replies.append((p, reply))
             sent.append(sent_record(rnd, pt.partition_id, reply, algo))
         ts = time.perf_counter()
-        agg = algo.aggregate(rnd, replies)
-        agg.update(algo.server_step(rnd))
+        skipped = ""
+        if len(replies) < s.min_partners:  # too few partners: the algorithm sees no update, the model stays
+            skipped = (f"{len(replies)} usable repl{'y' if len(replies) == 1 else 'ies'} by the deadline, fewer "
+                       f"than min-partners {s.min_partners}: not aggregated, global model unchanged")
+            agg = algo.aggregate(rnd, [])
+        else:
+            agg = algo.aggregate(rnd, replies)
+            agg.update(algo.server_step(rnd))
         server_time = time.perf_counter() - ts
         bytes_up, bytes_down = bytes_up + up, bytes_down + down
         row = dict(round=rnd, participants=len(replies), partners=";".join(str(by_index[p.pid].partition_id)
@@ -444,6 +461,8 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
                    failures=len(failures), failure_reasons=" | ".join(failures), truncated=len(truncated),
                    truncations=" | ".join(truncated), bytes_up=up, bytes_down=down,
                    sim_client_seconds=round(client_time, 4))
+        if s.min_partners:
+            row.update(aggregated=int(not skipped), skipped_reason=skipped)
         te = time.perf_counter()
         if rnd % s.eval_every == 0 or rnd == s.rounds - 1:
             traffic.update(down=0, up=0, round=rnd, failures=[])
@@ -466,6 +485,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
         row.update({f"server_{k}": v for k, v in agg.items()})
         rows.append(row)
         log(f"[fedmol pilot] round {rnd}: {len(replies)} partner(s), {len(failures)} failure(s)"
+            + (f", SKIPPED ({skipped})" if skipped else "")
             + "".join(f", test {k.split('_', 1)[1]} {v:.4f}" for k, v in row.items() if k.startswith("test_")))
         with open(out / "progress.jsonl", "a") as f:
             f.write(json.dumps({k: v for k, v in row.items()}) + "\n")
@@ -502,7 +522,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
             valid[width_key(w)] = sum(n * v for n, v in vals) / sum(n for n, _ in vals)
     summary = dict(dataset=ds.name, metric=metric, algorithm=s.algorithm, test=test_scores, valid=valid,
                    per_partner=per_partner, bytes_up=bytes_up, bytes_down=bytes_down, failures=failures_total,
-                   rounds=s.rounds, seconds=round(time.perf_counter() - t_start, 2), backend="flower",
+                   rounds=s.rounds, privacy=dp, seconds=round(time.perf_counter() - t_start, 2), backend="flower",
                    valid_kind="n_valid-weighted mean of the partners' own validation scores at their served width",
                    partners=len(partners), refused=[e for e in nodes_report if e["status"] != "accepted"],
                    validation_failures=valid_failures)
@@ -518,7 +538,8 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     return summary
 
 
-def _resolved(s: PilotSettings, algo, ds, test, split, partners: list[Partner], nodes_report: list) -> dict:
+def _resolved(s: PilotSettings, algo, ds, test, split, partners: list[Partner], nodes_report: list,
+              dp: dict | None = None) -> dict:
     import rdkit
 
     import fedmol
@@ -538,7 +559,7 @@ def _resolved(s: PilotSettings, algo, ds, test, split, partners: list[Partner], 
                   model_weights="each participating partner's trained weights at its width",
                   metrics="n_train (training-set size), local loss and steps", extra=algo.disclosures,
                   partner_audit="each site's own audit.jsonl (its audit-dir)"),
-        model=algo.model_config, widths=list(algo.widths()),
+        model=algo.model_config, widths=list(algo.widths()), privacy=dp,
         split=dict(spec=spec, sha256=split.get("sha256") if split else None, partners=len(partners), test=len(test)),
         partners=[dict(pid=pt.partition_id, node_id=pt.node_id, n_train=pt.info.n_train, n_valid=pt.n_valid,
                        device=pt.info.device.to_dict()) for pt in partners],

@@ -107,9 +107,15 @@ def run_demo(cfg: RunConfig, out: str | Path, *, insecure: bool = False, node_au
                                                                   ("summary.json", "pilot_error.json")))
         log(f"run {run_id} {status}; stopping the SuperNodes and the SuperLink")
         run_log = pilot.run_log(run_id) if status != "finished:completed" else ""
-    leftovers = pilot.procs.leftovers()
+    summary = read_results(out, work, status, run_id, run_log, pilot.procs.leftovers())
+    log("all processes stopped")
+    return summary
+
+
+def read_results(out: Path, work: Path, status: str, run_id: str, run_log: str, leftovers: dict) -> dict:
+    """The run's summary (with its per-round ``history``), or the reason it has none, as a PilotError."""
     if leftovers:  # pragma: no cover - stop_all ends whole process groups
-        raise PilotError(f"processes still alive after the demo: {leftovers}")
+        raise PilotError(f"processes still alive after the run: {leftovers}")
     err = out / "pilot_error.json"
     if err.is_file():
         raise PilotError(f"the pilot run failed: {json.loads(err.read_text())['error']} (logs in {work / 'logs'})")
@@ -121,5 +127,4 @@ def run_demo(cfg: RunConfig, out: str | Path, *, insecure: bool = False, node_au
     progress_file = out / "progress.jsonl"
     summary["history"] = [json.loads(x) for x in progress_file.read_text().splitlines()] if progress_file.is_file() else []
     summary["run_id"] = run_id
-    log("all processes stopped")
     return summary

@@ -1,9 +1,10 @@
-"""A whole pilot on one machine: a SuperLink, SuperNodes and ``flwr run``, as real processes on loopback.
+"""A SuperLink, SuperNodes and ``flwr run`` as real processes, ended safely.
 
-:class:`LoopbackPilot` is what ``fedmol pilot demo`` and the tests use; every step is what the
-coordinator and the sites do on real machines (see docs/pilot.md), only the addresses are
-127.0.0.1 and the ports are free ones the OS chose. Use it as a context manager: every process it
-started is ended (by process group) when the block exits, also on error.
+:class:`LoopbackPilot` is what ``fedmol pilot demo`` and the tests use for a whole pilot on one
+machine (127.0.0.1, free ports the OS chose), and what ``fedmol pilot coordinator`` uses for the
+coordinator's side of a real pilot (a SuperLink on ``host:port``, the partners' public keys
+registered, no local sites). Use it as a context manager: every process it started is ended (by
+process group) when the block exits, also on error.
 
 TLS is the default (certificates from :func:`fedmol.pilot.certs.make_certs`); ``insecure=True``
 turns it off explicitly. With TLS, SuperNode authentication is on by default: each site's public
@@ -21,7 +22,7 @@ from pathlib import Path
 import fedmol
 from fedmol.pilot.certs import make_certs, make_node_key
 from fedmol.pilot.config import PilotSettings, write_app, write_toml
-from fedmol.pilot.processes import Processes, flower_bin, free_port, log_tail, wait_listening
+from fedmol.pilot.processes import Processes, flower_bin, free_port, is_listening, log_tail, wait_listening
 from fedmol.pilot.records import PilotError
 
 CONNECTION = "pilot"
@@ -30,8 +31,16 @@ FINISHED = "finished"
 
 
 class LoopbackPilot:
+    """``host``/``port``: where the SuperLink listens (default 127.0.0.1 and a free port; ``0.0.0.0``
+    listens on every interface, the local ``flwr`` CLI then connects through 127.0.0.1).
+    ``require_certs``: a missing certificate in ``certs_dir`` is an error (else one is made)."""
+
     def __init__(self, work: str | Path, insecure: bool = False, node_auth: bool | None = None,
-                 certs_dir: str | Path | None = None, threads: int = 1, poll_interval: float = 0.25):
+                 certs_dir: str | Path | None = None, threads: int = 1, poll_interval: float = 0.25,
+                 host: str = HOST, port: int | None = None, require_certs: bool = False):
+        self.host, self.fixed_port = host, port
+        self.connect_host = HOST if host in ("0.0.0.0", "::", "") else host
+        self.require_certs = require_certs
         self.work = Path(work).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
         self.insecure = insecure
@@ -69,9 +78,13 @@ class LoopbackPilot:
 
     # -- certificates -----------------------------------------------------------------------------
     def _certs(self, certs_dir) -> dict:
-        d = Path(certs_dir) if certs_dir else self.work / "certs"
+        d = Path(certs_dir).resolve() if certs_dir else self.work / "certs"
         if (d / "ca.pem").is_file() and (d / "server.pem").is_file() and (d / "server.key").is_file():
             return dict(ca=d / "ca.pem", server_cert=d / "server.pem", server_key=d / "server.key", dir=d)
+        if self.require_certs:
+            missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]
+            raise PilotError(f"{d}: missing {', '.join(missing)}: make the certificates with `fedmol pilot certs "
+                             f"--out {d} --host <this machine's name>` (or run with --insecure on a test network)")
         c = make_certs(d, 0)
         c["dir"] = d
         return c
@@ -88,9 +101,14 @@ class LoopbackPilot:
     # -- SuperLink --------------------------------------------------------------------------------
     def start_superlink(self, attempts: int = 3) -> int:
         last = None
+        if self.fixed_port is not None:
+            attempts = 1
+            if is_listening(self.connect_host, self.fixed_port):
+                raise PilotError(f"port {self.fixed_port} is busy on this machine (another SuperLink?): "
+                                 "stop it or choose another --address")
         for i in range(attempts):
-            port = free_port(HOST)
-            argv = [flower_bin("flower-superlink"), "--host", HOST, "--port", str(port),
+            port = self.fixed_port if self.fixed_port is not None else free_port(HOST)
+            argv = [flower_bin("flower-superlink"), "--host", self.host, "--port", str(port),
                     "--disable-runtime-dependency-installation", *self._tls_args(server=True)]
             if self.node_auth:
                 argv.append("--enable-supernode-auth")
@@ -98,7 +116,7 @@ class LoopbackPilot:
             home.mkdir(exist_ok=True)
             proc = self.procs.start(f"superlink{'' if i == 0 else i}", argv, env={**self.env, "FLWR_HOME": str(home)})
             try:
-                wait_listening(proc, HOST, port, timeout=90)
+                wait_listening(proc, self.connect_host, port, timeout=90)
             except PilotError as e:
                 last = e
                 self.procs.stop(proc)
@@ -109,7 +127,7 @@ class LoopbackPilot:
         raise PilotError(f"the SuperLink did not start: {last}")
 
     def _write_cli_config(self) -> None:
-        conn = {"address": f"{HOST}:{self.port}"}
+        conn = {"address": f"{self.connect_host}:{self.port}"}
         if self.insecure:
             conn["insecure"] = True
         else:
@@ -133,6 +151,11 @@ class LoopbackPilot:
             raise PilotError(f"flwr {' '.join(args)} failed: {doc.get('error-message', doc)}")
         return doc
 
+    def register_key(self, pub: str | Path) -> str:
+        """Register a SuperNode's public key at the SuperLink (node authentication); returns its node id."""
+        doc = self._flwr_json("supernode", "register", str(pub), CONNECTION)
+        return str(doc.get("node-id", ""))
+
     # -- sites ------------------------------------------------------------------------------------
     def add_site(self, name: str, node_config: dict, env: dict | None = None, register: bool = True) -> dict:
         """Start one SuperNode (a partner site) with its own folder, node config and (with auth) key."""
@@ -143,13 +166,13 @@ class LoopbackPilot:
         nc = {"audit-dir": str(folder / "audit"), **({"threads": self.threads} if self.threads > 0 else {}),
               **node_config}
         toml = write_toml(folder / "site.toml", nc)
-        argv = [flower_bin("flower-supernode"), "--superlink", f"{HOST}:{self.port}", "--host", HOST,
+        argv = [flower_bin("flower-supernode"), "--superlink", f"{self.connect_host}:{self.port}", "--host", HOST,
                 "--port", str(free_port(HOST)), "--node-config", str(toml), "--max-retries", "10",
                 *self._tls_args(server=False)]
         if self.node_auth:
             key, pub = make_node_key(folder / "node-key")
             if register:
-                self._flwr_json("supernode", "register", str(pub), CONNECTION)
+                self.register_key(pub)
             argv += ["--auth-supernode-private-key", str(key)]
         home = folder / "flwr-home"
         home.mkdir(exist_ok=True)

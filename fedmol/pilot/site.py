@@ -264,7 +264,7 @@ def _answer(kind: str, msg: Message, meta: dict, data: SiteData, node_config: di
         cap = width_cap(node_config)
         if float(msg.config.get("width", 1.0)) > cap + 1e-9:
             raise PilotError(f"asked to train width {msg.config.get('width')}, above this site's width-cap {cap}")
-        return algo_cls.client_update(msg, data.local), algo_cls.disclosures
+        return algo_cls.partner_update(msg, data.local), algo_cls.disclosures
     if kind == QUERY:
         return algo_cls.client_query(msg, data.local), {}
     if kind == VALIDATE:

@@ -14,6 +14,7 @@ from rdkit import Chem, RDLogger
 
 from fedmol.data.partition import (
     MAX_DRAWS,
+    hu2020_scaffold_split,
     Partition,
     PartitionError,
     heterogeneity_report,
@@ -531,3 +532,40 @@ def test_single_partner() -> None:
     assert r["pairwise_divergence"] == [[0.0]]
     assert r["mean_pairwise_divergence"] is None and r["partners"][0]["mean_divergence"] is None
     assert report_table(r).row_count == 2
+
+
+# --------------------------------------------------------------------------- Hu et al. 2020's splitter
+def test_hu2020_split_on_a_hand_made_example():
+    # groups: A x4 (first at 0), B x2 (first at 1), singletons C@4, D@6, E@7, F@9; n = 10, cuts 6 and 8
+    sc = ["A", "B", "B", "A", "C", "A", "D", "E", "A", "F"]
+    tr, va, te = hu2020_scaffold_split(sc, (0.6, 0.2, 0.2))
+    # A, B fill train (6); singletons go latest-first: F, E to valid (8); D, C to test
+    assert tr.tolist() == [0, 1, 2, 3, 5, 8] and va.tolist() == [7, 9] and te.tolist() == [4, 6]
+    ftr, fva, fte = scaffold_split(sc, (0.6, 0.2, 0.2))  # fedmol's ties by scaffold string: other singletons
+    assert fte.tolist() != te.tolist()
+
+
+@pytest.mark.parametrize("fractions", [(0.8, 0.1, 0.1), (0.5, 0.3, 0.2)])
+def test_hu2020_split_partitions_whole_groups(fractions):
+    rng = np.random.default_rng(0)
+    sc = [f"s{int(x)}" for x in rng.zipf(1.6, 300) % 60]
+    parts = hu2020_scaffold_split(sc, fractions)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(300))
+    owner = {}
+    for k, part in enumerate(parts):
+        for i in part:
+            assert owner.setdefault(sc[i], k) == k  # a scaffold never straddles two parts
+    # train never passes its cut; a group went to valid only if train + valid then fitted the second cut
+    # (train may still grow afterwards with small groups, as in Hu et al.'s code)
+    assert len(parts[0]) <= fractions[0] * 300 and len(parts[1]) <= (fractions[0] + fractions[1]) * 300
+
+
+def test_hu2020_split_rejects_bad_fractions():
+    with pytest.raises(PartitionError, match="fractions"):
+        hu2020_scaffold_split(["a", "b"], (0.5, 0.5, 0.5))
+
+
+def test_scaffolds_with_chirality():
+    smi = ["C1C[C@H](c2ccccc2)OC1", "CCO"]
+    assert murcko_scaffolds(smi, n_jobs=1, include_chirality=True) == ["c1ccc([C@H]2CCCO2)cc1", ""]
+    assert murcko_scaffolds(smi, n_jobs=1) == ["c1ccc(C2CCCO2)cc1", ""]

@@ -144,3 +144,22 @@ def test_sites_with_their_own_csv(tmp_path, data_dir):
     assert [(e["n_train"], e["n_valid"]) for e in summary["per_partner"]] == [(270, 30), (180, 20)]
     assert 0.0 <= summary["test"]["1.0"] <= 1.0 and summary["failures"] == 0
     assert (tmp_path / "out" / "coordinator.log").read_text().count("round 0") == 1
+
+
+def test_partner_with_other_target_columns_is_refused(bace_split, tmp_path):
+    import pandas as pd
+    rows = pd.read_csv(_bace_csv()).head(40)
+    other = tmp_path / "other.csv"
+    rows.rename(columns={"Class": "active"})[["smiles", "active"]].to_csv(other, index=False)
+    extra = {9: {"partition-id": 2, "csv": str(other), "smiles-col": "smiles", "target-cols": "active",
+                 "task": "classification", "audit-dir": str(tmp_path / "other")}}
+    local_run(tiny(rounds=1), bace_split, tmp_path / "out", extra=extra)
+    nodes = {e["node_id"]: e for e in json.loads((tmp_path / "out" / "nodes.json").read_text())}
+    assert nodes[9]["status"] == "refused"
+    assert "its target columns are ['active'], the federation's are ['Class']" in nodes[9]["reason"]
+
+
+def _bace_csv():
+    from fedmol.data.sources import resolve_file
+    from fedmol.data.registry import get_info
+    return resolve_file(get_info("bace"), progress=False)[0]

@@ -20,14 +20,19 @@ runner = CliRunner()
 def test_certs_make_a_working_tls_chain_and_node_keys(tmp_path):
     r = runner.invoke(pilot_app, ["certs", "--out", str(tmp_path), "--partners", "2"])
     assert r.exit_code == 0, r.output
-    for name in ("ca.pem", "ca.key", "server.pem", "server.key", "partner-0", "partner-0.pub", "partner-1.pub"):
+    for name in ("ca.pem", "ca.key", "server.pem", "server.key", "partner-keys/partner-0.pub",
+                 "partner-keys/partner-1.pub", "partner-0/ca.pem", "partner-0/node.key", "partner-0/partner.json",
+                 "partner-1/node.key"):
         assert (tmp_path / name).is_file(), name
-    for name in ("ca.key", "server.key", "partner-0", "partner-1"):
+    for name in ("ca.key", "server.key", "partner-0/node.key", "partner-1/node.key"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
-    key = load_ssh_private_key((tmp_path / "partner-0").read_bytes(), None)
+    key = load_ssh_private_key((tmp_path / "partner-0" / "node.key").read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
-    assert load_ssh_public_key((tmp_path / "partner-0.pub").read_bytes()).public_numbers() == \
+    assert load_ssh_public_key((tmp_path / "partner-keys" / "partner-0.pub").read_bytes()).public_numbers() == \
         key.public_key().public_numbers()
+    assert (tmp_path / "partner-1" / "ca.pem").read_bytes() == (tmp_path / "ca.pem").read_bytes()
+    assert json.loads((tmp_path / "partner-1" / "partner.json").read_text()) == {"partition_id": 1}
+    assert not (tmp_path / "partner-0" / "ca.key").exists() and not (tmp_path / "partner-0" / "server.key").exists()
 
     # a TLS handshake to 127.0.0.1 with the server certificate, verified against the CA
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
