@@ -168,8 +168,10 @@ def score_forest(forest: Forest, ds, evaluator: Evaluator) -> float:
 
 # ----------------------------------------------------------------------------------------------- GNN
 def train_settings(cfg: RunConfig) -> dict:
-    """The shared local-training hyperparameters (``Algorithm.base_defaults`` updated by the run's)."""
-    hp = dict(Algorithm.base_defaults)
+    """The shared local-training hyperparameters (``Algorithm.base_defaults`` updated by the run's;
+    only :data:`TRAIN_KEYS`: a reference trains in one place, so e.g. differential privacy's
+    ``dp_*`` settings do not apply to it)."""
+    hp = {k: v for k, v in Algorithm.base_defaults.items() if k in TRAIN_KEYS}
     hp.update({k: v for k, v in (cfg.hparams or {}).items() if k in TRAIN_KEYS})
     return hp
 
