@@ -181,15 +181,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
                 dt = time.perf_counter() - tc
                 client_total += dt
                 client_time = max(client_time, dt / p.device.speed)
-                failure, cut = screen_reply(algo, p.device, msg, reply, rng, spec)
-                if failure:
-                    failures.append(f"partner {p.pid}: {failure}")
-                    continue
-                if cut:
-                    truncated.append(f"partner {p.pid}: {cut}")
-                up += reply.nbytes()
-                replies.append((p, reply))
-                sent.append(sent_record(rnd, p.pid, reply, algo))
+                up += accept_reply(algo, p, p.pid, rnd, msg, reply, rng, spec, replies, failures, truncated, sent)
             ts = time.perf_counter()
             agg = algo.aggregate(rnd, replies)
             agg.update(algo.server_step(rnd))
@@ -243,6 +235,22 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
         os.replace(tmp, out / "summary.json")
     summary["history"] = rows
     return summary
+
+
+def accept_reply(algo, p, name, rnd: int, msg, reply, rng, spec, replies: list, failures: list, truncated: list,
+                 sent: list) -> int:
+    """A delivered reply, the step both round drivers (this harness and the pilot coordinator)
+    share: :func:`screen_reply`, then the reply is logged as a failure, or taken (with its
+    truncation, if any) into ``replies`` and ``sent``. Returns the bytes that count as uploaded."""
+    failure, cut = screen_reply(algo, p.device, msg, reply, rng, spec)
+    if failure:
+        failures.append(f"partner {name}: {failure}")
+        return 0
+    if cut:
+        truncated.append(f"partner {name}: {cut}")
+    replies.append((p, reply))
+    sent.append(sent_record(rnd, name, reply, algo))
+    return reply.nbytes()
 
 
 def screen_reply(algo, device, msg, reply, rng, spec) -> tuple[str | None, str | None]:

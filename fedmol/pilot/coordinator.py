@@ -291,7 +291,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     from fedmol.fl import privacy
     from fedmol.fl.algorithm import PartnerInfo
     from fedmol.fl.devices import assign_devices
-    from fedmol.fl.harness import screen_reply, sent_record, served_width, write_metrics, write_predictions
+    from fedmol.fl.harness import accept_reply, served_width, write_metrics, write_predictions
     from fedmol.fl.registry import get_algorithm
     from fedmol.models import slicing
     from fedmol.training import score, width_key
@@ -436,15 +436,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
             if bad:
                 failures.append(f"partner {pt.partition_id}: {bad}")
                 continue
-            failure, cut = screen_reply(algo, p.device, msg, reply, rng, spec)
-            if failure:
-                failures.append(f"partner {pt.partition_id}: {failure}")
-                continue
-            if cut:
-                truncated.append(f"partner {pt.partition_id}: {cut}")
-            up += reply.nbytes()
-            replies.append((p, reply))
-            sent.append(sent_record(rnd, pt.partition_id, reply, algo))
+            up += accept_reply(algo, p, pt.partition_id, rnd, msg, reply, rng, spec, replies, failures, truncated, sent)
         ts = time.perf_counter()
         skipped = ""
         if len(replies) < s.min_partners:  # too few partners: the algorithm sees no update, the model stays
