@@ -202,12 +202,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
                 bytes_down, bytes_up = bytes_down + traffic["down"], bytes_up + traffic["up"]
                 sent += traffic["log"]
                 traffic["log"] = []
-            row["eval_seconds"] = round(time.perf_counter() - te, 4)
-            row["client_seconds"] = round(client_total, 4)
-            row["server_seconds"] = round(server_time, 4)
-            row["seconds"] = round(time.perf_counter() - t0, 4)
-            row.update({f"server_{k}": v for k, v in agg.items()})
-            rows.append(row)
+            rows.append(close_row(row, te, t0, client_total, server_time, agg))
             bar.update(task, advance=1, info=_info(row, metric, widths))
     test = {k: v for k, v in rows[-1].items() if k.startswith(f"test_{metric}@")}
     test = {k.split("@")[1]: v for k, v in test.items()}
@@ -235,6 +230,16 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
         os.replace(tmp, out / "summary.json")
     summary["history"] = rows
     return summary
+
+
+def close_row(row: dict, t_eval: float, t_round: float, client_total: float, server_time: float, agg: dict) -> dict:
+    """The timing and server-metric columns that end a round's ``metrics.csv`` row (both round drivers)."""
+    row["eval_seconds"] = round(time.perf_counter() - t_eval, 4)
+    row["client_seconds"] = round(client_total, 4)
+    row["server_seconds"] = round(server_time, 4)
+    row["seconds"] = round(time.perf_counter() - t_round, 4)
+    row.update({f"server_{k}": v for k, v in agg.items()})
+    return row
 
 
 def accept_reply(algo, p, name, rnd: int, msg, reply, rng, spec, replies: list, failures: list, truncated: list,

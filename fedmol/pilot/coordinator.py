@@ -291,7 +291,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     from fedmol.fl import privacy
     from fedmol.fl.algorithm import PartnerInfo
     from fedmol.fl.devices import assign_devices
-    from fedmol.fl.harness import accept_reply, served_width, write_metrics, write_predictions
+    from fedmol.fl.harness import accept_reply, close_row, served_width, write_metrics, write_predictions
     from fedmol.fl.registry import get_algorithm
     from fedmol.models import slicing
     from fedmol.training import score, width_key
@@ -470,12 +470,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
                 failures += traffic["failures"]
                 row.update(failures=len(failures), failure_reasons=" | ".join(failures))
         failures_total += len(failures)
-        row["eval_seconds"] = round(time.perf_counter() - te, 4)
-        row["client_seconds"] = round(client_total, 4)
-        row["server_seconds"] = round(server_time, 4)
-        row["seconds"] = round(time.perf_counter() - t0, 4)
-        row.update({f"server_{k}": v for k, v in agg.items()})
-        rows.append(row)
+        rows.append(close_row(row, te, t0, client_total, server_time, agg))
         log(f"[fedmol pilot] round {rnd}: {len(replies)} partner(s), {len(failures)} failure(s)"
             + (f", SKIPPED ({skipped})" if skipped else "")
             + "".join(f", test {k.split('_', 1)[1]} {v:.4f}" for k, v in row.items() if k.startswith("test_")))
