@@ -245,6 +245,9 @@ def run(
     layers: int = typer.Option(5, "--layers"),
     clients_per_round: Optional[int] = typer.Option(None, "--clients-per-round"),
     eval_every: int = typer.Option(1, "--eval-every"),
+    select: str = typer.Option("best-valid", "--select", help="Which round's global model is reported: best-valid "
+                               "(the evaluated round with the best pooled validation score, as the references' "
+                               "early stopping) | last."),
     faulty_links: float = typer.Option(0.0, "--faulty-links", help="P(an upload is truncated at a random narrower width)."),
     lossy_links: float = typer.Option(0.0, "--lossy-links", help="P(an upload is lost)."),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest for small molecular graphs)."),
@@ -270,7 +273,7 @@ def run(
     cfg = RunConfig(algorithm=algorithm, dataset=dataset, split=str(split) if split else None, partners=partners,
                     alpha=alpha, quantity_skew=quantity_skew, devices=devices, rounds=rounds, seed=seed,
                     clients_per_round=clients_per_round, model=model, hidden=hidden, layers=layers,
-                    eval_every=eval_every, faulty_links=faulty_links, lossy_links=lossy_links,
+                    eval_every=eval_every, select=select, faulty_links=faulty_links, lossy_links=lossy_links,
                     hparams=hparams, data_dir=str(data_dir) if data_dir else None,
                     csv=str(csv) if csv else None, smiles_col=smiles_col, target_cols=target_cols, task=task)
     import torch
@@ -283,6 +286,8 @@ def run(
     else:
         raise FedmolError(f"unknown --backend {backend!r}: inprocess | flower-sim")
     console.print(results_table(f"{algorithm} on {s['dataset']} ({s['rounds']} rounds, {s['seconds']:.0f} s)", s))
+    if s.get("selected_round") is not None:
+        console.print(f"reported: the global model of round {s['selected_round']} ({cfg.select})", highlight=False)
     console.print(f"sent {s['bytes_down'] / 1e6:.2f} MB down, {s['bytes_up'] / 1e6:.2f} MB up; "
                   f"{s['failures']} failed partner-rounds -> {out}")
 

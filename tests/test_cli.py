@@ -44,6 +44,7 @@ def test_featurize_summary_and_report_file(tmp_path):
     (["split", "make", "esol", "--alpha", "0", "--out", "x.json"], "alpha must be > 0"),
     (["split", "make", "freesolv", "--partners", "5000", "--out", "x.json"], "more partners"),
     (["split", "show", "absent.json"], "split file not found"),
+    (["run", "--select", "best", "--out", "x"], "unknown model selection 'best'; known: best-valid, last"),
 ])
 def test_user_mistakes_are_one_line_errors(args, message):
     res = run(*args)

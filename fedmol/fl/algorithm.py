@@ -9,8 +9,8 @@ distillation, FedGen's generator). Algorithms that must ask partners something b
 Boundaries, so the same objects run over Flower between real machines:
 
 * Server methods (``init``, ``configure``, ``aggregate``, ``server_step``, ``eval_model``,
-  ``query``, ``absorb_query``) see :class:`PartnerInfo` only (id, training-set size, device),
-  never a partner's data.
+  ``query``, ``absorb_query``, ``checkpoint``, ``restore``) see :class:`PartnerInfo` only (id,
+  training-set size, device), never a partner's data.
 * Client methods (``client_update``, ``client_query``) are *classmethods*: they cannot reach the
   server's state. They see only the :class:`Message` they received and their own
   :class:`LocalData`, and return a :class:`Message`.
@@ -139,6 +139,21 @@ class Algorithm:
     def state(self) -> dict[str, torch.Tensor]:
         """The final global weights (saved as safetensors)."""
         return {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+
+    def checkpoint_modules(self) -> dict[str, nn.Module]:
+        """The modules that :meth:`eval_model` and :meth:`state` read (what a checkpoint copies)."""
+        return {"model": self.model}
+
+    def checkpoint(self) -> dict:
+        """A copy of everything the served global model depends on (the harness keeps the one of
+        the round it reports, :mod:`fedmol.fl.selection`)."""
+        return {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
+                for name, m in self.checkpoint_modules().items()}
+
+    def restore(self, checkpoint: dict) -> None:
+        """Serve the global model of ``checkpoint`` again (a :meth:`checkpoint` of this run)."""
+        for name, m in self.checkpoint_modules().items():
+            m.load_state_dict(checkpoint[name])
 
     # helpers for subclasses
     def send(self, rnd: int, partner: PartnerInfo, width: float, **extra: Any) -> Message:

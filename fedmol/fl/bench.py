@@ -439,7 +439,7 @@ def settings_notes(s: Suite, threads: int | None) -> list[str]:
     run = {**{f.name: f.default for f in fields(RunConfig) if f.name in RUN_KEYS}, **s.run}
     lines = [f"Suite `{s.name}` ({s.path.name}){': ' + s.description if s.description else ''}."]
     lines.append("Runs: " + ", ".join(f"{k} {run[k]}" for k in ("partners", "rounds", "model", "hidden", "layers",
-                                                                 "dropout", "eval_every")) +
+                                                                 "dropout", "eval_every", "select")) +
                  f"; shared hparams {s.hparams or '{}'}"
                  + "".join(f"; {a.label}: {a.base} {a.hparams}" for a in s.algorithms if a.hparams or a.base != a.label)
                  + f"; seeds {s.seeds}; torch threads {threads}."

@@ -376,6 +376,9 @@ class FedDF(Algorithm):
     def eval_model(self, width: float) -> nn.Module:
         return self._student(width)
 
+    def checkpoint_modules(self) -> dict[str, nn.Module]:
+        return {f"student@{width_key(g)}": m for g, m in self.students.items()}
+
     # ------------------------------------------------------------------ the public pool
     def ensure_pool(self) -> PublicPool:
         """Build the public pool once (see the module docstring for what is excluded)."""

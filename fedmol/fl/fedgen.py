@@ -275,6 +275,9 @@ class FedGen(Algorithm):
         self.trained = True
         return {"gen_teacher_loss": round(t_loss, 6), "gen_diversity_loss": round(d_loss, 6)}
 
+    def checkpoint_modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "generator": self.generator}
+
     def state(self) -> dict[str, Tensor]:
         s = super().state()
         s.update({GEN + k: v.detach().contiguous() for k, v in self.generator.state_dict().items()})

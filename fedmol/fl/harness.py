@@ -19,15 +19,22 @@ A round (seeded: the same seed gives identical metrics):
    with ``accepts_partial_uploads`` aggregate and the others must discard; each failure is logged
    with its reason and counted in ``metrics.csv`` (truncations in their own columns);
 4. ``aggregate`` over the replies that arrived, then ``server_step``;
-5. evaluation of the global model at each width on the global test set (held-out scaffolds).
+5. every ``eval_every`` rounds and after the last: evaluation of the global model at each width on
+   the global test set (held-out scaffolds) and on the pooled validation molecules.
+
+The run reports one round's global model (``select``, :mod:`fedmol.fl.selection`): by default the
+evaluated round with the best pooled validation score -- the rule the references' early stopping
+follows -- else the last round's.
 
 Partners are never held as model copies: a client update builds its model from the message and
 drops it after replying, and partners' datasets are index views of one shared dataset.
 
-Files in ``out_dir``: ``config.json`` (fully resolved), ``metrics.csv`` (one row per round),
-``summary.json`` (with ``privacy``: the DP accounting of :func:`fedmol.fl.privacy.account`, null
-when DP is off; also in config.json), ``model.safetensors`` (final global weights),
-``test_predictions.csv`` (the final model's predictions on the global test set at every width)
+Files in ``out_dir``: ``config.json`` (fully resolved), ``metrics.csv`` (one row per round; test
+and validation scores on evaluated rounds), ``summary.json`` (the reported model's ``test`` and
+``valid`` by width, ``selected_round``, ``test_last``; ``privacy``: the DP accounting of
+:func:`fedmol.fl.privacy.account`, null when DP is off, also in config.json),
+``model.safetensors`` (the reported global weights), ``test_predictions.csv`` (the reported
+model's predictions on the global test set at every width)
 and ``sent.jsonl`` (one line per message a partner sent: array names, shapes, bytes, metrics, and
 the values of anything the algorithm declares as extra disclosure, e.g. FedGen's label counts).
 """
@@ -56,6 +63,7 @@ from fedmol.fl import privacy
 from fedmol.fl.algorithm import LocalData, PartnerInfo
 from fedmol.fl.devices import assign_devices
 from fedmol.fl.registry import get_algorithm
+from fedmol.fl.selection import RoundSelector, check_selection
 from fedmol.models import slicing
 from fedmol.training import predict, score, width_key
 
@@ -77,6 +85,7 @@ class RunConfig:
     layers: int = 5
     dropout: float = 0.5
     eval_every: int = 1
+    select: str = "best-valid"  # which round's model is reported: "best-valid" | "last" (fedmol.fl.selection)
     faulty_links: float = 0.0  # P(upload truncated at a random narrower width), for every partner
     lossy_links: float = 0.0   # P(upload lost), for every partner
     hparams: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +136,7 @@ def served_width(widths: tuple[float, ...], cap: float) -> float:
 
 def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     t_start = time.perf_counter()
+    check_selection(cfg.select)
     fed = build_federation(cfg, progress)
     ds = fed.dataset
     evaluator = Evaluator(ds.task_type, ds.num_tasks)
@@ -142,6 +152,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
     spec = slicing.slice_spec(algo.model)  # how tensors nest: used to model truncated uploads
     dp = privacy.account(algo.hp, [p.device.p_online for p in fed.infos], cfg.clients_per_round, cfg.rounds)
     rng = np.random.default_rng([cfg.seed, 11])
+    selector = RoundSelector(cfg.select, metric)
     rows, sent, bytes_up, bytes_down, failures_total = [], [], 0, 0, 0
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -150,12 +161,8 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
 
     traffic = {"down": 0, "up": 0, "log": [], "round": 0}
 
-    def evaluate(dataset) -> dict[str, float]:
-        res = {}
-        for w in widths:
-            _query(algo, fed, w, traffic)
-            res[width_key(w)] = score(algo.eval_model(w), dataset, evaluator, w)[metric]
-        return res
+    def query(w: float) -> None:
+        _query(algo, fed, w, traffic)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.fields[info]}"), disable=not progress, transient=True) as bar:
@@ -194,8 +201,10 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
             te = time.perf_counter()
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds - 1:
                 traffic.update(down=0, up=0, round=rnd)
-                for w, v in evaluate(fed.test).items():
-                    row[f"test_{metric}@{w}"] = v
+                scores = evaluate_widths(algo, widths, {"test": fed.test, "valid": fed.valid}, evaluator, query)
+                for where, by_width in scores.items():
+                    row.update({f"{where}_{metric}@{w}": v for w, v in by_width.items()})
+                selector.observe(rnd, scores["valid"], algo)
                 # evaluation queries (e.g. HeteroFL's static-BN statistics) are real traffic too
                 row["bytes_down"] += traffic["down"]
                 row["bytes_up"] += traffic["up"]
@@ -204,19 +213,19 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
                 traffic["log"] = []
             rows.append(close_row(row, te, t0, client_total, server_time, agg))
             bar.update(task, advance=1, info=_info(row, metric, widths))
-    test = {k: v for k, v in rows[-1].items() if k.startswith(f"test_{metric}@")}
-    test = {k.split("@")[1]: v for k, v in test.items()}
-    valid = evaluate(fed.valid)
+    selected = selector.finish(algo, rows[-1]["round"])
+    test, valid = (scores_of(rows, selected, where, metric) for where in ("test", "valid"))
     per_partner = []
     for p in fed.infos:
         w = served_width(widths, p.device.max_width)
-        _query(algo, fed, w, traffic)
+        query(w)
         per_partner.append(dict(partner=p.pid, width=w, n_train=p.n_train, n_valid=len(fed.local[p.pid].valid),
                                 test=test[width_key(w)],
                                 valid=score(algo.eval_model(w), fed.local[p.pid].valid, evaluator, w)[metric]))
     extra = {"public_pool": algo.pool.report} if getattr(algo, "pool", None) is not None else {}
-    summary = dict(dataset=ds.name, metric=metric, algorithm=cfg.algorithm, test=test, valid=valid, **extra,
-                   per_partner=per_partner, bytes_up=bytes_up, bytes_down=bytes_down, failures=failures_total,
+    summary = dict(dataset=ds.name, metric=metric, algorithm=cfg.algorithm, test=test, valid=valid,
+                   selected_round=selected, selection=selector.describe(),
+                   test_last=scores_of(rows, rows[-1]["round"], "test", metric), **extra, per_partner=per_partner, bytes_up=bytes_up, bytes_down=bytes_down, failures=failures_total,
                    rounds=cfg.rounds, privacy=dp, seconds=round(time.perf_counter() - t_start, 2))
     if out is not None:
         write_predictions(out / "test_predictions.csv", algo, fed, widths)
@@ -230,6 +239,26 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
         os.replace(tmp, out / "summary.json")
     summary["history"] = rows
     return summary
+
+
+def evaluate_widths(algo, widths, datasets: dict, evaluator: Evaluator, query) -> dict[str, dict[str, float]]:
+    """The global model's metric at every served width on each of ``datasets`` (name -> dataset),
+    as ``{name: {width key: value}}``; ``query(width)`` runs first at each width (an algorithm's
+    pre-evaluation question to the partners, e.g. HeteroFL's static BN). Both round drivers use it."""
+    out: dict[str, dict[str, float]] = {name: {} for name in datasets}
+    for w in widths:
+        query(w)
+        model = algo.eval_model(w)
+        for name, data in datasets.items():
+            out[name][width_key(w)] = score(model, data, evaluator, w)[evaluator.eval_metric]
+    return out
+
+
+def scores_of(rows: list[dict], rnd: int, where: str, metric: str) -> dict[str, float]:
+    """``{width key: value}`` of the ``where`` ("test" | "valid") scores in round ``rnd``'s metrics row."""
+    row = next(r for r in rows if r["round"] == rnd)
+    prefix = f"{where}_{metric}@"
+    return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)}
 
 
 def close_row(row: dict, t_eval: float, t_round: float, client_total: float, server_time: float, agg: dict) -> dict:

@@ -315,6 +315,17 @@ class HeteroFL(Algorithm):
         slicing.load_sub_state_dict(model, cached[1], float(width), strict=False)
         return model.eval()
 
+    def checkpoint(self) -> dict:
+        """The weights and the static-BN statistics already pooled for them (no query repeated)."""
+        ck = super().checkpoint()
+        ck["sbn"] = {w: stats for w, (version, stats) in self._bn_stats.items() if version == self._version}
+        return ck
+
+    def restore(self, checkpoint: dict) -> None:
+        super().restore(checkpoint)
+        self._version += 1  # other weights: only the checkpoint's own statistics are valid for them
+        self._bn_stats = {w: (self._version, stats) for w, stats in checkpoint["sbn"].items()}
+
     def state(self) -> dict[str, Tensor]:
         """Global weights; BN running statistics are the pooled full-width sBN statistics when they
         were computed for these weights (else identity)."""

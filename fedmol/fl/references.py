@@ -230,8 +230,9 @@ def reference_config(cfg: RunConfig, reference: str, model: str, min_epochs: int
     """What a reference result depends on (written as ``config.json``; the benchmark's resume check)."""
     from dataclasses import asdict
 
-    # what a reference does not depend on: the algorithm, sampling, evaluation schedule, links, data folder
-    skip = {"algorithm", "data_dir", "eval_every", "clients_per_round", "faulty_links", "lossy_links"}
+    # what a reference does not depend on: the algorithm, sampling, evaluation schedule and model selection
+    # of a federated run, links, data folder
+    skip = {"algorithm", "data_dir", "eval_every", "select", "clients_per_round", "faulty_links", "lossy_links"}
     run = {k: v for k, v in asdict(cfg).items() if k not in skip}
     run["hparams"] = {k: v for k, v in (cfg.hparams or {}).items() if k in TRAIN_KEYS}
     conf = dict(reference=reference, model=model, run=run, split=split_versions())

@@ -67,6 +67,9 @@ class RunSettings(Strict):
     layers: Annotated[int, Field(ge=1, le=MAX_LAYERS)]
     dropout: Prob
     eval_every: Annotated[int, Field(ge=1)]
+    #: which round's model the run reports (fedmol.fl.selection); absent in runs made before it existed,
+    #: which reported the last round
+    select: Literal["best-valid", "last"] = "last"
     faulty_links: Prob
     lossy_links: Prob
     hparams: dict[str, HParam]

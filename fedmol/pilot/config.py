@@ -42,6 +42,7 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "layers": 5,
     "dropout": 0.5,
     "eval-every": 1,
+    "select": "last",
     "faulty-links": 0.0,
     "lossy-links": 0.0,
     "hparams": "{}",
@@ -77,6 +78,8 @@ class PilotSettings:
     layers: int = 5
     dropout: float = 0.5
     eval_every: int = 1
+    #: which round's model is reported (fedmol.fl.selection); "best-valid" needs a split (its validation rows)
+    select: str = "last"
     faulty_links: float = 0.0
     lossy_links: float = 0.0
     hparams: dict = field(default_factory=dict)

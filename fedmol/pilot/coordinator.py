@@ -21,9 +21,12 @@ benchmark with the same arguments give the same metrics:
    own (fedmol's nested aggregation);
 4. evaluation of the global model at every width on the global test set happens here (the test
    set is held by the benchmark organizer, never a partner); queries an algorithm needs first
-   (HeteroFL's static BN) go to every partner;
-5. at the end each partner scores the model at its served width on its own validation molecules
-   (their union never leaves the partners, so ``summary.json``'s ``valid`` is the
+   (HeteroFL's static BN) go to every partner. On a benchmark split (``fedmol pilot demo``,
+   ``--backend flower-sim``) the organizer also knows the partners' validation rows and scores
+   the pooled validation set, so ``select = "best-valid"`` reports the same round's model as the
+   harness (:mod:`fedmol.fl.selection`); a pilot with a test CSV reports the last round;
+5. at the end each partner scores the reported model at its served width on its own validation
+   molecules (their union never leaves the partners, so ``summary.json``'s ``valid`` is the
    n_valid-weighted mean of the partners' scores, not the harness's pooled score).
 
 With differential privacy on (hp ``dp_clip``), the sites clip their updates
@@ -203,7 +206,8 @@ class Partner:
 
 
 def load_test_set(s: PilotSettings):
-    """The global test set the organizer holds: a split's test rows, or a test CSV."""
+    """``(dataset, test set, split or None)``: the global test set the organizer holds, a split's
+    test rows or a test CSV."""
     from fedmol.data.dataset import load_dataset
     from fedmol.data.splits import dataset_for_split, read_split
 
@@ -291,17 +295,27 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     from fedmol.fl import privacy
     from fedmol.fl.algorithm import PartnerInfo
     from fedmol.fl.devices import assign_devices
-    from fedmol.fl.harness import accept_reply, close_row, served_width, write_metrics, write_predictions
+    from fedmol.fl.harness import (accept_reply, close_row, evaluate_widths, scores_of, served_width, write_metrics,
+                                   write_predictions)
     from fedmol.fl.registry import get_algorithm
+    from fedmol.fl.selection import RoundSelector, check_selection
     from fedmol.models import slicing
-    from fedmol.training import score, width_key
+    from fedmol.training import width_key
 
     if s.threads > 0:
         torch.set_num_threads(s.threads)
     t_start = time.perf_counter()
+    check_selection(s.select)
     ds, test, split = load_test_set(s)
     evaluator = Evaluator(ds.task_type, ds.num_tasks)
     metric = evaluator.eval_metric
+    scored = {"test": test}
+    if split is not None:  # the organizer's split file lists the partners' validation rows (as the harness)
+        scored["valid"] = ds.select_rows(sorted(r for p in split["partners"] for r in p["valid"]))
+    elif s.select == "best-valid":
+        raise PilotError("select = best-valid needs the pooled validation molecules, which only a benchmark split "
+                         "gives the coordinator; a pilot with a test CSV reports the last round (select = last)")
+    selector = RoundSelector(s.select, metric)
     algo_cls = get_algorithm(s.algorithm)
     name = algo_cls.name or s.algorithm
 
@@ -458,9 +472,11 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
         te = time.perf_counter()
         if rnd % s.eval_every == 0 or rnd == s.rounds - 1:
             traffic.update(down=0, up=0, round=rnd, failures=[])
-            for w in widths:
-                query(w)
-                row[f"test_{metric}@{width_key(w)}"] = score(algo.eval_model(w), test, evaluator, w)[metric]
+            scores = evaluate_widths(algo, widths, scored, evaluator, query)
+            for where, by_width in scores.items():
+                row.update({f"{where}_{metric}@{w}": v for w, v in by_width.items()})
+            if "valid" in scores:
+                selector.observe(rnd, scores["valid"], algo)
             row["bytes_down"] += traffic["down"]
             row["bytes_up"] += traffic["up"]
             bytes_down, bytes_up = bytes_down + traffic["down"], bytes_up + traffic["up"]
@@ -477,7 +493,8 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
         with open(out / "progress.jsonl", "a") as f:
             f.write(json.dumps({k: v for k, v in row.items()}) + "\n")
 
-    test_scores = {k.split("@")[1]: v for k, v in rows[-1].items() if k.startswith(f"test_{metric}@")}
+    selected = selector.finish(algo, rows[-1]["round"])
+    test_scores = scores_of(rows, selected, "test", metric)
 
     # -- validation at the partners ---------------------------------------------------------------
     traffic.update(round=s.rounds, failures=[])
@@ -508,7 +525,8 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
         if vals:
             valid[width_key(w)] = sum(n * v for n, v in vals) / sum(n for n, _ in vals)
     summary = dict(dataset=ds.name, metric=metric, algorithm=s.algorithm, test=test_scores, valid=valid,
-                   per_partner=per_partner, bytes_up=bytes_up, bytes_down=bytes_down, failures=failures_total,
+                   selected_round=selected, selection=selector.describe(),
+                   test_last=scores_of(rows, rows[-1]["round"], "test", metric), per_partner=per_partner, bytes_up=bytes_up, bytes_down=bytes_down, failures=failures_total,
                    rounds=s.rounds, privacy=dp, seconds=round(time.perf_counter() - t_start, 2), backend="flower",
                    valid_kind="n_valid-weighted mean of the partners' own validation scores at their served width",
                    partners=len(partners), refused=[e for e in nodes_report if e["status"] != "accepted"],
@@ -537,7 +555,7 @@ def _resolved(s: PilotSettings, algo, ds, test, split, partners: list[Partner], 
                     alpha=spec.get("alpha", float("nan")), quantity_skew=spec.get("quantity_skew", 0.0),
                     devices=s.devices, rounds=s.rounds, seed=s.seed, clients_per_round=s.clients_per_round or None,
                     model=s.model, hidden=s.hidden, layers=s.layers, dropout=s.dropout, eval_every=s.eval_every,
-                    faulty_links=s.faulty_links, lossy_links=s.lossy_links, hparams=s.hparams,
+                    select=s.select, faulty_links=s.faulty_links, lossy_links=s.lossy_links, hparams=s.hparams,
                     data_dir=s.data_dir or None)
     return dict(
         run=dataclasses.asdict(run),

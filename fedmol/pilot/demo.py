@@ -59,7 +59,7 @@ def settings_for(cfg: RunConfig, split_path: Path, out: Path, partners: int, rou
     return PilotSettings(
         algorithm=cfg.algorithm, rounds=cfg.rounds, seed=cfg.seed, partners=partners, devices=cfg.devices,
         clients_per_round=cfg.clients_per_round or 0, model=cfg.model, hidden=cfg.hidden, layers=cfg.layers,
-        dropout=cfg.dropout, eval_every=cfg.eval_every, faulty_links=cfg.faulty_links, lossy_links=cfg.lossy_links,
+        dropout=cfg.dropout, eval_every=cfg.eval_every, select=cfg.select, faulty_links=cfg.faulty_links, lossy_links=cfg.lossy_links,
         hparams=dict(cfg.hparams), split=str(split_path),
         data_dir=str(Path(cfg.data_dir).resolve()) if cfg.data_dir else "", out_dir=str(out.resolve()),
         round_timeout=float(round_timeout), connect_timeout=float(connect_timeout), threads=threads,

@@ -163,3 +163,33 @@ def _bace_csv():
     from fedmol.data.sources import resolve_file
     from fedmol.data.registry import get_info
     return resolve_file(get_info("bace"), progress=False)[0]
+
+
+def test_parity_when_an_earlier_round_is_reported(bace_split, tmp_path, monkeypatch):
+    """Both drivers put the same earlier round's model back (HeteroFL: with its static-BN statistics)."""
+    from fedmol.fl import harness, selection
+
+    class FirstRoundWins(selection.RoundSelector):
+        def observe(self, rnd, valid, algo):
+            return super().observe(rnd, {k: 1.0 - rnd for k in valid}, algo)
+
+    monkeypatch.setattr(harness, "RoundSelector", FirstRoundWins)
+    monkeypatch.setattr(selection, "RoundSelector", FirstRoundWins)
+    cfg = tiny(algorithm="heterofl", devices="tiered", rounds=3)
+    h = run_federated(cfg, tmp_path / "harness", progress=False)
+    p, _ = local_run(cfg, bace_split, tmp_path / "pilot")
+    assert h["selected_round"] == p["selected_round"] == 0 and h["test"] != h["test_last"]
+    assert_parity(h, p)
+    assert p["test_last"] == pytest.approx(h["test_last"], abs=1e-4)
+    assert (tmp_path / "pilot" / "test_predictions.csv").read_text() == \
+        (tmp_path / "harness" / "test_predictions.csv").read_text()
+
+
+def test_best_valid_selection_needs_a_split(tmp_path):
+    test_csv = tmp_path / "test.csv"
+    test_csv.write_text("smiles,y\nCCO,1\nCCN,0\nc1ccccc1,1\n")
+    s = PilotSettings(select="best-valid", test_csv=str(test_csv), smiles_col="smiles", target_cols="y",
+                      task="classification", out_dir=str(tmp_path / "out"), connect_timeout=0.1)
+    with pytest.raises(PilotError, match="select = best-valid needs the pooled validation molecules"):
+        run_coordinator(LocalLink({}), s, log=lambda m: None)
+    assert "best-valid" in json.loads((tmp_path / "out" / "pilot_error.json").read_text())["error"]
