@@ -200,7 +200,8 @@ def train(
     seed: int = typer.Option(0, "--seed", "-s"),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: summary.json + model.safetensors."),
     epochs: int = typer.Option(100, "--epochs"),
-    patience: int = typer.Option(30, "--patience", help="Stop after this many epochs without a better valid metric."),
+    patience: int = typer.Option(30, "--patience", min=0, help="Stop after this many epochs without a better valid "
+                                 "metric (0: train every epoch, as Hu et al. 2020)."),
     hidden: int = typer.Option(300, "--hidden"),
     layers: int = typer.Option(5, "--layers"),
     batch_size: int = typer.Option(32, "--batch-size"),
@@ -221,7 +222,8 @@ def train(
                           hidden=hidden, layers=layers, batch_size=batch_size, lr=lr, split_protocol=split_protocol)
     (k, v), = s["test"].items()
     console.print(f"{s['dataset']} {model} width {k}: test {s['metric']} {v:.4f} (valid {s['valid'][k]:.4f}, "
-                  f"best epoch {s['best_epoch']}, {s['seconds']:.0f} s) -> {out}/summary.json")
+                  f"best epoch {s['best_epoch']}; last epoch {s['last_epoch']}: test {s['test_last'][k]:.4f}; "
+                  f"{s['seconds']:.0f} s) -> {out}/summary.json")
 
 
 # run ---------------------------------------------------------------------------------------------------

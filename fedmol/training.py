@@ -89,13 +89,15 @@ def train_epoch(model, loader: Iterable, optimizer: torch.optim.Optimizer, width
 
 def fit(model, train, valid, evaluator: Evaluator, *, seed: int, epochs: int, lr: float = 1e-3,
         weight_decay: float = 0.0, batch_size: int = 32, clip: float | None = None, max_steps: int | None = None,
-        patience: int | None = None, on_epoch: Callable | None = None) -> dict:
+        patience: int | None = None, on_epoch: Callable | None = None, test=None) -> dict:
     """Train ``model`` with Adam and early stopping on ``valid``; the best epoch's weights are kept.
 
     Without a usable validation metric (e.g. one class only) the last epoch is kept. ``on_epoch(epoch,
-    stats, valid_metric, best)`` is called after every epoch (progress bars). Returns ``{"valid": best
-    metric, "best_epoch", "epochs_run", "history": [{"epoch", "loss", "valid"}, ...]}``; the model is
-    left in eval mode.
+    stats, valid_metric, best)`` is called after every epoch (progress bars). ``test``: a dataset
+    scored after every epoch too, for the record only (the last-epoch protocol of Hu et al. 2020;
+    it never influences which epoch is kept). Returns ``{"valid": best metric, "best_epoch",
+    "epochs_run", "history": [{"epoch", "loss", "valid"[, "test"]}, ...]}``; the model is left in
+    eval mode.
     """
     metric = evaluator.eval_metric
     seed_everything(seed)
@@ -106,6 +108,8 @@ def fit(model, train, valid, evaluator: Evaluator, *, seed: int, epochs: int, lr
         stats = train_epoch(model, loader, opt, max_steps=max_steps, clip=clip)
         v = score(model, valid, evaluator)[metric] if len(valid) else float("nan")
         history.append({"epoch": epoch, "loss": stats["loss"], "valid": v})
+        if test is not None:
+            history[-1]["test"] = score(model, test, evaluator)[metric] if len(test) else float("nan")
         if best_state is None or Evaluator.better(metric, v, best) or (np.isnan(v) and np.isnan(best)):
             best, best_epoch = v, epoch
             best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}

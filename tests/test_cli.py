@@ -138,3 +138,17 @@ def test_run_on_a_partner_csv(tmp_path, data_dir):
     assert res.exit_code == 0, res.output
     s = json.loads((out / "summary.json").read_text())
     assert s["dataset"] == "csv:partner" and 0 <= s["test"]["1.0"] <= 1
+
+
+def test_train_records_the_last_epoch_protocol(tmp_path):
+    """--patience 0 trains every epoch; the test score after each epoch is recorded (Hu et al.'s last-epoch
+    protocol) and never changes which epoch is kept."""
+    res = run("train", "bace", "--epochs", 3, "--patience", 0, "--hidden", 16, "--layers", 2, "--out", tmp_path / "a")
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert s["epochs_run"] == 3 and s["last_epoch"] == 2 and s["config"]["patience"] is None
+    assert [h["epoch"] for h in s["history"]] == [0, 1, 2] and all(0 <= h["test"] <= 1 for h in s["history"])
+    assert s["test_last"]["1.0"] == s["history"][-1]["test"]
+    best = s["history"][s["best_epoch"]]
+    assert s["valid"]["1.0"] == best["valid"] and s["test"]["1.0"] == pytest.approx(best["test"], abs=1e-12)
+    assert "last epoch 2: test" in " ".join(res.output.split())
