@@ -1,8 +1,10 @@
 """The coordinator: the harness's round loop over real partners (Flower nodes).
 
-It runs the harness's :class:`~fedmol.fl.algorithm.Algorithm` objects unchanged and reproduces
-:func:`fedmol.fl.harness.run_federated` draw for draw, so a pilot on K nodes and the in-process
-benchmark with the same arguments give the same metrics:
+It runs the harness's :class:`~fedmol.fl.algorithm.Algorithm` objects unchanged through the same
+:class:`~fedmol.fl.driver.RoundDriver` as :func:`fedmol.fl.harness.run_federated`, over a
+:class:`LinkTransport` instead of in-process partners, so a pilot on K nodes and the in-process
+benchmark with the same arguments give the same metrics, draw for draw. What only a coordinator
+does:
 
 1. wait (at most ``connect-timeout``) for the expected nodes; send each a ``hello`` and learn its
    partition id, training-set size and width cap (from the node's own config) and check its
@@ -10,15 +12,12 @@ benchmark with the same arguments give the same metrics:
 2. partners are the accepted nodes in partition-id order; device profiles come from
    ``--devices`` as in the harness (:func:`fedmol.fl.devices.assign_devices` on the reported
    sizes), except that each partner's ``max_width`` is its node's ``width-cap``;
-3. every round draws online partners and samples exactly as the harness (``numpy`` generator
-   seeded with ``[seed, 11]``, never the global ``random``), builds one message per partner with
-   ``algorithm.configure`` (per-partner width), sends them all, and waits at most
-   ``round-timeout`` seconds; then, in partner order and with the harness's draws, applies the
-   simulated faults of the device profile (drop, upload loss, truncation) and the real ones: no
-   reply before the deadline, an error reply (a ClientApp exception, a refusal), a reply that does
-   not match the model or is not finite. Each failure is in ``metrics.csv`` with its reason; the
-   round goes on with the partners that answered and ``algorithm.aggregate`` is the algorithm's
-   own (fedmol's nested aggregation);
+3. in a round, the training messages go out at once and the answers are awaited at most
+   ``round-timeout`` seconds; besides the simulated faults of the device profile (drop, upload
+   loss, truncation), the real ones are failures with their reason: no reply before the deadline
+   (that node is not asked again this round), an error reply (a ClientApp exception, a refusal), a
+   reply that does not match the model or is not finite; a round with fewer usable replies than
+   ``min-partners`` is not aggregated;
 4. evaluation of the global model at every width on the global test set happens here (the test
    set is held by the benchmark organizer, never a partner); queries an algorithm needs first
    (HeteroFL's static BN) go to every partner. On a benchmark split (``fedmol pilot demo``,
@@ -34,10 +33,9 @@ With differential privacy on (hp ``dp_clip``), the sites clip their updates
 noise here, and ``summary.json`` / ``config.json`` carry the ``privacy`` accounting of
 :func:`fedmol.fl.privacy.account`, exactly as the harness writes it (:mod:`fedmol.fl.privacy`).
 
-Transport is a :class:`Link`: :class:`GridLink` over a Flower ``Grid`` (push, then pull only the
-pending replies until the deadline), or :class:`LocalLink` in-process (tests).
+Links: :class:`GridLink` over a Flower ``Grid`` (push, then pull only the pending replies until
+the deadline), or :class:`LocalLink` in-process (tests).
 """
-
 from __future__ import annotations
 
 import base64
@@ -47,10 +45,8 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Protocol
 
-import numpy as np
 import torch
 
 from fedmol.fl.message import Message
@@ -289,16 +285,13 @@ def run_coordinator(link: Link, s: PilotSettings, log=print) -> dict:
 
 
 def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
-    from safetensors.torch import save_file
-
     from fedmol.evaluate import Evaluator
     from fedmol.fl import privacy
     from fedmol.fl.algorithm import PartnerInfo
     from fedmol.fl.devices import assign_devices
-    from fedmol.fl.harness import (accept_reply, close_row, evaluate_widths, scores_of, served_width, write_metrics,
-                                   write_predictions)
+    from fedmol.fl.driver import RoundDriver, served_width
     from fedmol.fl.registry import get_algorithm
-    from fedmol.fl.selection import RoundSelector, check_selection
+    from fedmol.fl.selection import check_selection
     from fedmol.models import slicing
     from fedmol.training import width_key
 
@@ -315,7 +308,6 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     elif s.select == "best-valid":
         raise PilotError("select = best-valid needs the pooled validation molecules, which only a benchmark split "
                          "gives the coordinator; a pilot with a test CSV reports the last round (select = last)")
-    selector = RoundSelector(s.select, metric)
     algo_cls = get_algorithm(s.algorithm)
     name = algo_cls.name or s.algorithm
 
@@ -374,141 +366,45 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     partners = [Partner(accepted[p][0], p, PartnerInfo(i, sizes[i], devices[i]),
                         int(accepted[p][1].msg.metrics["n_valid"]), devices[i].max_width)
                 for i, p in enumerate(pids)]
-    by_index = {pt.info.pid: pt for pt in partners}
 
-    # -- algorithm (as the harness) -------------------------------------------------------------
+    # -- algorithm and rounds (the harness's RoundDriver, over the network) -----------------------
     model_config = dict(name=s.model, num_tasks=ds.num_tasks, hidden=s.hidden, layers=s.layers,
                         task_type=ds.task_type, dropout=s.dropout)
     algo = algo_cls(model_config, s.hparams, s.seed)
     algo.init([pt.info for pt in partners])
-    widths = tuple(sorted(algo.widths(), reverse=True))
-    spec = slicing.slice_spec(algo.model)
     dp = privacy.account(algo.hp, [pt.info.device.p_online for pt in partners], s.clients_per_round or None,
                          s.rounds)
-    rng = np.random.default_rng([s.seed, 11])
-    rows, sent, bytes_up, bytes_down, failures_total = [], [], 0, 0, 0
     (out / "config.json").write_text(json.dumps(_resolved(s, algo, ds, test, split, partners, nodes_report, dp), indent=1))
-    traffic = {"down": 0, "up": 0, "log": [], "round": 0, "failures": []}
-    unresponsive: set[int] = set()  # nodes that missed the last deadline: not asked again this round
+    transport = LinkTransport(link, partners, algo, name, s.round_timeout)
+    driver = RoundDriver(algo, [pt.info for pt in partners], transport, seed=s.seed, rounds=s.rounds,
+                         evaluator=evaluator, scored=scored, select=s.select, eval_every=s.eval_every,
+                         clients_per_round=s.clients_per_round or None, min_partners=s.min_partners)
 
-    def query(width: float) -> None:
-        q = algo.query(width)
-        if q is None:
-            return
-        targets = [pt for pt in partners if pt.node_id not in unresponsive]
-        got = link.exchange(QUERY, {pt.node_id: (q, _meta(QUERY, traffic["round"], name)) for pt in targets},
-                            f"query-{traffic['round']}-{width_key(width)}", s.round_timeout)
-        ok = []
-        for pt in targets:
-            r = got[pt.node_id]
-            if r.ok:
-                ok.append((pt.info, r.msg))
-            else:
-                traffic["failures"].append(f"partner {pt.partition_id}: query at width {width:g} failed: {r.reason}")
-                if r.timed_out:
-                    unresponsive.add(pt.node_id)
-        traffic["down"] += q.nbytes() * len(targets)
-        traffic["up"] += sum(m.nbytes() for _, m in ok)
-        traffic["log"] += [dict(round=traffic["round"], partner=by_index[p.pid].partition_id, kind="query",
-                                bytes=m.nbytes(), arrays=m.describe(), metrics=m.metrics) for p, m in ok]
-        algo.absorb_query(width, ok)
-
-    for rnd in range(s.rounds):
-        t0 = time.perf_counter()
-        unresponsive.clear()
-        online = [pt for pt in partners if rng.random() < pt.info.device.p_online]
-        if s.clients_per_round and len(online) > s.clients_per_round:
-            pick = rng.choice(len(online), s.clients_per_round, replace=False)
-            online = [online[i] for i in sorted(pick)]
-        configured, down = [], 0
-        for pt in online:
-            msg = algo.configure(rnd, pt.info)
-            if msg is None:
-                continue
-            down += msg.nbytes()
-            configured.append((pt, msg))
-        got = link.exchange(TRAIN, {pt.node_id: (msg, _meta(TRAIN, rnd, name)) for pt, msg in configured},
-                            str(rnd), s.round_timeout)
-        state = algo.model.state_dict()
-        replies, failures, truncated, up, client_time, client_total = [], [], [], 0, 0.0, 0.0
-        for pt, msg in configured:
-            p = pt.info
-            if rng.random() < p.device.p_drop:
-                failures.append(f"partner {pt.partition_id}: dropped out mid-round")
-                continue
-            r = got[pt.node_id]
-            if not r.ok:
-                failures.append(f"partner {pt.partition_id}: {r.reason}")
-                if r.timed_out:
-                    unresponsive.add(pt.node_id)
-                continue
-            reply = r.msg
-            dt = float(r.meta.get("seconds", 0.0))  # the partner's own compute time
-            client_total += dt
-            client_time = max(client_time, dt / p.device.speed)
-            bad = _check_reply(reply, state, p.n_train)  # a reply from the network may not even fit the model
-            if bad:
-                failures.append(f"partner {pt.partition_id}: {bad}")
-                continue
-            up += accept_reply(algo, p, pt.partition_id, rnd, msg, reply, rng, spec, replies, failures, truncated, sent)
-        ts = time.perf_counter()
-        skipped = ""
-        if len(replies) < s.min_partners:  # too few partners: the algorithm sees no update, the model stays
-            skipped = (f"{len(replies)} usable repl{'y' if len(replies) == 1 else 'ies'} by the deadline, fewer "
-                       f"than min-partners {s.min_partners}: not aggregated, global model unchanged")
-            agg = algo.aggregate(rnd, [])
-        else:
-            agg = algo.aggregate(rnd, replies)
-            agg.update(algo.server_step(rnd))
-        server_time = time.perf_counter() - ts
-        bytes_up, bytes_down = bytes_up + up, bytes_down + down
-        row = dict(round=rnd, participants=len(replies), partners=";".join(str(by_index[p.pid].partition_id)
-                                                                            for p, _ in replies),
-                   failures=len(failures), failure_reasons=" | ".join(failures), truncated=len(truncated),
-                   truncations=" | ".join(truncated), bytes_up=up, bytes_down=down,
-                   sim_client_seconds=round(client_time, 4))
-        if s.min_partners:
-            row.update(aggregated=int(not skipped), skipped_reason=skipped)
-        te = time.perf_counter()
-        if rnd % s.eval_every == 0 or rnd == s.rounds - 1:
-            traffic.update(down=0, up=0, round=rnd, failures=[])
-            scores = evaluate_widths(algo, widths, scored, evaluator, query)
-            for where, by_width in scores.items():
-                row.update({f"{where}_{metric}@{w}": v for w, v in by_width.items()})
-            if "valid" in scores:
-                selector.observe(rnd, scores["valid"], algo)
-            row["bytes_down"] += traffic["down"]
-            row["bytes_up"] += traffic["up"]
-            bytes_down, bytes_up = bytes_down + traffic["down"], bytes_up + traffic["up"]
-            sent += traffic["log"]
-            traffic["log"] = []
-            if traffic["failures"]:
-                failures += traffic["failures"]
-                row.update(failures=len(failures), failure_reasons=" | ".join(failures))
-        failures_total += len(failures)
-        rows.append(close_row(row, te, t0, client_total, server_time, agg))
-        log(f"[fedmol pilot] round {rnd}: {len(replies)} partner(s), {len(failures)} failure(s)"
+    def on_round(row: dict) -> None:
+        skipped = row.get("skipped_reason")
+        log(f"[fedmol pilot] round {row['round']}: {row['participants']} partner(s), {row['failures']} failure(s)"
             + (f", SKIPPED ({skipped})" if skipped else "")
             + "".join(f", test {k.split('_', 1)[1]} {v:.4f}" for k, v in row.items() if k.startswith("test_")))
         with open(out / "progress.jsonl", "a") as f:
-            f.write(json.dumps({k: v for k, v in row.items()}) + "\n")
+            f.write(json.dumps(row) + "\n")
 
-    selected = selector.finish(algo, rows[-1]["round"])
-    test_scores = scores_of(rows, selected, "test", metric)
+    driver.run(on_round)
+    selected = driver.finish()
+    test_scores = driver.scores(selected, "test")
 
     # -- validation at the partners ---------------------------------------------------------------
-    traffic.update(round=s.rounds, failures=[])
+    widths = driver.widths
     needed = sorted({served_width(widths, pt.width_cap) for pt in partners}, reverse=True)
     vmsgs = {}
     for w in needed:
-        query(w)
+        driver.query(w)
         vmsgs[w] = Message(arrays=slicing.sub_state_dict(algo.eval_model(w), w),
                            config={"width": float(w), "model": algo.model_config, "purpose": "validate"})
-    targets = [pt for pt in partners if pt.node_id not in unresponsive]
+    targets = [pt for pt in partners if pt.node_id not in transport.unresponsive]
     got = link.exchange(VALIDATE, {pt.node_id: (vmsgs[served_width(widths, pt.width_cap)],
                                                 _meta(VALIDATE, s.rounds, name)) for pt in targets},
                         "validate", s.round_timeout)
-    per_partner, valid_failures = [], list(traffic["failures"])
+    per_partner, valid_failures = [], list(driver.close_traffic(s.rounds)["failures"])
     for pt in partners:
         w = served_width(widths, pt.width_cap)
         r = got.get(pt.node_id) or Reply(False, reason="not asked: it missed the last deadline")
@@ -524,23 +420,67 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
                 if e["width"] == w and math.isfinite(e["valid"]) and e["n_valid"] > 0]
         if vals:
             valid[width_key(w)] = sum(n * v for n, v in vals) / sum(n for n, _ in vals)
-    summary = dict(dataset=ds.name, metric=metric, algorithm=s.algorithm, test=test_scores, valid=valid,
-                   selected_round=selected, selection=selector.describe(),
-                   test_last=scores_of(rows, rows[-1]["round"], "test", metric), per_partner=per_partner, bytes_up=bytes_up, bytes_down=bytes_down, failures=failures_total,
-                   rounds=s.rounds, privacy=dp, seconds=round(time.perf_counter() - t_start, 2), backend="flower",
-                   valid_kind="n_valid-weighted mean of the partners' own validation scores at their served width",
-                   partners=len(partners), refused=[e for e in nodes_report if e["status"] != "accepted"],
-                   validation_failures=valid_failures)
-    write_predictions(out / "test_predictions.csv", algo, SimpleNamespace(test=test, dataset=ds), widths)
-    write_metrics(out / "metrics.csv", rows)
-    with open(out / "sent.jsonl", "w") as f:
-        f.writelines(json.dumps(m) + "\n" for m in sent)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    save_file(algo.state(), str(out / "model.safetensors"),
-              metadata={"config": json.dumps(algo.model_config), "algorithm": s.algorithm})
-    log(f"[fedmol pilot] done: test {metric} " + ", ".join(f"@{k} {v:.4f}" for k, v in test_scores.items()))
-    summary["history"] = rows
+    summary = driver.summary(
+        dataset=ds.name, algorithm=s.algorithm, valid=valid, per_partner=per_partner, privacy=dp, t_start=t_start,
+        backend="flower", valid_kind="n_valid-weighted mean of the partners' own validation scores at their served width",
+        partners=len(partners), refused=[e for e in nodes_report if e["status"] != "accepted"],
+        validation_failures=valid_failures)
+    driver.write_files(out, summary, s.algorithm)
+    log(f"[fedmol pilot] done: test {metric} " + ", ".join(f"@{k} {v:.4f}" for k, v in test_scores.items())
+        + (f" (round {selected}, {s.select})" if selected != s.rounds - 1 else ""))
+    summary["history"] = driver.rows
     return summary
+
+
+class LinkTransport:
+    """The coordinator's :class:`~fedmol.fl.driver.Transport`: messages to the partners' nodes over
+    a :class:`Link`. A node that missed a deadline is not asked again until the next round."""
+
+    def __init__(self, link: Link, partners: list[Partner], algo, algorithm: str, timeout: float):
+        self.link, self.algo, self.algorithm, self.timeout = link, algo, algorithm, timeout
+        self.by_index = {pt.info.pid: pt for pt in partners}
+        self.unresponsive: set[int] = set()
+
+    def name(self, partner) -> int:
+        return self.by_index[partner.pid].partition_id
+
+    def begin_round(self, rnd: int) -> None:
+        self.unresponsive.clear()
+
+    def train(self, rnd: int, sends):
+        from fedmol.fl.driver import Delivery
+
+        nodes = {p.pid: self.by_index[p.pid].node_id for p, _ in sends}
+        got = self.link.exchange(TRAIN, {nodes[p.pid]: (msg, _meta(TRAIN, rnd, self.algorithm)) for p, msg in sends},
+                                 str(rnd), self.timeout)
+        state = self.algo.model.state_dict()
+
+        def answer(partner, msg) -> Delivery:
+            r = got[nodes[partner.pid]]
+            if not r.ok:
+                if r.timed_out:
+                    self.unresponsive.add(nodes[partner.pid])
+                return Delivery(None, r.reason)
+            bad = _check_reply(r.msg, state, partner.n_train)  # a reply from the network may not even fit the model
+            return Delivery(None if bad else r.msg, bad or "", float(r.meta.get("seconds", 0.0)))
+        return answer
+
+    def query(self, rnd: int, width: float, q: Message):
+        from fedmol.training import width_key
+
+        targets = [pt for pt in self.by_index.values() if pt.node_id not in self.unresponsive]
+        got = self.link.exchange(QUERY, {pt.node_id: (q, _meta(QUERY, rnd, self.algorithm)) for pt in targets},
+                                 f"query-{rnd}-{width_key(width)}", self.timeout)
+        answers, failures = [], []
+        for pt in targets:
+            r = got[pt.node_id]
+            if r.ok:
+                answers.append((pt.info, r.msg))
+            else:
+                failures.append(f"partner {pt.partition_id}: query at width {width:g} failed: {r.reason}")
+                if r.timed_out:
+                    self.unresponsive.add(pt.node_id)
+        return len(targets), answers, failures
 
 
 def _resolved(s: PilotSettings, algo, ds, test, split, partners: list[Partner], nodes_report: list,

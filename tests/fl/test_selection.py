@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from fedmol.errors import FedmolError
 from fedmol.evaluate import Evaluator
-from fedmol.fl import harness
+from fedmol.fl import driver, harness
 from fedmol.fl.harness import RunConfig, run_federated
 from fedmol.fl.selection import RoundSelector, check_selection, selection_score
 from fedmol.models import build
@@ -114,7 +114,7 @@ class _FirstRoundWins(RoundSelector):
 def test_restored_round_is_exactly_the_reported_model(algorithm, hp, tmp_path, monkeypatch, data_dir):
     """The reported test scores (recorded in round 0) are those of the saved predictions, and the
     saved weights reproduce them: every algorithm's checkpoint/restore is exact."""
-    monkeypatch.setattr(harness, "RoundSelector", _FirstRoundWins)
+    monkeypatch.setattr(driver, "RoundSelector", _FirstRoundWins)
     cfg = RunConfig(**{**TINY, "algorithm": algorithm, "hparams": {**TINY["hparams"], **hp}, "data_dir": str(data_dir)})
     s = run_federated(cfg, tmp_path, progress=False)
     assert s["selected_round"] == 0 and s["test"] != s["test_last"]

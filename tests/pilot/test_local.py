@@ -167,14 +167,13 @@ def _bace_csv():
 
 def test_parity_when_an_earlier_round_is_reported(bace_split, tmp_path, monkeypatch):
     """Both drivers put the same earlier round's model back (HeteroFL: with its static-BN statistics)."""
-    from fedmol.fl import harness, selection
+    from fedmol.fl import driver, selection
 
     class FirstRoundWins(selection.RoundSelector):
         def observe(self, rnd, valid, algo):
             return super().observe(rnd, {k: 1.0 - rnd for k in valid}, algo)
 
-    monkeypatch.setattr(harness, "RoundSelector", FirstRoundWins)
-    monkeypatch.setattr(selection, "RoundSelector", FirstRoundWins)
+    monkeypatch.setattr(driver, "RoundSelector", FirstRoundWins)
     cfg = tiny(algorithm="heterofl", devices="tiered", rounds=3)
     h = run_federated(cfg, tmp_path / "harness", progress=False)
     p, _ = local_run(cfg, bace_split, tmp_path / "pilot")

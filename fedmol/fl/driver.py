@@ -1,0 +1,330 @@
+"""The one round loop every federated run goes through, whatever carries the messages.
+
+The in-process benchmark (:func:`fedmol.fl.harness.run_federated`) and the Flower coordinator of
+pilots and ``--backend flower-sim`` (:mod:`fedmol.pilot.coordinator`) both run
+:class:`RoundDriver`; they differ only in their :class:`Transport` (how a message reaches a
+partner and how its answer comes back) and in how they start and end a run. A round:
+
+1. each partner is online with its device's ``p_online``; at most ``clients_per_round`` of the
+   online ones are sampled;
+2. ``algorithm.configure`` gives each sampled partner its message (or None: it sits out); bytes
+   down are counted from the tensors in the message;
+3. the transport delivers the messages (in-process, a partner trains when its answer is read;
+   over Flower, all messages go out at once and the answers are awaited until the deadline). Then,
+   partner by partner: a simulated drop mid-round (``p_drop``), a transport failure (no answer, an
+   error, an answer that does not fit the model), else :func:`accept_reply` (NaN/inf rejection,
+   then faulty links: ``p_upload_loss``, ``p_truncate``). Every failure is logged with its reason;
+4. ``algorithm.aggregate`` over the replies that arrived, then ``server_step`` (a round with fewer
+   usable replies than ``min_partners`` is not aggregated, when a minimum is set);
+5. every ``eval_every`` rounds and after the last, the global model is scored at each served width
+   on the organizer's sets (the global test set; the pooled validation set when the organizer has
+   it), after the algorithm's queries to the partners (HeteroFL's static BN, counted as traffic);
+   the :class:`~fedmol.fl.selection.RoundSelector` keeps the best validation round.
+
+Every random draw of the loop comes from one NumPy generator seeded ``[seed, 11]``, in the order
+above, never from a transport: the same seed gives the same run in-process and over Flower.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from safetensors.torch import save_file
+
+from fedmol.evaluate import Evaluator
+from fedmol.fl.algorithm import PartnerInfo
+from fedmol.fl.message import Message
+from fedmol.fl.selection import RoundSelector
+from fedmol.models import slicing
+from fedmol.training import predict, score, width_key
+
+
+@dataclass
+class Delivery:
+    """What came back from a partner for a training message."""
+
+    reply: Message | None = None
+    reason: str = ""               # why there is no usable reply
+    seconds: float | None = None   # the partner's own compute time, when it answered
+
+
+class Transport(Protocol):
+    """How messages reach the partners and their answers come back."""
+
+    def name(self, partner: PartnerInfo) -> int:
+        """How results files name the partner (its partition id)."""
+
+    def begin_round(self, rnd: int) -> None: ...
+
+    def train(self, rnd: int, sends: list[tuple[PartnerInfo, Message]]) -> Callable[[PartnerInfo, Message], Delivery]:
+        """Deliver the round's training messages; returns the getter of each partner's answer."""
+
+    def query(self, rnd: int, width: float, q: Message) -> tuple[int, list[tuple[PartnerInfo, Message]], list[str]]:
+        """Ask every reachable partner ``q``: ``(partners asked, answers, failure reasons)``."""
+
+
+class RoundDriver:
+    """Runs ``rounds`` rounds of ``algo`` over ``transport``; keeps the metrics rows, the sent log,
+    bytes and failures; :meth:`finish` puts the selected round's model back."""
+
+    def __init__(self, algo, partners: list[PartnerInfo], transport: Transport, *, seed: int, rounds: int,
+                 evaluator: Evaluator, scored: dict, select: str = "best-valid", eval_every: int = 1,
+                 clients_per_round: int | None = None, min_partners: int = 0):
+        self.algo, self.partners, self.transport = algo, list(partners), transport
+        self.rounds, self.eval_every = int(rounds), int(eval_every)
+        self.clients_per_round, self.min_partners = clients_per_round or None, int(min_partners or 0)
+        self.evaluator, self.metric, self.scored = evaluator, evaluator.eval_metric, dict(scored)
+        self.widths = tuple(sorted(algo.widths(), reverse=True))
+        self.spec = slicing.slice_spec(algo.model)  # how tensors nest: used to model truncated uploads
+        self.rng = np.random.default_rng([seed, 11])
+        self.selector = RoundSelector(select, self.metric)
+        self.rows: list[dict] = []
+        self.sent: list[dict] = []
+        self.bytes_up = self.bytes_down = self.failures = 0
+        self._traffic = dict(down=0, up=0, failures=[], round=0)
+
+    # ------------------------------------------------------------------------------ queries
+    def query(self, width: float) -> None:
+        """The algorithm's question before evaluating ``width`` (if any), asked of every partner
+        the transport can reach; bytes, records and failures go to the current traffic (see
+        :meth:`close_traffic`)."""
+        q = self.algo.query(width)
+        if q is None:
+            return
+        t = self._traffic
+        asked, answers, failures = self.transport.query(t["round"], width, q)
+        t["down"] += q.nbytes() * asked
+        t["up"] += sum(m.nbytes() for _, m in answers)
+        t["failures"] += failures
+        self.sent += [dict(round=t["round"], partner=self.transport.name(p), kind="query", bytes=m.nbytes(),
+                           arrays=m.describe(), metrics=m.metrics) for p, m in answers]
+        self.algo.absorb_query(width, answers)
+
+    def close_traffic(self, rnd: int) -> dict:
+        """Add the query traffic since the last call to the totals and return it (``down``, ``up``,
+        ``failures``); what follows is recorded as round ``rnd``'s."""
+        t, self._traffic = self._traffic, dict(down=0, up=0, failures=[], round=rnd)
+        self.bytes_down, self.bytes_up = self.bytes_down + t["down"], self.bytes_up + t["up"]
+        return t
+
+    # ------------------------------------------------------------------------------ a round
+    def run(self, on_round: Callable[[dict], None] | None = None) -> None:
+        for rnd in range(self.rounds):
+            row = self.run_round(rnd)
+            if on_round is not None:
+                on_round(row)
+
+    def run_round(self, rnd: int) -> dict:
+        algo, rng, name = self.algo, self.rng, self.transport.name
+        t0 = time.perf_counter()
+        self.transport.begin_round(rnd)
+        online = [p for p in self.partners if rng.random() < p.device.p_online]
+        if self.clients_per_round is not None and len(online) > self.clients_per_round:
+            pick = rng.choice(len(online), self.clients_per_round, replace=False)
+            online = [online[i] for i in sorted(pick)]
+        sends, down = [], 0
+        for p in online:
+            msg = algo.configure(rnd, p)
+            if msg is not None:
+                down += msg.nbytes()
+                sends.append((p, msg))
+        answer = self.transport.train(rnd, sends)
+        replies, failures, truncated, up, client_time, client_total = [], [], [], 0, 0.0, 0.0
+        for p, msg in sends:
+            if rng.random() < p.device.p_drop:
+                failures.append(f"partner {name(p)}: dropped out mid-round")
+                continue
+            got = answer(p, msg)
+            if got.seconds is not None:
+                client_total += got.seconds
+                client_time = max(client_time, got.seconds / p.device.speed)
+            if got.reply is None:
+                failures.append(f"partner {name(p)}: {got.reason}")
+                continue
+            up += accept_reply(algo, p, name(p), rnd, msg, got.reply, rng, self.spec, replies, failures, truncated,
+                               self.sent)
+        ts = time.perf_counter()
+        skipped = ""
+        if len(replies) < self.min_partners:  # too few partners: the algorithm sees no update, the model stays
+            skipped = (f"{len(replies)} usable repl{'y' if len(replies) == 1 else 'ies'} by the deadline, fewer "
+                       f"than min-partners {self.min_partners}: not aggregated, global model unchanged")
+            agg = algo.aggregate(rnd, [])
+        else:
+            agg = algo.aggregate(rnd, replies)
+            agg.update(algo.server_step(rnd))
+        server_time = time.perf_counter() - ts
+        self.bytes_up, self.bytes_down = self.bytes_up + up, self.bytes_down + down
+        row = dict(round=rnd, participants=len(replies), partners=";".join(str(name(p)) for p, _ in replies),
+                   failures=len(failures), failure_reasons=" | ".join(failures), truncated=len(truncated),
+                   truncations=" | ".join(truncated), bytes_up=up, bytes_down=down,
+                   sim_client_seconds=round(client_time, 4))
+        if self.min_partners:
+            row.update(aggregated=int(not skipped), skipped_reason=skipped)
+        te = time.perf_counter()
+        if rnd % self.eval_every == 0 or rnd == self.rounds - 1:
+            self.close_traffic(rnd)
+            scores = evaluate_widths(algo, self.widths, self.scored, self.evaluator, self.query)
+            for where, by_width in scores.items():
+                row.update({f"{where}_{self.metric}@{w}": v for w, v in by_width.items()})
+            if "valid" in scores:
+                self.selector.observe(rnd, scores["valid"], algo)
+            t = self.close_traffic(rnd)  # evaluation queries are real traffic too
+            row["bytes_down"] += t["down"]
+            row["bytes_up"] += t["up"]
+            if t["failures"]:
+                failures += t["failures"]
+                row.update(failures=len(failures), failure_reasons=" | ".join(failures))
+        self.failures += len(failures)
+        self.rows.append(close_row(row, te, t0, client_total, server_time, agg))
+        return row
+
+    # ------------------------------------------------------------------------------ the end
+    def finish(self) -> int:
+        """Put the selected round's model back into the algorithm; returns the selected round."""
+        self.selected = self.selector.finish(self.algo, self.rows[-1]["round"])
+        self.close_traffic(self.rounds)
+        return self.selected
+
+    def scores(self, rnd: int, where: str) -> dict[str, float]:
+        return scores_of(self.rows, rnd, where, self.metric)
+
+    def summary(self, *, dataset: str, algorithm: str, valid: dict, per_partner: list[dict], privacy, t_start: float,
+                **extra) -> dict:
+        """``summary.json`` of the reported model (call :meth:`finish` first); ``extra`` is appended."""
+        self.close_traffic(self.rounds)  # queries made after the last round (per-partner scoring)
+        return dict(dataset=dataset, metric=self.metric, algorithm=algorithm, test=self.scores(self.selected, "test"),
+                    valid=valid, selected_round=self.selected, selection=self.selector.describe(),
+                    test_last=self.scores(self.rows[-1]["round"], "test"), per_partner=per_partner,
+                    bytes_up=self.bytes_up, bytes_down=self.bytes_down, failures=self.failures, rounds=self.rounds,
+                    privacy=privacy, seconds=round(time.perf_counter() - t_start, 2), **extra)
+
+    def write_files(self, out: Path, summary: dict, algorithm: str) -> None:
+        """The run's files besides ``config.json``; ``summary.json`` last and atomically (its presence
+        means the run is complete)."""
+        test = self.scored["test"]
+        write_predictions(out / "test_predictions.csv", self.algo, test, self.algo.model_config["num_tasks"],
+                          self.widths)
+        write_metrics(out / "metrics.csv", self.rows)
+        with open(out / "sent.jsonl", "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in self.sent)
+        save_file(self.algo.state(), str(out / "model.safetensors"),
+                  metadata={"config": json.dumps(self.algo.model_config), "algorithm": algorithm})
+        tmp = out / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        os.replace(tmp, out / "summary.json")
+
+
+# ---------------------------------------------------------------------------------- the steps
+def evaluate_widths(algo, widths, datasets: dict, evaluator: Evaluator, query) -> dict[str, dict[str, float]]:
+    """The global model's metric at every served width on each of ``datasets`` (name -> dataset),
+    as ``{name: {width key: value}}``; ``query(width)`` runs first at each width (an algorithm's
+    pre-evaluation question to the partners, e.g. HeteroFL's static BN)."""
+    out: dict[str, dict[str, float]] = {name: {} for name in datasets}
+    for w in widths:
+        query(w)
+        model = algo.eval_model(w)
+        for name, data in datasets.items():
+            out[name][width_key(w)] = score(model, data, evaluator, w)[evaluator.eval_metric]
+    return out
+
+
+def scores_of(rows: list[dict], rnd: int, where: str, metric: str) -> dict[str, float]:
+    """``{width key: value}`` of the ``where`` ("test" | "valid") scores in round ``rnd``'s metrics row."""
+    row = next(r for r in rows if r["round"] == rnd)
+    prefix = f"{where}_{metric}@"
+    return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)}
+
+
+def close_row(row: dict, t_eval: float, t_round: float, client_total: float, server_time: float, agg: dict) -> dict:
+    """The timing and server-metric columns that end a round's ``metrics.csv`` row."""
+    row["eval_seconds"] = round(time.perf_counter() - t_eval, 4)
+    row["client_seconds"] = round(client_total, 4)
+    row["server_seconds"] = round(server_time, 4)
+    row["seconds"] = round(time.perf_counter() - t_round, 4)
+    row.update({f"server_{k}": v for k, v in agg.items()})
+    return row
+
+
+def accept_reply(algo, p, name, rnd: int, msg, reply, rng, spec, replies: list, failures: list, truncated: list,
+                 sent: list) -> int:
+    """A delivered reply: :func:`screen_reply`, then the reply is logged as a failure, or taken
+    (with its truncation, if any) into ``replies`` and ``sent``. Returns the bytes that count as
+    uploaded."""
+    failure, cut = screen_reply(algo, p.device, msg, reply, rng, spec)
+    if failure:
+        failures.append(f"partner {name}: {failure}")
+        return 0
+    if cut:
+        truncated.append(f"partner {name}: {cut}")
+    replies.append((p, reply))
+    sent.append(sent_record(rnd, name, reply, algo))
+    return reply.nbytes()
+
+
+def screen_reply(algo, device, msg, reply, rng, spec) -> tuple[str | None, str | None]:
+    """Everything a delivered reply goes through before aggregation, in one fixed order: NaN/inf
+    is rejected, then :func:`link_faults` applies."""
+    if not reply.is_finite():
+        return "non-finite update rejected", None
+    return link_faults(algo, device, msg, reply, rng, spec)
+
+
+def link_faults(algo, device, msg, reply, rng, spec) -> tuple[str | None, str | None]:
+    """Apply a faulty link to a delivered ``reply`` (the device's ``p_upload_loss``, then
+    ``p_truncate``), drawing from ``rng`` in a fixed order. Returns ``(failure reason or None,
+    truncation note or None)``; a truncated upload's arrays are replaced, in place, by the
+    sub-model of a random narrower width (what arrives of an upload ordered narrow-to-wide)."""
+    if rng.random() < device.p_upload_loss:
+        return "upload lost", None
+    if rng.random() < device.p_truncate:
+        narrower = [w for w in slicing.WIDTHS if w < msg.config["width"] - 1e-9]
+        if not narrower or not algo.accepts_partial_uploads:
+            return f"upload truncated, unusable by {algo.name}", None
+        cut = float(narrower[int(rng.integers(len(narrower)))])
+        reply.arrays = slicing.sub_state_dict(reply.arrays, cut, spec=spec)
+        return None, f"upload truncated at width {cut:g}"
+    return None, None
+
+
+def sent_record(rnd: int, partner, reply, algo) -> dict:
+    """One line of ``sent.jsonl``: what a partner sent this round, with declared extra disclosures."""
+    return dict(round=rnd, partner=partner, kind="update", bytes=reply.nbytes(), arrays=reply.describe(),
+                metrics=reply.metrics,
+                disclosed={k: reply.arrays[k].tolist() for k in algo.disclosures if k in reply.arrays})
+
+
+def served_width(widths: tuple[float, ...], cap: float) -> float:
+    """The widest served width a device with cap ``cap`` can run (the narrowest if none fits)."""
+    fitting = [w for w in widths if w <= cap + 1e-9]
+    return max(fitting) if fitting else min(widths)
+
+
+def write_predictions(path: Path, algo, test, num_tasks: int, widths) -> None:
+    """The reported global model's predictions on the global test set, one row per (molecule,
+    width): ``row`` (source row), ``width``, then ``task_0 ... task_{T-1}`` (logits for classification)."""
+    rows = test.rows
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "width"] + [f"task_{t}" for t in range(num_tasks)])
+        for width in widths:
+            _, pred = predict(algo.eval_model(width), test, width)
+            for r, p in zip(rows, pred):
+                w.writerow([int(r), width_key(width)] + [repr(float(x)) for x in p])
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
