@@ -52,7 +52,9 @@ OTHER_MEASURES = ["test@partner", "valid@partner", *GAIN_MEASURES, "mb", "second
 REF_ORDER = [(r, m) for r in ("local-only", "centralized") for m in REFERENCE_MODELS]
 NOTES = [
     "Values: mean ± sample standard deviation over seeds (ddof=1); with one seed only the mean is shown.",
-    "test@w: federated = global model served at width w on the global test set (held-out scaffolds); "
+    "test@w: federated = global model served at width w on the global test set (held-out scaffolds), of the "
+    "round the run reports (run setting select: by default the evaluated round with the best pooled validation "
+    "score, as the GNN references keep their best validation epoch); "
     "local-only (gnn) = mean over the partners whose device cap is w of their own model; centralized = width 1.",
     "test@partner: mean over partners of the model each partner ends up with (its served width / its own model "
     "/ the pooled model).",

@@ -17,7 +17,8 @@ does:
    loss, truncation), the real ones are failures with their reason: no reply before the deadline
    (that node is not asked again this round), an error reply (a ClientApp exception, a refusal), a
    reply that does not match the model or is not finite; a round with fewer usable replies than
-   ``min-partners`` is not aggregated;
+   ``min-partners`` is not aggregated; a partner whose site restarted (a new node id) takes its
+   place again at the start of the next round (:class:`LinkTransport`, ``node_events``);
 4. evaluation of the global model at every width on the global test set happens here (the test
    set is held by the benchmark organizer, never a partner); queries an algorithm needs first
    (HeteroFL's static BN) go to every partner. On a benchmark split (``fedmol pilot demo``,
@@ -243,6 +244,26 @@ def _check_reply(reply: Message, state: dict, n_train: int) -> str | None:
     return None
 
 
+def greet(link: Link, nodes: list[int], ds, algorithm: str, timeout: float, group: str) -> dict[int, Reply]:
+    """Send ``nodes`` a hello; a reply that :func:`_check_hello` refuses becomes a refusal."""
+    hello = Message(config={"task_type": ds.task_type, "num_tasks": ds.num_tasks})
+    replies = link.exchange(HELLO, {n: (hello, _meta(HELLO, -1, algorithm)) for n in nodes}, group, timeout)
+    for n in nodes:
+        if replies[n].ok:
+            bad = _check_hello(replies[n], ds)
+            if bad:
+                replies[n] = Reply(False, reason=bad)
+    return replies
+
+
+def _other_split(r: Reply, split) -> str | None:
+    """Why a hello reply's split file is not the coordinator's (None: it is, or there is none)."""
+    sha = r.msg.config.get("split_sha256")
+    if split is not None and sha and sha != split["sha256"]:
+        return f"its split file (sha256 {sha[:12]}...) is not the coordinator's ({split['sha256'][:12]}...)"
+    return None
+
+
 def _check_hello(r: Reply, ds) -> str | None:
     """Why a hello reply cannot be accepted (None: it can)."""
     from fedmol.models.slicing import WIDTHS
@@ -316,13 +337,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     log(f"[fedmol pilot] {len(node_ids)} node(s) connected (expected {s.partners})")
     if not node_ids:
         raise PilotError(f"no partner node connected within {s.connect_timeout:g} s")
-    hello = Message(config={"task_type": ds.task_type, "num_tasks": ds.num_tasks})
-    replies = link.exchange(HELLO, {n: (hello, _meta(HELLO, -1, name)) for n in node_ids}, "hello", s.round_timeout)
-    for n in node_ids:
-        if replies[n].ok:
-            bad = _check_hello(replies[n], ds)
-            if bad:
-                replies[n] = Reply(False, reason=bad)
+    replies = greet(link, node_ids, ds, name, s.round_timeout, "hello")
     claimed: dict[int, list[int]] = {}
     for n in node_ids:
         if replies[n].ok:
@@ -336,12 +351,10 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
             entry.update(partition_id=pid, n_train=int(r.msg.metrics["n_train"]), n_valid=int(r.msg.metrics["n_valid"]),
                          width_cap=float(r.msg.metrics["width_cap"]), source=r.msg.config.get("source"),
                          versions={k: r.meta.get(k) for k in ("fedmol-version", "featurizer-version", "protocol", "code")})
-            sha = r.msg.config.get("split_sha256")
             if len(claimed[pid]) > 1:
                 r = Reply(False, reason=f"partition-id {pid} is claimed by several nodes {claimed[pid]}: all refused")
-            elif split is not None and sha and sha != split["sha256"]:
-                r = Reply(False, reason=f"its split file (sha256 {sha[:12]}...) is not the coordinator's "
-                                        f"({split['sha256'][:12]}...)")
+            elif _other_split(r, split):
+                r = Reply(False, reason=_other_split(r, split))
             elif entry["n_train"] < 1:
                 r = Reply(False, reason="it has no training molecule")
             else:
@@ -375,7 +388,8 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     dp = privacy.account(algo.hp, [pt.info.device.p_online for pt in partners], s.clients_per_round or None,
                          s.rounds)
     (out / "config.json").write_text(json.dumps(_resolved(s, algo, ds, test, split, partners, nodes_report, dp), indent=1))
-    transport = LinkTransport(link, partners, algo, name, s.round_timeout)
+    transport = LinkTransport(link, partners, algo, name, s.round_timeout,
+                              rejoin=dict(ds=ds, split=split, known=set(node_ids), log=log))
     driver = RoundDriver(algo, [pt.info for pt in partners], transport, seed=s.seed, rounds=s.rounds,
                          evaluator=evaluator, scored=scored, select=s.select, eval_every=s.eval_every,
                          clients_per_round=s.clients_per_round or None, min_partners=s.min_partners)
@@ -424,7 +438,9 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
         dataset=ds.name, algorithm=s.algorithm, valid=valid, per_partner=per_partner, privacy=dp, t_start=t_start,
         backend="flower", valid_kind="n_valid-weighted mean of the partners' own validation scores at their served width",
         partners=len(partners), refused=[e for e in nodes_report if e["status"] != "accepted"],
-        validation_failures=valid_failures)
+        node_events=transport.events, validation_failures=valid_failures)
+    if transport.events:
+        (out / "nodes.json").write_text(json.dumps(nodes_report + transport.events, indent=1))
     driver.write_files(out, summary, s.algorithm)
     log(f"[fedmol pilot] done: test {metric} " + ", ".join(f"@{k} {v:.4f}" for k, v in test_scores.items())
         + (f" (round {selected}, {s.select})" if selected != s.rounds - 1 else ""))
@@ -434,18 +450,69 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
 
 class LinkTransport:
     """The coordinator's :class:`~fedmol.fl.driver.Transport`: messages to the partners' nodes over
-    a :class:`Link`. A node that missed a deadline is not asked again until the next round."""
+    a :class:`Link`. A node that missed a deadline is not asked again until the next round.
 
-    def __init__(self, link: Link, partners: list[Partner], algo, algorithm: str, timeout: float):
+    **Rejoining** (``rejoin``: the dataset, split, node ids already greeted and a log function):
+    at the start of every round, a node the coordinator has not seen before is greeted (a site
+    whose machine or SuperNode restarted comes back under a new node id). It takes over its
+    partner's place when it serves an accepted partner's partition with the same training-set
+    size, width cap (and split file), and that partner's node is gone or missed the last
+    deadline; then the partner simply goes on from the next round. Anything else is refused with
+    its reason: the federation's partners are fixed at the start (the device draw depends on
+    them). Every such event is in ``events`` (and ``nodes.json``)."""
+
+    def __init__(self, link: Link, partners: list[Partner], algo, algorithm: str, timeout: float,
+                 rejoin: dict | None = None):
         self.link, self.algo, self.algorithm, self.timeout = link, algo, algorithm, timeout
         self.by_index = {pt.info.pid: pt for pt in partners}
         self.unresponsive: set[int] = set()
+        self.rejoin = rejoin
+        self.events: list[dict] = []
 
     def name(self, partner) -> int:
         return self.by_index[partner.pid].partition_id
 
     def begin_round(self, rnd: int) -> None:
-        self.unresponsive.clear()
+        missed, self.unresponsive = self.unresponsive, set()
+        if self.rejoin is not None:
+            self._greet_newcomers(rnd, missed)
+
+    def _greet_newcomers(self, rnd: int, missed: set[int]) -> None:
+        known, log = self.rejoin["known"], self.rejoin["log"]
+        listed = self.link.node_ids()
+        new = [n for n in listed if n not in known]
+        if not new:
+            return
+        known.update(new)
+        replies = greet(self.link, new, self.rejoin["ds"], self.algorithm, self.timeout, f"hello-{rnd}")
+        by_partition = {pt.partition_id: pt for pt in self.by_index.values()}
+        for n in new:
+            r, event = replies[n], {"round": rnd, "node_id": n, "status": "refused"}
+            reason = None if r.ok else r.reason
+            if r.ok:
+                pid = int(r.meta["partition-id"])
+                pt = by_partition.get(pid)
+                event["partition_id"] = pid
+                n_train, cap = int(r.msg.metrics["n_train"]), float(r.msg.metrics["width_cap"])
+                if pt is None:
+                    reason = (f"partition-id {pid} is not a partner of this run: the partners are fixed when the run "
+                              "starts")
+                elif pt.node_id in listed and pt.node_id not in missed:
+                    reason = f"partition-id {pid} is served by node {pt.node_id}, which is still connected"
+                elif n_train != pt.info.n_train or abs(cap - pt.width_cap) > 1e-9:
+                    reason = (f"it has {n_train} training molecules and width-cap {cap:g}, partner {pid} had "
+                              f"{pt.info.n_train} and {pt.width_cap:g}")
+                else:
+                    reason = _other_split(r, self.rejoin["split"])
+                if reason is None:
+                    event.update(status="rejoined", replaces=pt.node_id)
+                    pt.node_id = n
+            if reason:
+                event["reason"] = reason
+            self.events.append(event)
+            log(f"[fedmol pilot] round {rnd}: node {n} " + (f"rejoined as partner {event['partition_id']} (was node "
+                                                              f"{event['replaces']})" if reason is None
+                                                              else f"refused: {reason}"))
 
     def train(self, rnd: int, sends):
         from fedmol.fl.driver import Delivery

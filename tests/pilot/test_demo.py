@@ -8,10 +8,11 @@ ClientApp process for every message):
   coordinator recording every record it receives: end to end, parity with ``run_federated``,
   refusal reasons, no SMILES in anything the coordinator received, the sites' audit logs, no
   process left behind.
-* **insecure**, one round, partner 1's machine killed (SIGKILL, whole process group) once it has
-  pulled its training message: the round closes at its deadline (or earlier, if the SuperLink
-  declares the node unavailable when its heartbeat expires) with partner 0, the failure is in
-  ``metrics.csv``, the run completes.
+* **insecure**, two rounds, partner 1's machine killed (SIGKILL, whole process group) once it has
+  pulled its training message, then restarted (a new SuperNode, hence a new node id): round 0
+  closes at its deadline (or earlier, if the SuperLink declares the node unavailable when its
+  heartbeat expires) with partner 0, the failure is in ``metrics.csv``; in round 1 the restarted
+  site is greeted, takes partner 1's place and trains; the run completes.
 
 ``FEDMOL_PILOT_FULL=1`` adds HeteroFL and FedGen parity over real processes (their parity is
 always checked in-process in test_local.py, through the same wire conversion).
@@ -140,27 +141,33 @@ def test_sites_audit_what_they_sent(tls_run):
 def killed_run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("killed") / "run"
 
-    def kill_partner_1_mid_round(pilot):
+    def kill_partner_1_mid_round_then_restart_it(pilot):
         if "1" not in pilot.killed and "Receiving: train message" in pilot.sites["1"]["proc"].log.read_text(
                 errors="replace"):
             pilot.kill_site("1")
+            # the machine comes back: a new SuperNode process (a new node id) with the same node config
+            pilot.add_site("1-restarted", pilot.sites["1"]["node_config"])
 
-    s = run_demo(tiny(rounds=1), out, insecure=True, round_timeout=45, connect_timeout=120,
-                 on_poll=kill_partner_1_mid_round, log=lambda m: None)
+    s = run_demo(tiny(rounds=2), out, insecure=True, round_timeout=45, connect_timeout=120,
+                 on_poll=kill_partner_1_mid_round_then_restart_it, log=lambda m: None)
     return out, s
 
 
-def test_killed_node_round_closes_at_deadline(killed_run):
+def test_killed_node_round_closes_at_deadline_and_the_restarted_site_rejoins(killed_run):
     out, s = killed_run
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert len(rows) == 1
+    assert len(rows) == 2
     assert rows[0]["participants"] == "1" and rows[0]["partners"] == "0" and rows[0]["failures"] == "1"
     # the deadline passes, or (if its heartbeat expires first) the SuperLink reports the node unavailable
     reason = rows[0]["failure_reasons"]
     assert reason.startswith("partner 1: ") and ("no reply within the deadline (45 s)" in reason
                                                  or "unreachable, the SuperLink says: " in reason), reason
-    assert s["failures"] == 1 and s["per_partner"][1]["valid_error"].startswith("not asked")
-    assert float(rows[0]["test_rocauc@1.0"]) == pytest.approx(s["test"]["1.0"])
+    # round 1: the restarted site is greeted and takes partner 1's place
+    assert rows[1]["participants"] == "2" and rows[1]["partners"] == "0;1" and rows[1]["failures"] == "0"
+    (event,) = s["node_events"]
+    assert event["status"] == "rejoined" and event["round"] == 1 and event["partition_id"] == 1
+    assert s["failures"] == 1 and "valid_error" not in s["per_partner"][1]
+    assert float(rows[s["selected_round"]]["test_rocauc@1.0"]) == pytest.approx(s["test"]["1.0"])
     assert "http://127.0.0.1" in (out / "pilot" / "logs" / "superlink.log").read_text()  # --insecure: no TLS
     no_processes_left(out)
 

@@ -17,13 +17,13 @@ from fedmol.pilot.records import PilotError
 from pilot_common import assert_parity, tiny
 
 
-def local_run(cfg, split_path, out, extra: dict | None = None, dead=()) -> tuple[dict, LocalLink]:
+def local_run(cfg, split_path, out, extra: dict | None = None, dead=(), link_cls=LocalLink) -> tuple[dict, LocalLink]:
     from fedmol.data.splits import read_split
 
     sites = site_configs(cfg, split_path, read_split(split_path))
     ncs = {100 + k: {**nc, "audit-dir": str(out / f"site{k}"), "threads": 1} for k, nc in enumerate(sites)}
     ncs.update(extra or {})
-    link = LocalLink(ncs)
+    link = link_cls(ncs)
     link.dead = {100 + k for k in dead}
     s = settings_for(cfg, split_path, out, len(ncs), round_timeout=5, connect_timeout=5, threads=1, record_inbox=False)
     return run_coordinator(link, s, log=lambda m: None), link
@@ -192,3 +192,54 @@ def test_best_valid_selection_needs_a_split(tmp_path):
     with pytest.raises(PilotError, match="select = best-valid needs the pooled validation molecules"):
         run_coordinator(LocalLink({}), s, log=lambda m: None)
     assert "best-valid" in json.loads((tmp_path / "out" / "pilot_error.json").read_text())["error"]
+
+
+class NewcomerLink(LocalLink):
+    """After round 0's training a new node 201 connects with partner 1's node config (changed by
+    ``tweak``); with ``restart`` partner 1's node 101 is gone from then on (its machine restarted)."""
+
+    restart, tweak = True, {}
+
+    def exchange(self, kind, sends, group, timeout):
+        from fedmol.pilot.records import TRAIN
+
+        out = super().exchange(kind, sends, group, timeout)
+        if kind == TRAIN and group == "0":
+            self.node_configs[201] = {**self.node_configs[101], **self.tweak}
+            if self.restart:
+                self.dead.add(101)
+        return out
+
+    def node_ids(self):
+        return [n for n in super().node_ids() if n not in self.dead]
+
+
+def test_a_restarted_site_rejoins_under_a_new_node_id(bace_split, tmp_path):
+    cfg = tiny(rounds=3)
+    harness = run_federated(cfg, tmp_path / "harness", progress=False)
+    pilot, _ = local_run(cfg, bace_split, tmp_path / "pilot", link_cls=NewcomerLink)
+    assert pilot["node_events"] == [{"round": 1, "node_id": 201, "status": "rejoined", "partition_id": 1,
+                                     "replaces": 101}]
+    assert_parity(harness, pilot)  # partner 1 missed nothing: the same run as in-process
+    assert json.loads((tmp_path / "pilot" / "nodes.json").read_text())[-1]["status"] == "rejoined"
+
+
+class IntruderLink(NewcomerLink):
+    restart = False
+
+
+class OtherDataLink(NewcomerLink):
+    tweak = {"width-cap": 0.5}
+
+
+@pytest.mark.parametrize("link_cls,reason", [
+    (IntruderLink, "partition-id 1 is served by node 101, which is still connected"),
+    (OtherDataLink, "width-cap 0.5, partner 1 had"),
+])
+def test_a_newcomer_cannot_take_a_partners_place(link_cls, reason, bace_split, tmp_path):
+    pilot, _ = local_run(tiny(rounds=2), bace_split, tmp_path, link_cls=link_cls)
+    (event,) = pilot["node_events"]
+    assert event["node_id"] == 201 and event["status"] == "refused" and reason in event["reason"]
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    lost = link_cls is OtherDataLink  # partner 1's own node is gone: its round-1 update is missing
+    assert rows[1]["partners"] == ("0" if lost else "0;1")
