@@ -47,7 +47,8 @@ from fedmol.fl.references import REFERENCE_MODELS, federated_gain
 KEYS = ["dataset", "metric", "alpha", "devices", "kind", "method"]
 GAIN_MEASURES = ["gain_test", "gain_valid", "rel_gain_test", "rel_gain_valid", "share_gain_test",
                  "share_gain_valid", "gain_test_vs_rf"]
-OTHER_MEASURES = ["test@partner", "valid@partner", *GAIN_MEASURES, "mb", "seconds"]
+OTHER_MEASURES = ["test@partner", "valid@partner", *GAIN_MEASURES, "mb", "seconds", "selected_round",
+                  "test_last@1.0"]
 #: reference rows first, in this order
 REF_ORDER = [(r, m) for r in ("local-only", "centralized") for m in REFERENCE_MODELS]
 NOTES = [
@@ -130,6 +131,9 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
             row["gain_test_vs_rf"] = federated_gain(s, rf)["gain_test"]
         if e["kind"] == "federated":
             row["mb"] = (s.get("bytes_up", 0) + s.get("bytes_down", 0)) / 1e6
+            # which round the run reports, and what the last round's model scored (how much selection mattered)
+            row["selected_round"] = s.get("selected_round")
+            row["test_last@1.0"] = s.get("test_last", {}).get("1.0")
         row["seconds"] = s.get("seconds")
         rows.append(row)
     per_seed = pd.DataFrame(rows)

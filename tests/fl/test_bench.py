@@ -83,6 +83,9 @@ def test_results_table(finished):
     assert row["mb_mean"] > 0 and np.isfinite(row["gain_test_mean"]) and 0 <= row["share_gain_test_mean"] <= 1
     fjord = table.set_index("method").loc["fjord"]
     assert np.isfinite(fjord["test@0.5_mean"]) and np.isfinite(fjord["test@0.25_mean"])  # served at every cap
+    fed = per_seed[per_seed["kind"] == "federated"]  # which round each run reports, and its last round's score
+    assert (fed["selected_round"] == 0).all() and fed["test_last@1.0"].between(0, 1).all()
+    assert per_seed[per_seed["kind"] == "reference"]["selected_round"].isna().all()
     assert np.isnan(table.set_index("method").loc["local-only (gnn)", "gain_test_mean"])  # no gain over itself
     gains = pd.read_csv(out / "partner_gains.csv")
     assert set(gains["method"]) == {"centralized (gnn)", "fedavg", "fjord"} and len(gains) == 3 * 2 * 3
