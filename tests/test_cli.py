@@ -45,6 +45,10 @@ def test_featurize_summary_and_report_file(tmp_path):
     (["split", "make", "freesolv", "--partners", "5000", "--out", "x.json"], "more partners"),
     (["split", "show", "absent.json"], "split file not found"),
     (["run", "--select", "best", "--out", "x"], "unknown model selection 'best'; known: best-valid, last"),
+    (["run", "--rounds", "0", "--out", "x"], "rounds must be >= 1, got 0"),
+    (["run", "--eval-every", "0", "--out", "x"], "eval_every must be >= 1"),
+    (["run", "--clients-per-round", "0", "--out", "x"], "clients_per_round must be >= 1"),
+    (["run", "--faulty-links", "1.5", "--out", "x"], "faulty_links is a probability in [0, 1], got 1.5"),
 ])
 def test_user_mistakes_are_one_line_errors(args, message):
     res = run(*args)

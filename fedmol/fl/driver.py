@@ -71,6 +71,18 @@ class Transport(Protocol):
         """Ask every reachable partner ``q``: ``(partners asked, answers, failure reasons)``."""
 
 
+def check_schedule(rounds: int, eval_every: int, clients_per_round: int | None = None) -> None:
+    """A run's schedule makes sense (else a one-line error)."""
+    from fedmol.errors import FedmolError
+
+    if int(rounds) < 1:
+        raise FedmolError(f"rounds must be >= 1, got {rounds}")
+    if int(eval_every) < 1:
+        raise FedmolError(f"eval_every must be >= 1 (evaluate every N rounds), got {eval_every}")
+    if clients_per_round is not None and int(clients_per_round) < 1:
+        raise FedmolError(f"clients_per_round must be >= 1 (or unset: every online partner), got {clients_per_round}")
+
+
 class RoundDriver:
     """Runs ``rounds`` rounds of ``algo`` over ``transport``; keeps the metrics rows, the sent log,
     bytes and failures; :meth:`finish` puts the selected round's model back."""
@@ -78,6 +90,7 @@ class RoundDriver:
     def __init__(self, algo, partners: list[PartnerInfo], transport: Transport, *, seed: int, rounds: int,
                  evaluator: Evaluator, scored: dict, select: str = "best-valid", eval_every: int = 1,
                  clients_per_round: int | None = None, min_partners: int = 0):
+        check_schedule(rounds, eval_every, clients_per_round or None)
         self.algo, self.partners, self.transport = algo, list(partners), transport
         self.rounds, self.eval_every = int(rounds), int(eval_every)
         self.clients_per_round, self.min_partners = clients_per_round or None, int(min_partners or 0)

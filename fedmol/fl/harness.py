@@ -42,11 +42,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import fedmol
 from fedmol.data.dataset import MoleculeDataset, load_dataset
 from fedmol.data.splits import dataset_for_split, make_split, read_split
+from fedmol.errors import FedmolError
 from fedmol.evaluate import Evaluator
 from fedmol.fl import privacy
 from fedmol.fl.algorithm import LocalData, PartnerInfo
 from fedmol.fl.devices import assign_devices
-from fedmol.fl.driver import Delivery, RoundDriver, served_width
+from fedmol.fl.driver import Delivery, RoundDriver, check_schedule, served_width
 from fedmol.fl.registry import get_algorithm
 from fedmol.fl.selection import check_selection
 from fedmol.training import score, width_key
@@ -140,6 +141,10 @@ class InProcessTransport:
 def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     t_start = time.perf_counter()
     check_selection(cfg.select)
+    check_schedule(cfg.rounds, cfg.eval_every, cfg.clients_per_round)
+    for what, p in (("faulty_links", cfg.faulty_links), ("lossy_links", cfg.lossy_links)):
+        if not 0.0 <= float(p) <= 1.0:
+            raise FedmolError(f"{what} is a probability in [0, 1], got {p}")
     fed = build_federation(cfg, progress)
     ds = fed.dataset
     evaluator = Evaluator(ds.task_type, ds.num_tasks)
