@@ -52,7 +52,9 @@ def results_table(title: str, summary: dict, valid_label: str = "valid"):
     t.add_column(f"test {summary['metric']}")
     t.add_column(f"{valid_label} {summary['metric']}")
     valid = summary.get("valid") or {}
-    for w, v in summary["test"].items():
-        vv = valid.get(w) if isinstance(valid, dict) else None
-        t.add_row(w, f"{v:.4f}", "-" if not isinstance(vv, (int, float)) else f"{vv:.4f}")
+    test = summary.get("test") or {}
+    for w in list(test) + [w for w in valid if w not in test]:  # a pilot without a test set has valid only
+        v, vv = test.get(w), valid.get(w) if isinstance(valid, dict) else None
+        t.add_row(w, "-" if not isinstance(v, (int, float)) else f"{v:.4f}",
+                  "-" if not isinstance(vv, (int, float)) else f"{vv:.4f}")
     return t

@@ -18,8 +18,11 @@ partner and how its answer comes back) and in how they start and end a run. A ro
    usable replies than ``min_partners`` is not aggregated, when a minimum is set);
 5. every ``eval_every`` rounds and after the last, the global model is scored at each served width
    on the organizer's sets (the global test set; the pooled validation set when the organizer has
-   it), after the algorithm's queries to the partners (HeteroFL's static BN, counted as traffic);
-   the :class:`~fedmol.fl.selection.RoundSelector` keeps the best validation round.
+   it), after the algorithm's queries to the partners (HeteroFL's static BN, counted as traffic).
+   An organizer without the partners' validation molecules (a pilot) asks the partners instead
+   (``federated_valid``, :meth:`RoundDriver.validate_at_partners`): each scores the model on its
+   own validation molecules and only the score leaves it. The
+   :class:`~fedmol.fl.selection.RoundSelector` keeps the best validation round.
 
 Every random draw of the loop comes from one NumPy generator seeded ``[seed, 11]``, in the order
 above, never from a transport: the same seed gives the same run in-process and over Flower.
@@ -70,6 +73,11 @@ class Transport(Protocol):
     def query(self, rnd: int, width: float, q: Message) -> tuple[int, list[tuple[PartnerInfo, Message]], list[str]]:
         """Ask every reachable partner ``q``: ``(partners asked, answers, failure reasons)``."""
 
+    def validate(self, rnd: int, width: float, msg: Message) -> tuple[int, list[tuple[PartnerInfo, Message]], list[str]]:
+        """Have every reachable partner that can run ``width`` score ``msg``'s model on its own
+        validation molecules (answers: metrics ``valid``, ``n_valid``); as :meth:`query`. Only
+        transports of drivers with ``federated_valid`` need it."""
+
 
 def check_schedule(rounds: int, eval_every: int, clients_per_round: int | None = None) -> None:
     """A run's schedule makes sense (else a one-line error)."""
@@ -89,12 +97,13 @@ class RoundDriver:
 
     def __init__(self, algo, partners: list[PartnerInfo], transport: Transport, *, seed: int, rounds: int,
                  evaluator: Evaluator, scored: dict, select: str = "best-valid", eval_every: int = 1,
-                 clients_per_round: int | None = None, min_partners: int = 0):
+                 clients_per_round: int | None = None, min_partners: int = 0, federated_valid: bool = False):
         check_schedule(rounds, eval_every, clients_per_round or None)
         self.algo, self.partners, self.transport = algo, list(partners), transport
         self.rounds, self.eval_every = int(rounds), int(eval_every)
         self.clients_per_round, self.min_partners = clients_per_round or None, int(min_partners or 0)
         self.evaluator, self.metric, self.scored = evaluator, evaluator.eval_metric, dict(scored)
+        self.federated_valid = federated_valid
         self.widths = tuple(sorted(algo.widths(), reverse=True))
         self.spec = slicing.slice_spec(algo.model)  # how tensors nest: used to model truncated uploads
         self.rng = np.random.default_rng([seed, 11])
@@ -120,6 +129,27 @@ class RoundDriver:
         self.sent += [dict(round=t["round"], partner=self.transport.name(p), kind="query", bytes=m.nbytes(),
                            arrays=m.describe(), metrics=m.metrics) for p, m in answers]
         self.algo.absorb_query(width, answers)
+
+    def validate_at_partners(self) -> dict[str, float]:
+        """Federated validation of the current global model: at each served width, every reachable
+        partner whose device can run it scores the model on its own validation molecules; the
+        ``n_valid``-weighted mean by width key (NaN where no partner could). The models sent and
+        the scores received are counted traffic (``sent.jsonl`` kind ``validate``)."""
+        t, out = self._traffic, {}
+        for w in self.widths:
+            msg = Message(arrays=slicing.sub_state_dict(self.algo.eval_model(w), w),
+                          config={"width": float(w), "model": self.algo.model_config, "purpose": "validate"})
+            asked, answers, failures = self.transport.validate(t["round"], w, msg)
+            t["down"] += msg.nbytes() * asked
+            t["up"] += sum(m.nbytes() for _, m in answers)
+            t["failures"] += failures
+            self.sent += [dict(round=t["round"], partner=self.transport.name(p), kind="validate", width=float(w),
+                               bytes=m.nbytes(), arrays=m.describe(), metrics=m.metrics) for p, m in answers]
+            scored = [(float(m.metrics["n_valid"]), float(m.metrics["valid"])) for _, m in answers
+                      if np.isfinite(m.metrics["valid"]) and m.metrics["n_valid"] > 0]
+            n = sum(k for k, _ in scored)
+            out[width_key(w)] = sum(k * v for k, v in scored) / n if n else float("nan")
+        return out
 
     def close_traffic(self, rnd: int) -> dict:
         """Add the query traffic since the last call to the totals and return it (``down``, ``up``,
@@ -185,6 +215,8 @@ class RoundDriver:
         if rnd % self.eval_every == 0 or rnd == self.rounds - 1:
             self.close_traffic(rnd)
             scores = evaluate_widths(algo, self.widths, self.scored, self.evaluator, self.query)
+            if self.federated_valid:
+                scores["valid"] = self.validate_at_partners()
             for where, by_width in scores.items():
                 row.update({f"{where}_{self.metric}@{w}": v for w, v in by_width.items()})
             if "valid" in scores:
@@ -222,9 +254,9 @@ class RoundDriver:
     def write_files(self, out: Path, summary: dict, algorithm: str) -> None:
         """The run's files besides ``config.json``; ``summary.json`` last and atomically (its presence
         means the run is complete)."""
-        test = self.scored["test"]
-        write_predictions(out / "test_predictions.csv", self.algo, test, self.algo.model_config["num_tasks"],
-                          self.widths)
+        if self.scored.get("test") is not None:
+            write_predictions(out / "test_predictions.csv", self.algo, self.scored["test"],
+                              self.algo.model_config["num_tasks"], self.widths)
         write_metrics(out / "metrics.csv", self.rows)
         with open(out / "sent.jsonl", "w") as f:
             f.writelines(json.dumps(m) + "\n" for m in self.sent)

@@ -58,8 +58,8 @@ def coordinator(
     _say(f"{len(skipped)} round(s) skipped (fewer than min_partners replies), {s['failures']} failed partner-rounds, "
          f"{len(s['refused'])} node(s) refused; {s['bytes_down'] / 1e6:.2f} MB sent, {s['bytes_up'] / 1e6:.2f} MB "
          f"received")
-    _say(f"results in {out_dir}: summary.json, metrics.csv, nodes.json, model.safetensors, test_predictions.csv, "
-         f"sent.jsonl; logs in {out_dir / 'pilot' / 'logs'}")
+    _say(f"results in {out_dir}: summary.json, metrics.csv, nodes.json, model.safetensors, "
+         + ("test_predictions.csv, " if s["test"] else "") + f"sent.jsonl; logs in {out_dir / 'pilot' / 'logs'}")
 
 
 @pilot_app.command("partner")

@@ -78,7 +78,8 @@ class PilotSettings:
     layers: int = 5
     dropout: float = 0.5
     eval_every: int = 1
-    #: which round's model is reported (fedmol.fl.selection); "best-valid" needs a split (its validation rows)
+    #: which round's model is reported (fedmol.fl.selection); without a split the partners' own
+    #: validation scores decide (federated validation)
     select: str = "last"
     faulty_links: float = 0.0
     lossy_links: float = 0.0
@@ -127,9 +128,11 @@ class PilotSettings:
         s = cls(**kw)
         if not s.out_dir:
             raise FedmolError("run-config out-dir is required: the coordinator's folder for the results")
-        if not s.split and not s.test_csv:
-            raise FedmolError("the coordinator needs the global test set: run-config split (a split file) or "
-                              "test-csv with smiles-col, target-cols and task")
+        if not s.split and not (s.target_cols and s.task):
+            raise FedmolError("the coordinator needs the federation's task: run-config split (a split file), or "
+                              "target-cols and task (with test-csv and smiles-col when it holds a test set)")
+        from fedmol.fl.selection import check_selection
+        check_selection(s.select)
         if s.rounds < 1 or s.partners < 1:
             raise FedmolError("rounds and partners must be >= 1")
         if s.min_partners < 0:

@@ -202,9 +202,23 @@ class Partner:
     width_cap: float
 
 
+@dataclass
+class Schema:
+    """The federation's task when the coordinator holds no molecule at all: what every partner's
+    data must be (task type, target columns in order)."""
+
+    task_type: str
+    tasks: list[str]
+    name: str = "pilot"
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+
 def load_test_set(s: PilotSettings):
-    """``(dataset, test set, split or None)``: the global test set the organizer holds, a split's
-    test rows or a test CSV."""
+    """``(dataset or schema, test set or None, split or None)``: the global test set the organizer
+    holds (a split's test rows, or a test CSV), or only the federation's :class:`Schema`."""
     from fedmol.data.dataset import load_dataset
     from fedmol.data.splits import dataset_for_split, read_split
 
@@ -212,6 +226,8 @@ def load_test_set(s: PilotSettings):
         split = read_split(s.split)
         ds = dataset_for_split(split, s.data_dir or None, csv=s.split_csv or None, progress=False)
         return ds, ds.select_rows(split["test"]), split
+    if not s.test_csv:
+        return Schema(s.task, [c.strip() for c in s.target_cols.split(",") if c.strip()]), None, None
     ds = load_dataset(csv=s.test_csv, smiles_col=s.smiles_col or None, target_cols=s.target_cols or None,
                       task=s.task or None, progress=False)
     return ds, ds, None
@@ -279,7 +295,7 @@ def _check_hello(r: Reply, ds) -> str | None:
     if r.msg.config.get("task_type") != ds.task_type or len(tasks) != ds.num_tasks:
         return (f"its data is {r.msg.config.get('task_type')} with {len(tasks)} task(s), the test set is "
                 f"{ds.task_type} with {ds.num_tasks}")
-    want = list(getattr(getattr(ds, "info", None), "tasks", None) or [])
+    want = list(getattr(ds, "tasks", None) or getattr(getattr(ds, "info", None), "tasks", None) or [])
     if want and [str(t) for t in tasks] != [str(t) for t in want]:  # same columns, same order: same meaning
         return f"its target columns are {list(tasks)}, the federation's are {want} (same names, same order)"
     return None
@@ -323,12 +339,11 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     ds, test, split = load_test_set(s)
     evaluator = Evaluator(ds.task_type, ds.num_tasks)
     metric = evaluator.eval_metric
-    scored = {"test": test}
+    scored = {} if test is None else {"test": test}
     if split is not None:  # the organizer's split file lists the partners' validation rows (as the harness)
         scored["valid"] = ds.select_rows(sorted(r for p in split["partners"] for r in p["valid"]))
-    elif s.select == "best-valid":
-        raise PilotError("select = best-valid needs the pooled validation molecules, which only a benchmark split "
-                         "gives the coordinator; a pilot with a test CSV reports the last round (select = last)")
+    # otherwise the partners score the model on their own validation molecules (only the scores leave them)
+    federated_valid = split is None and (s.select == "best-valid" or test is None)
     algo_cls = get_algorithm(s.algorithm)
     name = algo_cls.name or s.algorithm
 
@@ -392,13 +407,15 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
                               rejoin=dict(ds=ds, split=split, known=set(node_ids), log=log))
     driver = RoundDriver(algo, [pt.info for pt in partners], transport, seed=s.seed, rounds=s.rounds,
                          evaluator=evaluator, scored=scored, select=s.select, eval_every=s.eval_every,
-                         clients_per_round=s.clients_per_round or None, min_partners=s.min_partners)
+                         clients_per_round=s.clients_per_round or None, min_partners=s.min_partners,
+                         federated_valid=federated_valid)
 
     def on_round(row: dict) -> None:
         skipped = row.get("skipped_reason")
         log(f"[fedmol pilot] round {row['round']}: {row['participants']} partner(s), {row['failures']} failure(s)"
             + (f", SKIPPED ({skipped})" if skipped else "")
-            + "".join(f", test {k.split('_', 1)[1]} {v:.4f}" for k, v in row.items() if k.startswith("test_")))
+            + "".join(f", {k.split('_', 1)[0]} {k.split('_', 1)[1]} {v:.4f}" for k, v in row.items()
+                      if k.startswith(("test_", "valid_"))))
         with open(out / "progress.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -423,7 +440,8 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
         w = served_width(widths, pt.width_cap)
         r = got.get(pt.node_id) or Reply(False, reason="not asked: it missed the last deadline")
         entry = dict(partner=pt.partition_id, width=w, n_train=pt.info.n_train, n_valid=pt.n_valid,
-                     test=test_scores[width_key(w)], valid=float(r.msg.metrics["valid"]) if r.ok else float("nan"))
+                     test=test_scores.get(width_key(w), float("nan")),
+                     valid=float(r.msg.metrics["valid"]) if r.ok else float("nan"))
         if not r.ok:
             entry["valid_error"] = r.reason
             valid_failures.append(f"partner {pt.partition_id}: validation failed: {r.reason}")
@@ -437,12 +455,15 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     summary = driver.summary(
         dataset=ds.name, algorithm=s.algorithm, valid=valid, per_partner=per_partner, privacy=dp, t_start=t_start,
         backend="flower", valid_kind="n_valid-weighted mean of the partners' own validation scores at their served width",
+        test_source=_test_source(s),
         partners=len(partners), refused=[e for e in nodes_report if e["status"] != "accepted"],
         node_events=transport.events, validation_failures=valid_failures)
     if transport.events:
         (out / "nodes.json").write_text(json.dumps(nodes_report + transport.events, indent=1))
     driver.write_files(out, summary, s.algorithm)
-    log(f"[fedmol pilot] done: test {metric} " + ", ".join(f"@{k} {v:.4f}" for k, v in test_scores.items())
+    shown = test_scores or valid
+    log(f"[fedmol pilot] done: {'test' if test_scores else 'partners valid'} {metric} "
+        + ", ".join(f"@{k} {v:.4f}" for k, v in shown.items())
         + (f" (round {selected}, {s.select})" if selected != s.rounds - 1 else ""))
     summary["history"] = driver.rows
     return summary
@@ -533,21 +554,44 @@ class LinkTransport:
         return answer
 
     def query(self, rnd: int, width: float, q: Message):
+        return self._ask(QUERY, rnd, width, q, list(self.by_index.values()))
+
+    def validate(self, rnd: int, width: float, msg: Message):
+        able = [pt for pt in self.by_index.values() if pt.width_cap >= width - 1e-9]
+        return self._ask(VALIDATE, rnd, width, msg, able)
+
+    def _ask(self, kind: str, rnd: int, width: float, msg: Message, partners: list[Partner]):
+        """``msg`` to the reachable ``partners``: ``(asked, answers, failure reasons)``."""
         from fedmol.training import width_key
 
-        targets = [pt for pt in self.by_index.values() if pt.node_id not in self.unresponsive]
-        got = self.link.exchange(QUERY, {pt.node_id: (q, _meta(QUERY, rnd, self.algorithm)) for pt in targets},
-                                 f"query-{rnd}-{width_key(width)}", self.timeout)
+        targets = [pt for pt in partners if pt.node_id not in self.unresponsive]
+        got = self.link.exchange(kind, {pt.node_id: (msg, _meta(kind, rnd, self.algorithm)) for pt in targets},
+                                 f"{kind}-{rnd}-{width_key(width)}", self.timeout)
         answers, failures = [], []
         for pt in targets:
             r = got[pt.node_id]
+            if r.ok and kind == VALIDATE and not _valid_answer(r.msg):
+                r = Reply(False, reason=f"malformed validation reply: {r.msg.metrics}")
             if r.ok:
                 answers.append((pt.info, r.msg))
             else:
-                failures.append(f"partner {pt.partition_id}: query at width {width:g} failed: {r.reason}")
+                failures.append(f"partner {pt.partition_id}: {kind} at width {width:g} failed: {r.reason}")
                 if r.timed_out:
                     self.unresponsive.add(pt.node_id)
         return len(targets), answers, failures
+
+
+def _valid_answer(msg: Message) -> bool:
+    try:
+        return float(msg.metrics["n_valid"]) >= 0 and isinstance(float(msg.metrics["valid"]), float)
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _test_source(s: PilotSettings) -> str:
+    if s.split:
+        return "split test rows"
+    return "test-csv" if s.test_csv else "none: the coordinator holds no test set (partners' validation scores only)"
 
 
 def _resolved(s: PilotSettings, algo, ds, test, split, partners: list[Partner], nodes_report: list,
@@ -572,11 +616,12 @@ def _resolved(s: PilotSettings, algo, ds, test, split, partners: list[Partner], 
                   metrics="n_train (training-set size), local loss and steps", extra=algo.disclosures,
                   partner_audit="each site's own audit.jsonl (its audit-dir)"),
         model=algo.model_config, widths=list(algo.widths()), privacy=dp,
-        split=dict(spec=spec, sha256=split.get("sha256") if split else None, partners=len(partners), test=len(test)),
+        split=dict(spec=spec, sha256=split.get("sha256") if split else None, partners=len(partners),
+                   test=0 if test is None else len(test)),
         partners=[dict(pid=pt.partition_id, node_id=pt.node_id, n_train=pt.info.n_train, n_valid=pt.n_valid,
                        device=pt.info.device.to_dict()) for pt in partners],
         nodes=nodes_report,
         pilot=dict(backend="flower", round_timeout=s.round_timeout, connect_timeout=s.connect_timeout,
-                   test_source="split test rows" if s.split else "test-csv"),
+                   test_source=_test_source(s)),
         versions=dict(fedmol=fedmol.__version__, torch=torch.__version__, rdkit=rdkit.__version__),
     )

@@ -75,10 +75,14 @@ def run_coordinator_pilot(plan, out: str | Path, *, certs: str | Path | None = N
     out = Path(out).resolve()
     s = plan.settings(out)
     d = plan.doc.dataset
-    test = load_dataset(csv=s.test_csv, smiles_col=s.smiles_col, target_cols=s.target_cols, task=s.task,
-                        progress=False)
-    log(f"test set {plan.test_csv}: {test.report.valid} valid molecules of {test.report.rows} rows, "
-        f"{d.task} on {', '.join(d.target_cols)}")
+    if s.test_csv:
+        test = load_dataset(csv=s.test_csv, smiles_col=s.smiles_col, target_cols=s.target_cols, task=s.task,
+                            progress=False)
+        log(f"test set {plan.test_csv}: {test.report.valid} valid molecules of {test.report.rows} rows, "
+            f"{d.task} on {', '.join(d.target_cols)}")
+    else:
+        log(f"no test set: the partners' own validation scores are the metric ({d.task} on "
+            f"{', '.join(d.target_cols)})")
     work = out / "pilot"
     work.mkdir(parents=True, exist_ok=True)
     for stale in ("summary.json", "pilot_error.json", "progress.jsonl", "inbox.jsonl", "nodes.json"):

@@ -15,6 +15,8 @@ One file says everything the coordinator decides for a real pilot; every partner
     min_partners = 2             # a round with fewer usable replies is not aggregated (model unchanged)
     round_deadline = 900         # seconds a round waits for replies
     connect_timeout = 600        # seconds to wait for the partners to connect
+    select = "best-valid"        # report the round whose model the partners' validation scores rank best
+                                 # ("last", the default: the model after the last round)
     # clients_per_round = 0  eval_every = 1  threads = 0  out = "runs/pilot-1"
 
     [model]                      # optional; these are the defaults
@@ -29,7 +31,8 @@ One file says everything the coordinator decides for a real pilot; every partner
     [dataset]                    # the schema every partner's CSV must match
     task = "classification"      # or "regression"
     target_cols = ["p_np"]       # target column names, in this order, at every partner
-    test_csv = "test.csv"        # the coordinator's held-out test set (never sent to anyone)
+    test_csv = "test.csv"        # optional: the coordinator's held-out test set (never sent to anyone);
+                                 # without one the partners' own validation scores are the only metric
     smiles_col = "smiles"        # its SMILES column
 
 :meth:`PilotPlan.settings` turns it into the :class:`~fedmol.pilot.config.PilotSettings` the
@@ -67,6 +70,7 @@ class PilotSection(_Strict):
     connect_timeout: Seconds = 600.0
     clients_per_round: Annotated[int, Field(ge=0)] = 0
     eval_every: Annotated[int, Field(ge=1)] = 1
+    select: Literal["best-valid", "last"] = "last"
     threads: Annotated[int, Field(ge=0)] = 0
     out: str | None = None
 
@@ -81,7 +85,7 @@ class ModelSection(_Strict):
 class DatasetSection(_Strict):
     task: Literal["classification", "regression"]
     target_cols: Annotated[list[Column], Field(min_length=1)]
-    test_csv: Annotated[str, Field(min_length=1)]
+    test_csv: Annotated[str, Field(min_length=1)] | None = None
     smiles_col: Annotated[str, Field(min_length=1)] = "smiles"
 
 
@@ -106,8 +110,8 @@ class PilotPlan:
         return (q if q.is_absolute() else self.path.parent / q).resolve()
 
     @property
-    def test_csv(self) -> Path:
-        return self.resolve(self.doc.dataset.test_csv)
+    def test_csv(self) -> Path | None:
+        return self.resolve(self.doc.dataset.test_csv) if self.doc.dataset.test_csv else None
 
     def out_dir(self, out: str | Path | None) -> Path:
         if out is not None:
@@ -121,8 +125,8 @@ class PilotPlan:
         return PilotSettings(
             algorithm=p.algorithm, rounds=p.rounds, seed=p.seed, partners=p.partners, devices="homogeneous",
             clients_per_round=p.clients_per_round, min_partners=p.min_partners, model=m.name, hidden=m.hidden,
-            layers=m.layers, dropout=float(m.dropout), eval_every=p.eval_every, hparams=dict(self.doc.hparams),
-            test_csv=str(self.test_csv), smiles_col=d.smiles_col, target_cols=",".join(d.target_cols), task=d.task,
+            layers=m.layers, dropout=float(m.dropout), eval_every=p.eval_every, select=p.select,
+            hparams=dict(self.doc.hparams), test_csv=str(self.test_csv) if self.test_csv else "", smiles_col=d.smiles_col, target_cols=",".join(d.target_cols), task=d.task,
             out_dir=str(Path(out_dir).resolve()), round_timeout=float(p.round_deadline),
             connect_timeout=float(p.connect_timeout), threads=p.threads)
 
@@ -182,7 +186,7 @@ def load_plan(path: str | Path) -> PilotPlan:
     except FedmolError as e:
         raise FedmolError(f"{path}: {e}") from None
     plan = PilotPlan(doc, path)
-    if not plan.test_csv.is_file():
+    if plan.test_csv is not None and not plan.test_csv.is_file():
         raise FedmolError(f"{path}: [dataset] test_csv {plan.test_csv} not found (the coordinator's held-out test "
-                          "set; a pilot without one is not supported)")
+                          "set; leave test_csv out for a pilot scored only by the partners' validation sets)")
     return plan

@@ -4,6 +4,7 @@ still goes through the wire conversion (RecordDict and back)."""
 
 import csv
 import json
+import math
 
 import pytest
 
@@ -184,14 +185,72 @@ def test_parity_when_an_earlier_round_is_reported(bace_split, tmp_path, monkeypa
         (tmp_path / "harness" / "test_predictions.csv").read_text()
 
 
-def test_best_valid_selection_needs_a_split(tmp_path):
-    test_csv = tmp_path / "test.csv"
-    test_csv.write_text("smiles,y\nCCO,1\nCCN,0\nc1ccccc1,1\n")
-    s = PilotSettings(select="best-valid", test_csv=str(test_csv), smiles_col="smiles", target_cols="y",
-                      task="classification", out_dir=str(tmp_path / "out"), connect_timeout=0.1)
-    with pytest.raises(PilotError, match="select = best-valid needs the pooled validation molecules"):
-        run_coordinator(LocalLink({}), s, log=lambda m: None)
-    assert "best-valid" in json.loads((tmp_path / "out" / "pilot_error.json").read_text())["error"]
+def _own_csv_sites(tmp_path, caps=(1.0, 0.5)):
+    """Two sites with their own BACE CSVs (and width caps), and the rows left for a test CSV."""
+    import numpy as np
+
+    from fedmol.data.dataset import load_dataset
+
+    ds = load_dataset("bace", progress=False)
+    smiles, y = ds.smiles, ds.labels[:, 0]
+
+    def write(path, rows):
+        path.write_text("compound,activity\n" + "".join(f"{smiles[i]},{int(y[i])}\n" for i in rows))
+        return str(path)
+
+    order = np.random.default_rng(0).permutation(len(smiles))
+    parts = [order[:300], order[300:500], order[500:650]]
+    cols = {"smiles-col": "compound", "target-cols": "activity", "task": "classification"}
+    ncs = {10 + k: {"partition-id": k, "csv": write(tmp_path / f"site{k}.csv", parts[k]), "width-cap": caps[k],
+                    "audit-dir": str(tmp_path / f"audit{k}"), "threads": 1, **cols} for k in range(2)}
+    return ncs, (lambda: write(tmp_path / "test.csv", parts[2]))
+
+
+def test_pilot_without_a_test_set_is_scored_by_the_partners(tmp_path):
+    """No molecule at the coordinator: every evaluated round, the partners score the model at each
+    width their device can run on their own validation molecules; the n_valid-weighted mean ranks
+    the rounds (best-valid), and only scores leave the partners."""
+    ncs, _ = _own_csv_sites(tmp_path)
+    s = PilotSettings(algorithm="fjord", rounds=3, partners=2, hidden=16, layers=2, hparams={"max_local_steps": 2},
+                      smiles_col="compound", target_cols="activity", task="classification", select="best-valid",
+                      out_dir=str(tmp_path / "out"), round_timeout=5, connect_timeout=5, threads=1)
+    summary = run_coordinator(LocalLink(ncs), s, log=lambda m: None)
+    out = tmp_path / "out"
+    assert summary["test"] == {} and summary["test_source"].startswith("none")
+    assert not (out / "test_predictions.csv").exists() and (out / "model.safetensors").is_file()
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert not [k for k in rows[0] if k.startswith("test_")]
+    sent = [json.loads(x) for x in (out / "sent.jsonl").read_text().splitlines()]
+    widths = ["1.0", "0.5"]  # fjord serves the widths of the caps present; width 1 only partner 0 can run
+    for r in rows:
+        asked = [e for e in sent if e["kind"] == "validate" and e["round"] == int(r["round"])]
+        assert sorted(e["partner"] for e in asked) == [0, 0, 1]  # partner 1 (cap 1/2) is never sent width 1
+        for w, who in (("1.0", [0]), ("0.5", [0, 1])):
+            mine = [e["metrics"] for e in asked if e["width"] == float(w)]
+            assert [e["partner"] for e in asked if e["width"] == float(w)] == who
+            expect = sum(m["n_valid"] * m["valid"] for m in mine) / sum(m["n_valid"] for m in mine)
+            assert float(r[f"valid_rocauc@{w}"]) == pytest.approx(expect, abs=1e-9)
+    means = [sum(float(r[f"valid_rocauc@{w}"]) for w in widths) / 2 for r in rows]
+    assert summary["selected_round"] == means.index(max(means))
+    assert [e["partner"] for e in summary["per_partner"]] == [0, 1] and all(
+        math.isnan(e["test"]) for e in summary["per_partner"])
+
+
+def test_pilot_with_a_test_csv_can_select_by_the_partners_validation(tmp_path):
+    ncs, test_csv = _own_csv_sites(tmp_path, caps=(1.0, 1.0))
+    s = PilotSettings(algorithm="fedavg", rounds=2, partners=2, hidden=16, layers=2, hparams={"max_local_steps": 2},
+                      test_csv=test_csv(), smiles_col="compound", target_cols="activity", task="classification",
+                      select="best-valid", out_dir=str(tmp_path / "out"), round_timeout=5, connect_timeout=5, threads=1)
+    summary = run_coordinator(LocalLink(ncs), s, log=lambda m: None)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "metrics.csv")))
+    assert {"test_rocauc@1.0", "valid_rocauc@1.0"} <= set(rows[0])
+    best = max(range(2), key=lambda i: (float(rows[i]["valid_rocauc@1.0"]), -i))
+    assert summary["selected_round"] == best
+    assert summary["test"]["1.0"] == pytest.approx(float(rows[best]["test_rocauc@1.0"]))
+    with pytest.raises(FedmolError, match="unknown model selection 'best'"):
+        PilotSettings.from_run_config({**s.to_run_config(), "select": "best"})
+    with pytest.raises(FedmolError, match="the coordinator needs the federation's task"):
+        PilotSettings.from_run_config({"out-dir": str(tmp_path), "test-csv": "t.csv"})
 
 
 class NewcomerLink(LocalLink):

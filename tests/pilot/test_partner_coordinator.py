@@ -54,14 +54,15 @@ def csvs(tmp_path_factory, data_dir):
     return paths
 
 
-def pilot_toml(path: Path, test_csv: Path, **pilot) -> Path:
+def pilot_toml(path: Path, test_csv: Path | None, **pilot) -> Path:
     settings = dict(name="bbbp-test", algorithm="fedavg", rounds=2, partners=2, min_partners=2, round_deadline=120,
                     connect_timeout=120, threads=1)
     settings.update(pilot)
     lines = ["[pilot]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
     lines += ["[model]", "hidden = 16", "layers = 2", "[hparams]", "max_local_steps = 2",
-              "[dataset]", 'task = "classification"', 'target_cols = ["p_np"]', f"test_csv = {json.dumps(str(test_csv))}",
-              'smiles_col = "smiles"']
+              "[dataset]", 'task = "classification"', 'target_cols = ["p_np"]', 'smiles_col = "smiles"']
+    if test_csv is not None:
+        lines.append(f"test_csv = {json.dumps(str(test_csv))}")
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -227,6 +228,7 @@ def test_partner_check_only(tmp_path, csvs):
     ({"pilot": 'algorithm = "fedsgd"'}, "unknown algorithm 'fedsgd'"),
     ({"hparams": "colour = 1"}, "unknown hyperparameter(s) ['colour']"),
     ({"dataset": 'test_csv = "missing.csv"'}, "test_csv"),
+    ({"pilot": 'select = "best"'}, "pilot.select: Input should be 'best-valid' or 'last'"),
     ({"text": "[pilot\n"}, "is not valid TOML"),
 ])
 def test_pilot_toml_errors_are_one_line(tmp_path, csvs, change, message):
@@ -308,3 +310,15 @@ def test_server_certificate_also_names_loopback(tmp_path):
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["coordinator.example.org", "localhost"]
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["203.0.113.10", "127.0.0.1"]
+
+
+def test_pilot_toml_without_a_test_set(tmp_path):
+    """A coordinator that holds no molecule: the partners' validation scores are the metric."""
+    from fedmol.pilot.plan import load_plan
+
+    plan = load_plan(pilot_toml(tmp_path / "pilot.toml", None, select="best-valid"))
+    s = plan.settings(tmp_path / "run")
+    assert plan.test_csv is None and s.test_csv == "" and s.select == "best-valid"
+    assert s.target_cols == "p_np" and s.task == "classification"
+    from fedmol.pilot.config import PilotSettings
+    assert PilotSettings.from_run_config(s.to_run_config()) == s
