@@ -8,7 +8,8 @@ its worst with references compared at their best:
 * ``"best-valid"`` (the default): among the evaluated rounds (every ``eval_every``-th and the
   last), the round whose global model scores best on the **pooled validation molecules** (the
   union of the partners' validation sets: the set the centralized reference early-stops on),
-  averaged over the widths the algorithm serves; a tie keeps the earlier round. The run then
+  averaged over the widths the algorithm serves; a tie keeps the earlier round, and while no round
+  has a defined validation score (e.g. one class only) the latest round stands. The run then
   reports that round's model everywhere: ``summary.json``'s ``test`` / ``valid`` / ``per_partner``,
   ``model.safetensors`` and ``test_predictions.csv``. ``summary.json`` also says
   ``selected_round`` and keeps the last round's test scores as ``test_last``.
@@ -67,7 +68,8 @@ class RoundSelector:
         if self.select == "last":
             return False
         score = selection_score(valid, self.metric)
-        if self.best_round is None or score > self.best_score:
+        # a defined score beats an undefined one; while no round has one, the latest round stands
+        if self.best_round is None or score > self.best_score or score == self.best_score == -math.inf:
             self.best_round, self.best_score = rnd, score
             self._checkpoint = algo.checkpoint()
             return True

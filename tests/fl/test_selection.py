@@ -53,6 +53,7 @@ class _Toy:
     ("rmse", [1.2, 0.9, 1.1, 1.0], 1),           # lower is better
     ("rocauc", [float("nan"), 0.5, 0.4, 0.3], 1),  # an undefined score never wins over a defined one
     ("rocauc", [0.5, 0.6, 0.7, 0.8], 3),         # the last round can be the best
+    ("rocauc", [float("nan")] * 4, 3),           # validation cannot rank any round: the last one stands
 ])
 def test_round_selector_restores_the_best_round(metric, valid, best):
     algo, sel = _Toy(), RoundSelector("best-valid", metric)
