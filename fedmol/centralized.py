@@ -41,7 +41,7 @@ from fedmol.data.scaffold import murcko_scaffolds
 from fedmol.data.splits import dataset_scaffolds
 from fedmol.evaluate import Evaluator
 from fedmol.models import build
-from fedmol.training import fit, score, seed_everything, width_key
+from fedmol.training import fit, resolve_device, score, seed_everything, width_key
 
 
 SPLIT_PROTOCOLS = ("fedmol", "hu2020")
@@ -60,15 +60,17 @@ def centralized_split(ds: MoleculeDataset, protocol: str = "fedmol", progress: b
 def train_centralized(ds: MoleculeDataset, out_dir: str | Path | None = None, model: str = "gin",
                       width: float = 1.0, seed: int = 0, epochs: int = 100, patience: int | None = 30,
                       hidden: int = 300, layers: int = 5, dropout: float = 0.5, batch_size: int = 32,
-                      lr: float = 1e-3, split_protocol: str = "fedmol", progress: bool = True) -> dict:
+                      lr: float = 1e-3, split_protocol: str = "fedmol", progress: bool = True,
+                      device: str | None = None) -> dict:
     t0 = time.perf_counter()
+    dev = resolve_device(device)
     seed_everything(seed)
     train_idx, valid_idx, test_idx = centralized_split(ds, split_protocol, progress)
     train, valid, test = (ds.index_select(torch.as_tensor(i)) for i in (train_idx, valid_idx, test_idx))
     evaluator = Evaluator(ds.task_type, ds.num_tasks)
     metric = evaluator.eval_metric
     net = build(model, ds.num_tasks, hidden=hidden, layers=layers, width=width, task_type=ds.task_type,
-                dropout=dropout)
+                dropout=dropout).to(dev)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.fields[info]}"), disable=not progress, transient=True) as bar:
         task = bar.add_task(f"{ds.name} {model} w={width}", total=epochs, info="")
@@ -88,14 +90,15 @@ def train_centralized(ds: MoleculeDataset, out_dir: str | Path | None = None, mo
         epochs_run=len(history),
         sizes=dict(train=len(train), valid=len(valid), test=len(test)),
         config=dict(model=net.config, seed=seed, epochs=epochs, patience=patience or None, batch_size=batch_size, lr=lr,
-                    optimizer="adam", split=f"scaffold 80/10/10, protocol {split_protocol}",
+                    optimizer="adam", split=f"scaffold 80/10/10, protocol {split_protocol}", device=str(dev),
                     source_sha256=ds.source_sha256),
         history=history,
     )
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "model.safetensors"),
+        weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        save_file(weights, str(out / "model.safetensors"),
                   metadata={"config": json.dumps(net.config)})
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -207,6 +207,7 @@ def train(
     batch_size: int = typer.Option(32, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr"),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest for small molecular graphs)."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (a GPU for the large datasets, e.g. HIV)."),
     split_protocol: str = typer.Option("fedmol", "--split-protocol", help="fedmol (the federated splits' test set) "
                                        "| hu2020 (Hu et al. 2020's splitter, to compare with published numbers)."),
     csv: Optional[Path] = CsvOpt, smiles_col: Optional[str] = SmilesCol, target_cols: Optional[str] = TargetCols,
@@ -216,10 +217,14 @@ def train(
     from fedmol.centralized import train_centralized
 
     import torch
+
+    from fedmol.training import resolve_device
     torch.set_num_threads(threads)
+    resolve_device(device)  # an unusable device is a one-line error before any work
     ds = _load(name, data_dir, csv, smiles_col, target_cols, task, jobs)
     s = train_centralized(ds, out, model=model, width=width, seed=seed, epochs=epochs, patience=patience,
-                          hidden=hidden, layers=layers, batch_size=batch_size, lr=lr, split_protocol=split_protocol)
+                          hidden=hidden, layers=layers, batch_size=batch_size, lr=lr, split_protocol=split_protocol,
+                          device=device)
     (k, v), = s["test"].items()
     console.print(f"{s['dataset']} {model} width {k}: test {s['metric']} {v:.4f} (valid {s['valid'][k]:.4f}, "
                   f"best epoch {s['best_epoch']}; last epoch {s['last_epoch']}: test {s['test_last'][k]:.4f}; "

@@ -4,7 +4,8 @@ Centralized reference training, local-only references and every federated client
 built from these functions, so "how a model takes an optimizer step" and "how a model is scored"
 exist once. Determinism: :func:`seed_everything` seeds Python, NumPy and torch; loaders shuffle
 with their own ``torch.Generator`` seeded from the caller's seed, so data order never depends on
-global state.
+global state. Batches go to the device of the model's parameters (a model moved to a GPU trains
+there; on CPU nothing moves); scores always come back as CPU arrays.
 """
 
 from __future__ import annotations
@@ -18,6 +19,29 @@ from torch_geometric.loader import DataLoader
 
 from fedmol.evaluate import Evaluator
 from fedmol.models import masked_loss
+
+
+def model_device(model) -> torch.device:
+    """Where ``model``'s parameters live (batches are moved there; CPU needs no move)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``"cpu"`` / ``"cuda"`` / ``"cuda:1"`` / ``None`` (CPU), checked: a one-line error for a device
+    this machine does not have."""
+    from fedmol.errors import FedmolError
+
+    name = device or "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise FedmolError(f"unknown device {name!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FedmolError(f"device {name!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU")
+    if dev.type not in ("cpu", "cuda"):
+        raise FedmolError(f"device {name!r}: fedmol trains on cpu or cuda")
+    return dev
 
 
 def seed_everything(seed: int) -> None:
@@ -41,10 +65,13 @@ def width_key(width: float) -> str:
 def predict(model, dataset, width: float | None = None, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """``(y_true, y_pred)`` as float arrays (n, num_tasks) in dataset order; the model is left in eval mode."""
     model.eval()
+    dev = model_device(model)
     ys, ps = [], []
     for batch in make_loader(dataset, batch_size):
-        ps.append(model(batch, width=width).float())
         ys.append(batch.y.float())
+        if dev.type != "cpu":
+            batch = batch.to(dev)
+        ps.append(model(batch, width=width).float().cpu())
     if not ys:
         return np.zeros((0, model.num_tasks)), np.zeros((0, model.num_tasks))
     return torch.cat(ys).numpy(), torch.cat(ps).numpy()
@@ -66,12 +93,15 @@ def train_epoch(model, loader: Iterable, optimizer: torch.optim.Optimizer, width
     Returns ``{"loss": mean loss, "steps": steps, "samples": graphs seen}``.
     """
     model.train()
+    dev = model_device(model)
     total, steps, samples = 0.0, 0, 0
     for batch in loader:
         if max_steps is not None and steps >= max_steps:
             break
         if batch.num_graphs < 2:  # BatchNorm cannot train on a single graph
             continue
+        if dev.type != "cpu":
+            batch = batch.to(dev, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         pred = model(batch, width=width)
         loss = masked_loss(pred, batch.y, model.task_type)

@@ -46,6 +46,7 @@ def test_featurize_summary_and_report_file(tmp_path):
     (["split", "show", "absent.json"], "split file not found"),
     (["run", "--select", "best", "--out", "x"], "unknown model selection 'best'; known: best-valid, last"),
     (["run", "--rounds", "0", "--out", "x"], "rounds must be >= 1, got 0"),
+    (["train", "bace", "--device", "tpu", "--out", "x"], "unknown device 'tpu'"),
     (["run", "--eval-every", "0", "--out", "x"], "eval_every must be >= 1"),
     (["run", "--clients-per-round", "0", "--out", "x"], "clients_per_round must be >= 1"),
     (["run", "--faulty-links", "1.5", "--out", "x"], "faulty_links is a probability in [0, 1], got 1.5"),
@@ -156,3 +157,12 @@ def test_train_records_the_last_epoch_protocol(tmp_path):
     best = s["history"][s["best_epoch"]]
     assert s["valid"]["1.0"] == best["valid"] and s["test"]["1.0"] == pytest.approx(best["test"], abs=1e-12)
     assert "last epoch 2: test" in " ".join(res.output.split())
+
+
+def test_train_on_a_gpu_that_is_not_there(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = run("train", "bace", "--device", "cuda", "--out", tmp_path / "t")
+    assert res.exit_code == 2 and "sees no CUDA GPU" in " ".join(res.output.split())
+    assert not (tmp_path / "t").exists()
