@@ -2,7 +2,8 @@
 
 Reads ``benchmarks/results/standard/results_per_seed.csv`` (written by ``fedmol bench standard``) and
 writes ``headlines.md`` beside it: test ROC-AUC at width 1, per partner and at width 1/8 per
-alpha; the paired effect of faulty links; the federated gain; MB and seconds per run. Values are
+alpha; the paired effect of faulty links; the federated gain; the reported round and what model
+selection changed; MB and seconds per run. Values are
 mean +- sample std over the seeds present (the column ``seeds`` says how many).
 
     python benchmarks/standard_headlines.py
@@ -58,6 +59,10 @@ with contextlib.redirect_stdout(buf):
     delta("test@partner")
     delta("test@0.125")
     table("gain_test", "tiered", algos, "federated gain on the global test set vs each partner's local-only GNN (clean)")
+    if "selected_round" in d:
+        d["selection_gain"] = d["test@1.0"] - d["test_last@1.0"]
+        table("selected_round", "tiered", algos, "the round each run reports (best pooled validation score; 19 = last)")
+        table("selection_gain", "tiered", algos, "test@1.0 of the reported round minus the last round's (clean links)")
     print("\n**MB communicated per run and seconds per run (clean links, mean over all alphas/seeds)**\n")
     print("| method | " + " | ".join(f"{ds} MB | {ds} s" for ds in d.dataset.unique()) + " |")
     print("|---|" + "---:|---:|" * d.dataset.nunique())
