@@ -22,7 +22,7 @@ from fedmol.training import make_loader, score
 torch.set_num_threads(1)
 base = Path("benchmarks/results/standard/runs")
 rows = []
-for ds in ("bbbp", "bace"):
+for ds in ("bbbp", "bace", "b3db_classification"):
     for a in ("a0.1", "a1", "a100"):
         for s in (0, 1, 2):
             run = base / ds / "tiered" / a / "fedgen" / f"s{s}"
@@ -44,7 +44,7 @@ for ds in ("bbbp", "bace"):
             print(ds, a, s, {w: f"{b:.3f} -> {x:.3f}" for w, (b, x) in out.items()}, flush=True)
 import statistics
 summary = {}
-for ds in ("bbbp", "bace"):
+for ds in ("bbbp", "bace", "b3db_classification"):
     for w in (0.125, 0.25):
         b = [r[3][w][0] for r in rows if r[0] == ds]; x = [r[3][w][1] for r in rows if r[0] == ds]
         print(f"{ds} width {w}: stored BN {statistics.mean(b):.3f}, recomputed BN {statistics.mean(x):.3f} (mean of 9 runs)")

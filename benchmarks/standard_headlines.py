@@ -20,11 +20,17 @@ OUT = Path(__file__).resolve().parent / "results" / "standard"
 d = pd.read_csv(OUT / "results_per_seed.csv")
 algos = ["fedavg", "feddf", "heterofl", "fjord", "fedgen", "fedrescue"]
 refs = ["local-only (gnn)", "centralized (gnn)", "local-only (rf-ecfp4)", "centralized (rf-ecfp4)"]
-def ms(x):
+
+
+def ms(x, digits=3):
+    """mean +- sample std of the defined values; empty when there are none."""
     x = x.dropna()
-    if len(x) == 0: return ""
-    return f"{x.mean():.3f}" + (f" ± {x.std(ddof=1):.3f}" if len(x) > 1 else "")
-def table(measure, devices, methods, title):
+    if len(x) == 0:
+        return ""
+    return f"{x.mean():.{digits}f}" + (f" ± {x.std(ddof=1):.{digits}f}" if len(x) > 1 else "")
+
+
+def table(measure, devices, methods, title, digits=3):
     print(f"\n**{title}**\n")
     alphas = sorted(d.alpha.unique())
     for ds in d.dataset.unique():
@@ -33,8 +39,12 @@ def table(measure, devices, methods, title):
         print("|---|" + "---:|" * len(alphas) + "---:|")
         for m in methods:
             sub = d[(d.dataset == ds) & (d.devices == devices) & (d.method == m)]
-            if sub.empty: continue
-            print(f"| {m} | " + " | ".join(ms(sub[sub.alpha == a][measure]) for a in alphas) + f" | {sub.seed.nunique()} |")
+            if sub.empty:
+                continue
+            cells = [ms(sub[sub.alpha == a][measure], digits) for a in alphas]
+            print(f"| {m} | " + " | ".join(cells) + f" | {sub.seed.nunique()} |")
+
+
 def delta(measure):
     print(f"\n**{measure}: faulty links (p=0.5) minus clean, mean over seeds (paired by seed)**\n")
     alphas = sorted(d.alpha.unique())
@@ -49,7 +59,10 @@ def delta(measure):
                 f = d[(d.dataset == ds) & (d.devices == "tiered-faulty0.5") & (d.method == m) & (d.alpha == a)].set_index("seed")[measure]
                 x = (f - c).dropna()
                 vals += list(x); row.append(f"{x.mean():+.3f}" if len(x) else "")
-            print(f"| {m} | " + " | ".join(row) + f" | {np.mean(vals):+.3f} |" if vals else "")
+            if vals:  # a method that never serves this measure (FedAvg at width 1/8) has no row
+                print(f"| {m} | " + " | ".join(row) + f" | {np.mean(vals):+.3f} |")
+
+
 buf = io.StringIO()
 with contextlib.redirect_stdout(buf):
     table("test@1.0", "tiered", refs[:2] + refs[3:] + algos, "test ROC-AUC of the global model at width 1 (clean links)")
@@ -61,7 +74,7 @@ with contextlib.redirect_stdout(buf):
     table("gain_test", "tiered", algos, "federated gain on the global test set vs each partner's local-only GNN (clean)")
     if "selected_round" in d:
         d["selection_gain"] = d["test@1.0"] - d["test_last@1.0"]
-        table("selected_round", "tiered", algos, "the round each run reports (best pooled validation score; 19 = last)")
+        table("selected_round", "tiered", algos, "the round each run reports (best pooled validation score; 19 = last)", digits=1)
         table("selection_gain", "tiered", algos, "test@1.0 of the reported round minus the last round's (clean links)")
     print("\n**MB communicated per run and seconds per run (clean links, mean over all alphas/seeds)**\n")
     print("| method | " + " | ".join(f"{ds} MB | {ds} s" for ds in d.dataset.unique()) + " |")
