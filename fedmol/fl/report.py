@@ -27,8 +27,9 @@ the standard deviation is empty (NaN in the CSV, blank in Markdown).
 
 Files: ``results.csv`` (``<measure>_mean``, ``<measure>_std``, ``n_seeds``), ``results.md``,
 ``results_per_seed.csv``, ``partner_gains.csv``, and per dataset x devices x alpha, under
-``plots/``: ``rounds_*.png`` (test metric vs round), ``mb_*.png`` (test metric vs cumulative MB
-communicated), ``widths_*.png`` (final test metric per served width).
+``plots/``: ``rounds_*.png`` (test metric vs round; a star marks the mean reported round and
+score), ``mb_*.png`` (test metric vs cumulative MB communicated), ``widths_*.png`` (reported test
+metric per served width).
 """
 
 from __future__ import annotations
@@ -270,6 +271,17 @@ def _ref_lines(ax, refs: dict[str, float]) -> None:
             ax.axhline(v, color=color, ls=ls, lw=1.2, label=name)
 
 
+def _reported_point(entries: list[dict], table: pd.DataFrame, method: str, width: str) -> tuple | None:
+    """(mean reported round, mean reported test metric) of a method: where model selection stopped."""
+    rounds = [e["summary"]["selected_round"] for e in entries
+              if e["method"] == method and e["summary"].get("selected_round") is not None]
+    row = table[table["method"] == method]
+    col = f"test@{width}_mean"
+    if not rounds or row.empty or col not in row or not np.isfinite(row[col].iloc[0]):
+        return None
+    return float(np.mean(rounds)), float(row[col].iloc[0])
+
+
 def plot_group(entries: list[dict], table: pd.DataFrame, folder: Path, tag: str) -> list[Path]:
     """The three plots of one dataset x alpha x devices group."""
     from matplotlib.figure import Figure
@@ -294,8 +306,15 @@ def plot_group(entries: list[dict], table: pd.DataFrame, folder: Path, tag: str)
     for kind, x, xlabel in (("rounds", "round", "round"), ("mb", "mb", "MB communicated (down + up, cumulative)")):
         fig = Figure(figsize=(6.4, 4.2))
         ax = fig.subplots()
+        stars = False
         for m, (c, w) in curves.items():
-            ax.plot(c[x], c["value"], marker="o", ms=3, label=f"{m} @{w}")
+            (line,) = ax.plot(c[x], c["value"], marker="o", ms=3, label=f"{m} @{w}")
+            if kind == "rounds" and (pt := _reported_point(entries, table, m, w)):
+                ax.plot(*pt, marker="*", ms=11, color=line.get_color(), markeredgecolor="black", ls="none")
+                stars = True
+        if stars:
+            ax.plot([], [], marker="*", ms=9, color="white", markeredgecolor="black", ls="none",
+                    label="reported (mean round, score)")
         _ref_lines(ax, refs)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"test {metric}")
@@ -329,7 +348,7 @@ def plot_group(entries: list[dict], table: pd.DataFrame, folder: Path, tag: str)
         ax.set_xticks(ws)
         ax.set_xticklabels([_width_label(w) for w in ws])
     ax.set_xlabel("served width")
-    ax.set_ylabel(f"final test {metric}")
+    ax.set_ylabel(f"reported test {metric}")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
