@@ -102,6 +102,15 @@ def test_markdown_and_plots(finished):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_reported_point_is_mean_selected_round_and_score():
+    entries = [dict(method="fjord", summary=dict(selected_round=r)) for r in (4, 8)]
+    entries.append(dict(method="reference", summary={}))
+    table = pd.DataFrame({"method": ["fjord", "fedavg"], "test@1.0_mean": [0.7, np.nan]})
+    assert report._reported_point(entries, table, "fjord", "1.0") == (6.0, 0.7)
+    assert report._reported_point(entries, table, "fedavg", "1.0") is None  # no selected round, no score
+    assert report._reported_point(entries, table, "fjord", "0.5") is None  # width not in the table
+
+
 def test_second_invocation_skips_every_finished_run(finished):
     suite, out, _, _ = finished
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("summary.json")}
