@@ -518,10 +518,10 @@ def _deal(
     deficit = np.zeros((len(type_size), K), dtype=np.float64)
     chem: dict[int, np.ndarray] = {}
     for t in present_types:
-        c, l = divmod(int(t), n_strata)
+        c, stratum = divmod(int(t), n_strata)
         if c not in chem:
             chem[c] = rng.dirichlet(conc)
-        p = chem[c] * pref[:, l]
+        p = chem[c] * pref[:, stratum]
         if not (np.all(np.isfinite(p)) and p.sum() > 0):
             p = chem[c] if np.all(np.isfinite(chem[c])) and chem[c].sum() > 0 else np.zeros(K)
             if p.sum() <= 0:

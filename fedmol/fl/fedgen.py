@@ -141,10 +141,10 @@ class PairSpace:
 
     def targets(self, pairs: Tensor) -> Tensor:
         """The value a head's output for the pair's task should take."""
-        t, l = self.split(pairs)
+        task, label = self.split(pairs)
         if self.task_type == "classification":
-            return l.float()
-        return self.mean[t] + self.std[t] * torch.tensor(NORMAL_CENTRES)[l]
+            return label.float()
+        return self.mean[task] + self.std[task] * torch.tensor(NORMAL_CENTRES)[label]
 
     def head_loss(self, pred: Tensor, pairs: Tensor, reduction: str = "none") -> Tensor:
         """Loss of ``pred`` [B, T] on generated samples for ``pairs`` [B] (task-t output only)."""

@@ -265,6 +265,7 @@ def test_parallel_workers_equal_sequential_and_faulty_rows(tmp_path):
     par = bench.run_suite(suite, tmp_path / "par", workers=2, progress=False, console=console)
     assert par["ran"] == 6 and "6 runs to do on 2 worker processes" in buf.getvalue()
     seq = bench.run_suite(suite, tmp_path / "seq", progress=False, console=quiet()[0])
+    assert seq["ran"] == 6
     a = pd.read_csv(tmp_path / "par" / "results_per_seed.csv").drop(columns=["seconds"])
     b = pd.read_csv(tmp_path / "seq" / "results_per_seed.csv").drop(columns=["seconds"])
     pd.testing.assert_frame_equal(a, b)  # same rows in the same (plan) order, same numbers

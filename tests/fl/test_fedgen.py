@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedmol.fl.fedgen import (COUNTS, NORMAL_CENTRES, FedGen, Generator, PairSpace, decayed, diversity_loss,
+from fedmol.fl.fedgen import (COUNTS, NORMAL_CENTRES, Generator, PairSpace, decayed, diversity_loss,
                               teacher_loss)
 from fedmol.fl.harness import RunConfig, run_federated
 
@@ -22,8 +22,8 @@ def test_pair_counts_mask_missing_labels():
     y = torch.tensor([[1.0, float("nan")], [0.0, 1.0], [1.0, 1.0], [float("nan"), 0.0]])
     assert space.counts(y).tolist() == [[1.0, 2.0], [1.0, 2.0]]
     assert space.n_pairs == 4
-    t, l = space.split(torch.tensor([0, 1, 2, 3]))
-    assert t.tolist() == [0, 0, 1, 1] and l.tolist() == [0, 1, 0, 1]
+    task, label = space.split(torch.tensor([0, 1, 2, 3]))
+    assert task.tolist() == [0, 0, 1, 1] and label.tolist() == [0, 1, 0, 1]
 
 
 def test_regression_pairs_are_quartile_bins_of_the_standardized_target():
