@@ -4,7 +4,9 @@ Trains GIN without pre-training on the deterministic scaffold split 80/10/10 (fe
 seeds per dataset, and compares the mean +- std test ROC-AUC with Hu et al. 2020 (Table 1, GIN
 without pre-training). Also trains standalone models at each width (1 ... 1/16) to show how accuracy
 falls with width. Results: ``benchmarks/results/centralized/*.json`` (one per run, skipped when
-present) and ``benchmarks/results/centralized_reference.md``.
+present) and ``benchmarks/results/centralized_reference.md``. A run interrupted midway (a long
+HIV run, a session that ends) continues after its last finished epoch when the script is started
+again: its state is kept in ``benchmarks/results/centralized/partial/`` (git-ignored) until it ends.
 
     python benchmarks/centralized_reference.py [--datasets bbbp,bace] [--seeds 0,1,2] [--epochs 100]
         [--patience 0] [--split-protocol fedmol|hu2020]
@@ -41,6 +43,8 @@ from fedmol.centralized import train_centralized
 HU2020 = {"bbbp": (65.8, 4.5), "tox21": (74.0, 0.8), "sider": (57.3, 1.6), "clintox": (58.0, 4.4),
           "bace": (70.1, 5.4), "hiv": (75.3, 1.9)}
 RESULTS = Path(__file__).resolve().parent / "results"
+#: training state of unfinished runs (git-ignored): an interrupted run resumes after its last epoch
+PARTIAL = RESULTS / "centralized" / "partial"
 
 
 #: feature columns each feature set keeps (fedmol's featurizer: OGB's 9 atom and 3 bond features)
@@ -68,7 +72,8 @@ def run(name: str, seed: int, width: float, epochs: int, patience: int, protocol
         return None
     ds = keep_features(fedmol.load_dataset(name, progress=False), features)
     s = train_centralized(ds, None, model="gin", width=width, seed=seed, epochs=epochs, patience=patience,
-                          split_protocol=protocol, progress=False, device=device)
+                          split_protocol=protocol, progress=False, device=device,
+                          checkpoint=PARTIAL / path.stem)
     path.parent.mkdir(parents=True, exist_ok=True)
     s["features"] = features
     path.write_text(json.dumps(s, indent=1))

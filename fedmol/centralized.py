@@ -21,13 +21,17 @@ many singleton scaffolds end up in test, and that changes the difficulty a lot
 (``benchmarks/results/centralized_reference.md``).
 
 Writes ``DIR/summary.json`` (``dataset``, ``metric``, ``test`` and ``valid`` keyed by width string,
-``test_last``, ``best_epoch``, ``last_epoch``, ``seconds``, ``config``, ``history``: loss, valid and
-test per epoch) and ``DIR/model.safetensors`` (the best validation epoch's weights).
+``test_last``, ``best_epoch``, ``last_epoch``, ``seconds`` (summed over interrupted attempts),
+``resumed_from_epoch`` (epochs restored from a checkpoint, 0 for an uninterrupted run), ``config``,
+``history``: loss, valid and test per epoch) and ``DIR/model.safetensors`` (the best validation
+epoch's weights). While it trains, ``DIR/checkpoint/`` holds the state after the last finished epoch
+(:mod:`fedmol.checkpoint`): run the same command again after an interruption and it resumes there.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -61,7 +65,13 @@ def train_centralized(ds: MoleculeDataset, out_dir: str | Path | None = None, mo
                       width: float = 1.0, seed: int = 0, epochs: int = 100, patience: int | None = 30,
                       hidden: int = 300, layers: int = 5, dropout: float = 0.5, batch_size: int = 32,
                       lr: float = 1e-3, split_protocol: str = "fedmol", progress: bool = True,
-                      device: str | None = None) -> dict:
+                      device: str | None = None, checkpoint: str | Path | None = None) -> dict:
+    """Train and score one centralized model; see the module docstring for the protocol and files.
+
+    ``checkpoint``: folder for the resumable training state (default: ``out_dir/checkpoint`` when
+    ``out_dir`` is given); an interrupted run started again continues after its last finished
+    epoch, and the folder is removed once the run is complete.
+    """
     t0 = time.perf_counter()
     dev = resolve_device(device)
     seed_everything(seed)
@@ -76,18 +86,24 @@ def train_centralized(ds: MoleculeDataset, out_dir: str | Path | None = None, mo
         task = bar.add_task(f"{ds.name} {model} w={width}", total=epochs, info="")
 
         def on_epoch(epoch, stats, v, best):
-            bar.update(task, advance=1, info=f"loss {stats['loss']:.3f} valid {metric} {v:.3f} best {best:.3f}")
+            bar.update(task, completed=epoch + 1,
+                       info=f"loss {stats['loss']:.3f} valid {metric} {v:.3f} best {best:.3f}")
 
+        if checkpoint is None and out_dir is not None:
+            checkpoint = Path(out_dir) / "checkpoint"
+        fingerprint = dict(dataset=ds.name, source_sha256=ds.source_sha256, rows=len(ds), model=net.config,
+                           split_protocol=split_protocol, device=dev.type)
         res = fit(net, train, valid, evaluator, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
-                  patience=patience or None, on_epoch=on_epoch, test=test)
+                  patience=patience or None, on_epoch=on_epoch, test=test,
+                  checkpoint=None if checkpoint is None else Path(checkpoint), fingerprint=fingerprint)
     best, best_epoch, history = res["valid"], res["best_epoch"], res["history"]
     key = width_key(width)
     summary = dict(
         dataset=ds.name, metric=metric,
         test={key: score(net, test, evaluator)[metric]}, valid={key: best},
         test_last={key: history[-1]["test"]} if history else {},
-        seconds=round(time.perf_counter() - t0, 2), best_epoch=best_epoch, last_epoch=len(history) - 1,
-        epochs_run=len(history),
+        seconds=round(time.perf_counter() - t0 + res["elapsed_before"], 2), best_epoch=best_epoch,
+        last_epoch=len(history) - 1, epochs_run=len(history), resumed_from_epoch=res["resumed_from"],
         sizes=dict(train=len(train), valid=len(valid), test=len(test)),
         config=dict(model=net.config, seed=seed, epochs=epochs, patience=patience or None, batch_size=batch_size, lr=lr,
                     optimizer="adam", split=f"scaffold 80/10/10, protocol {split_protocol}", device=str(dev),
@@ -101,4 +117,6 @@ def train_centralized(ds: MoleculeDataset, out_dir: str | Path | None = None, mo
         save_file(weights, str(out / "model.safetensors"),
                   metadata={"config": json.dumps(net.config)})
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if checkpoint is not None:
+        shutil.rmtree(checkpoint, ignore_errors=True)  # complete: nothing left to resume
     return summary

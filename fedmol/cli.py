@@ -198,7 +198,8 @@ def train(
     model: str = typer.Option("gin", "--model", help="gin | gine | gcn | sage | gat"),
     width: float = typer.Option(1.0, "--width", help="Train a standalone model of this width (1, 0.5, 0.25, ...)."),
     seed: int = typer.Option(0, "--seed", "-s"),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: summary.json + model.safetensors."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: summary.json + model.safetensors (and "
+                             "checkpoint/ while training: an interrupted run resumes when started again)."),
     epochs: int = typer.Option(100, "--epochs"),
     patience: int = typer.Option(30, "--patience", min=0, help="Stop after this many epochs without a better valid "
                                  "metric (0: train every epoch, as Hu et al. 2020)."),
@@ -226,6 +227,8 @@ def train(
                           hidden=hidden, layers=layers, batch_size=batch_size, lr=lr, split_protocol=split_protocol,
                           device=device)
     (k, v), = s["test"].items()
+    if s["resumed_from_epoch"]:
+        console.print(f"resumed after epoch {s['resumed_from_epoch'] - 1} from {out}/checkpoint")
     console.print(f"{s['dataset']} {model} width {k}: test {s['metric']} {v:.4f} (valid {s['valid'][k]:.4f}, "
                   f"best epoch {s['best_epoch']}; last epoch {s['last_epoch']}: test {s['test_last'][k]:.4f}; "
                   f"{s['seconds']:.0f} s) -> {out}/summary.json")

@@ -11,12 +11,15 @@ there; on CPU nothing moves); scores always come back as CPU arrays.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch_geometric.loader import DataLoader
 
+from fedmol import checkpoint as ckpt
 from fedmol.evaluate import Evaluator
 from fedmol.models import masked_loss
 
@@ -119,22 +122,37 @@ def train_epoch(model, loader: Iterable, optimizer: torch.optim.Optimizer, width
 
 def fit(model, train, valid, evaluator: Evaluator, *, seed: int, epochs: int, lr: float = 1e-3,
         weight_decay: float = 0.0, batch_size: int = 32, clip: float | None = None, max_steps: int | None = None,
-        patience: int | None = None, on_epoch: Callable | None = None, test=None) -> dict:
+        patience: int | None = None, on_epoch: Callable | None = None, test=None,
+        checkpoint: Path | None = None, fingerprint: dict | None = None) -> dict:
     """Train ``model`` with Adam and early stopping on ``valid``; the best epoch's weights are kept.
 
     Without a usable validation metric (e.g. one class only) the last epoch is kept. ``on_epoch(epoch,
     stats, valid_metric, best)`` is called after every epoch (progress bars). ``test``: a dataset
     scored after every epoch too, for the record only (the last-epoch protocol of Hu et al. 2020;
-    it never influences which epoch is kept). Returns ``{"valid": best metric, "best_epoch",
-    "epochs_run", "history": [{"epoch", "loss", "valid"[, "test"]}, ...]}``; the model is left in
-    eval mode.
+    it never influences which epoch is kept). ``checkpoint``: a folder where the whole training
+    state is saved after every epoch (:mod:`fedmol.checkpoint`); when it already holds the state of
+    this run (same ``fingerprint``), training continues after its last finished epoch, bit-identical
+    to an uninterrupted run. Returns ``{"valid": best metric, "best_epoch", "epochs_run",
+    "history": [{"epoch", "loss", "valid"[, "test"]}, ...], "resumed_from": epochs restored (0:
+    fresh), "elapsed_before": seconds spent by earlier, interrupted processes}``; the model is left
+    in eval mode.
     """
     metric = evaluator.eval_metric
     seed_everything(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loader = make_loader(train, int(batch_size), shuffle=True, seed=seed)
-    best, best_state, best_epoch, history = float("nan"), None, -1, []
-    for epoch in range(int(epochs)):
+    best, best_state, best_epoch, history, elapsed_before = float("nan"), None, -1, [], 0.0
+    if checkpoint is not None:
+        fingerprint = dict(fingerprint or {}, seed=seed, epochs=int(epochs), lr=lr, weight_decay=weight_decay,
+                           batch_size=int(batch_size), clip=clip, max_steps=max_steps, patience=patience)
+        restored = ckpt.load(Path(checkpoint), fingerprint, model, opt, loader.generator)
+        if restored:
+            best, best_state, best_epoch = restored["best"], restored["best_state"], restored["best_epoch"]
+            history, elapsed_before = restored["history"], restored["elapsed"]
+    resumed_from, t0 = len(history), time.perf_counter()
+    for epoch in range(len(history), int(epochs)):
+        if patience is not None and history and history[-1]["epoch"] - best_epoch >= patience:
+            break  # an interrupted run that had already met its stopping rule
         stats = train_epoch(model, loader, opt, max_steps=max_steps, clip=clip)
         v = score(model, valid, evaluator)[metric] if len(valid) else float("nan")
         history.append({"epoch": epoch, "loss": stats["loss"], "valid": v})
@@ -145,9 +163,13 @@ def fit(model, train, valid, evaluator: Evaluator, *, seed: int, epochs: int, lr
             best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
         if on_epoch is not None:
             on_epoch(epoch, stats, v, best)
-        if patience is not None and epoch - best_epoch >= patience:
-            break
+        if checkpoint is not None:
+            ckpt.save(Path(checkpoint), fingerprint=fingerprint, epoch=epoch, model=model, best_state=best_state,
+                      best=best, best_epoch=best_epoch, history=history,
+                      elapsed=elapsed_before + time.perf_counter() - t0, optimizer=opt,
+                      loader_generator=loader.generator)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return dict(valid=best, best_epoch=best_epoch, epochs_run=len(history), history=history)
+    return dict(valid=best, best_epoch=best_epoch, epochs_run=len(history), history=history,
+                resumed_from=resumed_from, elapsed_before=elapsed_before)
