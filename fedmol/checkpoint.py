@@ -1,15 +1,16 @@
 """Resumable training: everything :func:`fedmol.training.fit` needs to continue an interrupted run
 exactly where it stopped, after the last finished epoch.
 
-A checkpoint is a folder with two files, replaced atomically after every epoch:
+A checkpoint is one file in a folder, ``state.safetensors``, replaced atomically after every epoch
+(a crash mid-write keeps the previous epoch's state whole):
 
-* ``state.safetensors``: tensors only -- the model (``model.*``), the best epoch's weights so far
-  (``best.*``), the optimizer's per-parameter state (``opt.<param index>.<name>``) and the random
-  generators' states (``rng.torch``, ``rng.loader``: the data loader's shuffling generator,
-  ``rng.cuda.<i>``);
-* ``state.json``: the rest -- the run's ``fingerprint`` (what it trains: a resumed run must be the
-  same run), the finished ``epoch``, ``best``, ``best_epoch``, ``history``, ``elapsed`` seconds,
-  the optimizer's param groups and scalar state, and Python's and NumPy's generator states.
+* its tensors: the model (``model.*``), the best epoch's weights so far (``best.*``), the
+  optimizer's per-parameter state (``opt.<param index>.<name>``) and the random generators' states
+  (``rng.torch``, ``rng.loader``: the data loader's shuffling generator, ``rng.cuda.<i>``);
+* its metadata entry ``fedmol.checkpoint``, a JSON object with the rest: the run's ``fingerprint``
+  (what it trains: a resumed run must be the same run), the finished ``epoch``, ``best``,
+  ``best_epoch``, ``history``, ``elapsed`` seconds, the optimizer's param groups and scalar state,
+  and Python's and NumPy's generator states.
 
 Nothing is unpickled: a checkpoint folder can be read back safely. Resuming restores every random
 generator, so a resumed run is bit-identical to an uninterrupted one on the same device
@@ -25,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from fedmol.errors import FedmolError
 
-TENSORS, META = "state.safetensors", "state.json"
+STATE, KEY = "state.safetensors", "fedmol.checkpoint"
 
 
 def _optimizer_split(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -59,7 +61,7 @@ def _optimizer_join(tensors: dict, meta: dict, device: torch.device) -> dict:
 def save(folder: Path, *, fingerprint: dict, epoch: int, model, best_state: dict | None, best: float,
          best_epoch: int, history: list, elapsed: float, optimizer: torch.optim.Optimizer,
          loader_generator: torch.Generator | None) -> None:
-    """Write the state after ``epoch`` finished (atomically: a crash mid-write keeps the previous one)."""
+    """Write the state after ``epoch`` finished (one atomic file replace)."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in (best_state or {}).items()})
@@ -75,11 +77,21 @@ def save(folder: Path, *, fingerprint: dict, epoch: int, model, best_state: dict
                 elapsed=elapsed, optimizer=opt_meta, has_best=best_state is not None,
                 python_rng=[random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
                 numpy_rng=[np_state[0], np_state[1].tolist(), *np_state[2:]])
-    for name, write in ((TENSORS, lambda p: save_file(tensors, str(p))),
-                        (META, lambda p: p.write_text(json.dumps(meta)))):
-        tmp = folder / f"{name}.part"
-        write(tmp)
-        os.replace(tmp, folder / name)
+    tmp = folder / f"{STATE}.part"
+    save_file(tensors, str(tmp), metadata={KEY: json.dumps(meta)})
+    os.replace(tmp, folder / STATE)
+
+
+def read_meta(folder: Path) -> dict | None:
+    """The JSON part of the checkpoint in ``folder`` (``None`` when there is none)."""
+    path = Path(folder) / STATE
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as f:
+        text = (f.metadata() or {}).get(KEY)
+    if text is None:
+        raise FedmolError(f"{path} is not a fedmol training checkpoint")
+    return json.loads(text)
 
 
 def load(folder: Path, fingerprint: dict, model, optimizer: torch.optim.Optimizer,
@@ -89,15 +101,15 @@ def load(folder: Path, fingerprint: dict, model, optimizer: torch.optim.Optimize
     Returns ``{"epoch", "best", "best_epoch", "best_state", "history", "elapsed"}``, or ``None``
     when ``folder`` holds none. A checkpoint of a different run (another fingerprint) is an error.
     """
-    if not (folder / META).is_file() or not (folder / TENSORS).is_file():
+    meta = read_meta(folder)
+    if meta is None:
         return None
-    meta = json.loads((folder / META).read_text())
     if meta["fingerprint"] != fingerprint:
         diff = sorted(k for k in set(meta["fingerprint"]) | set(fingerprint)
                       if meta["fingerprint"].get(k) != fingerprint.get(k))
         raise FedmolError(f"{folder} holds the checkpoint of a different run (differs in: {', '.join(diff)}): "
                           "remove it or write this run elsewhere")
-    tensors = load_file(str(folder / TENSORS))
+    tensors = load_file(str(folder / STATE))
     device = next(model.parameters()).device
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     optimizer.load_state_dict(_optimizer_join(tensors, meta["optimizer"], device))

@@ -1,7 +1,5 @@
 """Resumable training (fedmol.checkpoint): a run interrupted after any epoch and started again ends
 bit-identical to an uninterrupted one; a checkpoint of another run is refused."""
-import json
-
 import pytest
 import torch
 
@@ -45,7 +43,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path, bace, stop_at):
     whole, whole_res = train(tmp_path / "a", bace)
     with pytest.raises(Interrupted):
         train(tmp_path / "b", bace, stop_at=stop_at)
-    meta = json.loads((tmp_path / "b" / checkpoint.META).read_text())
+    meta = checkpoint.read_meta(tmp_path / "b")
     assert meta["epoch"] == stop_at - 1 and len(meta["history"]) == stop_at
     resumed, res = train(tmp_path / "b", bace)
     assert res["resumed_from"] == stop_at and whole_res["resumed_from"] == 0 and res["elapsed_before"] > 0
@@ -66,6 +64,14 @@ def test_early_stopped_run_stays_stopped(tmp_path, bace):
     assert first["epochs_run"] < 30
     _, again = train(tmp_path, bace, epochs=30, patience=1)
     assert again["epochs_run"] == first["epochs_run"] and again["history"] == first["history"]
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path, bace):
+    from safetensors.torch import save_file
+    tmp_path.mkdir(exist_ok=True)
+    save_file({"x": torch.zeros(1)}, str(tmp_path / checkpoint.STATE))
+    with pytest.raises(FedmolError, match="is not a fedmol training checkpoint"):
+        train(tmp_path, bace)
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path, bace):
@@ -90,7 +96,7 @@ def test_train_centralized_resumes_and_cleans_up(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "save", killed_after_two)
     with pytest.raises(Interrupted):
         train_centralized(ds, tmp_path / "cut", **kw)
-    assert (tmp_path / "cut" / "checkpoint" / checkpoint.TENSORS).is_file()
+    assert (tmp_path / "cut" / "checkpoint" / checkpoint.STATE).is_file()
     assert not (tmp_path / "cut" / "summary.json").exists()
     monkeypatch.setattr(checkpoint, "save", save)
     resumed = train_centralized(ds, tmp_path / "cut", **kw)
