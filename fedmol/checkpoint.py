@@ -104,6 +104,7 @@ def load(folder: Path, fingerprint: dict, model, optimizer: torch.optim.Optimize
     meta = read_meta(folder)
     if meta is None:
         return None
+    fingerprint = json.loads(json.dumps(fingerprint))  # compared as stored: tuples become lists
     if meta["fingerprint"] != fingerprint:
         diff = sorted(k for k in set(meta["fingerprint"]) | set(fingerprint)
                       if meta["fingerprint"].get(k) != fingerprint.get(k))

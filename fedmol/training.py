@@ -152,7 +152,7 @@ def fit(model, train, valid, evaluator: Evaluator, *, seed: int, epochs: int, lr
     resumed_from, t0 = len(history), time.perf_counter()
     for epoch in range(len(history), int(epochs)):
         if patience is not None and history and history[-1]["epoch"] - best_epoch >= patience:
-            break  # an interrupted run that had already met its stopping rule
+            break  # early stopping (also for a resumed run that had met the rule before it was cut)
         stats = train_epoch(model, loader, opt, max_steps=max_steps, clip=clip)
         v = score(model, valid, evaluator)[metric] if len(valid) else float("nan")
         history.append({"epoch": epoch, "loss": stats["loss"], "valid": v})

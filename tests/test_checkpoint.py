@@ -34,7 +34,7 @@ def train(folder, parts, stop_at=None, epochs=4, lr=1e-3, **kw):
             raise Interrupted  # before this epoch's state is saved: the checkpoint holds the epochs before it
     net = model()
     res = fit(net, *parts[:2], Evaluator("classification", 1), seed=3, epochs=epochs, lr=lr, test=parts[2],
-              checkpoint=folder, fingerprint=dict(run="t"), on_epoch=on_epoch, **kw)
+              checkpoint=folder, fingerprint=dict(run="t", widths=(1.0, 0.5)), on_epoch=on_epoch, **kw)
     return net, res
 
 
