@@ -103,3 +103,25 @@ def test_train_centralized_resumes_and_cleans_up(tmp_path, monkeypatch):
     assert resumed["resumed_from_epoch"] == 2 and not (tmp_path / "cut" / "checkpoint").exists()
     assert resumed["history"] == whole["history"] and resumed["test"] == whole["test"]
     assert resumed["test_last"] == whole["test_last"]
+
+
+def test_cli_resumes_and_refuses_another_runs_checkpoint(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fedmol.cli import app
+    args = ["train", "bace", "--epochs", "2", "--patience", "0", "--hidden", "8", "--layers", "2", "--out", str(tmp_path)]
+    save = checkpoint.save
+
+    def killed(folder, **state):
+        save(folder, **state)
+        raise Interrupted
+    monkeypatch.setattr(checkpoint, "save", killed)
+    with pytest.raises(Interrupted):
+        train_centralized(load_dataset("bace", progress=False), tmp_path, epochs=2, patience=0, hidden=8, layers=2,
+                          progress=False)
+    monkeypatch.setattr(checkpoint, "save", save)
+    other = CliRunner().invoke(app, args[:-2] + ["--lr", "0.01", "--out", str(tmp_path)])
+    assert other.exit_code == 2 and "checkpoint of a different run (differs in: lr)" in " ".join(other.output.split())
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "resumed after epoch 0" in res.output and not (tmp_path / "checkpoint").exists()
