@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 import fedmol
+from fedmol import checkpoint
 from fedmol.centralized import train_centralized
 
 HU2020 = {"bbbp": (65.8, 4.5), "tox21": (74.0, 0.8), "sider": (57.3, 1.6), "clintox": (58.0, 4.4),
@@ -61,11 +62,28 @@ def keep_features(ds, features: str):
     return ds
 
 
-def run(name: str, seed: int, width: float, epochs: int, patience: int, protocol: str = "fedmol",
-        cached_only: bool = False, features: str = "ogb", device: str = "cpu") -> dict | None:
+def run_path(name: str, seed: int, width: float, epochs: int, patience: int, protocol: str = "fedmol",
+             features: str = "ogb") -> Path:
+    """Where a finished run is cached (its unfinished state: ``PARTIAL / <this file's stem>``)."""
     tag = (("" if protocol == "fedmol" else f"-{protocol}") + ("-all" if patience == 0 else "")
            + ("" if features == "ogb" else f"-{features}feat"))
-    path = RESULTS / "centralized" / f"{name}-gin-w{width:g}-s{seed}-e{epochs}{tag}.json"
+    return RESULTS / "centralized" / f"{name}-gin-w{width:g}-s{seed}-e{epochs}{tag}.json"
+
+
+def in_progress(name: str, seeds, *args) -> list[str]:
+    """``"seed S: epoch E of N"`` for each seed of ``name`` whose run is unfinished (args: as run_path)."""
+    out = []
+    for s in seeds:
+        path = run_path(name, s, 1.0, *args)
+        meta = None if path.exists() else checkpoint.read_meta(PARTIAL / path.stem)
+        if meta is not None:
+            out.append(f"seed {s}: {meta['epoch'] + 1} of {meta['fingerprint']['epochs']} epochs")
+    return out
+
+
+def run(name: str, seed: int, width: float, epochs: int, patience: int, protocol: str = "fedmol",
+        cached_only: bool = False, features: str = "ogb", device: str = "cpu") -> dict | None:
+    path = run_path(name, seed, width, epochs, patience, protocol, features)
     if path.exists():
         return json.loads(path.read_text())
     if cached_only:
@@ -156,6 +174,10 @@ def main():
                          f"| {ok} / {ok_last} | {secs:.0f} |")
         else:
             lines.append(f"| {name} | {len(runs)} | {m:.1f} +- {sd:.1f} | {ref} +- {ref_sd} | {ok} | {secs:.0f} |")
+    unfinished = [f"{name} ({', '.join(p)})" for name in [d for d in a.datasets.split(",") if d]
+                  if (p := in_progress(name, seeds, a.epochs, a.patience, a.split_protocol, a.features))]
+    if unfinished:
+        lines += ["", "Still training (resumable, not in the table): " + "; ".join(unfinished) + "."]
     if [d for d in a.width_datasets.split(",") if d]:
         lines += ["", "## Accuracy vs width (each width trained alone)", "",
                   f"Seeds {a.width_seeds}, up to {a.width_epochs or a.epochs} epochs.", "",
