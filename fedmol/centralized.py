@@ -39,6 +39,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import save_file
 
+from fedmol import checkpoint as ckpt
 from fedmol.data.dataset import MoleculeDataset
 from fedmol.data.partition import hu2020_scaffold_split, scaffold_split
 from fedmol.data.scaffold import murcko_scaffolds
@@ -91,6 +92,9 @@ def train_centralized(ds: MoleculeDataset, out_dir: str | Path | None = None, mo
 
         if checkpoint is None and out_dir is not None:
             checkpoint = Path(out_dir) / "checkpoint"
+        saved = ckpt.read_meta(Path(checkpoint)) if checkpoint is not None else None
+        if saved is not None:  # fit checks that it is this run's before resuming
+            bar.update(task, completed=saved["epoch"] + 1, info=f"resuming after epoch {saved['epoch']}")
         fingerprint = dict(dataset=ds.name, source_sha256=ds.source_sha256, rows=len(ds), model=net.config,
                            split_protocol=split_protocol, device=dev.type)
         res = fit(net, train, valid, evaluator, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
