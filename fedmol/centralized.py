@@ -92,14 +92,15 @@ def train_centralized(ds: MoleculeDataset, out_dir: str | Path | None = None, mo
 
         if checkpoint is None and out_dir is not None:
             checkpoint = Path(out_dir) / "checkpoint"
-        saved = ckpt.read_meta(Path(checkpoint)) if checkpoint is not None else None
+        checkpoint = None if checkpoint is None else Path(checkpoint)
+        saved = ckpt.read_meta(checkpoint) if checkpoint is not None else None
         if saved is not None:  # fit checks that it is this run's before resuming
             bar.update(task, completed=saved["epoch"] + 1, info=f"resuming after epoch {saved['epoch']}")
         fingerprint = dict(dataset=ds.name, source_sha256=ds.source_sha256, rows=len(ds), model=net.config,
                            split_protocol=split_protocol, device=dev.type)
         res = fit(net, train, valid, evaluator, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
                   patience=patience or None, on_epoch=on_epoch, test=test,
-                  checkpoint=None if checkpoint is None else Path(checkpoint), fingerprint=fingerprint)
+                  checkpoint=checkpoint, fingerprint=fingerprint)
     best, best_epoch, history = res["valid"], res["best_epoch"], res["history"]
     key = width_key(width)
     summary = dict(

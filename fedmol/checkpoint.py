@@ -72,11 +72,11 @@ def save(folder: Path, *, fingerprint: dict, epoch: int, model, best_state: dict
         tensors["rng.loader"] = loader_generator.get_state()
     if torch.cuda.is_available():
         tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    np_name, np_keys, *np_rest = np.random.get_state()
     meta = dict(fingerprint=fingerprint, epoch=epoch, best=best, best_epoch=best_epoch, history=history,
-                elapsed=elapsed, optimizer=opt_meta, has_best=best_state is not None,
-                python_rng=[random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-                numpy_rng=[np_state[0], np_state[1].tolist(), *np_state[2:]])
+                elapsed=elapsed, optimizer=opt_meta, python_rng=[py_version, list(py_internal), py_gauss],
+                numpy_rng=[np_name, np_keys.tolist(), *np_rest])
     tmp = folder / f"{STATE}.part"
     save_file(tensors, str(tmp), metadata={KEY: json.dumps(meta)})
     os.replace(tmp, folder / STATE)
@@ -114,8 +114,7 @@ def load(folder: Path, fingerprint: dict, model, optimizer: torch.optim.Optimize
     device = next(model.parameters()).device
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     optimizer.load_state_dict(_optimizer_join(tensors, meta["optimizer"], device))
-    best_state = ({k[len("best."):]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
-                  if meta["has_best"] else None)
+    best_state = {k[len("best."):]: v.to(device) for k, v in tensors.items() if k.startswith("best.")} or None
     torch.set_rng_state(tensors["rng.torch"])
     if loader_generator is not None:
         loader_generator.set_state(tensors["rng.loader"])

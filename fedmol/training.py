@@ -143,9 +143,10 @@ def fit(model, train, valid, evaluator: Evaluator, *, seed: int, epochs: int, lr
     loader = make_loader(train, int(batch_size), shuffle=True, seed=seed)
     best, best_state, best_epoch, history, elapsed_before = float("nan"), None, -1, [], 0.0
     if checkpoint is not None:
+        checkpoint = Path(checkpoint)
         fingerprint = dict(fingerprint or {}, seed=seed, epochs=int(epochs), lr=lr, weight_decay=weight_decay,
                            batch_size=int(batch_size), clip=clip, max_steps=max_steps, patience=patience)
-        restored = ckpt.load(Path(checkpoint), fingerprint, model, opt, loader.generator)
+        restored = ckpt.load(checkpoint, fingerprint, model, opt, loader.generator)
         if restored:
             best, best_state, best_epoch = restored["best"], restored["best_state"], restored["best_epoch"]
             history, elapsed_before = restored["history"], restored["elapsed"]
@@ -164,7 +165,7 @@ def fit(model, train, valid, evaluator: Evaluator, *, seed: int, epochs: int, lr
         if on_epoch is not None:
             on_epoch(epoch, stats, v, best)
         if checkpoint is not None:
-            ckpt.save(Path(checkpoint), fingerprint=fingerprint, epoch=epoch, model=model, best_state=best_state,
+            ckpt.save(checkpoint, fingerprint=fingerprint, epoch=epoch, model=model, best_state=best_state,
                       best=best, best_epoch=best_epoch, history=history,
                       elapsed=elapsed_before + time.perf_counter() - t0, optimizer=opt,
                       loader_generator=loader.generator)
