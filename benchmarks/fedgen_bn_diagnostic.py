@@ -6,7 +6,8 @@ recomputing that width's BN statistics (HeteroFL's sBN step, ``fedmol.models.sli
 on the partners' pooled training molecules -- a diagnostic only: a real server never sees them.
 If the score recovers, the mismatch between per-width statistics (from the narrow partners only) and
 nested weights (averaged with wide partners) explains the failure. Writes
-``benchmarks/results/standard/fedgen_bn_diagnostic.json``.
+``benchmarks/results/standard/fedgen_bn_diagnostic.json``. The in-protocol fix is FedGen's hp
+``pooled_bn=True`` (the same pooling, by a counted query to the partners; the suite's ``fedgen_pooled`` row).
 
     python benchmarks/fedgen_bn_diagnostic.py   (after fedmol bench standard)
 """

@@ -11,6 +11,7 @@ mean +- sample std over the seeds present (the column ``seeds`` says how many).
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import pandas as pd
 
 OUT = Path(__file__).resolve().parent / "results" / "standard"
 d = pd.read_csv(OUT / "results_per_seed.csv")
-algos = ["fedavg", "feddf", "heterofl", "fjord", "fedgen", "fedrescue"]
+algos = [a["label"] for a in json.loads((OUT / "suite.json").read_text())["algorithms"]]  # the suite's order
 refs = ["local-only (gnn)", "centralized (gnn)", "local-only (rf-ecfp4)", "centralized (rf-ecfp4)"]
 
 
@@ -67,7 +68,7 @@ buf = io.StringIO()
 with contextlib.redirect_stdout(buf):
     table("test@1.0", "tiered", refs[:2] + refs[3:] + algos, "test ROC-AUC of the global model at width 1 (clean links)")
     table("test@partner", "tiered", refs + algos, "test ROC-AUC of the model each partner ends up with, mean over partners (clean links)")
-    table("test@0.125", "tiered", ["local-only (gnn)", "feddf", "heterofl", "fjord", "fedgen", "fedrescue"], "test ROC-AUC at width 1/8 (the weakest tier's model; clean links)")
+    table("test@0.125", "tiered", ["local-only (gnn)"] + [a for a in algos if a != "fedavg"], "test ROC-AUC at width 1/8 (the weakest tier's model; clean links)")
     table("test@partner", "tiered-faulty0.5", algos, "test@partner with faulty links (p=0.5)")
     delta("test@partner")
     delta("test@0.125")

@@ -4,7 +4,8 @@ A round is: the server **configures** each sampled partner (which width, which h
 what it receives), each partner **updates** from what it received and its own data and returns a
 message, the server **aggregates** the messages, then optionally runs a **server step** (FedDF's
 distillation, FedGen's generator). Algorithms that must ask partners something before evaluating
-(HeteroFL's static BN statistics) use the optional **query** pair.
+(pooled BN statistics: HeteroFL's static BN, FedGen with ``pooled_bn``; :mod:`fedmol.fl.pooled_bn`) use the
+optional **query** pair.
 
 Boundaries, so the same objects run over Flower between real machines:
 
@@ -139,6 +140,15 @@ class Algorithm:
     def state(self) -> dict[str, torch.Tensor]:
         """The final global weights (saved as safetensors)."""
         return {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+
+    @classmethod
+    def state_widths(cls, widths: list[float], own: float) -> list[float]:
+        """The served ``widths`` at which :meth:`state` alone, loaded into the backbone of width
+        ``own``, is the model :meth:`eval_model` serves (what a leaderboard check can recompute):
+        every width up to ``own`` when ``eval_model`` serves the global model itself, else ``own`` only."""
+        if cls.eval_model is Algorithm.eval_model:
+            return [w for w in widths if w <= own + 1e-9]
+        return [w for w in widths if abs(w - own) < 1e-9]
 
     def checkpoint_modules(self) -> dict[str, nn.Module]:
         """The modules that :meth:`eval_model` and :meth:`state` read (what a checkpoint copies)."""

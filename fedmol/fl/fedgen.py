@@ -42,7 +42,15 @@ bin, in the task's units). Partners report per-(task, bin) counts from round 1 o
 
 **Heterogeneous widths:** partners train the slice of their device cap (as HeteroFL/FjORD);
 aggregation is the sample-weighted nested mean over the partners holding each coordinate
-(:func:`fedmol.models.slicing.aggregate_nested`); BN keeps per-width statistics ("fjord_bn").
+(:func:`fedmol.models.slicing.aggregate_nested`); BN keeps per-width statistics ("fjord_bn"),
+which a partner updates only at the width it trains: the statistics of width r then describe only
+the partners whose cap is r, while the nested weights of width r are averaged over every partner
+holding them (the standard suite's width-1/8 failure, ``benchmarks/fedgen_bn_diagnostic.py``).
+hp ``pooled_bn=True`` (default False: FedGen as published; the standard suite runs both) replaces them,
+before every evaluation, with the statistics pooled over all partners' training molecules by
+HeteroFL's counted sBN query (:mod:`fedmol.fl.pooled_bn`; batches of ``sbn_batch_size``); each
+partner then also sends, per evaluated width, the per-channel count / sum / sum of squares of every
+BN layer's inputs over its training molecules (counted traffic, ``sent.jsonl`` kind ``query``).
 The generator's output layer is a sliceable linear layer: at width r it emits the leading
 ``ceil(r * hidden)`` channels, i.e. exactly the embedding a width-r model produces, so one
 generator serves every width.
@@ -64,8 +72,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedmol.errors import FedmolError
 from fedmol.fl.algorithm import Algorithm, LocalData, PartnerInfo
 from fedmol.fl.message import Message
+from fedmol.fl.pooled_bn import PooledBNStats
 from fedmol.models import build, slicing
 from fedmol.models.slicing import SliceLinear
 from fedmol.training import seed_everything
@@ -178,18 +188,24 @@ def teacher_loss(z_at: dict[float, Tensor], pairs: Tensor, heads: list, weights:
     return total
 
 
-class FedGen(Algorithm):
+class FedGen(PooledBNStats, Algorithm):
     name = "fedgen"
     norm = "fjord_bn"
     disclosures = {COUNTS: "per (task, label) counts of the partner's training labels (regression: per task "
                            "and target bin), every round from round 1 (classification: from round 0)",
                    MOMENTS: "per task: count, sum and sum of squares of the training targets (regression, round 0)"}
     defaults = dict(alpha0=10.0, beta0=10.0, coef_decay=0.98, gen_steps=50, gen_batch=32, gen_lr=3e-4,
-                    gen_weight_decay=1e-2, gen_lr_decay=0.98, noise_dim=32, gen_hidden=256, reg_batch=32)
+                    gen_weight_decay=1e-2, gen_lr_decay=0.98, noise_dim=32, gen_hidden=256, reg_batch=32,
+                    pooled_bn=False, sbn_batch_size=256)
     dp_refusal = ("its server step trains the generator on every partner's own head and its label counts, which "
                   "DP-FedAvg's noisy average does not protect")
 
+    def pooled_bn(self) -> bool:
+        return bool(self.hp["pooled_bn"])
+
     def init(self, partners: list[PartnerInfo]) -> None:
+        if not isinstance(self.hp["pooled_bn"], bool):
+            raise FedmolError(f"fedgen: pooled_bn must be true or false, got {self.hp['pooled_bn']!r}")
         super().init(partners)
         hidden, T = self.model_config["hidden"], self.model_config["num_tasks"]
         self.space = PairSpace(self.model_config["task_type"], T)
@@ -238,6 +254,7 @@ class FedGen(Algorithm):
                 self.counts[p.pid] = m.arrays[COUNTS]
         models = [(p, {k: v for k, v in m.arrays.items() if not k.startswith("fedgen.")}, m) for p, m in replies]
         self.load(slicing.aggregate_nested(self.model.state_dict(), [(a, m.metrics["n_train"]) for _, a, m in models]))
+        self.weights_changed()
         self.heads = []
         for p, arrays, _ in models:  # the teachers: this round's partner heads
             r = self.last_widths[p.pid]

@@ -31,15 +31,17 @@ What is checked, in order (the first failure rejects):
 7. **Weights reproduce predictions**: the backbone ``fedmol.models.build(**config["model"])`` with
    the shipped weights reproduces the shipped predictions on the frozen test set (abs. tolerance
    :data:`TOL_WEIGHTS`) at every width where the saved state *is* the model the harness evaluated
-   (:func:`weight_widths`). Elsewhere the predictions are only re-scored, and the report says so:
+   (:func:`weight_widths`, the algorithm's ``state_widths``). Elsewhere the predictions are only
+   re-scored, and the report says so:
 
    * algorithms that evaluate the global model itself (``eval_model`` not overridden: FedAvg,
-     FjORD, FedGen, FedResCuE -- FjORD-style BN keeps per-width statistics in the state): every
-     served width up to the model's width;
-   * algorithms whose evaluated model is not the saved state at narrower widths (``eval_model``
-     overridden): only the saved model's own width. HeteroFL recomputes static-BN statistics per
-     width from the partners before evaluating, and saves the width-1 pooled statistics; FedDF
-     keeps one distilled student per width group and saves the widest.
+     FjORD, FedResCuE -- FjORD-style BN keeps per-width statistics in the state) and FedGen (its
+     per-width BN buffers hold the statistics it served, pooled or not): every served width up to
+     the model's width;
+   * algorithms whose evaluated model is not the saved state at narrower widths: only the saved
+     model's own width. HeteroFL recomputes static-BN statistics per width from the partners
+     before evaluating and has one shared buffer for them, so it saves the width-1 pooled
+     statistics; FedDF keeps one distilled student per width group and saves the widest.
 8. ``rerun=K``: K runs chosen with ``random.Random(rerun_seed)`` are run again with
    :func:`fedmol.fl.harness.run_federated` from the manifest's config (split: the frozen file); the
    test and validation metrics at every width must match within :data:`TOL_RERUN` (runs are
@@ -114,9 +116,10 @@ class Report:
 
 
 
-#: shared hyperparameters added to fedmol after schema 1 whose defaults change nothing (differential
-#: privacy, off): a submission made before them lacks them and resolves to these defaults
-ADDED_LATER = ("dp_clip", "dp_noise", "dp_delta")
+#: hyperparameters added to fedmol after schema 1 whose defaults change nothing, for every algorithm
+#: ("*": differential privacy, off) or one ("fedgen": pooled BN statistics, off): a submission made
+#: before them lacks them and resolves to these defaults
+ADDED_LATER = {"*": ("dp_clip", "dp_noise", "dp_delta"), "fedgen": ("pooled_bn", "sbn_batch_size")}
 
 def _norm(x):
     """JSON-normal form (tuples -> lists, ints stay ints) for comparing configs."""
@@ -130,11 +133,7 @@ def _width_key(w: float) -> str:
 def weight_widths(algo_cls, widths: list[float], own: float) -> list[float]:
     """The served widths at which the saved global state alone reproduces the harness's evaluation
     (see the module docstring, step 7)."""
-    from fedmol.fl.algorithm import Algorithm
-
-    if algo_cls.eval_model is Algorithm.eval_model:
-        return [w for w in widths if w <= own + 1e-9]
-    return [w for w in widths if abs(w - own) < 1e-9]
+    return algo_cls.state_widths(widths, own)
 
 
 def _validate_manifest(raw) -> Manifest:
@@ -310,8 +309,10 @@ def _verify_run(r, m: Manifest, members: dict[str, bytes], split_path: Path, spl
         algo.init(fed.infos)
     except (FedmolError, ValueError, TypeError, KeyError) as e:
         raise Rejected(f"{tag}: the algorithm cannot be built from the manifest's config: {e}") from e
-    # hyperparameters added after a submission was made resolve to behaviour-neutral defaults (DP off)
-    recorded = {**{k: algo_cls.base_defaults[k] for k in ADDED_LATER}, **c.algorithm.hparams}
+    # hyperparameters added after a submission was made resolve to behaviour-neutral defaults
+    defaults = {**algo_cls.base_defaults, **algo_cls.defaults}
+    later = ADDED_LATER["*"] + ADDED_LATER.get(algo_cls.name, ())
+    recorded = {**{k: defaults[k] for k in later}, **c.algorithm.hparams}
     if _norm(algo.hp) != _norm(recorded) or algo.norm != c.algorithm.norm or algo.scaler != c.algorithm.scaler:
         raise Rejected(f"{tag}: the resolved hyperparameters/norm differ from what {algo_cls.name} resolves")
     if _norm(algo.model_config) != _norm(c.model.model_dump()):

@@ -289,6 +289,18 @@ class SliceBatchNorm(SliceModule):
             mean.zero_()
             var.fill_(1.0)
 
+    def set_stats(self, width: float, mean: Tensor, var: Tensor) -> None:
+        """Make ``mean`` / ``var`` (one value per channel of ``width``) the statistics used at ``width``
+        (the leading block of the shared buffers for "bn"/"sbn", the width's own for "fjord")."""
+        c = sliced_dim(self.num_features, width)
+        if mean.shape != (c,) or var.shape != (c,):
+            raise ValueError(f"width {width} has {c} channels, got statistics of shapes "
+                             f"{tuple(mean.shape)} and {tuple(var.shape)}")
+        run_mean, run_var = self._stats(width, c)
+        with torch.no_grad():
+            run_mean.copy_(mean)
+            run_var.copy_(var)
+
     def forward(self, x: Tensor, width: float | None = None) -> Tensor:
         width = self.width if width is None else width
         c = sliced_dim(self.num_features, width)

@@ -21,8 +21,8 @@ does:
    place again at the start of the next round (:class:`LinkTransport`, ``node_events``);
 4. evaluation of the global model at every width on the global test set happens here (the test
    set is held by the benchmark organizer, never a partner); queries an algorithm needs first
-   (HeteroFL's static BN) go to every partner. On a benchmark split (``fedmol pilot demo``,
-   ``--backend flower-sim``) the organizer also knows the partners' validation rows and scores
+   (pooled BN statistics: HeteroFL, FedGen with ``pooled_bn``) go to every partner. On a
+   benchmark split (``fedmol pilot demo``, ``--backend flower-sim``) the organizer also knows the partners' validation rows and scores
    the pooled validation set, so ``select = "best-valid"`` reports the same round's model as the
    harness (:mod:`fedmol.fl.selection`); a pilot with a test CSV reports the last round;
 5. at the end each partner scores the reported model at its served width on its own validation

@@ -204,7 +204,10 @@ def test_shipped_suites_load():
     standard = bench.load_suite("standard")
     assert standard.seeds == [0, 1, 2] and standard.alphas == [0.1, 1.0, 100.0] and len(standard.datasets) >= 2
     assert standard.devices == ["tiered"] and standard.faulty_links == [0.0, 0.5]
-    assert {a.label for a in standard.algorithms} == {"fedavg", "feddf", "heterofl", "fjord", "fedgen", "fedrescue"}
+    assert {a.label for a in standard.algorithms} == {"fedavg", "feddf", "heterofl", "fjord", "fedgen", "fedgen_pooled",
+                                                      "fedrescue"}
+    pooled = next(a for a in standard.algorithms if a.label == "fedgen_pooled")
+    assert pooled.base == "fedgen" and pooled.hparams == {"pooled_bn": True}
 
 
 def test_single_seed_has_no_std():

@@ -1,52 +1,21 @@
-"""HeteroFL: nested unweighted aggregation, head-row rule, scaler, static BN pooling, widths, end to end."""
+"""HeteroFL: nested unweighted aggregation, head-row rule, scaler, widths, end to end (static BN pooling:
+test_pooled_bn.py)."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
-from torch_geometric.data import Data
 
-from fedmol.data.featurize import smiles_to_graph
 from fedmol.fl.algorithm import LocalData, PartnerInfo
 from fedmol.fl.devices import DeviceProfile
 from fedmol.fl.heterofl import LABELLED, HeteroFL, labelled_tasks
 from fedmol.fl.message import Message
 from fedmol.models import slicing
-from fedmol.models.slicing import Scaler, SliceBatchNorm
+from fedmol.models.slicing import Scaler
 from fedmol.training import make_loader
-
-SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C", "[NH3+]CC(=O)[O-]",
-          "C1CC2CCC1C2", "ClC(Cl)(Cl)Br", "CC(C)Cc1ccc(cc1)C(C)C(=O)O", "O=C1CCCN1", "c1ccc2c(c1)ccc1ccccc12",
-          "CC#N", "OCC(O)CO", "CCN(CC)CC", "c1ccncc1", "CC(=O)OC1=CC=CC=C1C(=O)O", "NCCc1ccc(O)c(O)c1"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """2 shared cores: torch's intra-op threads only fight each other on tiny models."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def graphs(ys: list[list[float]], offset: int = 0) -> list[Data]:
-    out = []
-    for i, y in enumerate(ys):
-        g = smiles_to_graph(SMILES[(i + offset) % len(SMILES)])
-        out.append(Data(x=torch.as_tensor(g["x"]), edge_index=torch.as_tensor(g["edge_index"]),
-                        edge_attr=torch.as_tensor(g["edge_attr"]), y=torch.tensor([y], dtype=torch.float32)))
-    return out
-
-
-def binary_labels(n: int, tasks: int, seed: int = 0, missing: tuple[int, ...] = ()) -> list[list[float]]:
-    gen = torch.Generator().manual_seed(seed)
-    y = (torch.rand(n, tasks, generator=gen) < 0.5).float()
-    for t in missing:
-        y[:, t] = math.nan
-    return y.tolist()
+from fl_graphs import binary_labels, graphs
 
 
 def config(num_tasks=1, hidden=16, layers=2, dropout=0.0):
@@ -192,61 +161,6 @@ def test_scaler_divides_by_rate_in_training_and_is_identity_in_eval(monkeypatch)
     model(next(iter(make_loader(train, 8))))
     assert calls and all(not training for training, *_ in calls)
     assert all(torch.equal(out, x) for *_, x, out in calls)
-
-
-# ----------------------------------------------------------------------------------- static BN
-
-
-def _bn_inputs_over(model, data, width, batch_size):
-    """Reference: every BN layer's inputs over ``data`` (same pass as the partners make)."""
-    seen: dict[str, list[torch.Tensor]] = {}
-    handles = [m.register_forward_pre_hook(lambda mod, args, n=n: seen.setdefault(n, []).append(args[0].detach()))
-               for n, m in model.named_modules() if isinstance(m, SliceBatchNorm)]
-    slicing.recompute_bn_stats(model, make_loader(data, batch_size), width)
-    for h in handles:
-        h.remove()
-    return {n: torch.cat(v).double() for n, v in seen.items()}
-
-
-@pytest.mark.parametrize("width", [1.0, 0.5])
-def test_sbn_pooled_statistics_equal_those_of_the_union(width):
-    algo, partners = make([1.0, 0.5], hparams={"sbn_batch_size": 4})
-    data_a, data_b = graphs(binary_labels(8, 1, 1)), graphs(binary_labels(8, 1, 2), offset=8)
-    local = [LocalData(0, data_a, []), LocalData(1, data_b, [])]
-    with pytest.raises(Exception):
-        algo.eval_model(width)  # no statistics yet
-    q = algo.query(width)
-    assert q is not None and q.config["width"] == width
-    replies = [(p, HeteroFL.client_query(q, d)) for p, d in zip(partners, local)]
-    for _, r in replies:
-        assert all(t.dtype == torch.float64 for t in r.arrays.values())
-    algo.absorb_query(width, replies)
-    model = algo.eval_model(width)
-    assert not model.training
-
-    # batches of 4 split A, B and A+B identically, so the union's inputs are exactly those the partners saw
-    ref = _bn_inputs_over(copy.deepcopy(algo.model), data_a + data_b, width, 4)
-    bns = dict((n, m) for n, m in model.named_modules() if isinstance(m, SliceBatchNorm))
-    assert len(bns) == 4  # 2 layers x (GIN MLP norm + layer norm)
-    for name, x in ref.items():
-        c = x.shape[1]
-        assert c == slicing.sliced_dim(bns[name].num_features, width)
-        torch.testing.assert_close(bns[name].running_mean[:c].double(), x.mean(0), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(bns[name].running_var[:c].double(), x.var(0, unbiased=True), atol=1e-5,
-                                   rtol=1e-5)
-    # the first BN's inputs do not depend on batching: compare with one exact pass over the union in one batch
-    first = copy.deepcopy(algo.model)
-    slicing.recompute_bn_stats(first, make_loader(data_a + data_b, 16), width)
-    torch.testing.assert_close(model.convs[0].norm.running_mean, first.convs[0].norm.running_mean, atol=1e-5,
-                               rtol=1e-5)
-    torch.testing.assert_close(model.convs[0].norm.running_var, first.convs[0].norm.running_var, atol=1e-5,
-                               rtol=1e-5)
-    # the global model itself is untouched and the statistics are cached until the weights change
-    assert all(torch.equal(algo.model.state_dict()[k], torch.zeros_like(algo.model.state_dict()[k]))
-               for k in algo._bn_keys if k.endswith("running_mean"))
-    assert algo.query(width) is None
-    algo.aggregate(0, [(partners[1], filled(algo, 0.5, 0.1))])
-    assert algo.query(width) is not None
 
 
 # ----------------------------------------------------------------------------------- widths and rates

@@ -306,3 +306,15 @@ def test_recompute_bn_stats_matches_data(norm, loader):
     else:
         assert torch.equal(after["running_mean"][c:], before["running_mean"][c:])
     assert not math.isnan(after["weight"].sum().item())
+
+
+@pytest.mark.parametrize("mode", SliceBatchNorm.MODES)
+def test_set_stats_writes_the_statistics_a_width_uses_and_refuses_other_shapes(mode):
+    bn = SliceBatchNorm(8, mode=mode)
+    bn.set_stats(0.5, torch.arange(4.0), torch.full((4,), 2.0))
+    bn.eval()
+    x = torch.randn(5, 8)
+    expected = (x[:, :4] - torch.arange(4.0)) / torch.sqrt(torch.tensor(2.0 + bn.eps))
+    torch.testing.assert_close(bn(x[:, :4], width=0.5), expected * bn.weight[:4] + bn.bias[:4])
+    with pytest.raises(ValueError, match="width 0.5 has 4 channels"):
+        bn.set_stats(0.5, torch.zeros(8), torch.ones(8))
