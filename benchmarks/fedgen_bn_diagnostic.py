@@ -1,13 +1,21 @@
 """Diagnostic for the standard suite's analysis: is FedGen's weak narrow-width model a BatchNorm problem?
 
-Loads each finished FedGen run of the standard suite (``benchmarks/results/standard/runs``, clean links),
-scores its final model at widths 1/8 and 1/4 on the global test set as stored, then again after
-recomputing that width's BN statistics (HeteroFL's sBN step, ``fedmol.models.slicing.recompute_bn_stats``)
-on the partners' pooled training molecules -- a diagnostic only: a real server never sees them.
-If the score recovers, the mismatch between per-width statistics (from the narrow partners only) and
-nested weights (averaged with wide partners) explains the failure. Writes
-``benchmarks/results/standard/fedgen_bn_diagnostic.json``. The in-protocol fix is FedGen's hp
-``pooled_bn=True`` (the same pooling, by a counted query to the partners; the suite's ``fedgen_pooled`` row).
+Loads each finished FedGen run of the standard suite (``benchmarks/results/standard/runs``, clean links)
+and scores its final model at widths 1/8 and 1/4 on the global test set three ways:
+
+* ``stored``: with the statistics the run tracked (per width, from the partners that trained at it);
+* ``recomputed``: after recomputing that width's BN statistics on the partners' pooled training
+  molecules in one pass (HeteroFL's sBN step, ``fedmol.models.slicing.recompute_bn_stats``: every BN
+  normalizes with its batch's statistics during the pass);
+* ``exact``: layer by layer in forward order, each BN's statistics the exact moments of the inputs
+  it sees when every earlier BN already uses its final statistics (what evaluation sees; one pass
+  per BN layer) -- to tell whether sBN's batch approximation matters.
+
+A diagnostic only: a real server never sees the pooled molecules. If the score recovers, the
+mismatch between per-width statistics (from the narrow partners only) and nested weights (averaged
+with wide partners) explains the failure. Writes ``benchmarks/results/standard/fedgen_bn_diagnostic.json``.
+The in-protocol fix is FedGen's hp ``pooled_bn=True`` (the same pooling, by a counted query to the
+partners; the suite's ``fedgen_pooled`` row).
 
     python benchmarks/fedgen_bn_diagnostic.py   (after fedmol bench standard)
 """
@@ -21,6 +29,7 @@ from safetensors.torch import load_file
 from fedmol.evaluate import Evaluator
 from fedmol.fl.harness import RunConfig, build_federation
 from fedmol.models import build, slicing
+from fedmol.models.slicing import SliceBatchNorm
 from fedmol.training import make_loader, score
 
 BASE = Path("benchmarks/results/standard/runs")
@@ -28,8 +37,29 @@ DATASETS = ("bbbp", "bace", "b3db_classification")
 WIDTHS = (0.125, 0.25)
 
 
-def diagnose(run: Path) -> dict[float, tuple[float, float]]:
-    """{width: (test with the stored BN statistics, test with statistics recomputed on pooled training data)}."""
+def exact_stats(net, data, width: float) -> None:
+    """Set every BN's statistics at ``width``, in forward order, to the exact moments of its eval-mode inputs."""
+    bns = dict((n, m) for n, m in net.named_modules() if isinstance(m, SliceBatchNorm))
+    order: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: order.append(n)) for n, m in bns.items()]
+    net.eval()
+    with torch.no_grad():
+        net(next(iter(make_loader(data, 8))), width=width)
+    for h in hooks:
+        h.remove()
+    for name in dict.fromkeys(order):
+        acc = []
+        hook = bns[name].register_forward_pre_hook(lambda mod, args: acc.append(args[0].detach().double()))
+        with torch.no_grad():
+            for batch in make_loader(data, 256):
+                net(batch, width=width)
+        hook.remove()
+        x = torch.cat(acc)
+        bns[name].set_stats(width, x.mean(0).float(), x.var(0, unbiased=True).float())
+
+
+def diagnose(run: Path) -> dict[float, dict[str, float]]:
+    """{width: {stored, recomputed, exact}: test metric with each kind of BN statistics}."""
     c = json.loads((run / "config.json").read_text())
     fed = build_federation(RunConfig(**c["run"]), progress=False)
     ev = Evaluator(c["model"]["task_type"], c["model"]["num_tasks"])
@@ -39,10 +69,14 @@ def diagnose(run: Path) -> dict[float, tuple[float, float]]:
     pooled = torch.utils.data.ConcatDataset([part.train for part in fed.local])
     out = {}
     for w in WIDTHS:
-        before = score(net, fed.test, ev, width=w)[ev.eval_metric]
+        got = dict(stored=score(net, fed.test, ev, width=w)[ev.eval_metric])
         slicing.recompute_bn_stats(net, make_loader(pooled, 128, shuffle=False), width=w)
-        out[w] = (before, score(net, fed.test, ev, width=w)[ev.eval_metric])
+        got["recomputed"] = score(net, fed.test, ev, width=w)[ev.eval_metric]
         net.load_state_dict(state)
+        exact_stats(net, pooled, w)
+        got["exact"] = score(net, fed.test, ev, width=w)[ev.eval_metric]
+        net.load_state_dict(state)
+        out[w] = got
     return out
 
 
@@ -53,16 +87,16 @@ def main() -> None:
         for a in ("a0.1", "a1", "a100"):
             for s in (0, 1, 2):
                 out = diagnose(BASE / ds / "tiered" / a / "fedgen" / f"s{s}")
-                rows.append(dict(dataset=ds, alpha=a, seed=s,
-                                 **{f"{w}": dict(stored=b, recomputed=x) for w, (b, x) in out.items()}))
-                print(ds, a, s, {w: f"{b:.3f} -> {x:.3f}" for w, (b, x) in out.items()}, flush=True)
+                rows.append(dict(dataset=ds, alpha=a, seed=s, **{f"{w}": got for w, got in out.items()}))
+                print(ds, a, s, {w: " / ".join(f"{v:.3f}" for v in got.values()) for w, got in out.items()}, flush=True)
     summary = {}
     for ds in DATASETS:
         for w in WIDTHS:
             sub = [r[f"{w}"] for r in rows if r["dataset"] == ds]
-            b, x = statistics.mean(v["stored"] for v in sub), statistics.mean(v["recomputed"] for v in sub)
-            print(f"{ds} width {w}: stored BN {b:.3f}, recomputed BN {x:.3f} (mean of {len(sub)} runs)")
-            summary[f"{ds}@{w}"] = dict(stored=b, recomputed=x, runs=len(sub))
+            means = {k: statistics.mean(v[k] for v in sub) for k in ("stored", "recomputed", "exact")}
+            print(f"{ds} width {w}: " + ", ".join(f"{k} BN {v:.3f}" for k, v in means.items())
+                  + f" (mean of {len(sub)} runs)")
+            summary[f"{ds}@{w}"] = dict(**means, runs=len(sub))
     out = BASE.parent / "fedgen_bn_diagnostic.json"
     out.write_text(json.dumps(dict(summary=summary, runs=rows), indent=1))
     print(f"wrote {out}")
