@@ -15,7 +15,7 @@ from fedmol.pilot.coordinator import LocalLink, run_coordinator
 from fedmol.pilot.demo import settings_for, site_configs
 from fedmol.pilot.records import PilotError
 
-from pilot_common import assert_parity, tiny
+from pilot_common import TINY, assert_parity, tiny
 
 
 def local_run(cfg, split_path, out, extra: dict | None = None, dead=(), link_cls=LocalLink) -> tuple[dict, LocalLink]:
@@ -30,10 +30,10 @@ def local_run(cfg, split_path, out, extra: dict | None = None, dead=(), link_cls
     return run_coordinator(link, s, log=lambda m: None), link
 
 
-@pytest.mark.parametrize("algorithm,devices", [("fedavg", "homogeneous"), ("heterofl", "tiered"),
-                                               ("fedgen", "tiered")])
-def test_parity_with_harness(algorithm, devices, bace_split, tmp_path):
-    cfg = tiny(algorithm=algorithm, devices=devices)
+@pytest.mark.parametrize("algorithm,devices,hp", [("fedavg", "homogeneous", {}), ("heterofl", "tiered", {}),
+                                                  ("fedgen", "tiered", {}), ("fedgen", "tiered", {"pooled_bn": True})])
+def test_parity_with_harness(algorithm, devices, hp, bace_split, tmp_path):
+    cfg = tiny(algorithm=algorithm, devices=devices, hparams={**TINY["hparams"], **hp})
     harness = run_federated(cfg, tmp_path / "harness", progress=False)
     pilot, _ = local_run(cfg, bace_split, tmp_path / "pilot")
     assert_parity(harness, pilot)
