@@ -73,12 +73,11 @@ from torch import Tensor
 from fedmol.errors import FedmolError
 from fedmol.fl.algorithm import Algorithm, LocalData, PartnerInfo
 from fedmol.fl.message import Message
-from fedmol.fl.pooled_bn import PooledBNStats, bn_moment_sums, pool_bn_moments, sbn_buffer_keys
+from fedmol.fl.pooled_bn import PooledBNStats, sbn_buffer_keys
 from fedmol.models import slicing
 from fedmol.training import make_loader, seed_everything, train_epoch
 
-__all__ = ["HeteroFL", "sbn_buffer_keys", "bn_moment_sums", "pool_bn_moments", "labelled_tasks",
-           "make_optimizer"]
+__all__ = ["HeteroFL", "labelled_tasks", "make_optimizer"]
 
 _TOL = 1e-9
 HEAD_KEYS = ("head.weight", "head.bias")
