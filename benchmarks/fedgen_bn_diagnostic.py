@@ -9,7 +9,11 @@ and scores its final model at widths 1/8 and 1/4 on the global test set three wa
   normalizes with its batch's statistics during the pass);
 * ``exact``: layer by layer in forward order, each BN's statistics the exact moments of the inputs
   it sees when every earlier BN already uses its final statistics (what evaluation sees; one pass
-  per BN layer) -- to tell whether sBN's batch approximation matters.
+  per BN layer) -- to tell whether sBN's batch approximation matters;
+* ``narrow``: recomputed as ``recomputed`` but on the training molecules of the partners whose cap
+  is that width only -- the data the stored statistics came from -- to tell whether it is their
+  data or the weights they were measured with (the partners' local models during training, not
+  the averaged global model) that makes the stored statistics differ.
 
 A diagnostic only: a real server never sees the pooled molecules. If the score recovers, the
 mismatch between per-width statistics (from the narrow partners only) and nested weights (averaged
@@ -59,7 +63,7 @@ def exact_stats(net, data, width: float) -> None:
 
 
 def diagnose(run: Path) -> dict[float, dict[str, float]]:
-    """{width: {stored, recomputed, exact}: test metric with each kind of BN statistics}."""
+    """{width: {stored, recomputed, exact, narrow}: test metric with each kind of BN statistics}."""
     c = json.loads((run / "config.json").read_text())
     fed = build_federation(RunConfig(**c["run"]), progress=False)
     ev = Evaluator(c["model"]["task_type"], c["model"]["num_tasks"])
@@ -75,6 +79,11 @@ def diagnose(run: Path) -> dict[float, dict[str, float]]:
         net.load_state_dict(state)
         exact_stats(net, pooled, w)
         got["exact"] = score(net, fed.test, ev, width=w)[ev.eval_metric]
+        net.load_state_dict(state)
+        own = torch.utils.data.ConcatDataset([fed.local[p.pid].train for p in fed.infos
+                                              if abs(p.device.max_width - w) < 1e-9])
+        slicing.recompute_bn_stats(net, make_loader(own, 128, shuffle=False), width=w)
+        got["narrow"] = score(net, fed.test, ev, width=w)[ev.eval_metric]
         net.load_state_dict(state)
         out[w] = got
     return out
@@ -93,7 +102,7 @@ def main() -> None:
     for ds in DATASETS:
         for w in WIDTHS:
             sub = [r[f"{w}"] for r in rows if r["dataset"] == ds]
-            means = {k: statistics.mean(v[k] for v in sub) for k in ("stored", "recomputed", "exact")}
+            means = {k: statistics.mean(v[k] for v in sub) for k in ("stored", "recomputed", "exact", "narrow")}
             print(f"{ds} width {w}: " + ", ".join(f"{k} BN {v:.3f}" for k, v in means.items())
                   + f" (mean of {len(sub)} runs)")
             summary[f"{ds}@{w}"] = dict(**means, runs=len(sub))

@@ -43,9 +43,10 @@ bin, in the task's units). Partners report per-(task, bin) counts from round 1 o
 **Heterogeneous widths:** partners train the slice of their device cap (as HeteroFL/FjORD);
 aggregation is the sample-weighted nested mean over the partners holding each coordinate
 (:func:`fedmol.models.slicing.aggregate_nested`); BN keeps per-width statistics ("fjord_bn"),
-which a partner updates only at the width it trains: the statistics of width r then describe only
-the partners whose cap is r, while the nested weights of width r are averaged over every partner
-holding them (the standard suite's width-1/8 failure, ``benchmarks/fedgen_bn_diagnostic.py``).
+which a partner updates only at the width it trains, as running averages over its own local
+steps: the served statistics of width r describe the local models of the partners whose cap is r,
+not the averaged global weights they are used with (the standard suite's width-1/8 failure on
+BBBP and B3DB, ``benchmarks/fedgen_bn_diagnostic.py``).
 hp ``pooled_bn=True`` (default False: FedGen as published; the standard suite runs both) replaces them,
 before every evaluation, with the statistics pooled over all partners' training molecules by
 HeteroFL's counted sBN query (:mod:`fedmol.fl.pooled_bn`; batches of ``sbn_batch_size``); each
