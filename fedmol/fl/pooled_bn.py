@@ -162,15 +162,11 @@ class PooledBNStats:
     def init(self, partners) -> None:
         super().init(partners)
         self._bn_keys = sbn_buffer_keys(self.model)
-        self._version = 0  # bumped whenever the weights change
-        self._bn_stats: dict[float, tuple[int, dict[str, tuple[Tensor, Tensor]]]] = {}  # width -> (version, stats)
+        self._bn_stats: dict[float, dict[str, tuple[Tensor, Tensor]]] = {}  # width -> pooled stats of these weights
 
     def weights_changed(self) -> None:
         """Call after replacing the global weights: the pooled statistics no longer describe them."""
-        self._version += 1
-
-    def _current_stats(self) -> dict[float, dict[str, tuple[Tensor, Tensor]]]:
-        return {w: stats for w, (version, stats) in self._bn_stats.items() if version == self._version}
+        self._bn_stats = {}
 
     def _strip_bn(self, msg: Message) -> Message:
         msg.arrays = {k: v for k, v in msg.arrays.items() if k not in self._bn_keys}
@@ -180,7 +176,7 @@ class PooledBNStats:
         if not self.pooled_bn():
             return super().query(width)
         width = float(width)
-        if width in self._current_stats():
+        if width in self._bn_stats:
             return None  # the statistics of these weights at this width are known
         config = dict(width=width, model=self.model_config, hp=dict(self.hp), purpose="sbn")
         return self._strip_bn(Message(arrays=slicing.sub_state_dict(self.model, width), config=config))
@@ -190,12 +186,12 @@ class PooledBNStats:
             return super().absorb_query(width, replies)
         pooled = pool_bn_moments(m.arrays for _, m in replies)
         stats = {name: (mean.to(torch.float32), var.to(torch.float32)) for name, (mean, var) in pooled.items()}
-        self._bn_stats[float(width)] = (self._version, stats)
+        self._bn_stats[float(width)] = stats
 
     def eval_model(self, width: float) -> nn.Module:
         if not self.pooled_bn():
             return super().eval_model(width)
-        stats = self._current_stats().get(float(width))
+        stats = self._bn_stats.get(float(width))
         if stats is None:
             raise FedmolError(f"{self.name}: no pooled BN statistics for width {width} of the current weights; "
                               "run query(width) at the partners and absorb_query first")
@@ -204,20 +200,19 @@ class PooledBNStats:
     def checkpoint(self) -> dict:
         """The weights and the statistics already pooled for them (no query repeated)."""
         ck = super().checkpoint()
-        ck["pooled_bn"] = self._current_stats()
+        ck["pooled_bn"] = dict(self._bn_stats)
         return ck
 
     def restore(self, checkpoint: dict) -> None:
         super().restore(checkpoint)
-        self.weights_changed()  # other weights: only the checkpoint's own statistics are valid for them
-        self._bn_stats = {w: (self._version, stats) for w, stats in checkpoint["pooled_bn"].items()}
+        self._bn_stats = dict(checkpoint["pooled_bn"])  # the statistics of the restored weights
 
     def state(self) -> dict[str, Tensor]:
         """Global weights, with the pooled statistics of the current weights where they are known
         (per width for "fjord_bn"; the full width's for one shared buffer, else identity for "sbn")."""
         if not self.pooled_bn():
             return super().state()
-        stats = self._current_stats()
+        stats = self._bn_stats
         if self.norm != "fjord_bn":
             stats = {1.0: stats[1.0]} if 1.0 in stats else {}
         model = with_stats(self.model, stats) if stats else self.model
@@ -229,7 +224,7 @@ class PooledBNStats:
         that width's own buffers, so every width up to ``own``; one shared buffer: ``own`` only."""
         if cls.norm == "fjord_bn":
             return [w for w in widths if w <= own + 1e-9]
-        return [w for w in widths if abs(w - own) < 1e-9]
+        return super().state_widths(widths, own)
 
     # ---------------------------------------------------------------- client side
     @classmethod
