@@ -88,11 +88,15 @@ def score(model, dataset, evaluator: Evaluator, width: float | None = None) -> d
     return evaluator.eval({"y_true": y_true, "y_pred": y_pred})
 
 
-def train_epoch(model, loader: Iterable, optimizer: torch.optim.Optimizer, width: float | None = None,
-                extra_loss: Callable | None = None, max_steps: int | None = None, clip: float | None = None) -> dict:
+def train_epoch(model, loader: Iterable, optimizer: torch.optim.Optimizer,
+                width: float | Callable[[], float] | None = None, extra_loss: Callable | None = None,
+                max_steps: int | None = None, clip: float | None = None) -> dict:
     """One pass (or ``max_steps`` mini-batches) of masked-loss training at ``width``.
 
-    ``extra_loss(model, batch, pred)`` adds an algorithm's term (e.g. a regularizer) to the loss.
+    ``width``: one width for every step, or a sampler called once per step (ordered dropout) that
+    returns a width or a tuple of widths: the step's loss is then the sum of the losses at each.
+    ``extra_loss(model, batch, pred, width)`` adds an algorithm's term (e.g. a regularizer)
+    computed at that width.
     Returns ``{"loss": mean loss, "steps": steps, "samples": graphs seen}``.
     """
     model.train()
@@ -106,10 +110,13 @@ def train_epoch(model, loader: Iterable, optimizer: torch.optim.Optimizer, width
         if dev.type != "cpu":
             batch = batch.to(dev, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        pred = model(batch, width=width)
-        loss = masked_loss(pred, batch.y, model.task_type)
-        if extra_loss is not None:
-            loss = loss + extra_loss(model, batch, pred)
+        widths = width() if callable(width) else width
+        loss = 0.0
+        for w in widths if isinstance(widths, tuple) else (widths,):
+            pred = model(batch, width=w)
+            loss = loss + masked_loss(pred, batch.y, model.task_type)
+            if extra_loss is not None:
+                loss = loss + extra_loss(model, batch, pred, w)
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

@@ -52,6 +52,16 @@ before every evaluation, with the statistics pooled over all partners' training 
 HeteroFL's counted sBN query (:mod:`fedmol.fl.pooled_bn`; batches of ``sbn_batch_size``); each
 partner then also sends, per evaluated width, the per-channel count / sum / sum of squares of every
 BN layer's inputs over its training molecules (counted traffic, ``sent.jsonl`` kind ``query``).
+hp ``ordered_dropout=True`` (default False; not in the FedGen paper: FjORD's ordered dropout,
+:mod:`fedmol.fl.fjord`, grafted on) makes a partner draw, per mini-batch, one width uniformly from the
+served widths up to its cap (:class:`~fedmol.fl.fjord.WidthSampler`) and take that step -- the
+supervised loss and both generative terms -- at the drawn width, so every partner trains every
+narrower sub-network as a network of its own and updates its per-width BN statistics (FjORD's
+remedy for the same two problems; no FjORD self-distillation: FedGen's generator is the teacher).
+With ``od_cap_every_step=True`` the step's loss is that of the drawn width *plus* that of the cap
+(once when the draw is the cap), as FjORD's widest affordable network trains on every batch; plain
+ordered dropout leaves a full-width partner only a quarter of its steps at full width.
+Aggregation and the server step are unchanged (a partner's teacher head is its cap width).
 The generator's output layer is a sliceable linear layer: at width r it emits the leading
 ``ceil(r * hidden)`` channels, i.e. exactly the embedding a width-r model produces, so one
 generator serves every width.
@@ -75,6 +85,7 @@ from torch import Tensor, nn
 
 from fedmol.errors import FedmolError
 from fedmol.fl.algorithm import Algorithm, LocalData, PartnerInfo
+from fedmol.fl.fjord import WidthSampler
 from fedmol.fl.message import Message
 from fedmol.fl.pooled_bn import PooledBNStats
 from fedmol.models import build, slicing
@@ -197,7 +208,8 @@ class FedGen(PooledBNStats, Algorithm):
                    MOMENTS: "per task: count, sum and sum of squares of the training targets (regression, round 0)"}
     defaults = dict(alpha0=10.0, beta0=10.0, coef_decay=0.98, gen_steps=50, gen_batch=32, gen_lr=3e-4,
                     gen_weight_decay=1e-2, gen_lr_decay=0.98, noise_dim=32, gen_hidden=256, reg_batch=32,
-                    pooled_bn=False, sbn_batch_size=256)
+                    pooled_bn=False, sbn_batch_size=256, ordered_dropout=False,
+                    od_cap_every_step=False)
     dp_refusal = ("its server step trains the generator on every partner's own head and its label counts, which "
                   "DP-FedAvg's noisy average does not protect")
 
@@ -205,8 +217,9 @@ class FedGen(PooledBNStats, Algorithm):
         return bool(self.hp["pooled_bn"])
 
     def init(self, partners: list[PartnerInfo]) -> None:
-        if not isinstance(self.hp["pooled_bn"], bool):
-            raise FedmolError(f"fedgen: pooled_bn must be true or false, got {self.hp['pooled_bn']!r}")
+        for key in ("pooled_bn", "ordered_dropout", "od_cap_every_step"):
+            if not isinstance(self.hp[key], bool):
+                raise FedmolError(f"fedgen: {key} must be true or false, got {self.hp[key]!r}")
         super().init(partners)
         hidden, T = self.model_config["hidden"], self.model_config["num_tasks"]
         self.space = PairSpace(self.model_config["task_type"], T)
@@ -231,7 +244,8 @@ class FedGen(PooledBNStats, Algorithm):
         msg = self.send(rnd, partner, w, pairs=self.space.to_config(), use_generator=self.trained,
                         alpha=decayed(self.hp["alpha0"], rnd, self.hp["coef_decay"]),
                         beta=decayed(self.hp["beta0"], rnd, self.hp["coef_decay"]),
-                        qualified=self.qualified().tolist())
+                        qualified=self.qualified().tolist(),
+                        **({"grid": list(self.widths())} if self.hp["ordered_dropout"] else {}))
         if self.trained:
             msg.arrays.update({GEN + k: v.detach().clone() for k, v in self.generator.state_dict().items()})
         self.last_widths[partner.pid] = w
@@ -318,7 +332,8 @@ class FedGen(PooledBNStats, Algorithm):
             qualified = torch.tensor(c["qualified"], dtype=torch.long)
             g = torch.Generator().manual_seed(c["seed"])
             extra = _regularizer(gen, space, qualified, c["alpha"], c["beta"], c["width"], c["hp"]["reg_batch"], g)
-        stats = cls.local_train(model, msg, data, extra_loss=extra)
+        width = _od_widths(c) if c["hp"]["ordered_dropout"] else None
+        stats = cls.local_train(model, msg, data, width=width, extra_loss=extra)
         reply = cls.reply(model, data, stats)
         y = torch.as_tensor(data.train.labels, dtype=torch.float32).reshape(-1, space.T)
         if space.task_type == "regression" and c["round"] == 0:
@@ -330,11 +345,23 @@ class FedGen(PooledBNStats, Algorithm):
         return reply
 
 
-def _regularizer(gen: Generator, space: PairSpace, qualified: Tensor, alpha: float, beta: float, width: float,
-                 batch: int, g: torch.Generator):
-    """The client's generative terms (paper Eq. 5 + the official latent term), as an extra loss."""
+def _od_widths(c: dict):
+    """Ordered dropout's widths for each step: a width drawn from the served ones up to the cap, with
+    the cap itself too when hp ``od_cap_every_step`` (FjORD's structure: the widest affordable network
+    trains on every batch)."""
+    sampler = WidthSampler(c["width"], c["seed"], c["grid"])
+    if not c["hp"]["od_cap_every_step"]:
+        return sampler
+    return lambda: tuple(dict.fromkeys((sampler.cap, sampler())))
 
-    def extra(model, data_batch, pred):
+
+def _regularizer(gen: Generator, space: PairSpace, qualified: Tensor, alpha: float, beta: float, cap: float,
+                 batch: int, g: torch.Generator):
+    """The client's generative terms (paper Eq. 5 + the official latent term), as an extra loss at the
+    step's width (the cap, or the width ordered dropout drew)."""
+
+    def extra(model, data_batch, pred, width):
+        width = cap if width is None else width
         with torch.no_grad():
             pairs = qualified[torch.randint(len(qualified), (batch,), generator=g)]
             _, z = gen.sample(pairs, width=width, generator=g)

@@ -31,3 +31,15 @@ def binary_labels(n: int, tasks: int, seed: int = 0, missing: tuple[int, ...] = 
     for t in missing:
         y[:, t] = math.nan
     return y.tolist()
+
+
+class GraphList(list):
+    """A list of graphs with the ``labels`` matrix a :class:`~fedmol.data.dataset.MoleculeDataset` has."""
+
+    @property
+    def labels(self):
+        return torch.cat([g.y for g in self]).numpy()
+
+
+def dataset(ys: list[list[float]], offset: int = 0) -> GraphList:
+    return GraphList(graphs(ys, offset))

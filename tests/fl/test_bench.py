@@ -205,9 +205,13 @@ def test_shipped_suites_load():
     assert standard.seeds == [0, 1, 2] and standard.alphas == [0.1, 1.0, 100.0] and len(standard.datasets) >= 2
     assert standard.devices == ["tiered"] and standard.faulty_links == [0.0, 0.5]
     assert {a.label for a in standard.algorithms} == {"fedavg", "feddf", "heterofl", "fjord", "fedgen", "fedgen_pooled",
-                                                      "fedrescue"}
+                                                      "fedgen_od", "fedgen_od_cap", "fedrescue"}
     pooled = next(a for a in standard.algorithms if a.label == "fedgen_pooled")
     assert pooled.base == "fedgen" and pooled.hparams == {"pooled_bn": True}
+    od = next(a for a in standard.algorithms if a.label == "fedgen_od")
+    assert od.base == "fedgen" and od.hparams == {"ordered_dropout": True}
+    od_cap = next(a for a in standard.algorithms if a.label == "fedgen_od_cap")
+    assert od_cap.hparams == {"ordered_dropout": True, "od_cap_every_step": True}
 
 
 def test_single_seed_has_no_std():

@@ -5,9 +5,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedmol.fl.fedgen import (COUNTS, NORMAL_CENTRES, Generator, PairSpace, decayed, diversity_loss,
-                              teacher_loss)
+from fl_graphs import binary_labels, dataset, graphs
+
+from fedmol.errors import FedmolError
+from fedmol.fl.algorithm import LocalData, PartnerInfo
+from fedmol.fl.devices import DeviceProfile
+from fedmol.fl.fedgen import (COUNTS, NORMAL_CENTRES, FedGen, Generator, PairSpace, _od_widths, _regularizer,
+                              decayed, diversity_loss, teacher_loss)
+from fedmol.fl.fjord import WidthSampler
 from fedmol.fl.harness import RunConfig, run_federated
+from fedmol.models import build
+from fedmol.models.slicing import width_tag
+from fedmol.training import make_loader
 
 
 def test_decay_schedule():
@@ -109,3 +118,84 @@ def test_fedgen_regression_runs():
     s = run_federated(cfg, None, progress=False)
     assert s["metric"] == "rmse" and math.isfinite(s["test"]["1.0"])
     assert "server_gen_teacher_loss" in s["history"][1]
+
+
+# ----------------------------------------------------------------------------------- ordered dropout (hp)
+
+
+def _fedgen(caps, hparams):
+    algo = FedGen(dict(name="gin", num_tasks=2, hidden=16, layers=2, task_type="classification"), hparams, seed=3)
+    partners = [PartnerInfo(k, 16, DeviceProfile(c)) for k, c in enumerate(caps)]
+    algo.init(partners)
+    return algo, partners
+
+
+@pytest.mark.parametrize("ordered_dropout,cap_every_step", [(False, False), (True, False), (True, True)])
+def test_ordered_dropout_trains_and_keeps_statistics_of_the_drawn_widths(ordered_dropout, cap_every_step):
+    hp = {"batch_size": 4, "local_epochs": 2, "ordered_dropout": ordered_dropout, "od_cap_every_step": cap_every_step}
+    algo, (wide, _) = _fedgen([1.0, 0.25], hp)
+    msg = algo.configure(0, wide)
+    assert ("grid" in msg.config) == ordered_dropout
+    train = dataset(binary_labels(16, 2, seed=1))
+    reply = FedGen.client_update(msg, LocalData(0, train, train[:2]))
+    steps = int(reply.metrics["steps"])
+    assert steps == 8
+    draws = WidthSampler(1.0, msg.config["seed"], [1.0, 0.5, 0.25]).draw(steps) if ordered_dropout else [1.0] * 8
+    assert ordered_dropout == (len(set(draws)) > 1)
+    for w in (1.0, 0.5, 0.25, 0.125):  # 1/8 is not served (the smallest cap is 1/4): never drawn
+        key = f"convs.0.norm.running_mean_{width_tag(w)}"
+        assert (not torch.equal(reply.arrays[key], msg.arrays[key])) == (w in draws), w
+
+
+@pytest.mark.parametrize("cap_every_step", [False, True])
+def test_od_widths_draw_below_the_cap_and_keep_the_cap_when_asked(cap_every_step):
+    c = {"width": 0.5, "seed": 11, "grid": [1.0, 0.5, 0.25, 0.125], "hp": {"od_cap_every_step": cap_every_step}}
+    draws = WidthSampler(0.5, 11, c["grid"]).draw(40)
+    widths = _od_widths(c)
+    got = [widths() for _ in range(40)]
+    if cap_every_step:
+        assert got == [(0.5,) if d == 0.5 else (0.5, d) for d in draws]
+    else:
+        assert got == draws
+    assert set(draws) == {0.5, 0.25, 0.125}
+
+
+def test_a_step_at_several_widths_sums_their_losses():
+    from fedmol.models import masked_loss
+    from fedmol.training import train_epoch
+    torch.manual_seed(0)
+    model = build(name="gin", num_tasks=2, hidden=16, layers=2, norm="fjord_bn", dropout=0.0)
+    batch = next(iter(make_loader(graphs(binary_labels(6, 2)), 6)))
+    model.train()
+    with torch.no_grad():
+        want = sum(float(masked_loss(model(batch, width=w), batch.y, "classification")) for w in (1.0, 0.25))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    got = train_epoch(model, make_loader(graphs(binary_labels(6, 2)), 6), opt, width=lambda: (1.0, 0.25))
+    assert got["steps"] == 1 and got["loss"] == pytest.approx(want, rel=1e-5)
+    seen = []
+    train_epoch(model, make_loader(graphs(binary_labels(6, 2)), 6), opt, width=lambda: (1.0, 0.5),
+                extra_loss=lambda m, b, pred, w: seen.append((w, pred.shape)) or pred.new_zeros(()))
+    assert seen == [(1.0, (6, 2)), (0.5, (6, 2))]
+
+
+def test_regularizer_runs_at_the_step_width():
+    torch.manual_seed(0)
+    space = PairSpace("classification", 2)
+    gen = Generator(space.n_pairs, 16).eval()
+    model = build(name="gin", num_tasks=2, hidden=16, layers=2, norm="fjord_bn").eval()
+    qualified = torch.arange(space.n_pairs)
+    batch = next(iter(make_loader(graphs(binary_labels(4, 2)), 4)))
+    for width, cap in ((0.25, 1.0), (None, 0.5)):
+        extra = _regularizer(gen, space, qualified, 2.0, 0.0, cap, 8, torch.Generator().manual_seed(5))
+        got = extra(model, batch, model(batch, width=width or cap), width)
+        g = torch.Generator().manual_seed(5)
+        pairs = qualified[torch.randint(len(qualified), (8,), generator=g)]
+        _, z = gen.sample(pairs, width=width or cap, generator=g)
+        assert z.shape[1] == math.ceil((width or cap) * 16)
+        want = 2.0 * space.head_loss(model.head(z, width=width or cap), pairs, "mean")
+        assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-6)
+
+
+def test_ordered_dropout_must_be_a_bool():
+    with pytest.raises(FedmolError, match="fedgen: ordered_dropout must be true or false, got 'yes'"):
+        _fedgen([1.0], {"ordered_dropout": "yes"})

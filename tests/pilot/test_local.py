@@ -31,7 +31,8 @@ def local_run(cfg, split_path, out, extra: dict | None = None, dead=(), link_cls
 
 
 @pytest.mark.parametrize("algorithm,devices,hp", [("fedavg", "homogeneous", {}), ("heterofl", "tiered", {}),
-                                                  ("fedgen", "tiered", {}), ("fedgen", "tiered", {"pooled_bn": True})])
+                                                  ("fedgen", "tiered", {}), ("fedgen", "tiered", {"pooled_bn": True}),
+                                                  ("fedgen", "tiered", {"ordered_dropout": True})])
 def test_parity_with_harness(algorithm, devices, hp, bace_split, tmp_path):
     cfg = tiny(algorithm=algorithm, devices=devices, hparams={**TINY["hparams"], **hp})
     harness = run_federated(cfg, tmp_path / "harness", progress=False)
