@@ -72,6 +72,51 @@ def datasets(data_dir: Optional[Path] = DataDir, as_json: bool = typer.Option(Fa
     console.print(t)
 
 
+def algorithm_card(name: str) -> dict:
+    """What ``fedmol algorithms`` shows of one algorithm: its paper line, how it normalizes, what
+    leaves a partner, DP support and every hyperparameter with its default."""
+    import inspect
+
+    from fedmol.fl.registry import get_algorithm
+
+    cls = get_algorithm(name)
+    doc = inspect.getmodule(cls).__doc__ or ""
+    summary = " ".join(doc.strip().split("\n\n")[0].split())
+    return dict(name=name, summary=summary, norm=cls.norm, scaler=cls.scaler,
+                accepts_partial_uploads=cls.accepts_partial_uploads, supports_dp=cls.supports_dp,
+                dp_refusal=None if cls.supports_dp else cls.dp_refusal, disclosures=dict(cls.disclosures),
+                hparams=dict(cls.defaults), shared_hparams=dict(cls.base_defaults))
+
+
+@app.command()
+@friendly
+def algorithms(name: Optional[str] = typer.Argument(None, help="One algorithm (default: all)."),
+               as_json: bool = typer.Option(False, "--json")):
+    """List the algorithms with their hyperparameters and defaults (set them with `fedmol run --hp KEY=VALUE`)."""
+    from fedmol.fl.registry import ALGORITHMS
+
+    cards = [algorithm_card(n) for n in ([name.strip().lower()] if name else ALGORITHMS)]
+    if as_json:
+        print(json.dumps(cards, indent=1, default=str))
+        return
+    for c in cards:
+        console.print(f"[bold]{c['name']}[/]: {c['summary']}")
+        t = Table()
+        t.add_column("hyperparameter")
+        t.add_column("default")
+        for k, v in c["hparams"].items():
+            t.add_row(k, json.dumps(v))
+        console.print(t)
+        console.print(f"  norm {c['norm']}{' + scaler' if c['scaler'] else ''}; truncated uploads "
+                      f"{'aggregated' if c['accepts_partial_uploads'] else 'dropped'}; differential privacy "
+                      f"{'supported' if c['supports_dp'] else 'refused: ' + c['dp_refusal']}"
+                      + (f"; also sent by partners: {', '.join(c['disclosures'])}" if c["disclosures"] else ""),
+                      highlight=False)
+    shared = cards[0]["shared_hparams"] if cards else {}
+    console.print("shared by every algorithm (local training, DP): "
+                  + ", ".join(f"{k}={json.dumps(v)}" for k, v in shared.items()), highlight=False)
+
+
 # featurize --------------------------------------------------------------------------------------------
 @app.command()
 @friendly

@@ -23,6 +23,25 @@ def test_datasets_lists_registry_with_availability(data_dir):
     assert table.exit_code == 0 and "lipophilicity" in table.stdout
 
 
+def test_algorithms_lists_every_hyperparameter_with_its_default():
+    from fedmol.fl.registry import ALGORITHMS, get_algorithm
+
+    res = run("algorithms", "--json")
+    assert res.exit_code == 0, res.output
+    cards = {c["name"]: c for c in json.loads(res.stdout)}
+    assert list(cards) == list(ALGORITHMS)
+    for name, c in cards.items():
+        algo = get_algorithm(name)(dict(name="gin", num_tasks=1, hidden=8, layers=2, task_type="classification"))
+        assert {**c["shared_hparams"], **c["hparams"]} == json.loads(json.dumps(algo.hp))  # what a run resolves
+    assert cards["fedgen"]["hparams"]["ordered_dropout"] is False and cards["fedgen"]["supports_dp"] is False
+    assert cards["fedgen"]["summary"].startswith("FedGen: data-free knowledge distillation (Zhu, Hong, Zhou, ICML 2021)")
+    assert "fedgen.label_counts" in cards["fedgen"]["disclosures"] and cards["fjord"]["supports_dp"] is True
+    table = run("algorithms", "heterofl")
+    assert table.exit_code == 0 and "HeteroFL" in table.stdout and "shared by every algorithm" in table.stdout
+    bad = run("algorithms", "fedprox")
+    assert bad.exit_code == 2 and "unknown algorithm 'fedprox'; known: fedavg" in bad.output
+
+
 def test_featurize_json_counts_bbbp():
     res = run("featurize", "bbbp", "--json")
     assert res.exit_code == 0, res.output
