@@ -18,8 +18,9 @@ and scores its final model at widths 1/8 and 1/4 on the global test set three wa
 A diagnostic only: a real server never sees the pooled molecules. If the score recovers, the
 mismatch between per-width statistics (from the narrow partners only) and nested weights (averaged
 with wide partners) explains the failure. Writes ``benchmarks/results/standard/fedgen_bn_diagnostic.json``.
-The in-protocol fix is FedGen's hp ``pooled_bn=True`` (the same pooling, by a counted query to the
-partners; the suite's ``fedgen_pooled`` row).
+The in-protocol fixes: FedGen's hp ``pooled_bn=True`` (the same pooling, by a counted query to the
+partners; the suite's ``fedgen_pooled`` row) and hp ``ordered_dropout=True`` (every partner trains,
+and keeps the statistics of, every served width up to its cap; rows ``fedgen_od``, ``fedgen_od_cap``).
 
     python benchmarks/fedgen_bn_diagnostic.py   (after fedmol bench standard)
 """
