@@ -224,8 +224,9 @@ class Algorithm:
         return cls.reply(model, data, stats)
 
     @classmethod
-    def local_train(cls, model: nn.Module, msg: Message, data: LocalData, width: float | None = None,
-                    extra_loss=None) -> dict:
+    def local_train(cls, model: nn.Module, msg: Message, data: LocalData, width=None, extra_loss=None) -> dict:
+        """``local_epochs`` passes of :func:`fedmol.training.train_epoch` (``width``: a width, or a per-step
+        sampler; ``extra_loss``: an algorithm's term) with a fresh Adam; returns mean loss and steps."""
         hp = msg.config["hp"]
         opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
         loader = make_loader(data.train, hp["batch_size"], shuffle=True, seed=msg.config["seed"])
