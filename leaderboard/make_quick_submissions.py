@@ -33,13 +33,13 @@ TRACK = "quick"
 HPARAMS: dict[str, dict] = {
     "feddf": dict(distill_steps=50, eval_every=10, patience=30, pool_size=500, pool_sources="rdkit_nci5k"),
 }
-#: variants of the standard bench suite shipped as rows of their own: label -> (algorithm, hyperparameters)
-VARIANTS: dict[str, tuple[str, dict]] = {
-    "fedgen_od_cap": ("fedgen", dict(ordered_dropout=True, od_cap_every_step=True)),
-}
+#: variants of the standard bench suite shipped as rows of their own (their algorithm and hyperparameters
+#: are the suite's: benchmarks/suites/standard.toml)
+VARIANTS = ("fedgen_od_cap",)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fedmol.fl.bench import load_suite
     from fedmol.fl.harness import RunConfig, run_federated
     from fedmol.fl.registry import ALGORITHMS
     from fedmol.leaderboard import build_board, load_tracks, submit
@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = None if args.runs_dir else tempfile.TemporaryDirectory(prefix="fedmol-quick-")
     runs_root = Path(args.runs_dir or tmp.name)
     t_all = time.perf_counter()
+    variants = {a.label: (a.base, a.hparams) for a in load_suite("standard").algorithms if a.label in VARIANTS}
     for label in [a.strip() for a in args.algorithms.split(",") if a.strip()]:
-        algo, extra = VARIANTS.get(label, (label, {}))
+        algo, extra = variants.get(label, (label, {}))
         dirs = []
         for split in track.splits:
             for seed in track.seeds:
