@@ -128,21 +128,29 @@ def featurize(
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the invalid rows to this CSV."),
 ):
     """Featurize a dataset into graphs (cached) and summarize valid, invalid and duplicated rows."""
-    from fedmol.data.dataset import write_invalid_csv
+    from fedmol.data.dataset import NoValidMolecule, write_invalid_csv
 
-    ds = _load(name, data_dir, csv, smiles_col, target_cols, task, jobs, progress=not as_json)
+    try:
+        ds = _load(name, data_dir, csv, smiles_col, target_cols, task, jobs, progress=not as_json)
+    except NoValidMolecule as e:  # --report still lists every row with its reason
+        if not report:
+            raise
+        write_invalid_csv(report, e.invalid_rows)
+        raise e.listed_in(report) from None
     rep = ds.report.to_dict()
     if report:
         write_invalid_csv(report, rep["invalid_rows"])
     out = dict(dataset=ds.name, rows=rep["rows"], valid=rep["valid"], invalid=rep["invalid"],
-               duplicates=rep["duplicates"], unlabeled=rep["unlabeled"], tasks=list(ds.info.tasks),
+               invalid_labels=rep["invalid_labels"], duplicates=rep["duplicates"], unlabeled=rep["unlabeled"],
+               tasks=list(ds.info.tasks),
                task_type=ds.task_type, source=ds.source_path, source_sha256=ds.source_sha256,
                cache=ds.cache_path, invalid_rows=rep["invalid_rows"])
     if as_json:
         print(json.dumps(out))
         return
+    labels = f" ({out['invalid_labels']} with a non-finite label)" if out["invalid_labels"] else ""
     console.print(f"[bold]{ds.name}[/]: {out['rows']} rows -> [green]{out['valid']} valid[/], "
-                  f"[red]{out['invalid']} invalid[/], {out['duplicates']} duplicated SMILES, "
+                  f"[red]{out['invalid']} invalid[/]{labels}, {out['duplicates']} duplicated SMILES, "
                   f"{out['unlabeled']} without any label")
     for r in rep["invalid_rows"][:10]:
         console.print(f"  row {r['row']}: {r['smiles'][:60]!r}: {r['reason']}", highlight=False)

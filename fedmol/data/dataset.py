@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv as csvlib
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from fedmol.data.registry import DatasetInfo, csv_info, get_info
 from fedmol.data.sources import cache_dir, resolve_file
 from fedmol.errors import DataError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: internal whitespace and non-finite labels make a row invalid
 
 
 @dataclass
@@ -49,10 +50,37 @@ class FeaturizationReport:
     duplicates: int
     unlabeled: int
     invalid_rows: list[dict] = field(default_factory=list)
+    #: of the invalid rows, those with a label that is not a finite number (``inf``, ``1e400``)
+    invalid_labels: int = 0
 
     def to_dict(self) -> dict:
         return dict(rows=self.rows, valid=self.valid, invalid=self.invalid, duplicates=self.duplicates,
-                    unlabeled=self.unlabeled, invalid_rows=self.invalid_rows)
+                    unlabeled=self.unlabeled, invalid_rows=self.invalid_rows, invalid_labels=self.invalid_labels)
+
+
+def _reason_kind(reason: str) -> str:
+    """The kind of an invalid row's reason, for a summary: ``"RDKit could not parse"``, ``"empty SMILES"``,
+    ``"whitespace inside the SMILES"``, ``"label 'y' is not a finite number"``, ..."""
+    return reason.split(": ")[0].split(" (")[0]
+
+
+class NoValidMolecule(DataError):
+    """Every row of a table is invalid. ``invalid_rows`` lists each with its reason (also written to
+    ``listed`` when there is one); the message counts the rows per kind of reason."""
+
+    def __init__(self, path, invalid_rows: list[dict], listed: Path | None = None):
+        self.path, self.invalid_rows, self.listed = path, invalid_rows, listed
+        kinds: dict[str, int] = {}
+        for r in invalid_rows:
+            kinds[_reason_kind(r["reason"])] = kinds.get(_reason_kind(r["reason"]), 0) + 1
+        summary = ", ".join(f"{n} x {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        first = invalid_rows[0] if invalid_rows else None
+        where = (f"; every row with its reason: {listed}" if listed
+                 else f"; first: row {first['row']}: {first['reason']}" if first else "")
+        super().__init__(f"{path}: no valid molecule in {len(invalid_rows)} rows ({summary}){where}")
+
+    def listed_in(self, listed: Path) -> "NoValidMolecule":
+        return NoValidMolecule(self.path, self.invalid_rows, listed)
 
 
 class MoleculeDataset(InMemoryDataset):
@@ -121,22 +149,106 @@ class MoleculeDataset(InMemoryDataset):
 
 
 # -- reading the table ---------------------------------------------------------------------------
+#: Signatures of files that are not text tables (what a partner may export by mistake).
+_NOT_TEXT = ((b"\x1f\x8b", "gzip-compressed", "decompress it first (gunzip)"),
+             (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook is one)", "unpack it, or export the sheet as CSV"),
+             (b"BZh", "bzip2-compressed", "decompress it first (bunzip2)"),
+             (b"\xfd7zXZ\x00", "xz-compressed", "decompress it first (unxz)"),
+             (b"\xff\xfe", "UTF-16 text", "save it as UTF-8"),
+             (b"\xfe\xff", "UTF-16 text", "save it as UTF-8"))
+#: Largest magnitude a label may have: labels are stored as float32.
+_MAX_LABEL = float(np.finfo(np.float32).max)
+
+
+def _table_text(path: Path, kind: str) -> str:
+    """The file's text (UTF-8, a byte-order mark dropped); a compressed, binary or non-UTF-8 file
+    is a one-line :class:`DataError` that says what it is and what to do."""
+    try:
+        data = Path(path).read_bytes()
+    except IsADirectoryError as e:
+        raise DataError(f"{path} is a directory, not a {kind} file") from e
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+    for magic, what, fix in _NOT_TEXT:
+        if data.startswith(magic):
+            raise DataError(f"{path} is {what}, not a plain {kind} table: {fix}")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path} is not UTF-8 text (line {line}: byte {data[e.start:e.start + 1]!r}): save it as "
+                        "UTF-8 (in Excel: CSV UTF-8)") from e
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise DataError(f"{path} holds a NUL byte (line {line}): it is a binary file, not a {kind} table")
+    return text
+
+
+def _header(text: str, sep: str) -> list[str]:
+    """The header's column names exactly as written (pandas renames a repeated name ``a`` to ``a.1``)."""
+    head = pd.read_csv(io.StringIO(text), sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False,
+                       na_values=[], quoting=csvlib.QUOTE_MINIMAL)
+    return [str(c) for c in head.iloc[0].tolist()] if len(head) else []
+
+
+def _read_frame(info: DatasetInfo, path: Path) -> pd.DataFrame:
+    kind = "TSV" if info.sep == "\t" else "CSV"
+    text = _table_text(path, kind)
+    try:
+        names = _header(text, info.sep)
+        df = pd.read_csv(io.StringIO(text), sep=info.sep, dtype=str, keep_default_na=False, na_values=[],
+                         quoting=csvlib.QUOTE_MINIMAL)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        raise DataError(f"could not read {path} as a {kind} table: {' '.join(str(e).split())}") from e
+    counts: dict[str, int] = {}
+    for n in names:
+        if n.strip():
+            counts[n] = counts.get(n, 0) + 1
+    dups = [n for n, c in counts.items() if c > 1]
+    if dups:
+        raise DataError(f"{path}: duplicate column name(s) {dups} in the header: rename them so that every "
+                        "column has its own name")
+    if not isinstance(df.index, pd.RangeIndex):
+        raise DataError(f"{path}: the data rows have more fields than the header has names ({len(names)}): "
+                        "give every column a name")
+    return df
+
+
+def _columns_hint(cols: list[str], sep: str) -> str:
+    """Why the wanted columns may be missing: one column whose name holds another delimiter."""
+    if len(cols) == 1:
+        for other, label in ((";", "';'"), ("\t", "tabs"), (",", "','"), ("|", "'|'")):
+            if other != sep and other in cols[0]:
+                expected = "tabs" if sep == "\t" else repr(sep)
+                return (f" (the file seems separated by {label}; fedmol reads {expected} in a "
+                        f"{'.tsv/.tab' if sep == chr(9) else '.csv'} file)")
+    return ""
+
+
 def read_table(info: DatasetInfo, path: Path) -> tuple[list, np.ndarray]:
     """Return (SMILES per row, labels float32 (rows, tasks) with NaN) from the source file."""
-    try:
-        df = pd.read_csv(path, sep=info.sep, dtype=str, keep_default_na=False, na_values=[], quoting=csvlib.QUOTE_MINIMAL)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"could not read {path} as a {'TSV' if info.sep == chr(9) else 'CSV'} table: {e}") from e
+    smiles, y, _ = read_table_checked(info, path)
+    return smiles, y
+
+
+def read_table_checked(info: DatasetInfo, path: Path) -> tuple[list, np.ndarray, dict[int, str]]:
+    """:func:`read_table` plus ``{row: reason}`` for rows whose label is not a finite number
+    (``inf``, ``-inf``, ``1e400``, beyond float32): such a row is invalid, never trained on."""
+    df = _read_frame(info, path)
     cols = list(df.columns)
     if info.smiles_col not in df.columns:
-        raise DataError(f"{path}: no SMILES column {info.smiles_col!r}; columns found: {cols}")
+        raise DataError(f"{path}: no SMILES column {info.smiles_col!r}; columns found: {cols}"
+                        + _columns_hint(cols, info.sep))
     missing = [t for t in info.tasks if t not in df.columns]
     if missing:
-        raise DataError(f"{path}: target column(s) {missing} not found; columns found: {cols}")
+        raise DataError(f"{path}: target column(s) {missing} not found; columns found: {cols}"
+                        + _columns_hint(cols, info.sep))
     if len(df) == 0:
         raise DataError(f"{path} has a header but no rows")
     smiles = [s.strip() for s in df[info.smiles_col].tolist()]
     y = np.full((len(df), info.num_tasks), np.nan, dtype=np.float32)
+    label_reasons: dict[int, str] = {}
+    empty: list[str] = []
     for j, task in enumerate(info.tasks):
         raw = df[task].str.strip()
         if info.label_map:
@@ -149,7 +261,7 @@ def read_table(info: DatasetInfo, path: Path) -> tuple[list, np.ndarray]:
             rows = np.flatnonzero(bad.to_numpy())
             ex = ", ".join(f"row {r}: {raw.iloc[r]!r}" for r in rows[:5])
             raise DataError(f"{path}: column {task!r} has {len(rows)} value(s) that are not numbers ({ex})")
-        arr = num.to_numpy(dtype=np.float64)
+        arr = num.to_numpy(dtype=np.float64, copy=True)
         if info.task_type == "classification":
             notbin = ~np.isnan(arr) & ~np.isin(arr, (0.0, 1.0))
             if notbin.any():
@@ -157,8 +269,20 @@ def read_table(info: DatasetInfo, path: Path) -> tuple[list, np.ndarray]:
                 ex = ", ".join(f"row {r}: {raw.iloc[r]!r}" for r in rows[:5])
                 raise DataError(f"{path}: classification column {task!r} must hold 0/1 (or be empty); "
                                 f"{len(rows)} row(s) do not ({ex})")
+        with np.errstate(invalid="ignore"):
+            nonfinite = ~np.isnan(arr) & ~(np.abs(arr) <= _MAX_LABEL)
+        for r in np.flatnonzero(nonfinite):
+            what = "is not a finite number" if not np.isfinite(arr[r]) else "is beyond the float32 range (3.4e38)"
+            why = f"label {task!r} {what}: {raw.iloc[r]!r}"
+            label_reasons[int(r)] = f"{label_reasons[int(r)]}; {why}" if int(r) in label_reasons else why
+        if np.isnan(arr).all():
+            empty.append(task)
+        arr[nonfinite] = np.nan
         y[:, j] = arr
-    return smiles, y
+    if empty:
+        raise DataError(f"{path}: target column(s) {empty} hold no label in any row: nothing to train or "
+                        "evaluate on (check --target-cols)")
+    return smiles, y, label_reasons
 
 
 # -- cache ---------------------------------------------------------------------------------------
@@ -223,15 +347,29 @@ def load_dataset(name_or_csv: str | None = None, *, csv: str | Path | None = Non
             return _build(info, tensors, meta["smiles"], report, sha, path, str(folder))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError):
             pass  # a damaged cache entry is rebuilt below
-    all_smiles, y = read_table(info, path)
+    all_smiles, y, label_reasons = read_table_checked(info, path)
     feats = featurize_smiles(all_smiles, n_jobs=n_jobs, progress=progress, desc=f"featurizing {info.name}")
-    valid = np.asarray(feats.valid, dtype=bool)
+    reasons = list(feats.reasons)
+    for i, why in label_reasons.items():  # a non-finite label makes the row invalid, molecule or not
+        reasons[i] = why if reasons[i] is None else f"{reasons[i]}; {why}"
+    valid = np.fromiter((r is None for r in reasons), dtype=bool, count=len(reasons))
     valid_idx = np.flatnonzero(valid)
-    if valid_idx.size == 0:
-        first = feats.reasons[0] if len(all_smiles) else "empty table"
-        raise DataError(f"{path}: no valid molecule in {len(all_smiles)} rows (first reason: {first})")
     invalid_rows = [{"row": int(i), "smiles": "" if not isinstance(all_smiles[i], str) else all_smiles[i],
-                     "reason": feats.reasons[i]} for i in np.flatnonzero(~valid)]
+                     "reason": reasons[i]} for i in np.flatnonzero(~valid)]
+    if valid_idx.size == 0:
+        listed = None
+        if use_cache:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_invalid_csv(folder / "invalid_rows.csv", invalid_rows)
+                listed = folder / "invalid_rows.csv"
+            except OSError:
+                listed = None
+        raise NoValidMolecule(path, invalid_rows, listed)
+    unlabeled_tasks = [t for j, t in enumerate(info.tasks) if np.isnan(y[valid_idx, j]).all()]
+    if unlabeled_tasks:
+        raise DataError(f"{path}: target column(s) {unlabeled_tasks} hold no label on any valid molecule "
+                        f"(only on the {len(invalid_rows)} invalid row(s)): nothing to train or evaluate on")
     smiles = [all_smiles[i] for i in valid_idx]
     seen: set[str] = set()
     duplicates = 0
@@ -241,7 +379,7 @@ def load_dataset(name_or_csv: str | None = None, *, csv: str | Path | None = Non
     yv = y[valid_idx]
     report = FeaturizationReport(rows=len(all_smiles), valid=int(valid_idx.size), invalid=len(invalid_rows),
                                  duplicates=duplicates, unlabeled=int(np.isnan(yv).all(axis=1).sum()),
-                                 invalid_rows=invalid_rows)
+                                 invalid_rows=invalid_rows, invalid_labels=len(label_reasons))
     tensors = {
         "x": torch.from_numpy(np.ascontiguousarray(feats.x, dtype=np.int64)),
         "edge_index": torch.from_numpy(np.ascontiguousarray(feats.edge_index, dtype=np.int64)),

@@ -36,13 +36,21 @@ Feature semantics (must equal OGB 1.3.6 exactly; checked by ``tests/data/test_fe
   first: current RDKit ignores surrounding blanks anyway, so features do not change, but a
   whitespace-only cell becomes "empty SMILES" instead of a syntax error and the behaviour does not
   depend on the RDKit version's whitespace handling.
+* Whitespace INSIDE a SMILES (``CC (=O)O``, a tab, a line break in a quoted cell) makes the row
+  invalid: RDKit reads a SMILES only up to the first blank and takes the rest as the molecule's
+  name, so it would silently accept a different molecule (a macrolide became ``COC``). The one
+  exception is a CXSMILES extension, ``<smiles> |...|``, which RDKit parses as part of the
+  molecule. (No registry dataset holds such a row, so this rule changed no shipped molecule; the
+  dataset cache format was bumped instead of ``FEATURIZER_VERSION``, which split files and
+  benchmark fingerprints record.)
 
 Errors:
 
 * :class:`InvalidSmiles` (a ``ValueError``) carries a one-line reason: ``"empty SMILES"`` for
   ``None``/NaN/``pd.NA``/empty/whitespace-only input (``"empty SMILES (not a string: T)"`` for
   any other non-``str`` value), ``"no atoms"`` for a SMILES that parses to a 0-atom
-  molecule, and ``"RDKit could not parse: <RDKit's own message>"`` otherwise. The RDKit message is
+  molecule, ``"whitespace inside the SMILES (after '<head>'): ..."`` for an internal blank (see
+  above), and ``"RDKit could not parse: <RDKit's own message>"`` otherwise. The RDKit message is
   obtained only on the (rare) failure path, by re-parsing under ``rdBase.CaptureErrorLog`` (RDKit's
   log is blocked with ``rdBase.BlockLogs`` meanwhile so nothing is spammed to stderr, and the
   global logger state of the caller is left as it was). Timestamps, the ASCII caret diagram and
@@ -273,6 +281,14 @@ def _failure_reason(smiles: str) -> str:
     return "RDKit could not parse: " + _one_line(message or "unknown RDKit error")
 
 
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _is_cxsmiles_tail(tail: str) -> bool:
+    """Whether what follows the first blank of a SMILES is one CXSMILES extension ``|...|`` and nothing else."""
+    return len(tail) >= 2 and tail[0] == "|" and tail[-1] == "|" and _WHITESPACE.search(tail) is None
+
+
 def _is_missing(value) -> bool:
     """None, NaN (float or numpy) or pandas' NA/NaT: an empty CSV cell."""
     if value is None:
@@ -295,6 +311,11 @@ def _parse(smiles) -> tuple[Chem.Mol, str]:
     smiles = smiles.strip()
     if not smiles:
         raise InvalidSmiles(_EMPTY)
+    inner = _WHITESPACE.search(smiles)
+    if inner is not None and not _is_cxsmiles_tail(smiles[inner.end():]):
+        head = smiles[: inner.start()]
+        raise InvalidSmiles(f"whitespace inside the SMILES (after {_one_line(head)[:60]!r}): RDKit would read "
+                            "only the part before it and take the rest as a name")
     try:
         mol = Chem.MolFromSmiles(smiles)
     except Exception as exc:  # noqa: BLE001 - RDKit raising instead of returning None

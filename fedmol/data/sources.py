@@ -107,9 +107,14 @@ def resolve_file(info: DatasetInfo, data_dir: str | Path | None = None, allow_do
     """Find (or fetch) the dataset's file; return ``(path, sha256)`` after verifying it."""
     if info.is_custom:
         path = Path(info.file)
+        if path.is_dir():
+            raise DataError(f"--csv {path} is a directory, not a file: pass the CSV/TSV file inside it")
         if not path.is_file():
             raise DataError(f"CSV file not found: {path}")
-        return path, sha256_file(path)
+        try:
+            return path, sha256_file(path)
+        except OSError as e:
+            raise DataError(f"cannot read {path}: {e.strerror or e}") from e
     dirs = candidate_dirs(data_dir)
     for d in dirs:
         path = d / info.file
