@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fedmol.errors import FedmolError
+from fedmol.safetensors_io import save_safetensors
 
 STATE, KEY = "state.safetensors", "fedmol.checkpoint"
 
@@ -78,7 +79,7 @@ def save(folder: Path, *, fingerprint: dict, epoch: int, model, best_state: dict
                 elapsed=elapsed, optimizer=opt_meta, python_rng=[py_version, list(py_internal), py_gauss],
                 numpy_rng=[np_name, np_keys.tolist(), *np_rest])
     tmp = folder / f"{STATE}.part"
-    save_file(tensors, str(tmp), metadata={KEY: json.dumps(meta)})
+    save_safetensors(tensors, tmp, metadata={KEY: json.dumps(meta)})
     os.replace(tmp, folder / STATE)
 
 

@@ -40,13 +40,13 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from safetensors.torch import save_file
 
 from fedmol.evaluate import Evaluator
 from fedmol.fl.algorithm import PartnerInfo
 from fedmol.fl.message import Message
 from fedmol.fl.selection import RoundSelector
 from fedmol.models import slicing
+from fedmol.safetensors_io import save_safetensors
 from fedmol.training import predict, score, width_key
 
 
@@ -260,8 +260,8 @@ class RoundDriver:
         write_metrics(out / "metrics.csv", self.rows)
         with open(out / "sent.jsonl", "w") as f:
             f.writelines(json.dumps(m) + "\n" for m in self.sent)
-        save_file(self.algo.state(), str(out / "model.safetensors"),
-                  metadata={"config": json.dumps(self.algo.model_config), "algorithm": algorithm})
+        save_safetensors(self.algo.state(), out / "model.safetensors",
+                         metadata={"config": json.dumps(self.algo.model_config), "algorithm": algorithm})
         tmp = out / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=1))
         os.replace(tmp, out / "summary.json")
