@@ -5,8 +5,10 @@ same algorithm, hyperparameters and settings apart from the seed. The archive ho
 ``manifest.json`` (:class:`fedmol.leaderboard.schema.Manifest`) and, per run, the final global
 weights (the run's ``model.safetensors``, copied byte for byte) and its test-set predictions
 (``test_predictions.csv``). Runs must use a frozen split file of ``data_splits/`` (matched by its
-content sha256). Runs that match no track are packed all the same, marked ``unranked`` with the
-reasons.
+content sha256); a run made with ``--dataset`` (its split made on the fly) is refused before
+anything is packed, with the frozen file to rerun it with. Runs that match no track are packed all
+the same, marked ``unranked`` with the reasons. A FedDF run's ``config.json`` also holds its public
+pool's report (``public_pool``): it follows from the rest of the config and is not packed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,24 @@ def frozen_split_index(splits_dir: Path) -> dict[str, str]:
         if isinstance(sha, str):
             out.setdefault(sha, p.relative_to(splits_dir).as_posix())
     return out
+
+
+def frozen_split_hint(run: dict, splits_dir: Path) -> str:
+    """The frozen split file of ``run``'s dataset, partners, alpha and quantity skew, as shown to a
+    user (``data_splits/<dataset>/<file>.json``); else the dataset's folder and why no file fits."""
+    dataset = str(run["dataset"])
+    shown = Path(splits_dir.name) if Path(splits_dir) == default_splits_dir() else Path(splits_dir)
+    for p in sorted((Path(splits_dir) / dataset).glob("*.json")):
+        try:
+            spec = json.loads(p.read_text())["spec"]
+            same = (spec["partners"] == run.get("partners") and float(spec["alpha"]) == float(run.get("alpha"))
+                    and float(spec["quantity_skew"]) == float(run.get("quantity_skew") or 0.0))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if same:
+            return (shown / dataset / p.name).as_posix()
+    return (f"{(shown / dataset).as_posix()}/<file>.json (none there has {run.get('partners')} partners, alpha "
+            f"{run.get('alpha')} and quantity skew {run.get('quantity_skew') or 0.0})")
 
 
 def shared_settings(config: dict) -> dict:
@@ -123,6 +143,13 @@ def read_run(run_dir: Path, splits_dir: Path, index: dict[str, str]) -> dict:
         raise FedmolError(f"{run_dir} is not a complete run folder of fedmol.fl.harness.run_federated: "
                           f"missing {', '.join(missing)}")
     config = _read_json(run_dir / "config.json")
+    run = config.get("run") if isinstance(config, dict) else None
+    if isinstance(run, dict) and run.get("dataset") and not run.get("split") and not run.get("csv"):
+        raise FedmolError(f"run {run_dir} was made with --dataset {run['dataset']} (a split made on the fly); "
+                          f"leaderboard tracks need a frozen split: rerun with --split "
+                          f"{frozen_split_hint(run, splits_dir)}")
+    # FedDF's public-pool report (fedmol.fl.public_pool) follows from the rest of the config; not packed
+    config = {k: v for k, v in config.items() if k != "public_pool"} if isinstance(config, dict) else config
     try:
         config = ResolvedConfig.model_validate(config).model_dump()
     except ValidationError as e:
