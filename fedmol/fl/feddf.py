@@ -34,13 +34,24 @@ widths:
 * ``"drop"`` / ``"min"``: FedAvg's handling (:mod:`fedmol.fl.fedavg`): one full-width group where
   partners that cannot run it sit out, or one group at the smallest cap for everyone.
 
-Distillation data: the public pool of :mod:`fedmol.fl.public_pool` -- SMILES of *other* registry
-datasets with every molecule of the federated dataset removed by canonical SMILES, ``pool_size``
-molecules drawn with the run seed, no labels. The pool needs to know which dataset is federated:
+Distillation data: the public pool of :mod:`fedmol.fl.public_pool` -- by default molecules of the
+two sets that ship inside RDKit (``rdkit_nci5k``: NCI's first 5K compounds; ``rdkit_wehi10k``: the
+WEHI screening library's 10K), unlabeled and outside every benchmark endpoint's domain, with every
+molecule of the federated dataset removed by canonical SMILES, ``pool_size`` molecules drawn with
+the run seed, no labels. The pool is the same with or without a data folder; its composition
+(``pool.report``: rows and file sha256 per source, molecules kept per source, the source rows
+removed because they are federated molecules) is written to the run's ``config.json`` and
+``summary.json`` as ``public_pool``. The pool needs to know which dataset is federated:
 (a) the harness calls :meth:`FedDF.bind_dataset` (name and SMILES); else (b) the hyperparameter
 ``pool_exclude`` names it; else (c) *every* registry dataset with the same task type and task
 count as the model is excluded (a logged note; safe -- the federated dataset is among them -- but
-it also drops related sources). ``pool_sources`` overrides the source list.
+it also drops related sources, and only those available locally can be removed).
+``pool_sources`` overrides the source list (registry datasets too; then the pool depends on which
+files are available, and e.g. B3DB shares BBBP's endpoint). Before this default,
+the pool also drew from every other registry dataset available locally: the standard suite's
+FedDF runs (run with a data folder) distilled on NCI plus the other MoleculeNet/B3DB sets -- for
+BBBP including B3DB's blood-brain-barrier molecules -- and the quick suite's pool changed with
+``FEDMOL_DATA_DIR``.
 
 Deviations from the paper (and why):
 
@@ -72,6 +83,10 @@ Deviations from the paper (and why):
    hyperparameters (the distillation settings never leave the server).
 6. ``state()`` (``model.safetensors``) holds the widest group's student, loadable like every other
    algorithm's; narrower groups' students are served by ``eval_model`` but not saved.
+7. **Public data.** The paper distils on a different public dataset of the same modality
+   (CIFAR-100 for CIFAR-10, all 50k images); here the pool is at most ``pool_size`` (2,000)
+   molecules of RDKit's shipped NCI and WEHI sets (14,882 distinct molecules): unlabeled compounds of
+   a chemical database and a screening library, not a set measured for the federated endpoint.
 
 No differential privacy: hp ``dp_clip`` is refused (``dp_refusal``), because the distillation
 teachers are the partners' individual models, outside DP-FedAvg's noisy average

@@ -204,4 +204,5 @@ def resolved_config(cfg: RunConfig, algo, fed: Federation, dp: dict | None = Non
         partners=[dict(pid=p.pid, n_train=p.n_train, n_valid=len(fed.local[p.pid].valid), device=p.device.to_dict())
                   for p in fed.infos],
         versions=dict(fedmol=fedmol.__version__, torch=torch.__version__, rdkit=rdkit.__version__),
+        **({"public_pool": algo.ensure_pool().report} if hasattr(algo, "ensure_pool") else {}),  # FedDF's pool
     )

@@ -2,22 +2,25 @@
 
 FedDF (Lin et al., NeurIPS 2020, Sec. 3 / Alg. 1) distils the clients' ensemble into the global
 model on unlabeled data held by the server; the paper uses a *different* public dataset (e.g.
-CIFAR-100 for CIFAR-10). The molecular analogue built here: SMILES of other registry datasets
-than the one being federated, with every molecule that also occurs in the federated dataset
-removed, featurized without labels.
+CIFAR-100 for CIFAR-10). The molecular analogue built here: molecule sets that ship inside RDKit
+(so the pool is the same on every machine, with or without a data folder) and carry no label of
+any benchmark endpoint, with every molecule that also occurs in the federated dataset removed,
+featurized without labels.
 
 What exactly is used
 --------------------
-* **Sources** (default :data:`DEFAULT_SOURCES`): ``rdkit_nci5k`` (the first 5,000 compounds of
-  the public NCI database, shipped inside RDKit as ``Data/NCI/first_5K.smi``: always available
-  offline, and the reason a pool is large even with no data folder), ``b3db_classification``, ``b3db_regression``
-  (shipped by the ``qc-b3db`` package: always available offline), ``bbbp``, ``bace``,
-  ``clintox``, ``sider``, ``tox21``, ``esol``, ``freesolv``, ``lipophilicity`` (MoleculeNet CSVs:
-  available when ``FEDMOL_DATA_DIR`` / ``--data-dir`` / fedmol's download cache holds them; never
-  downloaded here). A source that is not available locally is skipped with a logged note (and
-  listed in ``pool.report["skipped"]``). ``hiv`` (41k molecules of the NCI screen) is left out of
-  the default so that it does not make up ~60 % of the pool; name it in ``sources`` to use it.
-  Labels of the sources are never read into the pool (only the SMILES column is used).
+* **Sources** (default :data:`DEFAULT_SOURCES`, both shipped inside the RDKit package, under
+  ``RDConfig.RDDataDir``; :data:`SHIPPED`): ``rdkit_nci5k`` (``NCI/first_5K.smi``: the first
+  5,000 compounds of the public NCI database, 4,999 rows) and ``rdkit_wehi10k``
+  (``Pains/test_data/wehi_mols.csv``: 10,000 compounds of the WEHI screening library, RDKit's
+  PAINS-filter test set). Neither is a property-labelled benchmark, neither is about the blood-brain
+  barrier or any other MoleculeNet/B3DB endpoint, and the default never reads a registry dataset, so
+  the pool does not depend on ``FEDMOL_DATA_DIR`` / ``--data-dir``. Registry datasets can still
+  be named as sources (``sources`` / FedDF's ``pool_sources``: ``bbbp``, ``bace``, ...; MoleculeNet
+  files only when available locally, never downloaded here): then the pool depends on what is
+  available, and on the task's domain (B3DB measures the same endpoint as BBBP). A source that is
+  not available is skipped with a logged note (``report["skipped"]``). Labels of the sources are
+  never read into the pool (only the SMILES column is used).
 * **Excluded**: the federated dataset(s) are never a source, and every molecule of theirs (every
   row of the file, train, valid *and test* of every partner) is removed from the pool when its
   SMILES matches by exact text or by RDKit canonical SMILES *without stereochemistry* (so the same
@@ -31,17 +34,17 @@ What exactly is used
 * **Graphs**: featurized with :func:`fedmol.data.featurize.featurize_smiles` (the OGB features
   every fedmol model uses), no ``y``; every graph carries ``mol_id`` (its position in the pool,
   to look up per-molecule distillation targets in a batch), its source dataset and source row.
+* **Report** (``pool.report``; FedDF's runs write it to ``config.json`` and ``summary.json`` as
+  ``public_pool``): ``sources`` (rows per source), ``source_files`` (file and sha256 of each),
+  ``per_source`` (molecules of each source in the pool), ``overlap_rows`` (per source, every row
+  whose molecule is in the federated data: removed), ``removed_overlap`` (their number),
+  ``removed_invalid`` (rows RDKit cannot parse), ``removed_duplicates`` (repeats skipped while
+  drawing), ``skipped``, ``excluded``, ``size``, ``requested``, ``seed``.
 
-Chemical overlap, not only identity: when federating e.g. BBBP, B3DB (itself compiled partly from
-the same literature) contains most BBBP molecules; the canonical-SMILES de-duplication removes
-every exact overlap (measured, stereo-free canonical SMILES: of BBBP's 1,953 distinct molecules
-only 232 are absent from B3DB classification, whose 7,807 rows are 4,038 distinct stereo-free
-molecules), but close analogues (other salt forms, a different tautomer, a homologue) remain
-in the pool. That is unlabeled *inputs* only -- no label of the federated task reaches the server
--- and is the molecular counterpart of the paper's CIFAR-100 pool sharing its image domain with
-CIFAR-10. Federating B3DB itself: the pool is the other datasets; without MoleculeNet files only
-``b3db_regression`` remains, and 906 of its 935 distinct molecules are also in B3DB
-classification (the pool then holds 29 molecules; set ``FEDMOL_DATA_DIR`` for a useful pool).
+Measured (RDKit 2026.09.1, stereo-free canonical SMILES): the two default sources hold 14,882
+distinct molecules (8 NCI rows unparseable, 10 molecules in both); 38 of their rows are BBBP
+molecules (36 NCI, 2 WEHI) and 79 are B3DB classification molecules (74 NCI, 5 WEHI), all removed
+when that dataset is federated; none is a BACE molecule. HIV (the NCI AIDS screen) shares 386.
 
 Privacy note: de-duplication needs the federated dataset's SMILES. In the benchmark this is done
 by the organiser (it already holds the whole dataset to simulate the partners) before the run,
@@ -51,12 +54,14 @@ intersection on canonical-SMILES hashes, or simply skipped.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
-from pathlib import Path
 import os
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -66,10 +71,10 @@ from fedmol.errors import FedmolError
 
 log = logging.getLogger(__name__)
 
-#: Registry datasets used as the pool by default (minus the federated one; unavailable ones skipped).
-DEFAULT_SOURCES: tuple[str, ...] = ("rdkit_nci5k", "b3db_classification", "b3db_regression", "bbbp", "bace",
-                                    "clintox", "sider", "tox21", "esol", "freesolv", "lipophilicity")
-#: Pool sources that are not registry datasets: name -> (description, reader)
+#: Molecule sets shipped inside RDKit: pool source name -> path under ``RDConfig.RDDataDir``
+SHIPPED: dict[str, str] = {"rdkit_nci5k": "NCI/first_5K.smi", "rdkit_wehi10k": "Pains/test_data/wehi_mols.csv"}
+#: The default pool sources: shipped with RDKit, outside every registry task's domain (module docstring)
+DEFAULT_SOURCES: tuple[str, ...] = ("rdkit_nci5k", "rdkit_wehi10k")
 NCI5K = "rdkit_nci5k"
 DEFAULT_SIZE = 5000
 _ORDER_SALT = 7717
@@ -146,60 +151,82 @@ class PublicPool(InMemoryDataset):
         return f"PublicPool({len(self)} unlabeled molecules from {sorted(set(self.sources))})"
 
 
-def _available_smiles(name: str, data_dir) -> tuple[list[str] | None, str, str]:
-    """(SMILES column, "", file sha256) of registry dataset ``name`` if its file is available
-    locally, else (None, why, "")."""
-    from fedmol.data.dataset import read_table
-    from fedmol.data.registry import get_info
-    from fedmol.data.sources import availability, resolve_file, sha256_file
+class _Unavailable(Exception):
+    """A pool source whose file is not available locally (the message says why)."""
 
-    if name == NCI5K:
+
+class _Source(NamedTuple):
+    smiles: tuple[str, ...]  # the SMILES column, row by row (stripped)
+    keys: tuple[str | None, ...]  # canonical_key of each row (None: RDKit cannot parse it)
+    sha256: str
+    file: str  # where it was read: "rdkit/Data/<path>" or the registry file name
+
+
+def _locate(name: str, data_dir: str | None) -> tuple[str, str, str]:
+    """(path, sha256, file label) of pool source or registry dataset ``name``; raises
+    :class:`_Unavailable` when its file is not available locally (nothing is downloaded)."""
+    from fedmol.data.sources import sha256_file
+
+    if name in SHIPPED:
         from rdkit import RDConfig
 
-        path = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
+        path = Path(RDConfig.RDDataDir) / SHIPPED[name]
         if not path.is_file():
-            return None, f"{path} not found (it ships with RDKit)", ""
-        lines = path.read_text().splitlines()
-        return [ln.split("\t")[0].strip() for ln in lines if ln.strip()], "", sha256_file(path)
+            raise _Unavailable(f"{path} not found (it ships with RDKit)")
+        return str(path), sha256_file(path), f"rdkit/Data/{SHIPPED[name]}"
+    from fedmol.data.registry import get_info
+    from fedmol.data.sources import availability, resolve_file
+
     info = get_info(name)
     if availability(info, data_dir) is None:
         where = ("its package " + info.package) if info.package else "FEDMOL_DATA_DIR / --data-dir / the cache"
-        return None, f"{info.file} not found locally (looked in {where}; the pool never downloads)", ""
+        raise _Unavailable(f"{info.file} not found locally (looked in {where}; the pool never downloads)")
     path, sha = resolve_file(info, data_dir, allow_download=False, progress=False)
-    smiles, _ = read_table(info, path)
-    return [s if isinstance(s, str) else "" for s in smiles], "", sha
+    return str(path), sha, info.file
+
+
+def _source(name: str, data_dir: str | None) -> _Source:
+    """Pool source or excluded dataset ``name``: its SMILES and their canonical keys, row by row."""
+    return _load(name, *_locate(name, data_dir))
 
 
 @lru_cache(maxsize=16)
-def _dataset_keys(name: str, data_dir: str | None) -> tuple[frozenset, frozenset] | None:
-    """(exact SMILES texts, canonical keys) of every row of registry dataset ``name``; None if unavailable.
-
-    The canonical keys are cached on disk (``$FEDMOL_CACHE_DIR/public_pool/``, keyed by the file's
-    sha256 and the RDKit version): canonicalizing HIV's 41k molecules takes ~10-20 s.
-    """
+def _load(name: str, path: str, sha: str, label: str) -> _Source:
+    """The file's SMILES column and canonical keys. The keys are cached on disk
+    (``$FEDMOL_CACHE_DIR/public_pool/``, keyed by the file's sha256 and the RDKit version):
+    canonicalizing HIV's 41k molecules takes ~10-20 s."""
     import rdkit
 
     from fedmol.data.sources import cache_dir
 
-    smiles, _, sha = _available_smiles(name, data_dir)
-    if smiles is None:
-        return None
-    texts = frozenset(s.strip() for s in smiles)
-    cache = cache_dir() / "public_pool" / f"{name}-{sha[:20]}-rdkit{rdkit.__version__}-keys.json"
+    if name in SHIPPED:
+        with open(path, newline="") as f:
+            if path.endswith(".csv"):
+                smiles = [r[0] if r else "" for r in csv.reader(f)]
+            else:
+                smiles = [ln.split()[0] if ln.strip() else "" for ln in f]
+    else:
+        from fedmol.data.dataset import read_table
+        from fedmol.data.registry import get_info
+
+        smiles = read_table(get_info(name), Path(path))[0]
+    smiles = [s.strip() if isinstance(s, str) else "" for s in smiles]
+    cache = cache_dir() / "public_pool" / f"{name}-{sha[:20]}-rdkit{rdkit.__version__}-rowkeys.json"
     try:
-        return texts, frozenset(json.loads(cache.read_text())["keys"])
+        keys = json.loads(cache.read_text())["keys"]
+        if isinstance(keys, list) and len(keys) == len(smiles):
+            return _Source(tuple(smiles), tuple(keys), sha, label)
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    keys = {canonical_key(s) for s in smiles}
-    keys.discard(None)
+    keys = [canonical_key(s) for s in smiles]
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"dataset": name, "sha256": sha, "keys": sorted(keys)}))
+        tmp.write_text(json.dumps({"dataset": name, "sha256": sha, "keys": keys}))
         os.replace(tmp, cache)
     except OSError:
         pass  # read-only cache: recomputed next time
-    return texts, frozenset(keys)
+    return _Source(tuple(smiles), tuple(keys), sha, label)
 
 
 def _names(value) -> list[str]:
@@ -217,9 +244,11 @@ def build_public_pool(exclude: str | Iterable[str] | None = None, exclude_smiles
 
     ``exclude``: registry name(s) of the federated dataset (never used as sources; all their rows'
     molecules removed; one that is not available locally is noted -- it cannot be federated then).
-    ``exclude_smiles``: further SMILES to remove (e.g. a user CSV's). ``sources``: registry names
-    (default :data:`DEFAULT_SOURCES`), comma-separated string or list. ``size``: at most this many
-    molecules, chosen deterministically from ``seed``. See the module docstring for the rules.
+    ``exclude_smiles``: further SMILES to remove (e.g. a user CSV's). ``sources``: pool source
+    names (default :data:`DEFAULT_SOURCES`; also any registry dataset), comma-separated string or
+    list. ``size``: at most this many molecules, chosen deterministically from ``seed``.
+    ``data_dir``: where registry files are looked for (the shipped sources ignore it). See the
+    module docstring for the rules and ``report``.
     """
     from fedmol.data.registry import DATASETS
 
@@ -228,9 +257,10 @@ def build_public_pool(exclude: str | Iterable[str] | None = None, exclude_smiles
         raise FedmolError(f"public pool: size must be >= 1, got {size}")
     excl_names = _names(exclude)
     src_names = _names(sources) if sources is not None else list(DEFAULT_SOURCES)
-    unknown = [n for n in excl_names + src_names if n not in DATASETS and n != NCI5K]
+    unknown = [n for n in excl_names + src_names if n not in DATASETS and n not in SHIPPED]
     if unknown:
-        raise FedmolError(f"public pool: unknown dataset(s) {unknown}; known: {NCI5K}, {', '.join(DATASETS)}")
+        raise FedmolError(f"public pool: unknown dataset(s) {unknown}; known: {', '.join(SHIPPED)}, "
+                          f"{', '.join(DATASETS)}")
     data_dir = str(data_dir) if data_dir else None
     skipped: dict[str, str] = {}
 
@@ -238,53 +268,54 @@ def build_public_pool(exclude: str | Iterable[str] | None = None, exclude_smiles
     excl_keys: set[str] = {k for k in (canonical_key(s) for s in excl_text) if k is not None}
     n_excl_given = len(excl_keys)
     for name in excl_names:
-        got = _dataset_keys(name, data_dir)
-        if got is None:
+        try:
+            got = _source(name, data_dir)
+        except _Unavailable:
             log.info("public pool: excluded dataset %s is not available locally; nothing to remove for it", name)
             continue
-        excl_text |= got[0]
-        excl_keys |= got[1]
+        excl_text.update(got.smiles)
+        excl_keys.update(k for k in got.keys if k is not None)
 
-    cand_src: list[str] = []
-    cand_row: list[int] = []
-    cand_smi: list[str] = []
+    cand: list[tuple[str, int, str, str | None]] = []  # (source, row, SMILES, key)
     used: dict[str, int] = {}
+    files: dict[str, dict[str, str]] = {}
+    overlap_rows: dict[str, list[int]] = {}
+    invalid = 0
     for name in src_names:
         if name in excl_names:
             skipped[name] = "is the federated dataset"
             continue
-        smiles, why, _ = _available_smiles(name, data_dir)
-        if smiles is None:
-            skipped[name] = why
+        try:
+            src = _source(name, None if name in SHIPPED else data_dir)
+        except _Unavailable as e:
+            skipped[name] = str(e)
             continue
-        used[name] = len(smiles)
-        cand_src += [name] * len(smiles)
-        cand_row += range(len(smiles))
-        cand_smi += smiles
-    unavailable = [n for n in skipped if n not in excl_names]
+        used[name] = len(src.smiles)
+        files[name] = dict(file=src.file, sha256=src.sha256)
+        overlap_rows[name] = []
+        for row, (smi, key) in enumerate(zip(src.smiles, src.keys)):
+            if key is None:
+                invalid += 1
+            elif smi in excl_text or key in excl_keys:
+                overlap_rows[name].append(row)
+            else:
+                cand.append((name, row, smi, key))
+    unavailable = {n: why for n, why in skipped.items() if n not in excl_names}
     if unavailable:
-        log.warning("public pool: source(s) %s skipped: not available locally (the pool never downloads; set "
-                    "FEDMOL_DATA_DIR to the MoleculeNet folder to use them)", ", ".join(unavailable))
-    if not cand_smi:
-        raise FedmolError(f"public pool: no source dataset is available (wanted {src_names}; skipped: {skipped}). "
-                          "Set FEDMOL_DATA_DIR to the MoleculeNet folder or install qc-b3db")
+        log.warning("public pool: source(s) skipped, not available locally (the pool never downloads): %s",
+                    "; ".join(f"{n}: {why}" for n, why in unavailable.items()))
+    if not used:
+        raise FedmolError(f"public pool: no source is available (wanted {src_names}; skipped: {skipped})")
+    if not cand:
+        raise FedmolError(f"public pool: every candidate molecule of {list(used)} is in the federated data")
 
-    order = np.random.default_rng([int(seed), _ORDER_SALT]).permutation(len(cand_smi))
+    order = np.random.default_rng([int(seed), _ORDER_SALT]).permutation(len(cand))
     chosen: list[int] = []
     chosen_keys: dict[str, None] = {}  # insertion-ordered: the keys of ``chosen``
-    overlap = duplicates = invalid = 0
+    duplicates = seen = 0
     for i in order:
-        s = cand_smi[i].strip()
-        if s in excl_text:
-            overlap += 1
-            continue
-        key = canonical_key(s)
-        if key is None:
-            invalid += 1
-            continue
-        if key in excl_keys:
-            overlap += 1
-            continue
+        seen += 1
+        key = cand[i][3]
         if key in chosen_keys:
             duplicates += 1
             continue
@@ -292,14 +323,14 @@ def build_public_pool(exclude: str | Iterable[str] | None = None, exclude_smiles
         chosen_keys[key] = None
         if len(chosen) >= size:
             break
-    if not chosen:
-        raise FedmolError(f"public pool: every candidate molecule of {list(used)} is in the federated data")
-    report = dict(sources=used, skipped=skipped, excluded=excl_names, excluded_molecules=len(excl_keys),
-                  excluded_smiles_given=n_excl_given, candidates=len(cand_smi), seen=overlap + duplicates +
-                  invalid + len(chosen), removed_overlap=overlap, removed_duplicates=duplicates,
-                  removed_invalid=invalid, requested=size, seed=int(seed))
-    pool = PublicPool.from_smiles([cand_smi[i].strip() for i in chosen], [cand_src[i] for i in chosen],
-                                  [cand_row[i] for i in chosen], report, keys=list(chosen_keys))
+    n_overlap = sum(len(r) for r in overlap_rows.values())
+    report = dict(sources=used, source_files=files, skipped=skipped, excluded=excl_names,
+                  excluded_molecules=len(excl_keys), excluded_smiles_given=n_excl_given,
+                  candidates=sum(used.values()), removed_overlap=n_overlap, overlap_rows=overlap_rows,
+                  removed_invalid=invalid, seen=seen, removed_duplicates=duplicates, requested=size,
+                  seed=int(seed))
+    pool = PublicPool.from_smiles([cand[i][2] for i in chosen], [cand[i][0] for i in chosen],
+                                  [cand[i][1] for i in chosen], report, keys=list(chosen_keys))
     pool.report["per_source"] = {n: int(sum(s == n for s in pool.sources)) for n in used}
     if len(pool) < size:
         log.warning("public pool: only %d molecules (asked for %d) remain after removing the federated data "

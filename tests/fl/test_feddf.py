@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -99,6 +100,70 @@ def test_pool_excludes_given_smiles_by_canonical_form_and_skips_unavailable(monk
     assert "bbbp" in pool.report["skipped"] and list(pool.report["sources"]) == ["b3db_regression"]
     assert not (_keys(pool.smiles)[1] & _keys(picked)[1])
     assert len(pool) < len(reg) - 90
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict[str, tuple[list[str], list[str | None]]]:
+    """Each default pool source file, read independently: (stripped SMILES, stereo-free key) per row."""
+    import csv
+
+    from rdkit import Chem, RDConfig, RDLogger
+
+    from fedmol.fl.public_pool import DEFAULT_SOURCES, SHIPPED
+
+    RDLogger.DisableLog("rdApp.*")
+    out = {}
+    for name in DEFAULT_SOURCES:
+        path = f"{RDConfig.RDDataDir}/{SHIPPED[name]}"
+        with open(path, newline="") as f:
+            smi = [r[0].strip() for r in csv.reader(f)] if path.endswith(".csv") else [ln.split()[0] for ln in f]
+        mols = [Chem.MolFromSmiles(x) for x in smi]
+        out[name] = (smi, [Chem.MolToSmiles(m, isomericSmiles=False) if m is not None else None for m in mols])
+    RDLogger.EnableLog("rdApp.*")
+    return out
+
+
+@pytest.mark.parametrize("dataset", ["b3db_classification", "bbbp"])
+def test_default_pool_independent_of_data_folder_and_disjoint(dataset, shipped, data_dir, monkeypatch, tmp_path):
+    import shutil
+
+    import fedmol.fl.public_pool as pp
+    from fedmol.data.registry import get_info
+
+    def pool_now(folder):  # as the harness builds it: bind_dataset(name, data_dir=cfg.data_dir)
+        pp._load.cache_clear()
+        algo = FedDF(TINY, dict(pool_size=300), seed=3)
+        algo.bind_dataset(dataset, None, data_dir=folder)
+        return algo.ensure_pool()
+
+    with_folder = pool_now(str(data_dir))
+    from fedmol.data.sources import cache_dir
+
+    shutil.copytree(cache_dir() / "public_pool", tmp_path / "public_pool")  # the canonical keys (by file sha256)
+    monkeypatch.delenv("FEDMOL_DATA_DIR", raising=False)
+    monkeypatch.setenv("FEDMOL_CACHE_DIR", str(tmp_path))
+    if dataset == "bbbp":  # the run needs BBBP's file: here from fedmol's download cache, no data folder
+        (tmp_path / "raw").mkdir()
+        shutil.copy(data_dir / get_info("bbbp").file, tmp_path / "raw")
+    without = pool_now(None)
+    assert without.smiles == with_folder.smiles and without.sources == with_folder.sources
+    assert list(without.rows) == list(with_folder.rows) and without.report == with_folder.report
+    rep = with_folder.report
+    assert len(with_folder) == 300 and rep["skipped"] == {} and rep["excluded"] == [dataset]
+    assert list(rep["sources"]) == ["rdkit_nci5k", "rdkit_wehi10k"]
+    assert rep["per_source"] == {n: with_folder.sources.count(n) for n in rep["sources"]}
+    assert rep["sources"] == {n: len(smi) for n, (smi, _) in shipped.items()}
+    # no molecule of the federated dataset: exact text, isomeric and stereo-free canonical SMILES
+    fed = [x.strip() for x in _table_smiles(str(data_dir), dataset) if isinstance(x, str)]
+    iso, flat = _keys(fed)
+    p_iso, p_flat = _keys(with_folder.smiles)
+    assert not (set(with_folder.smiles) & set(fed)) and not (p_iso & iso) and not (p_flat & flat)
+    # every source row that is a federated molecule is reported as removed, and only those
+    expected = {n: [r for r, (x, k) in enumerate(zip(smi, keys)) if k is not None and (x in fed or k in flat)]
+                for n, (smi, keys) in shipped.items()}
+    assert rep["overlap_rows"] == expected and rep["removed_overlap"] == sum(map(len, expected.values())) > 0
+    for src, row, smi in zip(with_folder.sources, with_folder.rows, with_folder.smiles):
+        assert shipped[src][0][row] == smi
 
 
 def test_feddf_pool_uses_bound_dataset(data_dir):
@@ -281,3 +346,13 @@ def test_run_federated_two_rounds_finite(data_dir, tmp_path):
     pool = build_public_pool(["esol", "freesolv", "lipophilicity", "b3db_regression"], sources="esol,bace", size=150,
                data_dir=str(data_dir))
     assert set(pool.sources) == {"bace"} and not ({canonical_key(s) for s in pool.smiles} & free)
+    # the run's pool, as config.json and summary.json record it
+    config = json.loads((tmp_path / "config.json").read_text())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rep = config["public_pool"]
+    assert rep == summary["public_pool"] and rep["exclusion"] == "bound: freesolv"
+    assert rep["excluded"] == ["freesolv"] and rep["size"] == 150 and sum(rep["per_source"].values()) == 150
+    esol, bace = (_table_smiles(str(data_dir), n) for n in ("esol", "bace"))
+    assert rep["sources"] == {"esol": len(esol), "bace": len(bace)}
+    assert rep["overlap_rows"]["esol"] == [r for r, x in enumerate(esol) if _keys([x])[1] & free] != []
+    assert rep["overlap_rows"]["bace"] == [] and rep["source_files"]["esol"]["file"] == "delaney-processed.csv"
