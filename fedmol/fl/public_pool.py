@@ -39,7 +39,8 @@ What exactly is used
   ``per_source`` (molecules of each source in the pool), ``overlap_rows`` (per source, every row
   whose molecule is in the federated data: removed), ``removed_overlap`` (their number),
   ``removed_invalid`` (rows RDKit cannot parse), ``removed_duplicates`` (repeats skipped while
-  drawing), ``skipped``, ``excluded``, ``size``, ``requested``, ``seed``.
+  drawing), ``skipped``, ``excluded`` (with ``excluded_unavailable``: excluded datasets whose file
+  is not available locally, so nothing of theirs could be removed), ``size``, ``requested``, ``seed``.
 
 Measured (RDKit 2026.09.1, stereo-free canonical SMILES): the two default sources hold 14,882
 distinct molecules (8 NCI rows unparseable, 10 molecules in both); 38 of their rows are BBBP
@@ -267,11 +268,13 @@ def build_public_pool(exclude: str | Iterable[str] | None = None, exclude_smiles
     excl_text: set[str] = {s.strip() for s in exclude_smiles if isinstance(s, str)}
     excl_keys: set[str] = {k for k in (canonical_key(s) for s in excl_text) if k is not None}
     n_excl_given = len(excl_keys)
+    excl_missing: list[str] = []
     for name in excl_names:
         try:
             got = _source(name, data_dir)
         except _Unavailable:
-            log.info("public pool: excluded dataset %s is not available locally; nothing to remove for it", name)
+            log.warning("public pool: excluded dataset %s is not available locally; nothing removed for it", name)
+            excl_missing.append(name)
             continue
         excl_text.update(got.smiles)
         excl_keys.update(k for k in got.keys if k is not None)
@@ -325,10 +328,10 @@ def build_public_pool(exclude: str | Iterable[str] | None = None, exclude_smiles
             break
     n_overlap = sum(len(r) for r in overlap_rows.values())
     report = dict(sources=used, source_files=files, skipped=skipped, excluded=excl_names,
-                  excluded_molecules=len(excl_keys), excluded_smiles_given=n_excl_given,
-                  candidates=sum(used.values()), removed_overlap=n_overlap, overlap_rows=overlap_rows,
-                  removed_invalid=invalid, seen=seen, removed_duplicates=duplicates, requested=size,
-                  seed=int(seed))
+                  excluded_unavailable=excl_missing, excluded_molecules=len(excl_keys),
+                  excluded_smiles_given=n_excl_given, candidates=sum(used.values()), removed_overlap=n_overlap,
+                  overlap_rows=overlap_rows, removed_invalid=invalid, seen=seen, removed_duplicates=duplicates,
+                  requested=size, seed=int(seed))
     pool = PublicPool.from_smiles([cand[i][2] for i in chosen], [cand[i][0] for i in chosen],
                                   [cand[i][1] for i in chosen], report, keys=list(chosen_keys))
     pool.report["per_source"] = {n: int(sum(s == n for s in pool.sources)) for n in used}

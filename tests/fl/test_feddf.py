@@ -98,6 +98,9 @@ def test_pool_excludes_given_smiles_by_canonical_form_and_skips_unavailable(monk
     rewritten = [Chem.MolToSmiles(Chem.MolFromSmiles(s), doRandom=True) for s in picked]
     pool = build_public_pool(exclude_smiles=rewritten, sources="bbbp,b3db_regression", size=10_000)
     assert "bbbp" in pool.report["skipped"] and list(pool.report["sources"]) == ["b3db_regression"]
+    assert pool.report["excluded_unavailable"] == [] and pool.report["excluded_smiles_given"] == len(_keys(picked)[1])
+    # an excluded dataset that is not available: nothing could be removed for it, and the report says so
+    assert build_public_pool("bbbp", sources="b3db_regression", size=5).report["excluded_unavailable"] == ["bbbp"]
     assert not (_keys(pool.smiles)[1] & _keys(picked)[1])
     assert len(pool) < len(reg) - 90
 
@@ -150,6 +153,7 @@ def test_default_pool_independent_of_data_folder_and_disjoint(dataset, shipped, 
     assert list(without.rows) == list(with_folder.rows) and without.report == with_folder.report
     rep = with_folder.report
     assert len(with_folder) == 300 and rep["skipped"] == {} and rep["excluded"] == [dataset]
+    assert rep["excluded_unavailable"] == []
     assert list(rep["sources"]) == ["rdkit_nci5k", "rdkit_wehi10k"]
     assert rep["per_source"] == {n: with_folder.sources.count(n) for n in rep["sources"]}
     assert rep["sources"] == {n: len(smi) for n, (smi, _) in shipped.items()}

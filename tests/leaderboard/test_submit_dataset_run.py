@@ -28,5 +28,5 @@ def test_submit_refuses_a_run_made_with_dataset(tmp_path):
     res = CliRunner().invoke(leaderboard_app, ["submit", str(run3), "--name", "x", "--out", str(out)])
     assert res.exit_code == 2 and not out.exists()
     assert res.output == (f"error: run {run3} was made with --dataset bace (a split made on the fly); leaderboard "
-                          "tracks need a frozen split: rerun with --split data_splits/bace/<file>.json (none there has 3 "
-                          "partners, alpha 1.0 and quantity skew 0.0)\n")
+                          "tracks need a frozen split: rerun with --split data_splits/bace/<file>.json (none there "
+                          "has 3 partners, alpha 1.0 and quantity skew 0.0)\n")
