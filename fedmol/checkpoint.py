@@ -88,11 +88,27 @@ def read_meta(folder: Path) -> dict | None:
     path = Path(folder) / STATE
     if not path.is_file():
         return None
-    with safe_open(str(path), "pt") as f:
-        text = (f.metadata() or {}).get(KEY)
+    try:
+        with safe_open(str(path), "pt") as f:
+            text = (f.metadata() or {}).get(KEY)
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type (truncated or corrupt file)
+        raise _damaged(path, e) from None
     if text is None:
         raise FedmolError(f"{path} is not a fedmol training checkpoint")
-    return json.loads(text)
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise _damaged(path, e) from None
+    missing = [k for k in ("fingerprint", "epoch", "best", "best_epoch", "history", "elapsed", "optimizer",
+                           "python_rng", "numpy_rng") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise _damaged(path, f"its metadata lacks {', '.join(missing)}")
+    return meta
+
+
+def _damaged(path: Path, why) -> FedmolError:
+    return FedmolError(f"{path} is a damaged training checkpoint (truncated or corrupt: {' '.join(str(why).split())}): "
+                       f"delete {path.parent} to train this run again from the start")
 
 
 def load(folder: Path, fingerprint: dict, model, optimizer: torch.optim.Optimizer,
@@ -111,7 +127,10 @@ def load(folder: Path, fingerprint: dict, model, optimizer: torch.optim.Optimize
                       if meta["fingerprint"].get(k) != fingerprint.get(k))
         raise FedmolError(f"{folder} holds the checkpoint of a different run (differs in: {', '.join(diff)}): "
                           "remove it or write this run elsewhere")
-    tensors = load_file(str(folder / STATE))
+    try:
+        tensors = load_file(str(folder / STATE))
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type (truncated or corrupt file)
+        raise _damaged(Path(folder) / STATE, e) from None
     device = next(model.parameters()).device
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     optimizer.load_state_dict(_optimizer_join(tensors, meta["optimizer"], device))

@@ -85,7 +85,9 @@ def algorithm_card(name: str) -> dict:
     return dict(name=name, summary=summary, norm=cls.norm, scaler=cls.scaler,
                 accepts_partial_uploads=cls.accepts_partial_uploads, supports_dp=cls.supports_dp,
                 dp_refusal=None if cls.supports_dp else cls.dp_refusal, disclosures=dict(cls.disclosures),
-                hparams=dict(cls.defaults), shared_hparams=dict(cls.base_defaults))
+                hparams=dict(cls.defaults), shared_hparams=dict(cls.base_defaults),
+                hparam_types={k: dict(type=v["type"], meaning=v["meaning"])
+                              for k, v in cls.hparam_schema.describe().items()})
 
 
 @app.command()
@@ -101,12 +103,7 @@ def algorithms(name: Optional[str] = typer.Argument(None, help="One algorithm (d
         return
     for c in cards:
         console.print(f"[bold]{c['name']}[/]: {c['summary']}")
-        t = Table()
-        t.add_column("hyperparameter")
-        t.add_column("default")
-        for k, v in c["hparams"].items():
-            t.add_row(k, json.dumps(v))
-        console.print(t)
+        console.print(_hparam_table(c, c["hparams"]))
         console.print(f"  norm {c['norm']}{' + scaler' if c['scaler'] else ''}; truncated uploads "
                       f"{'aggregated' if c['accepts_partial_uploads'] else 'dropped'}; differential privacy "
                       f"{'supported' if c['supports_dp'] else 'refused: ' + c['dp_refusal']}"
@@ -115,6 +112,19 @@ def algorithms(name: Optional[str] = typer.Argument(None, help="One algorithm (d
     shared = cards[0]["shared_hparams"] if cards else {}
     console.print("shared by every algorithm (local training, DP): "
                   + ", ".join(f"{k}={json.dumps(v)}" for k, v in shared.items()), highlight=False)
+    if cards:
+        console.print(_hparam_table(cards[0], shared))
+
+
+def _hparam_table(card: dict, hparams: dict) -> Table:
+    """Hyperparameters with their default, type and range, and meaning."""
+    t = Table()
+    for col in ("hyperparameter", "default", "type and range", "meaning"):
+        t.add_column(col)
+    for k, v in hparams.items():
+        info = card["hparam_types"].get(k, {})
+        t.add_row(k, json.dumps(v), info.get("type", ""), info.get("meaning", ""))
+    return t
 
 
 # featurize --------------------------------------------------------------------------------------------
@@ -333,6 +343,8 @@ def run(
     hparams = parse_hparams(hp)
     hparams.update({k: v for k, v in (("dp_clip", dp_clip), ("dp_noise", dp_noise), ("dp_delta", dp_delta))
                     if v is not None})
+    from fedmol.cli_common import check_run_inputs
+    check_run_inputs(algorithm, hparams, seed, out, devices, split)  # each mistake one line, before any data is read
     cfg = RunConfig(algorithm=algorithm, dataset=dataset, split=str(split) if split else None, partners=partners,
                     alpha=alpha, quantity_skew=quantity_skew, devices=devices, rounds=rounds, seed=seed,
                     clients_per_round=clients_per_round, model=model, hidden=hidden, layers=layers,

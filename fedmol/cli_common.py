@@ -25,6 +25,10 @@ def friendly(fn):
         except FedmolError as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
+        except RecursionError:  # a JSON/TOML input nested thousands deep, wherever it was read
+            err.print("[bold red]error:[/] an input file is nested too deeply to be read (thousands of brackets "
+                      "inside each other): it is not a fedmol file", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
 
     return wrapper
 
@@ -41,6 +45,41 @@ def parse_hparams(items: list[str]) -> dict:
         except json.JSONDecodeError:
             out[k.strip()] = v
     return out
+
+
+#: ``fedmol run --seed``: every generator a run seeds (numpy, torch, Python) takes it, or it plus a small offset.
+MAX_SEED = 2**63 - 1
+
+
+def check_run_inputs(algorithm: str, hparams: dict, seed: int, out, devices: str, split=None) -> None:
+    """What ``fedmol run`` checks before it reads any data or writes anything, each mistake one line:
+    the algorithm and every hyperparameter (type and range), the seed, that ``--out`` can be a
+    folder, the device profile (a TOML file's schema) and the split file."""
+    from pathlib import Path
+
+    from fedmol.fl.devices import check_profile
+    from fedmol.fl.registry import get_algorithm
+
+    get_algorithm(algorithm).check_hparams(hparams)
+    if not 0 <= seed <= MAX_SEED:
+        raise FedmolError(f"--seed must be an integer in [0, 2**63 - 1], got {seed}")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise FedmolError(f"--out {out} is an existing file; a run writes a folder: name another path")
+    check_profile(devices)
+    if split is not None:
+        from fedmol.data.splits import read_split
+
+        read_split_safely(read_split, split)
+
+
+def read_split_safely(read, path):
+    """``read(path)`` for a split file, a file nested too deeply for Python's parser being a one-line error."""
+    from fedmol.errors import DataError
+
+    try:
+        return read(path)
+    except RecursionError:
+        raise DataError(f"{path} is nested too deeply to be a fedmol split file") from None
 
 
 def results_table(title: str, summary: dict, valid_label: str = "valid"):

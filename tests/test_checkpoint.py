@@ -125,3 +125,23 @@ def test_cli_resumes_and_refuses_another_runs_checkpoint(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "resumed after epoch 0" in res.output and not (tmp_path / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "metadata"])
+def test_a_damaged_checkpoint_is_one_clear_line(tmp_path, bace, damage):
+    """Issue 19 (9): a truncated or corrupt checkpoint is refused with what to do, never a traceback."""
+    from safetensors.torch import save_file
+    with pytest.raises(Interrupted):
+        train(tmp_path, bace, stop_at=1)
+    state = tmp_path / checkpoint.STATE
+    if damage == "truncate":
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    elif damage == "garbage":
+        state.write_bytes(b"\x00" * 64)
+    else:
+        save_file({"x": torch.zeros(1)}, str(state), metadata={checkpoint.KEY: '{"epoch": 1'})
+    with pytest.raises(FedmolError) as e:
+        train(tmp_path, bace)
+    msg = str(e.value)
+    assert msg.startswith(f"{state} is a damaged training checkpoint (truncated or corrupt: ")
+    assert msg.endswith(f"): delete {tmp_path} to train this run again from the start") and "\n" not in msg

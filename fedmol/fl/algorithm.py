@@ -17,7 +17,9 @@ Boundaries, so the same objects run over Flower between real machines:
   :class:`LocalData`, and return a :class:`Message`.
 
 Subclasses describe themselves with ``name``, ``norm`` / ``scaler`` (how the backbone normalizes,
-see :mod:`fedmol.models`), and ``defaults`` (hyperparameters; every key may be overridden).
+see :mod:`fedmol.models`), and ``defaults`` (hyperparameters; every key may be overridden) with
+``hparam_schema``, the typed pydantic model of every hyperparameter (type, range, meaning;
+:class:`HParams` extended) that :meth:`Algorithm.check_hparams` validates before anything runs.
 
 Differential privacy (:mod:`fedmol.fl.privacy`, DP-FedAvg with fixed clipping) is switched on by
 the shared hyperparameter ``dp_clip`` (with ``dp_noise``, ``dp_delta``) for algorithms with
@@ -32,11 +34,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from fedmol.errors import requirement
 from fedmol.fl.devices import DeviceProfile
 from fedmol.fl.message import Message
 from fedmol.models import build
@@ -62,6 +66,38 @@ class LocalData:
     valid: Any
 
 
+class HParams(BaseModel):
+    """The hyperparameters every algorithm shares (local training, DP), typed and ranged: an
+    algorithm's own model (``hparam_schema``, next to its ``defaults`` in its module) extends this
+    one. Validation only checks (strict: no string or bool passes as a number, no float as an
+    integer, no NaN or infinity); a run keeps the values exactly as given."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    local_epochs: int = Field(1, ge=1, description="passes over the partner's training set per round")
+    batch_size: int = Field(32, ge=1, description="molecules per local mini-batch")
+    lr: float = Field(1e-3, gt=0, description="learning rate of the partners' local optimizer")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay of the partners' local optimizer")
+    max_local_steps: Optional[int] = Field(None, ge=1, description="at most this many local steps per epoch "
+                                           "(null: the whole epoch)")
+    clip: Optional[float] = Field(None, gt=0, description="clip local gradients to this L2 norm (null: no clipping)")
+    dp_clip: Optional[float] = Field(None, gt=0, description="differential privacy: clip each partner's update to "
+                                     "this L2 norm (null: DP off)")
+    dp_noise: float = Field(0.0, ge=0, description="DP noise multiplier sigma")
+    dp_delta: float = Field(1e-5, gt=0, lt=1, description="DP delta of the reported epsilon")
+
+    @classmethod
+    def defaults(cls, own_only: bool = False) -> dict[str, Any]:
+        """Every field's default (``own_only``: only the fields this model adds to :class:`HParams`)."""
+        return {k: f.default for k, f in cls.model_fields.items() if not (own_only and k in HParams.model_fields)}
+
+    @classmethod
+    def describe(cls) -> dict[str, dict[str, Any]]:
+        """``{name: {"default", "type" (type and range in words), "meaning"}}`` of every field."""
+        return {k: dict(default=f.default, type=requirement(f), meaning=f.description or "")
+                for k, f in cls.model_fields.items()}
+
+
 def client_seed(run_seed: int, rnd: int, pid: int) -> int:
     """Deterministic per-(run, round, partner) seed for a client's data order and sampling."""
     return (run_seed * 1_000_003 + rnd * 10_007 + pid) % (2**31 - 1)
@@ -72,10 +108,10 @@ class Algorithm:
     norm: ClassVar[str] = "bn"
     scaler: ClassVar[bool] = False
     #: hyperparameters shared by every algorithm's local training (per-algorithm defaults extend them)
-    base_defaults: ClassVar[dict[str, Any]] = dict(local_epochs=1, batch_size=32, lr=1e-3, weight_decay=0.0,
-                                                   max_local_steps=None, clip=None,
-                                                   dp_clip=None, dp_noise=0.0, dp_delta=1e-5)
+    base_defaults: ClassVar[dict[str, Any]] = HParams.defaults()
     defaults: ClassVar[dict[str, Any]] = {}
+    #: the typed model of every hyperparameter (type, range, meaning): :class:`HParams` extended
+    hparam_schema: ClassVar[type[HParams]] = HParams
     #: whether a truncated upload (the sub-model of a narrower width) can still be aggregated
     accepts_partial_uploads: ClassVar[bool] = False
     #: arrays a partner sends besides model weights (name -> what it reveals); their values are
@@ -87,22 +123,38 @@ class Algorithm:
     dp_refusal: ClassVar[str] = "its server step has not been checked against DP-FedAvg's guarantee"
 
     def __init__(self, model_config: dict, hparams: dict | None = None, seed: int = 0):
-        known = {**self.base_defaults, **self.defaults}
-        unknown = set(hparams or {}) - set(known)
-        if unknown:
-            from fedmol.errors import FedmolError
-            raise FedmolError(f"{self.name}: unknown hyperparameter(s) {sorted(unknown)}; known: {sorted(known)}")
-        self.hp: dict[str, Any] = {**known, **(hparams or {})}
-        if self.hp["dp_clip"] is not None:
-            from fedmol.errors import FedmolError
-            from fedmol.fl import privacy
-            if not self.supports_dp:
-                raise FedmolError(f"{self.name}: differential privacy (dp_clip) is not supported: {self.dp_refusal}")
-            privacy.check_hparams(self.hp, self.name)
+        self.hp: dict[str, Any] = self.check_hparams(hparams)
         self.model_config = {**model_config, "norm": self.norm, "scaler": self.scaler, "width": 1.0}
         self.seed = seed
         self.model: nn.Module | None = None
         self.partners: list[PartnerInfo] = []
+
+    @classmethod
+    def check_hparams(cls, hparams: dict | None) -> dict[str, Any]:
+        """The resolved hyperparameters (defaults, then ``hparams`` exactly as given) once every one is
+        known, of its type and in its range (:attr:`hparam_schema`) and DP is supported if asked for;
+        else a one-line :class:`FedmolError` (what a run checks before loading any data)."""
+        from fedmol.errors import FedmolError
+
+        known = {**cls.base_defaults, **cls.defaults}
+        unknown = set(hparams or {}) - set(known)
+        if unknown:
+            raise FedmolError(f"{cls.name}: unknown hyperparameter(s) {sorted(unknown)}; known: {sorted(known)}")
+        hp = {**known, **(hparams or {})}
+        if hp["dp_clip"] is not None:
+            from fedmol.fl import privacy
+            if not cls.supports_dp:
+                raise FedmolError(f"{cls.name}: differential privacy (dp_clip) is not supported: {cls.dp_refusal}")
+            privacy.check_hparams(hp, cls.name)
+        fields = cls.hparam_schema.model_fields  # an algorithm without a schema of its own: its extra keys pass
+        try:
+            cls.hparam_schema.model_validate({k: v for k, v in hp.items() if k in fields})
+        except ValidationError as e:
+            bad = list(dict.fromkeys(str(err["loc"][0]) for err in e.errors() if err["loc"]))
+            key = bad[0]
+            more = f" (also wrong: {', '.join(bad[1:])})" if len(bad) > 1 else ""
+            raise FedmolError(f"{cls.name}: {key} must be {requirement(fields[key])}, got {hp[key]!r}{more}") from None
+        return hp
 
     # ---------------------------------------------------------------- server side
     def init(self, partners: list[PartnerInfo]) -> None:

@@ -16,7 +16,8 @@ Built-in profiles, assigned to partners deterministically from the run seed:
   full width and speed 1; the others split between widths 1/4 and 1/8 with speed 0.25 / 0.125,
   online with probability 0.9.
 
-Custom profiles come from TOML::
+Custom profiles come from TOML, validated with one schema (:class:`ProfileFile`: types, ranges,
+no unknown key, no NaN or infinity; a mistake is one line naming the tier and key)::
 
     [[tier]]            # repeated; shares are normalized
     share = 0.5
@@ -36,8 +37,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fedmol.errors import FedmolError
+from fedmol.errors import FedmolError, requirement
 from fedmol.models.slicing import WIDTHS
 
 
@@ -91,25 +93,83 @@ def _deal(tiers: list[Tier], n: int, order: np.ndarray) -> list[DeviceProfile]:
     return out  # type: ignore[return-value]
 
 
+class TierSpec(BaseModel):
+    """One ``[[tier]]`` table of a device-profile TOML file (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    share: float = Field(1.0, gt=0, description="relative share of partners (normalized over the tiers)")
+    max_width: float = Field(1.0, description="widest model the device trains",
+                             json_schema_extra={"requirement": "one of the widths " + ", ".join(map(str, WIDTHS))})
+    speed: float = Field(1.0, gt=0, description="compute speed relative to the reference machine")
+    p_online: float = Field(1.0, ge=0, le=1, description="P(online in a round)")
+    p_drop: float = Field(0.0, ge=0, le=1, description="P(drops out mid-round)")
+    p_truncate: float = Field(0.0, ge=0, le=1, description="P(upload cut at a random narrower width)")
+    p_upload_loss: float = Field(0.0, ge=0, le=1, description="P(upload lost)")
+
+    @field_validator("max_width")
+    @classmethod
+    def _a_width(cls, v: float) -> float:
+        if not any(math.isclose(v, w) for w in WIDTHS):
+            raise ValueError("not a width")
+        return v
+
+
+class ProfileFile(BaseModel):
+    """A device-profile TOML file: one or more ``[[tier]]`` tables and nothing else."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    tier: list[TierSpec] = Field(min_length=1)
+
+
+def _problem(path: Path, doc: dict, e: ValidationError) -> str:
+    """The first problem of a device-profile file, in one line."""
+    first = e.errors()[0]
+    loc = first["loc"]
+    if first["type"] == "extra_forbidden":
+        where = f"tier {loc[1]}: " if len(loc) > 2 else ""
+        keys = sorted(TierSpec.model_fields) if len(loc) > 2 else ["tier"]
+        return f"{path}: {where}unknown key {loc[-1]!r}; known: {', '.join(keys)}"
+    if loc == ("tier",) or (len(loc) == 2 and first["type"] in ("model_type", "dict_type")):
+        return (f"{path}: a device profile needs [[tier]] tables (each with share, max_width, ...); "
+                f"got tier = {doc.get('tier')!r}")
+    if len(loc) >= 3 and loc[0] == "tier" and loc[2] in TierSpec.model_fields:
+        value = doc["tier"][loc[1]][loc[2]]
+        return f"{path}: tier {loc[1]}: {loc[2]} must be {requirement(TierSpec.model_fields[loc[2]])}, got {value!r}"
+    return f"{path}: {'.'.join(map(str, loc))}: {first['msg']}"
+
+
 def load_tiers(path: str | Path) -> list[Tier]:
+    """The tiers of a device-profile TOML file, validated with one schema (:class:`ProfileFile`);
+    any mistake is one line naming the tier, the key, what it must be and what it is."""
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise FedmolError(f"cannot read device profile {path}: {e}") from e
-    tiers = doc.get("tier")
-    if not isinstance(tiers, list) or not tiers:
+    if "tier" not in doc:
         raise FedmolError(f"{path}: a device profile needs at least one [[tier]] table")
-    out = []
-    for i, t in enumerate(tiers):
-        unknown = set(t) - {"share", "max_width", "speed", "p_online", "p_drop", "p_truncate", "p_upload_loss"}
-        if unknown:
-            raise FedmolError(f"{path}: tier {i}: unknown key(s) {sorted(unknown)}")
-        share = float(t.get("share", 1.0))
-        if share <= 0:
-            raise FedmolError(f"{path}: tier {i}: share must be > 0")
-        out.append(Tier(share, DeviceProfile(**{k: float(v) for k, v in t.items() if k != "share"})))
-    return out
+    try:
+        spec = ProfileFile.model_validate(doc)
+    except ValidationError as e:
+        raise FedmolError(_problem(path, doc, e)) from None
+    return [Tier(t.share, DeviceProfile(**t.model_dump(exclude={"share"}))) for t in spec.tier]
+
+
+def check_profile(profile: str) -> None:
+    """A one-line error unless ``profile`` names a built-in profile or a valid profile file."""
+    if profile not in PROFILE_NAMES:
+        _tiers(profile)
+
+
+def _tiers(profile: str) -> list[Tier]:
+    if profile in BUILTIN:
+        return BUILTIN[profile]
+    if profile.endswith(".toml") or Path(profile).is_file():
+        return load_tiers(profile)
+    raise FedmolError(f"unknown device profile {profile!r}; built-in: {', '.join(PROFILE_NAMES)}, "
+                      "or a TOML file with [[tier]] tables")
 
 
 def assign_devices(profile: str, sizes: list[int], seed: int) -> list[DeviceProfile]:
@@ -127,11 +187,4 @@ def assign_devices(profile: str, sizes: list[int], seed: int) -> list[DeviceProf
         for i, p in enumerate(by_size):
             out[int(p)] = large[i] if i < n_large else small[i - n_large]
         return out  # type: ignore[return-value]
-    if profile in BUILTIN:
-        tiers = BUILTIN[profile]
-    elif profile.endswith(".toml") or Path(profile).is_file():
-        tiers = load_tiers(profile)
-    else:
-        raise FedmolError(f"unknown device profile {profile!r}; built-in: {', '.join(PROFILE_NAMES)}, "
-                          "or a TOML file with [[tier]] tables")
-    return _deal(tiers, n, rng.permutation(n))
+    return _deal(_tiers(profile), n, rng.permutation(n))

@@ -23,15 +23,25 @@ Differential privacy (hp ``dp_clip``, ``dp_noise``, ``dp_delta``): DP-FedAvg wit
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from fedmol.errors import FedmolError
-from fedmol.fl.algorithm import Algorithm, PartnerInfo
+from fedmol.fl.algorithm import Algorithm, HParams, PartnerInfo
 from fedmol.fl.message import Message
 from fedmol.models import build
 
 
+class FedAvgHParams(HParams):
+    hetero: Literal["drop", "min"] = Field("drop", description="drop: full width, partners that cannot train it "
+                                           "sit out; min: everyone trains the weakest partner's width")
+
+
 class FedAvg(Algorithm):
     name = "fedavg"
-    defaults = dict(hetero="drop")
+    defaults = FedAvgHParams.defaults(own_only=True)
+    hparam_schema = FedAvgHParams
     supports_dp = True  # DP-FedAvg (fedmol.fl.privacy) through Algorithm.merge
 
     def init(self, partners: list[PartnerInfo]) -> None:

@@ -112,13 +112,15 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Literal, Optional, Union
 
 import torch
+from pydantic import Field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedmol.errors import FedmolError
-from fedmol.fl.algorithm import Algorithm, PartnerInfo, client_seed
+from fedmol.fl.algorithm import Algorithm, HParams, PartnerInfo, client_seed
 from fedmol.fl.message import Message
 from fedmol.fl.public_pool import PublicPool, build_public_pool
 from fedmol.models import build, slicing
@@ -266,11 +268,29 @@ def distill(student: nn.Module, width: float, train_set, targets: Tensor,
 
 
 # ---------------------------------------------------------------------------------- the algorithm
+class FedDFHParams(HParams):
+    hetero: Literal["groups", "drop", "min"] = Field("groups", description="groups: one student per device width "
+                                                     "group; drop: full width only; min: the smallest width only")
+    distill_steps: int = Field(500, ge=0, description="server distillation steps per round (0: plain FedAvg)")
+    eval_every: int = Field(50, ge=1, description="distillation steps between held-out validations")
+    patience: int = Field(150, ge=0, description="stop distilling this many steps after the best validation")
+    distill_batch: int = Field(128, ge=1, description="public-pool molecules per distillation step")
+    distill_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the server distillation")
+    temperature: float = Field(1.0, gt=0, description="softmax/sigmoid temperature of the distillation targets")
+    pool_size: int = Field(2000, ge=1, description="at most this many public-pool molecules")
+    pool_valid_frac: float = Field(0.2, ge=0, lt=1, description="held-out share of the pool for early stopping "
+                                   "(0: no early stopping)")
+    pool_sources: Optional[Union[str, list[str]]] = Field(None, description="public-pool source datasets, "
+                                                          "comma-separated (null: the shipped default)")
+    pool_exclude: Optional[Union[str, list[str]]] = Field(None, description="datasets whose molecules the pool "
+                                                          "must avoid (null: the federated one)")
+    pool_data_dir: Optional[str] = Field(None, description="folder of registry files used as pool sources")
+
+
 class FedDF(Algorithm):
     name = "feddf"
-    defaults = dict(hetero="groups", distill_steps=500, eval_every=50, patience=150, distill_batch=128,
-                    distill_lr=1e-3, temperature=1.0, pool_size=2000, pool_valid_frac=0.2, pool_sources=None,
-                    pool_exclude=None, pool_data_dir=None)
+    defaults = FedDFHParams.defaults(own_only=True)
+    hparam_schema = FedDFHParams
     dp_refusal = ("its server step distils from every partner's own trained model (the teachers), which DP-FedAvg's "
                   "noisy average does not protect")
 

@@ -81,10 +81,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from fedmol.errors import FedmolError
-from fedmol.fl.algorithm import Algorithm, LocalData, PartnerInfo
+from fedmol.fl.algorithm import Algorithm, HParams, LocalData, PartnerInfo
 from fedmol.fl.fjord import WidthSampler
 from fedmol.fl.message import Message
 from fedmol.fl.pooled_bn import PooledBNStats
@@ -200,16 +201,32 @@ def teacher_loss(z_at: dict[float, Tensor], pairs: Tensor, heads: list, weights:
     return total
 
 
+class FedGenHParams(HParams):
+    alpha0: float = Field(10.0, ge=0, description="initial weight of the partners' generative loss L_gen")
+    beta0: float = Field(10.0, ge=0, description="initial weight of the latent loss L_latent")
+    coef_decay: float = Field(0.98, gt=0, le=1, description="per-round decay of alpha and beta")
+    gen_steps: int = Field(50, ge=0, description="server generator steps per round")
+    gen_batch: int = Field(32, ge=1, description="generated embeddings per generator step")
+    gen_lr: float = Field(3e-4, gt=0, description="generator Adam learning rate")
+    gen_weight_decay: float = Field(1e-2, ge=0, description="generator Adam weight decay")
+    gen_lr_decay: float = Field(0.98, gt=0, le=1, description="per-round decay of the generator learning rate")
+    noise_dim: int = Field(32, ge=1, description="generator noise dimension")
+    gen_hidden: int = Field(256, ge=1, description="generator hidden units")
+    reg_batch: int = Field(32, ge=1, description="generated embeddings per partner step (its regularizer)")
+    pooled_bn: bool = Field(False, description="serve BN statistics pooled over all partners (sBN query)")
+    sbn_batch_size: int = Field(256, ge=1, description="molecules per batch of the pooled-BN query")
+    ordered_dropout: bool = Field(False, description="FjORD's ordered dropout: every served width up to the cap")
+    od_cap_every_step: bool = Field(False, description="with ordered_dropout: also a step at the cap every batch")
+
+
 class FedGen(PooledBNStats, Algorithm):
     name = "fedgen"
     norm = "fjord_bn"
     disclosures = {COUNTS: "per (task, label) counts of the partner's training labels (regression: per task "
                            "and target bin), every round from round 1 (classification: from round 0)",
                    MOMENTS: "per task: count, sum and sum of squares of the training targets (regression, round 0)"}
-    defaults = dict(alpha0=10.0, beta0=10.0, coef_decay=0.98, gen_steps=50, gen_batch=32, gen_lr=3e-4,
-                    gen_weight_decay=1e-2, gen_lr_decay=0.98, noise_dim=32, gen_hidden=256, reg_batch=32,
-                    pooled_bn=False, sbn_batch_size=256, ordered_dropout=False,
-                    od_cap_every_step=False)
+    defaults = FedGenHParams.defaults(own_only=True)
+    hparam_schema = FedGenHParams
     dp_refusal = ("its server step trains the generator on every partner's own head and its label counts, which "
                   "DP-FedAvg's noisy average does not protect")
 

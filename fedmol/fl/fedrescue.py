@@ -37,12 +37,15 @@ are the simplest faithful reading.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
+from pydantic import Field
 
 from fedmol.errors import FedmolError
 from fedmol.fl.algorithm import LocalData
-from fedmol.fl.fjord import FjORD, affordable_widths, distill_loss
+from fedmol.fl.fjord import FjORD, FjORDHParams, affordable_widths, distill_loss
 from fedmol.fl.message import Message
 from fedmol.models import masked_loss, slicing
 from fedmol.training import make_loader, seed_everything
@@ -84,10 +87,19 @@ def self_distillation_loss(model, batch, widths: list[float], direction: str = "
     return loss, {"ce": ce, "kd": kd_total, "teachers": pairs}
 
 
+class FedResCuEHParams(FjORDHParams):
+    width_sampling: Literal[SAMPLINGS] = Field("all", description="widths run at every step: all affordable, "
+                                               "sandwich (cap, narrowest, one between) or one (cap and one narrower)")
+    direction: Literal[DIRECTIONS] = Field("progressive", description="each width learns from the next wider "
+                                           "(progressive) or from the cap (from_max)")
+    ce_all_widths: bool = Field(False, description="add the supervised loss at every width, not only the cap")
+
+
 class FedResCuE(FjORD):
     name = "fedrescue"
     accepts_partial_uploads = True
-    defaults = dict(FjORD.defaults, width_sampling="all", direction="progressive", ce_all_widths=False)
+    defaults = FedResCuEHParams.defaults(own_only=True)
+    hparam_schema = FedResCuEHParams
 
     def init(self, partners) -> None:
         if self.hp["width_sampling"] not in SAMPLINGS:

@@ -70,14 +70,16 @@ The pieces FedResCuE reuses: :func:`affordable_widths`, :class:`WidthSampler`,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedmol.errors import FedmolError
-from fedmol.fl.algorithm import Algorithm, LocalData, PartnerInfo
+from fedmol.fl.algorithm import Algorithm, HParams, LocalData, PartnerInfo
 from fedmol.fl.message import Message
 from fedmol.models import masked_loss, slicing
 from fedmol.training import make_loader, seed_everything
@@ -174,12 +176,22 @@ def fjord_step(model: nn.Module, batch, optimizer: torch.optim.Optimizer, p: flo
 # ------------------------------------------------------------------------------------ algorithm
 
 
+class FjORDHParams(HParams):
+    kd_weight: float = Field(1.0, ge=0, description="weight of the self-distillation term")
+    self_distill: bool = Field(True, description="distil the sampled width from the partner's widest (false: "
+                               "plain ordered dropout)")
+    kd_temperature: float = Field(1.0, gt=0, description="temperature of the distillation targets")
+    p_grid: Literal["all", "served"] = Field("all", description="widths a partner samples from: all of WIDTHS up "
+                                             "to its cap, or only the served ones")
+
+
 class FjORD(Algorithm):
     name = "fjord"
     norm = "fjord_bn"
     scaler = False
     accepts_partial_uploads = True
-    defaults = dict(kd_weight=1.0, self_distill=True, kd_temperature=1.0, p_grid="all")
+    defaults = FjORDHParams.defaults(own_only=True)
+    hparam_schema = FjORDHParams
     supports_dp = True  # DP-FedAvg (fedmol.fl.privacy) through Algorithm.merge
 
     def init(self, partners: list[PartnerInfo]) -> None:

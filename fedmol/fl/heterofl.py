@@ -66,12 +66,15 @@ Other deviations and choices (written down as required):
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from fedmol.errors import FedmolError
-from fedmol.fl.algorithm import Algorithm, LocalData, PartnerInfo
+from fedmol.fl.algorithm import Algorithm, HParams, LocalData, PartnerInfo
 from fedmol.fl.message import Message
 from fedmol.fl.pooled_bn import PooledBNStats, sbn_buffer_keys
 from fedmol.models import slicing
@@ -113,13 +116,25 @@ def make_optimizer(params, hp: dict) -> torch.optim.Optimizer:
 # ------------------------------------------------------------------------------------ algorithm
 
 
+class HeteroFLHParams(HParams):
+    mode: Literal["fix", "dynamic"] = Field("fix", description="fix: a partner always trains its cap's width; "
+                                            "dynamic: a width drawn every round")
+    head_rule: Literal["labelled", "all"] = Field("labelled", description="labelled: a partner updates only the "
+                                                  "head rows of tasks it labels; all: every row")
+    optimizer: str = Field("adam", pattern=r"(?i)^(adam|sgd)$", description="local optimizer: adam (fedmol) or "
+                           "sgd (the official client)", json_schema_extra={"requirement": "'adam' or 'sgd'"})
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (optimizer sgd)")
+    sbn_batch_size: int = Field(256, ge=1, description="molecules per batch of the static-BN query")
+
+
 class HeteroFL(PooledBNStats, Algorithm):
     name = "heterofl"
     norm = "sbn"
     scaler = True
     accepts_partial_uploads = True
     disclosures = {LABELLED: "which tasks the partner has at least one training label for (head-row rule)"}
-    defaults = dict(mode="fix", head_rule="labelled", optimizer="adam", momentum=0.9, sbn_batch_size=256)
+    defaults = HeteroFLHParams.defaults(own_only=True)
+    hparam_schema = HeteroFLHParams
     dp_refusal = ("before every evaluation its static-BN query sends each partner's exact per-channel activation "
                   "sums over its training molecules, and its head rule uses each partner's label mask; DP-FedAvg's "
                   "clipping and noise protect neither")
