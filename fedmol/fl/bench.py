@@ -49,8 +49,9 @@ Layout under the output folder (default ``benchmarks/results/<name>``)::
     results.csv, results.md, results_per_seed.csv, partner_gains.csv, plots/*.png
 
 **Resume**: a run folder is only ever created complete: each run writes into
-``s<seed>.partial/`` which is renamed to ``s<seed>/`` when it finished. A folder with a
-``summary.json`` whose recorded configuration equals the suite's is skipped; one with another
+``s<seed>.partial/`` which is renamed to ``s<seed>/`` when it finished. A folder that is whole
+(:func:`damage`: every file of a finished run present and readable) and whose recorded
+configuration equals the suite's is skipped; one that is not whole is run again; one with another
 configuration (the suite was edited, or the split method or featurizer version changed) is run
 again and replaced; leftover ``.partial`` folders are
 discarded. A failing run stops the suite with its error (finished runs stay; run it again to
@@ -347,10 +348,44 @@ def recorded_config(job: Job) -> dict | None:
 
 
 def status(job: Job, s: Suite) -> str:
-    """"done" (finished with this configuration), "stale" (finished with another) or "todo"."""
-    if not (job.path / "summary.json").is_file():
+    """"done" (finished with this configuration and whole), "stale" (finished with another),
+    "damaged" (a file of it is missing or unreadable: :func:`damage`) or "todo"."""
+    if not job.path.exists():
         return "todo"
+    if damage(job):
+        return "damaged"
     return "done" if recorded_config(job) == expected_config(job, s) else "stale"
+
+
+#: the files a finished run folder holds (the report reads its summary; a submission its weights)
+WHOLE_FEDERATED = ("config.json", "summary.json", "metrics.csv", "model.safetensors", "test_predictions.csv")
+WHOLE_REFERENCE = ("config.json", "summary.json")
+
+
+def damage(job: Job) -> str | None:
+    """Why the run folder of ``job`` is not whole (a file missing, a JSON file that does not parse as
+    an object, a summary without its scores, weights that are not a readable safetensors file), else None."""
+    for name in WHOLE_REFERENCE if job.kind == "reference" else WHOLE_FEDERATED:
+        f = job.path / name
+        if not f.is_file():
+            return f"{name} missing"
+        if name.endswith(".json"):
+            try:
+                obj = json.loads(f.read_text())
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+                return f"{name} unreadable"
+            if not isinstance(obj, dict) or (name == "summary.json" and not (
+                    isinstance(obj.get("test"), dict) and obj["test"] and isinstance(obj.get("metric"), str))):
+                return f"{name} holds no run summary" if name == "summary.json" else f"{name} is not an object"
+        elif name.endswith(".safetensors"):
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(f), "pt") as st:
+                    st.keys()
+            except Exception:  # noqa: BLE001 - safetensors' own error type: truncated or corrupt
+                return f"{name} unreadable"
+    return None
 
 
 def _ref_train(s: Suite) -> dict:
@@ -489,10 +524,13 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
             console.print(f"{head} skip  {rel} (finished)", highlight=False, soft_wrap=True)
         elif report_only:
             missing += 1
-            why = "finished with another configuration" if state == "stale" else "not run"
+            why = dict(stale="finished with another configuration", damaged=f"not whole: {damage(job)}").get(
+                state, "not run")
             console.print(f"{head} --    {rel} ({why}: left out)", highlight=False, soft_wrap=True)
         else:
-            todo.append((head, rel, job, " (configuration changed: running again)" if state == "stale" else ""))
+            note = dict(stale=" (configuration changed: running again)",
+                        damaged=f" (not whole: {damage(job)}: running again)").get(state, "")
+            todo.append((head, rel, job, note))
     todo.sort(key=lambda t: s.seeds.index(t[2].seed))  # seed-major: a stopped suite has whole seeds
     workers = max(1, int(workers or 1))
     if todo and workers == 1:
