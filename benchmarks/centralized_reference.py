@@ -30,7 +30,6 @@ table per protocol that has runs.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 import fedmol
 from fedmol import checkpoint
 from fedmol.centralized import train_centralized
+from fedmol.jsonio import read_summary, write_json
 
 HU2020 = {"bbbp": (65.8, 4.5), "tox21": (74.0, 0.8), "sider": (57.3, 1.6), "clintox": (58.0, 4.4),
           "bace": (70.1, 5.4), "hiv": (75.3, 1.9)}
@@ -85,7 +85,7 @@ def run(name: str, seed: int, width: float, epochs: int, patience: int, protocol
         cached_only: bool = False, features: str = "ogb", device: str = "cpu") -> dict | None:
     path = run_path(name, seed, width, epochs, patience, protocol, features)
     if path.exists():
-        return json.loads(path.read_text())
+        return read_summary(path)
     if cached_only:
         return None
     ds = keep_features(fedmol.load_dataset(name, progress=False), features)
@@ -94,7 +94,7 @@ def run(name: str, seed: int, width: float, epochs: int, patience: int, protocol
                           checkpoint=PARTIAL / path.stem)
     path.parent.mkdir(parents=True, exist_ok=True)
     s["features"] = features
-    path.write_text(json.dumps(s, indent=1))
+    write_json(path, s)
     print(f"{name} {protocol} w={width:g} seed {seed}: test {s['test']} (best epoch {s['best_epoch']}), last epoch "
           f"{s['last_epoch']}: {s['test_last']} ({s['seconds']:.0f} s)", flush=True)
     return s

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from fedmol.fl.harness import RunConfig, run_federated
+from fedmol.jsonio import write_json
 
 
 def _run(a, seed: int, hp: dict) -> tuple[dict, list[float]]:
@@ -118,9 +119,8 @@ def main():
         print(f"{name:<26} {clip_s:>6} {sigma_s:>6} {eps_s:>9} " + " ".join(f"{v:>8.4f}" for v in vals)
               + f" {rec['mean']:>7.4f} {rec['valid_mean']:>7.4f} {frac_s:>8}")
     out = Path(__file__).resolve().parent / "results" / "dp_cost.json"
-    out.write_text(json.dumps(dict(settings=vars(a), metric=metric,
-                                   probe_norm_median={sd: statistics.median(n) for sd, n in probe_norms.items()},
-                                   results=results), indent=1))
+    write_json(out, dict(settings=vars(a), metric=metric,
+                         probe_norm_median={sd: statistics.median(n) for sd, n in probe_norms.items()}, results=results))
     print(f"wrote {out}")
 
 

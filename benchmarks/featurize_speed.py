@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import resource
@@ -116,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch_geometric.utils import from_smiles
 
     from fedmol.data.featurize import FEATURIZER_VERSION, featurize_smiles
+    from fedmol.jsonio import write_json
 
     RDLogger.DisableLog("rdApp.*")  # from_smiles does this too; keeps the terminal clean
     load_before = os.getloadavg()
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report, indent=2)
     print(f"wrote {args.out}")
     return 0
 

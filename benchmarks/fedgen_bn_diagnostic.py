@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 
 from fedmol.evaluate import Evaluator
 from fedmol.fl.harness import RunConfig, build_federation
+from fedmol.jsonio import write_json
 from fedmol.models import build, slicing
 from fedmol.models.slicing import SliceBatchNorm
 from fedmol.training import make_loader, score
@@ -108,7 +109,7 @@ def main() -> None:
                   + f" (mean of {len(sub)} runs)")
             summary[f"{ds}@{w}"] = dict(**means, runs=len(sub))
     out = BASE.parent / "fedgen_bn_diagnostic.json"
-    out.write_text(json.dumps(dict(summary=summary, runs=rows), indent=1))
+    write_json(out, dict(summary=summary, runs=rows))
     print(f"wrote {out}")
 
 

@@ -11,13 +11,13 @@ as the baseline, on the same split and model.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import torch
 
 from fedmol.fl.harness import RunConfig, run_federated
+from fedmol.jsonio import write_json
 
 
 def main():
@@ -41,7 +41,7 @@ def main():
         out[algo] = dict(client_seconds=c, server_seconds=sv, ratio=sv / c)
         print(f"{algo:>10} {c:>16.3f} {sv:>15.3f} {sv / c:>14.1%}")
     path = Path(__file__).resolve().parent / "results" / "fedgen_cost.json"
-    path.write_text(json.dumps(dict(settings=vars(a), results=out), indent=1))
+    write_json(path, dict(settings=vars(a), results=out))
     print(f"wrote {path}")
 
 

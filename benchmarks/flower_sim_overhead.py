@@ -13,7 +13,6 @@ ratio to watch is the steady per-round time, not the start.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from fedmol.fl.harness import RunConfig, run_federated
+from fedmol.jsonio import write_json
 from fedmol.pilot.simulation import run_flower_sim
 
 
@@ -64,7 +64,7 @@ def main():
     print(f"flower-sim / inprocess: total {rec['total_ratio']:.2f}x, per round {rec['round_ratio']:.2f}x; "
           f"max test-metric difference {diff:.2e} (must be <= 1e-4)")
     out = Path(__file__).resolve().parent / "results" / "flower_sim_overhead.json"
-    out.write_text(json.dumps(rec, indent=1))
+    write_json(out, rec)
     print(f"wrote {out}")
 
 

@@ -13,7 +13,6 @@ RSS under 3 GB with 100 partners.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from fedmol.fl.harness import RunConfig, run_federated
+from fedmol.jsonio import write_json
 
 
 def main():
@@ -54,7 +54,7 @@ def main():
     print(f"round time ratio K={last['partners']} vs K={first['partners']} at {a.per_round} partners/round: "
           f"{last['round_seconds'] / first['round_seconds']:.2f}x (partners ratio {last['partners'] / first['partners']:.0f}x)")
     out = Path(__file__).resolve().parent / "results" / "harness_overhead.json"
-    out.write_text(json.dumps(dict(dataset=a.dataset, per_round=a.per_round, results=results), indent=1))
+    write_json(out, dict(dataset=a.dataset, per_round=a.per_round, results=results))
     print(f"wrote {out}")
 
 

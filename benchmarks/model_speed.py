@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import random
@@ -37,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fedmol.jsonio import write_json  # noqa: E402
 from fedmol.models import WIDTHS, build, count, masked_loss  # noqa: E402
 
 try:
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
         gin_one_thread_cpu_time=cpu_rows,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result, indent=2)
     print(f"wrote {args.out}")
     return result
 

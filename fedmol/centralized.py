@@ -23,14 +23,15 @@ many singleton scaffolds end up in test, and that changes the difficulty a lot
 Writes ``DIR/summary.json`` (``dataset``, ``metric``, ``test`` and ``valid`` keyed by width string,
 ``test_last``, ``best_epoch``, ``last_epoch``, ``seconds`` (summed over interrupted attempts),
 ``resumed_from_epoch`` (epochs restored from a checkpoint, 0 for an uninterrupted run), ``config``,
-``history``: loss, valid and test per epoch) and ``DIR/model.safetensors`` (the best validation
+``history``: loss, valid and test per epoch, ``warnings``: one line per undefined test or valid
+metric saying why, e.g. "rocauc undefined on valid: only one class (all 0) for task 0"; strict
+JSON, an undefined metric is ``null``) and ``DIR/model.safetensors`` (the best validation
 epoch's weights). While it trains, ``DIR/checkpoint/`` holds the state after the last finished epoch
 (:mod:`fedmol.checkpoint`): run the same command again after an interruption and it resumes there.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ from fedmol.data.partition import hu2020_scaffold_split, scaffold_split
 from fedmol.data.scaffold import murcko_scaffolds
 from fedmol.data.splits import dataset_scaffolds
 from fedmol.evaluate import Evaluator
+from fedmol.jsonio import to_json, write_json
 from fedmol.models import build
 from fedmol.training import fit, resolve_device, score, seed_everything, width_key
 
@@ -103,9 +105,9 @@ def train_centralized(ds: MoleculeDataset, out_dir: str | Path | None = None, mo
                   checkpoint=checkpoint, fingerprint=fingerprint)
     best, best_epoch, history = res["valid"], res["best_epoch"], res["history"]
     key = width_key(width)
+    scores = dict(test={key: score(net, test, evaluator)[metric]}, valid={key: best})
     summary = dict(
-        dataset=ds.name, metric=metric,
-        test={key: score(net, test, evaluator)[metric]}, valid={key: best},
+        dataset=ds.name, metric=metric, **scores,
         test_last={key: history[-1]["test"]} if history else {},
         seconds=round(time.perf_counter() - t0 + res["elapsed_before"], 2), best_epoch=best_epoch,
         last_epoch=len(history) - 1, epochs_run=len(history), resumed_from_epoch=res["resumed_from"],
@@ -114,14 +116,16 @@ def train_centralized(ds: MoleculeDataset, out_dir: str | Path | None = None, mo
                     optimizer="adam", split=f"scaffold 80/10/10, protocol {split_protocol}", device=str(dev),
                     source_sha256=ds.source_sha256),
         history=history,
+        # an undefined test or valid metric is never silent: which one, and why (e.g. one class only)
+        warnings=evaluator.undefined_warnings(scores, {"test": test.labels, "valid": valid.labels}),
     )
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
         save_file(weights, str(out / "model.safetensors"),
-                  metadata={"config": json.dumps(net.config)})
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+                  metadata={"config": to_json(net.config)})
+        write_json(out / "summary.json", summary)
     if checkpoint is not None:
         shutil.rmtree(checkpoint, ignore_errors=True)  # complete: nothing left to resume
     return summary

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fedmol.cli_common import console, err, friendly, parse_hparams, results_table  # noqa: F401
 from fedmol.errors import FedmolError
+from fedmol.jsonio import to_json, write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fedmol: federated learning benchmarks for drug discovery.")
@@ -185,30 +187,43 @@ def split_make(
     task: Optional[str] = TaskOpt, data_dir: Optional[Path] = DataDir, jobs: Optional[int] = Jobs,
 ):
     """Deal a dataset's scaffolds to K partners and freeze the split as a file."""
-    from fedmol.data.splits import make_split, write_split
+    from fedmol.data.splits import class_warnings, make_split, write_split
 
     ds = _load(name, data_dir, csv, smiles_col, target_cols, task, jobs)
     split = make_split(ds, partners, alpha, seed, quantity_skew)
     write_split(split, out)
-    _show(split)
+    _show(split, class_warnings(split, ds))
     console.print(f"wrote {out}")
 
 
 @split_app.command("show")
 @friendly
 def split_show(file: Path = typer.Argument(..., help="A split file."),
-               as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
-    """Print a split file's spec and heterogeneity report."""
-    from fedmol.data.splits import read_split
+               as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+               data_dir: Optional[Path] = DataDir,
+               csv: Optional[Path] = typer.Option(None, "--csv", help="The CSV a custom split was made from.")):
+    """Print a split file's spec and heterogeneity report, and warn where a partner's validation set (or the
+    test set) holds one class of a classification task (the dataset is loaded for that check)."""
+    from fedmol.data.splits import class_warnings, dataset_for_split, read_split
 
     split = read_split(file)
+    try:
+        warnings, note = class_warnings(split, dataset_for_split(split, data_dir, csv, progress=not as_json)), None
+    except FedmolError as e:
+        warnings, note = None, f"the validation and test sets were not checked for single classes: {e}"
     if as_json:
-        print(json.dumps(dict(spec=split["spec"], report=split["report"], sha256=split["sha256"])))
+        print(to_json(dict(spec=split["spec"], report=split["report"], sha256=split["sha256"], warnings=warnings)))
         return
-    _show(split)
+    _show(split, warnings)
+    if note:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
-def _show(split: dict) -> None:
+#: at most this many single-class warnings are printed (a many-task dataset can have thousands)
+MAX_CLASS_WARNINGS = 40
+
+
+def _show(split: dict, warnings: list[str] | None = None) -> None:
     from fedmol.data.partition import report_table
 
     s = split["spec"]
@@ -216,6 +231,17 @@ def _show(split: dict) -> None:
                   f"quantity_skew={s['quantity_skew']} | test {len(split['test'])} molecules (held-out scaffolds)",
                   highlight=False)
     console.print(report_table(split["report"]))
+    warnings = warnings or []
+    _warn(warnings[:MAX_CLASS_WARNINGS])
+    if len(warnings) > MAX_CLASS_WARNINGS:
+        _warn([f"... and {len(warnings) - MAX_CLASS_WARNINGS} more partner/task sets with one class "
+               "(`fedmol split show FILE --json` lists them all)"])
+
+
+def _warn(lines: list[str]) -> None:
+    """Each line as one ``warning:`` line of the output."""
+    for line in lines:
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 @split_app.command("verify")
@@ -245,7 +271,7 @@ def split_canonical(out: Path = typer.Option(Path("data_splits"), "--out", "-o")
 
     names = [d.strip() for d in datasets.split(",")] if datasets else None
     records = make_canonical(out, names, data_dir=data_dir)
-    (out / "index.json").write_text(json.dumps(records, indent=1) + "\n")
+    write_json(out / "index.json", records)
     ok = [r for r in records if "error" not in r]
     for r in records:
         if "error" in r:
@@ -295,6 +321,7 @@ def train(
     console.print(f"{s['dataset']} {model} width {k}: test {s['metric']} {v:.4f} (valid {s['valid'][k]:.4f}, "
                   f"best epoch {s['best_epoch']}; last epoch {s['last_epoch']}: test {s['test_last'][k]:.4f}; "
                   f"{s['seconds']:.0f} s) -> {out}/summary.json")
+    _warn(s["warnings"])
 
 
 # run ---------------------------------------------------------------------------------------------------
@@ -339,6 +366,7 @@ def run(
 ):
     """Run one federated experiment and write config.json, metrics.csv, summary.json, model.safetensors."""
     from fedmol.fl.harness import RunConfig, run_federated
+    from fedmol.fl.selection import FELL_BACK
 
     hparams = parse_hparams(hp)
     hparams.update({k: v for k, v in (("dp_clip", dp_clip), ("dp_noise", dp_noise), ("dp_delta", dp_delta))
@@ -361,10 +389,37 @@ def run(
     else:
         raise FedmolError(f"unknown --backend {backend!r}: inprocess | flower-sim")
     console.print(results_table(f"{algorithm} on {s['dataset']} ({s['rounds']} rounds, {s['seconds']:.0f} s)", s))
+    _warn(undefined_metric_warnings(cfg, s, out))
     if s.get("selected_round") is not None:
-        console.print(f"reported: the global model of round {s['selected_round']} ({cfg.select})", highlight=False)
+        fell_back = str(s.get("selection", "")).partition(FELL_BACK)[2]
+        console.print(f"reported: the global model of round {s['selected_round']} ({cfg.select}"
+                      + (FELL_BACK + fell_back if fell_back else "") + ")", highlight=False)
     console.print(f"sent {s['bytes_down'] / 1e6:.2f} MB down, {s['bytes_up'] / 1e6:.2f} MB up; "
                   f"{s['failures']} failed partner-rounds -> {out}")
+
+
+def undefined_metric_warnings(cfg, summary: dict, out: Path | None) -> list[str]:
+    """One line per set ("test", "valid": the pooled validation molecules) on which the reported
+    model's metric is undefined, saying why (e.g. "rocauc undefined on valid: only one class (all 0)
+    for task 0"); the lines also go into ``summary`` and ``out/summary.json`` as ``warnings``.
+    The reason depends on the labels only, so the federation is rebuilt only when a score is undefined."""
+    import math
+
+    scores = {where: summary.get(where) or {} for where in ("test", "valid")}
+    if all(v is not None and math.isfinite(v) for by_width in scores.values() for v in by_width.values()):
+        return []
+    from fedmol.evaluate import Evaluator
+    from fedmol.fl.harness import build_federation
+
+    fed = build_federation(cfg, progress=False)
+    ds = fed.dataset
+    lines = Evaluator(ds.task_type, ds.num_tasks).undefined_warnings(
+        scores, {"test": fed.test.labels, "valid": fed.valid.labels})
+    summary["warnings"] = lines
+    path = Path(out) / "summary.json" if out is not None else None
+    if lines and path is not None and path.is_file():
+        write_json(path, dict(json.loads(path.read_text()), warnings=lines))
+    return lines
 
 
 # bench -------------------------------------------------------------------------------------------------

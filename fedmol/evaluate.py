@@ -9,6 +9,11 @@ Classification: ``rocauc`` (and ``prauc``, average precision) computed per task 
 entries and averaged over the tasks that have both classes, as OGB does; if no task has both
 classes the metric is NaN with a reason in ``skipped_tasks``. Regression: ``rmse`` per task then
 averaged over tasks (OGB's convention), and ``mae`` likewise.
+
+An undefined metric is never silent: :meth:`Evaluator.undefined_reason` says why a set's labels
+leave it undefined (e.g. "only one class (all 0) for task 0", "no labelled molecules") and
+:meth:`Evaluator.undefined_warnings` turns a result's NaN scores into one line per set, e.g.
+"rocauc undefined on test: only one class (all 0) for task 0".
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ def _as_2d(a, what: str) -> np.ndarray:
     if a.ndim != 2:
         raise FedmolError(f"{what} must have shape (n, num_tasks), got {a.shape}")
     return a
+
+
+def label_classes(labels) -> list[int]:
+    """The distinct values among the labelled (non-NaN) entries of one task's labels, sorted: for
+    0/1 classification labels ``[]`` (nothing labelled), ``[0]``, ``[1]`` or ``[0, 1]``."""
+    v = np.asarray(labels, dtype=np.float64).ravel()
+    return sorted(int(c) for c in np.unique(v[~np.isnan(v)]))
 
 
 class Evaluator:
@@ -107,6 +119,42 @@ class Evaluator:
             mae.append(np.mean(np.abs(err)))
         return {"rmse": float(np.mean(rmse)) if rmse else float("nan"),
                 "mae": float(np.mean(mae)) if mae else float("nan")}
+
+    def undefined_reason(self, y_true) -> str | None:
+        """Why the metrics are undefined (NaN) on a set with labels ``y_true`` (an array or tensor
+        ``(n, num_tasks)``, NaN = missing), or None when they are defined. Undefinedness depends on
+        the labels only (finite predictions are required wherever a label exists)."""
+        y = _as_2d(y_true, "y_true")
+        if y.shape[0] == 0:
+            return "no molecules"
+        per_task = []
+        for t in range(y.shape[1]):
+            classes = label_classes(y[:, t])
+            if not classes:
+                per_task.append(f"no labelled molecules for task {t}")
+            elif len(classes) == 1 and self.task_type == "classification":
+                per_task.append(f"only one class (all {classes[0]}) for task {t}")
+            else:
+                return None  # one task with a defined metric defines the average
+        if all(r.startswith("no labelled") for r in per_task):
+            return "no labelled molecules"
+        if len(per_task) == 1:
+            return per_task[0]
+        more = f"; ... ({len(per_task) - 3} more tasks)" if len(per_task) > 3 else ""
+        return "no task has both classes: " + "; ".join(per_task[:3]) + more
+
+    def undefined_warnings(self, scores: dict, labels: dict) -> list[str]:
+        """One line per set whose score is undefined at some width: ``scores`` maps a set's name
+        ("test", "valid") to its score by width (NaN or None = undefined) or to one score,
+        ``labels`` the set's name to its labels. E.g. "rocauc undefined on test: only one class
+        (all 0) for task 0"."""
+        out = []
+        for where, by_width in scores.items():
+            values = by_width.values() if isinstance(by_width, dict) else [by_width]
+            if any(v is None or not np.isfinite(float(v)) for v in values) and where in labels:
+                reason = self.undefined_reason(labels[where]) or "no defined score"
+                out.append(f"{self.eval_metric} undefined on {where}: {reason}")
+        return out
 
     @staticmethod
     def better(metric: str, a: float, b: float) -> bool:

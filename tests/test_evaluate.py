@@ -61,3 +61,30 @@ def test_single_class_everywhere_is_nan_not_a_crash():
     out = Evaluator("classification").eval({"y_true": np.ones((4, 1)), "y_pred": np.arange(4.0)})
     assert np.isnan(out["rocauc"]) and out["skipped_tasks"] == [0]
     assert Evaluator.better("rmse", 0.5, 0.7) and Evaluator.better("rocauc", 0.7, float("nan"))
+
+
+@pytest.mark.parametrize("task_type,y,reason", [
+    ("classification", [[1.0], [1.0], [np.nan]], "only one class (all 1) for task 0"),
+    ("classification", [[0.0], [0.0]], "only one class (all 0) for task 0"),
+    ("classification", [[np.nan], [np.nan]], "no labelled molecules"),
+    ("classification", np.zeros((0, 1)), "no molecules"),
+    ("classification", [[0.0, np.nan], [0.0, np.nan]], "no task has both classes: only one class (all 0) for task 0; "
+                                                        "no labelled molecules for task 1"),
+    ("classification", [[0.0, 1.0], [1.0, 1.0]], None),  # task 0 has both classes: the mean is defined
+    ("regression", [[np.nan], [np.nan]], "no labelled molecules"),
+    ("regression", [[2.0], [2.0]], None),
+])
+def test_undefined_reason_says_why_the_metric_is_nan(task_type, y, reason):
+    y = np.asarray(y, dtype=float)
+    ev = Evaluator(task_type)
+    assert ev.undefined_reason(y) == reason
+    if len(y):
+        assert np.isnan(ev.eval({"y_true": y, "y_pred": np.zeros_like(y)})[ev.eval_metric]) == (reason is not None)
+
+
+def test_undefined_warnings_one_line_per_undefined_set():
+    ev = Evaluator("classification")
+    labels = {"test": torch.tensor([[0.0], [1.0]]), "valid": np.zeros((3, 1))}
+    scores = {"test": {"1.0": 0.7, "0.5": 0.6}, "valid": {"1.0": float("nan"), "0.5": None}}
+    assert ev.undefined_warnings(scores, labels) == ["rocauc undefined on valid: only one class (all 0) for task 0"]
+    assert ev.undefined_warnings({"test": 0.5}, labels) == []

@@ -131,6 +131,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fedmol.errors import DataError
+from fedmol.jsonio import jsonable
 
 __all__ = [
     "ALGORITHM",
@@ -872,24 +873,35 @@ def heterogeneity_report(
         "mean_pairwise_divergence": _mean_offdiag(div),
         "chemistry_pairwise_divergence": chem,
         "chemistry_divergence": _mean_offdiag(chem),
-        "params": _json_safe(partition.params),
+        "params": jsonable(partition.params),
     }
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_json_safe(v) for v in obj.tolist()]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
+def single_class_warnings(partition: Partition, y: np.ndarray, task_type: TaskType) -> list[str]:
+    """Where ROC-AUC is undefined because of the split (classification only; ``[]`` for
+    regression): one line per partner and task whose validation set holds one class or no label,
+    e.g. "partner 3: validation set has one class (all 1) for task 0: ROC-AUC undefined there",
+    one per partner whose validation set is empty, and the same for the global test set. Not part
+    of the report (split files, and their hashes, do not change)."""
+    from fedmol.evaluate import label_classes
+
+    if task_type != "classification":
+        return []
+    y_arr = np.asarray(y, dtype=np.float64)
+    if y_arr.ndim == 1:
+        y_arr = y_arr[:, None]
+    sets = [(f"partner {k}: validation set", p.valid) for k, p in enumerate(partition.partners)]
+    out = []
+    for what, idx in sets + [("test set", partition.test)]:
+        if len(idx) == 0:
+            out.append(f"{what} is empty: ROC-AUC undefined there")
+            continue
+        for t in range(y_arr.shape[1]):
+            classes = label_classes(y_arr[idx, t])
+            if len(classes) < 2:
+                has = f"one class (all {classes[0]})" if classes else "no labelled molecules"
+                out.append(f"{what} has {has} for task {t}: ROC-AUC undefined there")
+    return out
 
 
 def report_table(report: dict[str, Any]):

@@ -35,9 +35,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedmol.data.dataset import MoleculeDataset, load_dataset
 from fedmol.data.featurize import FEATURIZER_VERSION
-from fedmol.data.partition import ALGORITHM, heterogeneity_report, scaffold_partition
+from fedmol.data.partition import (ALGORITHM, Partition, PartnerSplit, heterogeneity_report, scaffold_partition,
+                                   single_class_warnings)
 from fedmol.data.scaffold import murcko_scaffolds
 from fedmol.errors import DataError
+from fedmol.jsonio import to_json, write_json
 
 FORMAT = "fedmol-split/1"
 METHOD = ALGORITHM
@@ -86,7 +88,7 @@ def content_sha256(obj: dict) -> str:
 
 def dumps(obj: dict) -> str:
     """Readable JSON with every list of plain values on one line (keeps split files small)."""
-    text = json.dumps(obj, indent=1)
+    text = to_json(obj, indent=1)
     return re.sub(r"\[([^\[\]{}\"]*)\]", lambda m: "[" + ",".join(p.strip() for p in m.group(1).split(",")) + "]"
                   if m.group(1).strip() else "[]", text)
 
@@ -145,7 +147,7 @@ def dataset_scaffolds(ds: MoleculeDataset, progress: bool = True) -> list[str]:
     scaffolds = murcko_scaffolds(ds.smiles, progress=progress)
     if cache is not None:
         try:
-            cache.write_text(json.dumps(scaffolds))
+            write_json(cache, scaffolds, indent=None)
         except OSError:
             pass
     return scaffolds
@@ -178,6 +180,16 @@ def make_split(ds: MoleculeDataset, partners: int, alpha: float, seed: int = 0, 
 
 def _rows(rows: np.ndarray, positions) -> list[int]:
     return sorted(int(r) for r in rows[np.asarray(positions, dtype=np.int64)])
+
+
+def class_warnings(split: dict, ds: MoleculeDataset) -> list[str]:
+    """The lines of :func:`fedmol.data.partition.single_class_warnings` for a split file's content
+    and the dataset it was made from (``[]`` for regression): partners' validation sets and the
+    global test set where a classification task has one class only, so ROC-AUC is undefined there."""
+    pos = ds.positions
+    part = Partition(partners=[PartnerSplit(pos(p["train"]), pos(p["valid"])) for p in split["partners"]],
+                     test=pos(split["test"]))
+    return single_class_warnings(part, ds.labels, ds.task_type)
 
 
 def dataset_for_split(split: dict, data_dir=None, csv=None, progress: bool = True) -> MoleculeDataset:

@@ -31,8 +31,6 @@ above, never from a transport: the same seed gives the same run in-process and o
 from __future__ import annotations
 
 import csv
-import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +43,7 @@ from fedmol.evaluate import Evaluator
 from fedmol.fl.algorithm import PartnerInfo
 from fedmol.fl.message import Message
 from fedmol.fl.selection import RoundSelector
+from fedmol.jsonio import to_json, write_json
 from fedmol.models import slicing
 from fedmol.safetensors_io import save_safetensors
 from fedmol.training import predict, score, width_key
@@ -259,12 +258,10 @@ class RoundDriver:
                               self.algo.model_config["num_tasks"], self.widths)
         write_metrics(out / "metrics.csv", self.rows)
         with open(out / "sent.jsonl", "w") as f:
-            f.writelines(json.dumps(m) + "\n" for m in self.sent)
+            f.writelines(to_json(m) + "\n" for m in self.sent)
         save_safetensors(self.algo.state(), out / "model.safetensors",
-                         metadata={"config": json.dumps(self.algo.model_config), "algorithm": algorithm})
-        tmp = out / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1))
-        os.replace(tmp, out / "summary.json")
+                         metadata={"config": to_json(self.algo.model_config), "algorithm": algorithm})
+        write_json(out / "summary.json", summary)
 
 
 # ---------------------------------------------------------------------------------- the steps

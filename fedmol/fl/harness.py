@@ -30,7 +30,6 @@ algorithm declares as extra disclosure, e.g. FedGen's label counts).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from fedmol.fl.devices import assign_devices
 from fedmol.fl.driver import Delivery, RoundDriver, check_schedule, served_width
 from fedmol.fl.registry import get_algorithm
 from fedmol.fl.selection import check_selection
+from fedmol.jsonio import write_json
 from fedmol.training import score, width_key
 
 
@@ -160,7 +160,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(resolved_config(cfg, algo, fed, dp), indent=1))
+        write_json(out / "config.json", resolved_config(cfg, algo, fed, dp))
     driver = RoundDriver(algo, fed.infos, InProcessTransport(algo_cls, fed), seed=cfg.seed, rounds=cfg.rounds,
                          evaluator=evaluator, scored={"test": fed.test, "valid": fed.valid}, select=cfg.select,
                          eval_every=cfg.eval_every, clients_per_round=cfg.clients_per_round)

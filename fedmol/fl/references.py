@@ -52,6 +52,7 @@ from fedmol.errors import FedmolError
 from fedmol.evaluate import HIGHER_IS_BETTER, Evaluator
 from fedmol.fl.algorithm import Algorithm
 from fedmol.fl.harness import Federation, RunConfig, build_federation
+from fedmol.jsonio import write_json
 from fedmol.models import build
 from fedmol.training import fit, score, seed_everything, width_key
 
@@ -317,8 +318,8 @@ def run_reference(cfg: RunConfig, reference: str, model: str = "gnn", out_dir: s
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(summary["config"], indent=1))
-        write_json_atomic(out / "summary.json", summary)
+        write_json(out / "config.json", summary["config"])
+        write_json(out / "summary.json", summary)
     return summary
 
 
@@ -326,13 +327,6 @@ def pooled_train(fed: Federation):
     """Every partner's training molecules, as one dataset (source rows in ascending order)."""
     rows = sorted(int(r) for p in fed.split["partners"] for r in p["train"])
     return fed.dataset.select_rows(rows)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
 
 
 def _nanmean(values) -> float:

@@ -34,7 +34,6 @@ metric per served width).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ import pandas as pd
 
 from fedmol.evaluate import HIGHER_IS_BETTER
 from fedmol.fl.references import REFERENCE_MODELS, federated_gain
+from fedmol.jsonio import read_summary
 
 KEYS = ["dataset", "metric", "alpha", "devices", "kind", "method"]
 GAIN_MEASURES = ["gain_test", "gain_valid", "rel_gain_test", "rel_gain_valid", "share_gain_test",
@@ -90,7 +90,7 @@ def load(entries: list[dict]) -> list[dict]:
     out = []
     for e in entries:
         e = dict(e)
-        e["summary"] = json.loads((Path(e["path"]) / "summary.json").read_text())
+        e["summary"] = read_summary(Path(e["path"]) / "summary.json")  # undefined (null) metrics as NaN
         out.append(e)
     return out
 

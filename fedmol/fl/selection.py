@@ -8,8 +8,10 @@ its worst with references compared at their best:
 * ``"best-valid"`` (the default): among the evaluated rounds (every ``eval_every``-th and the
   last), the round whose global model scores best on the **pooled validation molecules** (the
   union of the partners' validation sets: the set the centralized reference early-stops on),
-  averaged over the widths the algorithm serves; a tie keeps the earlier round, and while no round
-  has a defined validation score (e.g. one class only) the latest round stands. The run then
+  averaged over the widths the algorithm serves; a tie keeps the earlier round, and an undefined
+  (NaN) validation score never wins over a defined one. If no evaluated round has a defined
+  validation score (e.g. the pooled validation molecules hold one class only), the run falls back
+  to the last round and ``selection`` (:meth:`RoundSelector.describe`) says so and why. The run then
   reports that round's model everywhere: ``summary.json``'s ``test`` / ``valid`` / ``per_partner``,
   ``model.safetensors`` and ``test_predictions.csv``. ``summary.json`` also says
   ``selected_round`` and keeps the last round's test scores as ``test_last``.
@@ -35,6 +37,8 @@ from fedmol.errors import FedmolError
 from fedmol.evaluate import HIGHER_IS_BETTER
 
 SELECTIONS = ("best-valid", "last")
+#: what :meth:`RoundSelector.describe` appends, before the reason, when best-valid fell back to the last round
+FELL_BACK = "; fell back to the last round: "
 
 
 def check_selection(select: str) -> str:
@@ -62,22 +66,34 @@ class RoundSelector:
         self.best_round: int | None = None
         self.best_score = -math.inf
         self._checkpoint: Any = None
+        self.evaluated = 0  # rounds observed
+        #: why the run reports the last round although ``select`` is best-valid (set by :meth:`finish`)
+        self.fallback: str | None = None
 
     def observe(self, rnd: int, valid: dict[str, float], algo) -> bool:
         """Record round ``rnd``'s validation scores (by width); returns whether it is the best so far."""
         if self.select == "last":
             return False
+        self.evaluated += 1
         score = selection_score(valid, self.metric)
-        # a defined score beats an undefined one; while no round has one, the latest round stands
-        if self.best_round is None or score > self.best_score or score == self.best_score == -math.inf:
+        if score == -math.inf:  # undefined: never the best (finish falls back to the last round if all are)
+            return False
+        if self.best_round is None or score > self.best_score:
             self.best_round, self.best_score = rnd, score
             self._checkpoint = algo.checkpoint()
             return True
         return False
 
     def finish(self, algo, last_round: int) -> int:
-        """Put the selected round's model back into ``algo``; returns the selected round."""
-        if self.select == "last" or self.best_round is None or self.best_round == last_round:
+        """Put the selected round's model back into ``algo``; returns the selected round (the last
+        one, with :attr:`fallback` saying why, when no evaluated round has a defined validation score)."""
+        if self.select == "best-valid" and self.best_round is None:
+            self.fallback = (f"no evaluated round has a defined pooled validation {self.metric} (undefined in all "
+                             f"{self.evaluated} evaluated rounds)" if self.evaluated else
+                             "no round was scored on validation molecules")
+            self._checkpoint = None
+            return last_round
+        if self.select == "last" or self.best_round == last_round:
             return last_round
         algo.restore(self._checkpoint)
         self._checkpoint = None
@@ -87,5 +103,6 @@ class RoundSelector:
         if self.select == "last":
             return "last: the global model after the last round"
         direction = "highest" if HIGHER_IS_BETTER[self.metric] else "lowest"
-        return (f"best-valid: the evaluated round with the {direction} pooled validation {self.metric}, "
+        rule = (f"best-valid: the evaluated round with the {direction} pooled validation {self.metric}, "
                 "averaged over the served widths (ties: the earlier round)")
+        return rule + (FELL_BACK + self.fallback if self.fallback else "")

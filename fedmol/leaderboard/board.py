@@ -16,7 +16,6 @@ The output is deterministic: the same submissions give the same files.
 from __future__ import annotations
 
 import html
-import json
 import math
 import re
 import shutil
@@ -26,6 +25,7 @@ import numpy as np
 
 from fedmol.errors import FedmolError
 from fedmol.evaluate import HIGHER_IS_BETTER
+from fedmol.jsonio import write_json
 from fedmol.leaderboard.archive import Limits, Rejected, one_line
 from fedmol.leaderboard.tracks import Track, load_tracks
 
@@ -141,7 +141,7 @@ def build_board(submissions: str | Path, out: str | Path, *, tracks_file: str | 
             old.unlink()
     (out / "configs").mkdir(parents=True, exist_ok=True)
     for r in rows:
-        (out / "configs" / f"{r['slug']}.json").write_text(json.dumps(r["config_doc"], indent=1) + "\n")
+        write_json(out / "configs" / f"{r['slug']}.json", r["config_doc"])
 
     ranked = {name: sorted([r for r in rows if r["status"] == "ranked" and r["track"] == name],
                            key=lambda r: _rank_key(r, t)) for name, t in sorted(tracks.items())}

@@ -12,12 +12,13 @@ while verifying (one line, no traceback).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from fedmol.jsonio import to_json
 
 leaderboard_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                               help="Leaderboard: pack runs into a submission, verify submissions, build the board.")
@@ -87,7 +88,7 @@ def verify(
     except Exception as e:  # never a traceback for a hostile file
         _fail("error", f"internal error while verifying: {type(e).__name__}: {e}", 3)
     if as_json:
-        print(json.dumps(rep.to_dict(), indent=1))
+        print(to_json(rep.to_dict(), indent=1))
         return
     print(f"verified {file}: '{rep.name}' ({rep.algorithm}) on {rep.dataset}, "
           f"{'track ' + rep.track if rep.track else 'no track'}, {rep.status}")

@@ -29,6 +29,7 @@ import fedmol
 from fedmol.data.featurize import FEATURIZER_VERSION
 from fedmol.data.splits import read_split
 from fedmol.errors import FedmolError
+from fedmol.jsonio import to_json
 from fedmol.leaderboard.schema import SCHEMA_VERSION, Manifest, ResolvedConfig, RoundRecord
 from fedmol.leaderboard.tracks import load_tracks, match_track
 
@@ -230,7 +231,7 @@ def submit(run_dirs: list[str | Path], name: str, out: str | Path, *, track: str
         first_err = e.errors()[0]
         raise FedmolError(f"the manifest does not validate: {'.'.join(str(p) for p in first_err['loc'])}: "
                           f"{first_err['msg']}") from e
-    files["manifest.json"] = (json.dumps(manifest, indent=1, allow_nan=False) + "\n").encode()
+    files["manifest.json"] = (to_json(manifest, indent=1) + "\n").encode()
     write_zip(Path(out), files)
     return manifest
 

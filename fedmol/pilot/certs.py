@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import json
 import os
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedmol.errors import FedmolError
+from fedmol.jsonio import write_json
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 NODE_KEY = "node.key"          # a partner's private key, in its folder
@@ -131,7 +131,7 @@ def make_partner_bundle(out: str | Path, k: int) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "ca.pem").write_bytes((out / "ca.pem").read_bytes())
     key, pub = make_node_key(folder / NODE_KEY)
-    (folder / "partner.json").write_text(json.dumps({"partition_id": k}) + "\n")
+    write_json(folder / "partner.json", {"partition_id": k}, indent=None)
     registered = out / PARTNER_KEYS / f"partner-{k}.pub"
     registered.parent.mkdir(parents=True, exist_ok=True)
     registered.write_bytes(pub.read_bytes())

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from fedmol.cli_common import console, err, friendly, parse_hparams, results_table  # noqa: F401
 from fedmol.errors import FedmolError
+from fedmol.jsonio import to_json
 
 pilot_app = typer.Typer(no_args_is_help=True,
                         help="Pharma collaboration pilots on Flower: coordinator, partner, certificates, demo, audit.")
@@ -206,7 +207,7 @@ def audit(path: Path = typer.Argument(..., help="A site's audit.jsonl (its audit
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if as_json:
         for r in rows:
-            print(json.dumps(r))
+            print(to_json(r))
         return
     t = Table(title=f"{path}: {len(rows)} entries")
     for col in ("time", "run", "round", "kind", "direction", "bytes", "arrays", "disclosed / reason"):

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from typing import Protocol
 import torch
 
 from fedmol.fl.message import Message
+from fedmol.jsonio import to_json, write_json
 from fedmol.pilot.config import PilotSettings
 from fedmol.pilot.records import (HELLO, MESSAGE_TYPES, QUERY, TRAIN, VALIDATE, IncompatibleVersion, PilotError,
                                   check_compatible, error_reason, from_record_dict, record_strings, to_record_dict)
@@ -160,7 +160,7 @@ class GridLink:
                     for k, a in ar.items():
                         rec["arrays"][f"{name}/{k}"] = {"dtype": str(a.dtype), "shape": list(a.shape),
                                                         "data": base64.b64encode(a.data).decode()}
-                f.write(json.dumps(rec) + "\n")
+                f.write(to_json(rec) + "\n")
 
 
 class LocalLink:
@@ -317,7 +317,7 @@ def run_coordinator(link: Link, s: PilotSettings, log=print) -> dict:
         return _run(link, s, out, both)
     except Exception as e:
         both(f"[fedmol pilot] failed: {e}")
-        (out / "pilot_error.json").write_text(json.dumps({"error": str(e), "type": type(e).__name__}, indent=1))
+        write_json(out / "pilot_error.json", {"error": str(e), "type": type(e).__name__})
         raise
 
 
@@ -379,7 +379,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
             entry["reason"] = r.reason
             log(f"[fedmol pilot] node {n} refused: {r.reason}")
         nodes_report.append(entry)
-    (out / "nodes.json").write_text(json.dumps(nodes_report, indent=1))
+    write_json(out / "nodes.json", nodes_report)
     if not accepted:
         raise PilotError("no partner joined the federation: " +
                          " | ".join(f"node {e['node_id']}: {e.get('reason')}" for e in nodes_report))
@@ -402,7 +402,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     algo.init([pt.info for pt in partners])
     dp = privacy.account(algo.hp, [pt.info.device.p_online for pt in partners], s.clients_per_round or None,
                          s.rounds)
-    (out / "config.json").write_text(json.dumps(_resolved(s, algo, ds, test, split, partners, nodes_report, dp), indent=1))
+    write_json(out / "config.json", _resolved(s, algo, ds, test, split, partners, nodes_report, dp))
     transport = LinkTransport(link, partners, algo, name, s.round_timeout,
                               rejoin=dict(ds=ds, split=split, known=set(node_ids), log=log))
     driver = RoundDriver(algo, [pt.info for pt in partners], transport, seed=s.seed, rounds=s.rounds,
@@ -417,7 +417,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
             + "".join(f", {k.split('_', 1)[0]} {k.split('_', 1)[1]} {v:.4f}" for k, v in row.items()
                       if k.startswith(("test_", "valid_"))))
         with open(out / "progress.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(to_json(row) + "\n")
 
     driver.run(on_round)
     selected = driver.finish()
@@ -459,7 +459,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
         partners=len(partners), refused=[e for e in nodes_report if e["status"] != "accepted"],
         node_events=transport.events, validation_failures=valid_failures)
     if transport.events:
-        (out / "nodes.json").write_text(json.dumps(nodes_report + transport.events, indent=1))
+        write_json(out / "nodes.json", nodes_report + transport.events)
     driver.write_files(out, summary, s.algorithm)
     shown = test_scores or valid
     log(f"[fedmol pilot] done: {'test' if test_scores else 'partners valid'} {metric} "

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from fedmol.fl.harness import RunConfig
+from fedmol.jsonio import read_summary
 from fedmol.pilot.config import PilotSettings
 from fedmol.pilot.loopback import LoopbackPilot
 from fedmol.pilot.records import PilotError
@@ -123,8 +124,6 @@ def read_results(out: Path, work: Path, status: str, run_id: str, run_log: str, 
         tail = "\n".join(run_log.strip().splitlines()[-15:])
         raise PilotError(f"the pilot run ended with status {status} without results; logs in {work / 'logs'}"
                          + (f"; the run's log ends with:\n{tail}" if tail else ""))
-    summary = json.loads((out / "summary.json").read_text())
-    progress_file = out / "progress.jsonl"
-    summary["history"] = [json.loads(x) for x in progress_file.read_text().splitlines()] if progress_file.is_file() else []
+    summary = read_summary(out / "summary.json", history=out / "progress.jsonl")
     summary["run_id"] = run_id
     return summary

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import fedmol
 from fedmol.errors import FedmolError
+from fedmol.jsonio import write_json
 from fedmol.pilot.records import PilotError
 
 DEFAULT_ADDRESS = "0.0.0.0:9092"
@@ -263,8 +264,7 @@ def run_partner(superlink: str, nc: dict, home: Path, *, ca: Path | None, node_k
         procs.stop_all()
         for sig, h in previous.items():
             signal.signal(sig, h)
-        (home / "processes.json").write_text(json.dumps(
-            dict(processes=procs.records(), leftovers=procs.leftovers()), indent=1))
+        write_json(home / "processes.json", dict(processes=procs.records(), leftovers=procs.leftovers()))
     if stop["sig"] is not None:
         log(f"stopped ({signal.Signals(stop['sig']).name}): the SuperNode and its ClientApps have ended")
         return 0

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import fedmol
+from fedmol.jsonio import write_json
 from fedmol.pilot.certs import make_certs, make_node_key
 from fedmol.pilot.config import PilotSettings, write_app, write_toml
 from fedmol.pilot.processes import Processes, flower_bin, free_port, is_listening, log_tail, wait_listening
@@ -73,8 +74,8 @@ class LoopbackPilot:
 
     def close(self) -> None:
         self.procs.stop_all()
-        (self.work / "processes.json").write_text(json.dumps(
-            dict(processes=self.procs.records(), leftovers=self.procs.leftovers()), indent=1))
+        write_json(self.work / "processes.json",
+                   dict(processes=self.procs.records(), leftovers=self.procs.leftovers()))
 
     # -- certificates -----------------------------------------------------------------------------
     def _certs(self, certs_dir) -> dict:

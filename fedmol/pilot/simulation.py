@@ -26,6 +26,7 @@ from pathlib import Path
 
 from fedmol.errors import FedmolError
 from fedmol.fl.harness import RunConfig
+from fedmol.jsonio import read_summary
 
 
 def _client_app(sites: list[dict], threads: int):
@@ -119,8 +120,6 @@ def run_flower_sim(cfg: RunConfig, out: str | Path, *, client_cpus: int = 1, rou
         raise FedmolError(f"the flower-sim run failed: {json.loads(err.read_text())['error']}")
     if not (out / "summary.json").is_file():
         raise FedmolError(f"the flower-sim run ended without results in {out} (see the log above)")
-    summary = json.loads((out / "summary.json").read_text())
-    progress_file = out / "progress.jsonl"
-    summary["history"] = [json.loads(x) for x in progress_file.read_text().splitlines()] if progress_file.is_file() else []
+    summary = read_summary(out / "summary.json", history=out / "progress.jsonl")
     summary["backend_seconds"] = round(time.perf_counter() - t0, 2)
     return summary

@@ -35,7 +35,6 @@ redacted (the full text stays in the site's audit log).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import re
 import time
@@ -47,6 +46,7 @@ import numpy as np
 
 from fedmol.errors import FedmolError
 from fedmol.fl.message import Message
+from fedmol.jsonio import to_json
 from fedmol.pilot.records import HELLO, QUERY, TRAIN, VALIDATE, IncompatibleVersion, PilotError, check_compatible
 
 SITE_KEYS = {"partition-id", "width-cap", "audit-dir", "threads", "csv", "smiles-col", "target-cols", "task",
@@ -191,7 +191,7 @@ def audit(node_config: dict, entry: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"), **entry}
     with open(path, "a") as f:
-        f.write(json.dumps(entry, default=str) + "\n")
+        f.write(to_json(entry, default=str) + "\n")
 
 
 def _describe(msg: Message, disclosures: dict | None = None) -> dict:

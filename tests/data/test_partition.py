@@ -569,3 +569,24 @@ def test_scaffolds_with_chirality():
     smi = ["C1C[C@H](c2ccccc2)OC1", "CCO"]
     assert murcko_scaffolds(smi, n_jobs=1, include_chirality=True) == ["c1ccc([C@H]2CCCO2)cc1", ""]
     assert murcko_scaffolds(smi, n_jobs=1) == ["c1ccc(C2CCCO2)cc1", ""]
+
+
+def test_single_class_warnings_name_the_partner_set_and_task() -> None:
+    from fedmol.data.partition import PartnerSplit, single_class_warnings
+
+    y = np.array([[0, 1], [1, 1], [1, np.nan], [1, np.nan], [0, 0], [1, 1], [0, 1]], dtype=float)
+    part = Partition(partners=[PartnerSplit(np.array([0]), np.array([1, 2])),   # task 0 all 1; task 1 one label (1)
+                               PartnerSplit(np.array([3]), np.array([], dtype=np.int64)),  # empty validation set
+                               PartnerSplit(np.array([2]), np.array([4, 5]))],  # both classes in both tasks
+                     test=np.array([5, 6]))  # task 1 all 1
+    assert single_class_warnings(part, y, "classification") == [
+        "partner 0: validation set has one class (all 1) for task 0: ROC-AUC undefined there",
+        "partner 0: validation set has one class (all 1) for task 1: ROC-AUC undefined there",
+        "partner 1: validation set is empty: ROC-AUC undefined there",
+        "test set has one class (all 1) for task 1: ROC-AUC undefined there",
+    ]
+    y[2, 1] = np.nan
+    y[1, 1] = np.nan
+    assert single_class_warnings(part, y, "classification")[1] == \
+        "partner 0: validation set has no labelled molecules for task 1: ROC-AUC undefined there"
+    assert single_class_warnings(part, y, "regression") == []

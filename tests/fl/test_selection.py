@@ -137,3 +137,24 @@ def test_restored_round_is_exactly_the_reported_model(algorithm, hp, tmp_path, m
             _, p = predict(net, fed.test, float(w))
             assert np.allclose(p[:, 0], preds[w], atol=1e-5)
     assert torch.isfinite(torch.tensor(list(s["test"].values()))).all()
+
+
+def test_all_undefined_validation_falls_back_to_the_last_round_and_says_why():
+    algo, sel = _Toy(), RoundSelector("best-valid", "rocauc")
+    for rnd in range(3):
+        algo.value = rnd
+        assert sel.observe(rnd, {"1.0": float("nan"), "0.5": float("nan")}, algo) is False
+    assert sel.finish(algo, 2) == 2 and algo.value == 2 and algo.checkpoints == 0
+    assert sel.describe() == (
+        "best-valid: the evaluated round with the highest pooled validation rocauc, averaged over the served widths "
+        "(ties: the earlier round); fell back to the last round: no evaluated round has a defined pooled validation "
+        "rocauc (undefined in all 3 evaluated rounds)")
+
+
+def test_nan_rounds_never_win_and_take_no_checkpoint():
+    algo, sel = _Toy(), RoundSelector("best-valid", "rmse")
+    for rnd, v in enumerate([float("nan"), 1.5, float("nan"), 2.0]):
+        algo.value = rnd
+        sel.observe(rnd, {"1.0": v}, algo)
+    assert sel.finish(algo, 3) == 1 and algo.value == 1 and algo.checkpoints == 1
+    assert sel.fallback is None and "fell back" not in sel.describe()
