@@ -82,6 +82,7 @@ from fedmol.errors import FedmolError
 from fedmol.fl.harness import RunConfig, build_federation, run_federated
 from fedmol.fl.references import (REFERENCE_MODELS, REFERENCES, check_reference, reference_config, run_reference,
                                   split_versions)
+from fedmol.jsonio import write_json
 
 #: where suite names are looked up (after ``./benchmarks/suites``)
 SUITES_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "suites"
@@ -509,7 +510,7 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
     out = Path(out) if out is not None else default_out(s)
     jobs = plan(s, out, data_dir, algorithms, references)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "suite.json").write_text(json.dumps(s.to_dict(), indent=1))
+    write_json(out / "suite.json", s.to_dict())
     n_threads = threads if threads is not None else s.threads
     ran = skipped = missing = 0
     finished, todo = [], []
