@@ -81,6 +81,8 @@ def partner(
     audit_dir: Optional[Path] = typer.Option(None, "--audit-dir", help="Where audit.jsonl goes (default HOME/audit)."),
     threads: int = typer.Option(0, "--threads", help="CPU threads for local training (0: torch's default)."),
     check_only: bool = typer.Option(False, "--check-only", help="Only check and featurize the CSV, start nothing."),
+    wait: float = typer.Option(300.0, "--wait", min=0, help="Seconds to keep trying while the coordinator has not "
+                               "accepted this site yet (its key not registered, or not up), with backoff."),
 ):
     """Run a partner site: check this site's CSV here, then run its Flower SuperNode until Ctrl-C."""
     from fedmol.pilot.deploy import check_partner_data, node_config, parse_address, partner_certs, run_partner
@@ -118,7 +120,7 @@ def partner(
     elif key is None and not insecure:
         _say(f"no node.key in {certs}: SuperNode authentication is off (the coordinator must run --no-node-auth)")
     code = run_partner(superlink, nc, home, ca=ca, node_key=key, insecure=insecure, log=_say,
-                       echo=lambda line: print(line, flush=True))
+                       echo=lambda line: print(line, flush=True), wait=wait)
     raise typer.Exit(code)
 
 

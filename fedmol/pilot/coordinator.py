@@ -446,15 +446,19 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
             entry["valid_error"] = r.reason
             valid_failures.append(f"partner {pt.partition_id}: validation failed: {r.reason}")
         per_partner.append(entry)
-    valid = {}
-    for w in widths:
-        vals = [(e["n_valid"], e["valid"]) for e in per_partner
-                if e["width"] == w and math.isfinite(e["valid"]) and e["n_valid"] > 0]
-        if vals:
-            valid[width_key(w)] = sum(n * v for n, v in vals) / sum(n for n, _ in vals)
+    if "valid" in scored:  # the organizer holds the pooled validation molecules (a split file): as `fedmol run`
+        valid = driver.scores(selected, "valid")
+        valid_kind = "the selected round's model on the pooled validation molecules of every partner (as fedmol run)"
+    else:  # a pilot: only the partners' own scores left them
+        valid, valid_kind = {}, "n_valid-weighted mean of the partners' own validation scores at their served width"
+        for w in widths:
+            vals = [(e["n_valid"], e["valid"]) for e in per_partner
+                    if e["width"] == w and math.isfinite(e["valid"]) and e["n_valid"] > 0]
+            if vals:
+                valid[width_key(w)] = sum(n * v for n, v in vals) / sum(n for n, _ in vals)
     summary = driver.summary(
         dataset=ds.name, algorithm=s.algorithm, valid=valid, per_partner=per_partner, privacy=dp, t_start=t_start,
-        backend="flower", valid_kind="n_valid-weighted mean of the partners' own validation scores at their served width",
+        backend="flower", valid_kind=valid_kind,
         test_source=_test_source(s),
         partners=len(partners), refused=[e for e in nodes_report if e["status"] != "accepted"],
         node_events=transport.events, validation_failures=valid_failures)

@@ -217,9 +217,19 @@ def _reason_kind(reason: str) -> str:
     return text.strip()[:120] or "unknown"
 
 
+#: what flower-supernode logs when the SuperLink does not (yet) accept it: the coordinator has not
+#: registered this site's public key yet, or is not up
+NOT_ACTIVATED = "Failed to activate SuperNode"
+
+
 def run_partner(superlink: str, nc: dict, home: Path, *, ca: Path | None, node_key: Path | None,
-                insecure: bool = False, log=print, echo=print, poll: float = 0.3) -> int:
-    """Write the node config, run ``flower-supernode`` until it exits or Ctrl-C / SIGTERM; return 0 on a stop."""
+                insecure: bool = False, log=print, echo=print, poll: float = 0.3, wait: float = 300.0,
+                backoff: tuple[float, float] = (2.0, 30.0)) -> int:
+    """Write the node config, run ``flower-supernode`` until it exits or Ctrl-C / SIGTERM; return 0 on a stop.
+
+    A site started before the coordinator registered its key (the SuperNode exits with
+    :data:`NOT_ACTIVATED`) is started again after ``backoff[0]`` seconds, doubling up to
+    ``backoff[1]``, for at most ``wait`` seconds in all; then a one-line error says what to check."""
     from fedmol.pilot.config import write_toml
     from fedmol.pilot.processes import Processes, flower_bin, free_port, log_tail
 
@@ -249,17 +259,44 @@ def run_partner(superlink: str, nc: dict, home: Path, *, ca: Path | None, node_k
         stop["sig"] = signum
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    t0, delay, attempt = time.monotonic(), float(backoff[0]), 0
     try:
-        proc = procs.start("supernode", argv, env=env)
-        log(f"SuperNode started (pid {proc.pid}) for partner {nc['partition-id']}, connecting to {superlink} "
-            f"({'INSECURE: no TLS' if insecure else 'TLS'}{', node key ' + str(node_key) if node_key else ''}); "
-            f"log {proc.log}, audit log {Path(nc['audit-dir']) / 'audit.jsonl'}; Ctrl-C stops it")
-        offset = 0
-        while proc.alive() and stop["sig"] is None:
-            offset = _echo_new(proc.log, offset, echo)
-            time.sleep(poll)
-        _echo_new(proc.log, offset, echo)
-        code = proc.popen.poll()
+        while True:
+            attempt += 1
+            start = _size(home / "logs" / "supernode.log")
+            proc = procs.start("supernode", argv, env=env)
+            if attempt == 1:
+                key_note = f", node key {node_key}" if node_key else ""
+                log(f"SuperNode started (pid {proc.pid}) for partner {nc['partition-id']}, connecting to {superlink} "
+                    f"({'INSECURE: no TLS' if insecure else 'TLS'}{key_note}); "
+                    f"log {proc.log}, audit log {Path(nc['audit-dir']) / 'audit.jsonl'}; Ctrl-C stops it")
+            else:
+                log(f"SuperNode started again (pid {proc.pid}, attempt {attempt})")
+            offset = start
+            while proc.alive() and stop["sig"] is None:
+                offset = _echo_new(proc.log, offset, echo)
+                time.sleep(poll)
+            _echo_new(proc.log, offset, echo)
+            code = proc.popen.poll()
+            if stop["sig"] is not None or not code or NOT_ACTIVATED not in _read_from(proc.log, start):
+                break
+            waited = time.monotonic() - t0
+            if waited + delay > wait:
+                raise PilotError(
+                    f"the coordinator at {superlink} did not accept this site's SuperNode in {waited:.0f} s "
+                    f"({attempt} attempts, '{NOT_ACTIVATED}'): check that the coordinator is running (fedmol pilot "
+                    f"coordinator) and registered this site's public key "
+                    f"({str(node_key) + '.pub' if node_key else 'none: it must run --no-node-auth'}), that "
+                    f"--superlink is its address and port and the firewall lets it through, and that --certs is "
+                    f"this pilot's folder (its ca.pem); the SuperNode's log: {proc.log}")
+            log(f"the coordinator has not accepted this site yet ('{NOT_ACTIVATED}': its key is not registered "
+                f"yet, or it is not up): trying again in {delay:.0f} s (giving up after {wait:.0f} s)")
+            end = time.monotonic() + delay
+            while time.monotonic() < end and stop["sig"] is None:
+                time.sleep(min(poll, max(0.0, end - time.monotonic())))
+            if stop["sig"] is not None:
+                break
+            delay = min(delay * 2, float(backoff[1]))
     finally:
         procs.stop_all()
         for sig, h in previous.items():
@@ -271,6 +308,22 @@ def run_partner(superlink: str, nc: dict, home: Path, *, ca: Path | None, node_k
     if code:
         raise PilotError(f"the SuperNode exited with code {code}; its log {proc.log} ends with:\n{log_tail(proc.log)}")
     return 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _echo_new(path: Path, offset: int, echo) -> int:
