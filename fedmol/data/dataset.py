@@ -9,8 +9,11 @@ split files, reports and submissions all speak in these row numbers, never in da
 Invalid or empty SMILES are never dropped silently: the dataset holds only valid molecules, and
 ``dataset.report`` counts the rows, valid, invalid (each with row, SMILES and reason, also written
 to ``invalid_rows.csv`` beside the cache) and duplicated SMILES (exact text repeats of an earlier
-valid row's SMILES). Labels that are not numbers, or classification labels that are not 0/1,
-are an error that names the rows.
+valid row's SMILES). A regression label that is not a finite number (``inf``, ``1e400``, beyond
+float32) makes its row invalid (listed with the reason, counted in ``invalid_labels`` too). Labels
+that are not numbers, classification labels that are not 0/1, a target column without any label,
+duplicate column names and files that are not UTF-8 text tables are an error (one line that names
+the rows, columns or what the file is).
 
 Processed tensors are cached under ``$FEDMOL_CACHE_DIR/processed/`` (safetensors + JSON, nothing
 pickled), keyed by the source file's sha256, the featurizer version, the RDKit version and (for
