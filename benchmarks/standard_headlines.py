@@ -64,6 +64,28 @@ def delta(measure):
                 print(f"| {m} | " + " | ".join(row) + f" | {np.mean(vals):+.3f} |")
 
 
+def ties(measure, devices, methods, title):
+    """Per dataset x alpha: the methods in order of mean ``measure``, each marked against the best
+    by a paired t-test over seeds (fedmol.stats): = best, ~ tie (p >= 0.05), < significantly worse."""
+    from fedmol.stats import SIGNIFICANCE, tie_labels
+
+    print(f"\n**{title}** (order by mean; `~` within seed noise of the best, `<` significantly below it: "
+          f"paired t-test over the seeds, p < {SIGNIFICANCE})\n")
+    print("| dataset | alpha | ranking |")
+    print("|---|---:|---|")
+    mark = {"best": "", "tie": "~", "worse": "<", "": "?"}
+    for ds in d.dataset.unique():
+        for a in sorted(d.alpha.unique()):
+            sub = d[(d.dataset == ds) & (d.devices == devices) & (d.alpha == a) & d.method.isin(methods)]
+            by = sub.pivot_table(index="seed", columns="method", values=measure, aggfunc="first")
+            if by.empty:
+                continue
+            order = by.mean().sort_values(ascending=False).index.tolist()
+            labels = tie_labels([by[m].to_dict() for m in order])
+            cells = [f"{mark[lab]}{m} {by[m].mean():.3f}" for m, lab in zip(order, labels)]
+            print(f"| {ds} | {a:g} | " + ", ".join(cells) + " |")
+
+
 buf = io.StringIO()
 with contextlib.redirect_stdout(buf):
     table("test@1.0", "tiered", refs[:2] + refs[3:] + algos, "test ROC-AUC of the global model at width 1 (clean links)")
@@ -72,6 +94,10 @@ with contextlib.redirect_stdout(buf):
     table("test@partner", "tiered-faulty0.5", algos, "test@partner with faulty links (p=0.5)")
     delta("test@partner")
     delta("test@0.125")
+    ties("test@1.0", "tiered", algos, "which differences at width 1 are more than seed noise (clean links)")
+    ties("test@partner", "tiered", [a for a in algos if a != "fedavg"],
+         "which per-partner differences are more than seed noise (clean links; FedAvg left out: its row credits "
+         "the partners that cannot run its model with it)")
     table("gain_test", "tiered", algos, "federated gain on the global test set vs each partner's local-only GNN (clean)")
     if "selected_round" in d:
         d["selection_gain"] = d["test@1.0"] - d["test_last@1.0"]

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors.torch import save_file
 
 from fedmol import checkpoint as ckpt
 from fedmol.data.dataset import MoleculeDataset
@@ -48,6 +47,7 @@ from fedmol.data.splits import dataset_scaffolds
 from fedmol.evaluate import Evaluator
 from fedmol.jsonio import to_json, write_json
 from fedmol.models import build
+from fedmol.safetensors_io import save_safetensors
 from fedmol.training import fit, resolve_device, score, seed_everything, width_key
 
 
@@ -123,8 +123,8 @@ def train_centralized(ds: MoleculeDataset, out_dir: str | Path | None = None, mo
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        save_file(weights, str(out / "model.safetensors"),
-                  metadata={"config": to_json(net.config)})
+        save_safetensors(weights, str(out / "model.safetensors"),
+                         metadata={"config": to_json(net.config)})
         write_json(out / "summary.json", summary)
     if checkpoint is not None:
         shutil.rmtree(checkpoint, ignore_errors=True)  # complete: nothing left to resume

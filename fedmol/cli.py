@@ -396,6 +396,9 @@ def run(
                       + (FELL_BACK + fell_back if fell_back else "") + ")", highlight=False)
     console.print(f"sent {s['bytes_down'] / 1e6:.2f} MB down, {s['bytes_up'] / 1e6:.2f} MB up; "
                   f"{s['failures']} failed partner-rounds -> {out}")
+    if s.get("unserved"):
+        console.print(f"{s['unserved']} partner(s) cannot run any width the model is served at: no federated model, "
+                      "left out of the per-partner scores (per_partner 'served': false)", highlight=False)
 
 
 def undefined_metric_warnings(cfg, summary: dict, out: Path | None) -> list[str]:
@@ -427,7 +430,7 @@ def undefined_metric_warnings(cfg, summary: dict, out: Path | None) -> list[str]
 @friendly
 def bench(
     suite: str = typer.Argument(..., help="A suite of benchmarks/suites/ (quick, standard) or a suite TOML file."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default: benchmarks/results/<suite>)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default: results/<suite> in the current folder; the committed ones: --out benchmarks/results/<suite>)."),
     algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Comma-separated subset of the suite's algorithms."),
     no_references: bool = typer.Option(False, "--no-references", help="Skip the local-only and centralized references."),
     report_only: bool = typer.Option(False, "--report-only", help="Run nothing: rebuild tables and plots from finished runs."),

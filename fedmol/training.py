@@ -127,11 +127,26 @@ def train_epoch(model, loader: Iterable, optimizer: torch.optim.Optimizer,
     return {"loss": total / max(steps, 1), "steps": steps, "samples": samples}
 
 
+def _evaluated(epoch: int, epochs: int, round_epochs: int | None, eval_every: int) -> bool:
+    """Whether :func:`fit` evaluates after ``epoch`` (see its ``round_epochs``)."""
+    if not round_epochs or epoch == epochs - 1:
+        return True
+    rnd, last_of_round = divmod(epoch + 1, int(round_epochs))
+    return last_of_round == 0 and (rnd - 1) % int(eval_every) == 0
+
+
 def fit(model, train, valid, evaluator: Evaluator, *, seed: int, epochs: int, lr: float = 1e-3,
         weight_decay: float = 0.0, batch_size: int = 32, clip: float | None = None, max_steps: int | None = None,
         patience: int | None = None, on_epoch: Callable | None = None, test=None,
-        checkpoint: Path | None = None, fingerprint: dict | None = None) -> dict:
+        checkpoint: Path | None = None, fingerprint: dict | None = None,
+        round_epochs: int | None = None, eval_every: int = 1) -> dict:
     """Train ``model`` with Adam and early stopping on ``valid``; the best epoch's weights are kept.
+
+    ``round_epochs`` (the federated protocol, for references trained like a partner): epochs come
+    in rounds of ``round_epochs``, Adam is rebuilt at the start of every round (as a partner
+    rebuilds it every round), and only the last epoch of every ``eval_every``-th round (and the
+    last epoch) is evaluated and may be kept -- the rounds a federated run evaluates and selects
+    among. Default (None): one Adam over all epochs, every epoch evaluated.
 
     Without a usable validation metric (e.g. one class only) the last epoch is kept. ``on_epoch(epoch,
     stats, valid_metric, best)`` is called after every epoch (progress bars). ``test``: a dataset
@@ -152,7 +167,8 @@ def fit(model, train, valid, evaluator: Evaluator, *, seed: int, epochs: int, lr
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         fingerprint = dict(fingerprint or {}, seed=seed, epochs=int(epochs), lr=lr, weight_decay=weight_decay,
-                           batch_size=int(batch_size), clip=clip, max_steps=max_steps, patience=patience)
+                           batch_size=int(batch_size), clip=clip, max_steps=max_steps, patience=patience,
+                           **({"round_epochs": int(round_epochs), "eval_every": int(eval_every)} if round_epochs else {}))
         restored = ckpt.load(checkpoint, fingerprint, model, opt, loader.generator)
         if restored:
             best, best_state, best_epoch = restored["best"], restored["best_state"], restored["best_epoch"]
@@ -161,12 +177,15 @@ def fit(model, train, valid, evaluator: Evaluator, *, seed: int, epochs: int, lr
     for epoch in range(len(history), int(epochs)):
         if patience is not None and history and history[-1]["epoch"] - best_epoch >= patience:
             break  # early stopping (also for a resumed run that had met the rule before it was cut)
+        if round_epochs and epoch and epoch % int(round_epochs) == 0:
+            opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         stats = train_epoch(model, loader, opt, max_steps=max_steps, clip=clip)
-        v = score(model, valid, evaluator)[metric] if len(valid) else float("nan")
-        history.append({"epoch": epoch, "loss": stats["loss"], "valid": v})
-        if test is not None:
+        evaluated = _evaluated(epoch, int(epochs), round_epochs, eval_every)
+        v = score(model, valid, evaluator)[metric] if evaluated and len(valid) else float("nan")
+        history.append({"epoch": epoch, "loss": stats["loss"], "valid": v if evaluated else None})
+        if test is not None and evaluated:
             history[-1]["test"] = score(model, test, evaluator)[metric] if len(test) else float("nan")
-        if best_state is None or Evaluator.better(metric, v, best) or (np.isnan(v) and np.isnan(best)):
+        if evaluated and (best_state is None or Evaluator.better(metric, v, best) or (np.isnan(v) and np.isnan(best))):
             best, best_epoch = v, epoch
             best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
         if on_epoch is not None:

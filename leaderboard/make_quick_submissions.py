@@ -13,8 +13,8 @@ Usage (from anywhere; a few minutes on one CPU core)::
 
 Method-specific hyperparameters (everything the track does not fix) are in :data:`HPARAMS`:
 FedDF's server-side distillation budget is the one of the ``quick`` bench suite, and its public
-pool is RDKit's NCI 5K set (shipped with RDKit: offline, so ``verify --rerun`` reproduces it
-anywhere; the harness has FedDF remove every molecule of the federated dataset from it).
+pool is FedDF's default (RDKit's NCI and WEHI sets, shipped with RDKit: offline, so ``verify
+--rerun`` reproduces it anywhere; every molecule of the federated dataset is removed from it).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 TRACK = "quick"
 HPARAMS: dict[str, dict] = {
-    "feddf": dict(distill_steps=50, eval_every=10, patience=30, pool_size=500, pool_sources="rdkit_nci5k"),
+    "feddf": dict(distill_steps=50, eval_every=10, patience=30, pool_size=500),
 }
 #: variants of the standard bench suite shipped as rows of their own (their algorithm and hyperparameters
 #: are the suite's: benchmarks/suites/standard.toml)

@@ -66,6 +66,21 @@ class LocalData:
     valid: Any
 
 
+def initial_model(model_config: dict, seed: int) -> nn.Module:
+    """The run's starting weights, the same for every algorithm and reference of one seed: the
+    full-width backbone built right after seeding, then (when ``model_config["width"] < 1``) its
+    leading slice loaded into the standalone model of that width. Normalization modes differ by
+    algorithm only in buffers (statistics start at 0 / 1), so every algorithm's parameters start equal."""
+    seed_everything(seed)
+    full = build(**{**model_config, "width": 1.0})
+    width = float(model_config.get("width", 1.0))
+    if width >= 1.0:
+        return full
+    model = build(**model_config)
+    model.load_state_dict(slicing.sub_state_dict(full, width))
+    return model
+
+
 class HParams(BaseModel):
     """The hyperparameters every algorithm shares (local training, DP), typed and ranged: an
     algorithm's own model (``hparam_schema``, next to its ``defaults`` in its module) extends this
@@ -160,8 +175,7 @@ class Algorithm:
     def init(self, partners: list[PartnerInfo]) -> None:
         """Server initialization: the global model (seeded) and whatever the algorithm needs."""
         self.partners = list(partners)
-        seed_everything(self.seed)
-        self.model = build(**self.model_config)
+        self.model = initial_model(self.model_config, self.seed)
 
     def widths(self) -> tuple[float, ...]:
         """The widths at which the global model can be served (and is evaluated)."""
@@ -291,7 +305,10 @@ class Algorithm:
 
     @classmethod
     def reply(cls, model: nn.Module, data: LocalData, stats: dict) -> Message:
-        return Message(arrays={k: v.detach().clone() for k, v in model.state_dict().items()},
+        """The trained weights; per-width BN statistics only of the widths this partner ran
+        (:func:`slicing.untrained_stat_keys`: the others would be the stale values it received)."""
+        stale = slicing.untrained_stat_keys(model)
+        return Message(arrays={k: v.detach().clone() for k, v in model.state_dict().items() if k not in stale},
                        metrics={"n_train": float(len(data.train)), **{k: float(v) for k, v in stats.items()}})
 
     @classmethod

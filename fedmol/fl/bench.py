@@ -40,7 +40,8 @@ device profiles x seeds x (algorithms + references), with shared run settings::
 Every name is checked before anything runs (unknown dataset, algorithm, hyperparameter, device
 profile, reference: one clear error).
 
-Layout under the output folder (default ``benchmarks/results/<name>``)::
+Layout under the output folder (default ``results/<name>`` in the current folder; the committed
+results of the repository are made with ``--out benchmarks/results/<name>``)::
 
     suite.json                                   the resolved suite
     runs/<dataset>/<devices>/a<alpha>/<algorithm>/s<seed>/           run_federated's files
@@ -268,9 +269,9 @@ def check_suite(s: Suite) -> None:
 
 
 def default_out(s: Suite) -> Path:
-    """``benchmarks/results/<name>`` beside the suites folder the suite came from."""
-    base = s.path.parent.parent if s.path.parent.name == "suites" else s.path.parent
-    return base / "results" / s.name
+    """``results/<name>`` in the current folder: a benchmark never overwrites the committed
+    results under ``benchmarks/results/`` unless asked to with ``--out``."""
+    return Path("results") / s.name
 
 
 def _tag(devices: str) -> str:
@@ -484,8 +485,10 @@ def settings_notes(s: Suite, threads: int | None) -> list[str]:
                     f"references (no communication) frame every variant." if s.faulty_links != [0.0] else ""))
     ref = {"min_epochs": 5, "patience": None, **s.reference}
     lines.append(f"References: {', '.join(s.references) or 'none'} x {', '.join(s.reference_models)}; GNN epochs "
-                 f"max({ref['min_epochs']}, rounds x local_epochs), each capped like a round's local work, best "
-                 f"validation epoch kept (patience {ref['patience']}); forests: ECFP4 2048 bits, 200 trees.")
+                 f"max({ref['min_epochs']}, rounds x local_epochs), each capped like a round's local work, trained "
+                 f"like a federated partner (the run seed's common start weights, Adam rebuilt every round of "
+                 f"local_epochs epochs, the best validation score among the rounds a federated run evaluates; "
+                 f"patience {ref['patience']}); forests: ECFP4 2048 bits, 200 trees.")
     return lines
 
 

@@ -205,7 +205,7 @@ class RoundDriver:
         server_time = time.perf_counter() - ts
         self.bytes_up, self.bytes_down = self.bytes_up + up, self.bytes_down + down
         row = dict(round=rnd, participants=len(replies), partners=";".join(str(name(p)) for p, _ in replies),
-                   failures=len(failures), failure_reasons=" | ".join(failures), truncated=len(truncated),
+                   sat_out=len(online) - len(sends), failures=len(failures), failure_reasons=" | ".join(failures), truncated=len(truncated),
                    truncations=" | ".join(truncated), bytes_up=up, bytes_down=down,
                    sim_client_seconds=round(client_time, 4))
         if self.min_partners:
@@ -247,6 +247,7 @@ class RoundDriver:
         return dict(dataset=dataset, metric=self.metric, algorithm=algorithm, test=self.scores(self.selected, "test"),
                     valid=valid, selected_round=self.selected, selection=self.selector.describe(),
                     test_last=self.scores(self.rows[-1]["round"], "test"), per_partner=per_partner,
+                    unserved=sum(1 for p in per_partner if p.get("served") is False),
                     bytes_up=self.bytes_up, bytes_down=self.bytes_down, failures=self.failures, rounds=self.rounds,
                     privacy=privacy, seconds=round(time.perf_counter() - t_start, 2), **extra)
 
@@ -343,10 +344,17 @@ def sent_record(rnd: int, partner, reply, algo) -> dict:
                 disclosed={k: reply.arrays[k].tolist() for k in algo.disclosures if k in reply.arrays})
 
 
-def served_width(widths: tuple[float, ...], cap: float) -> float:
-    """The widest served width a device with cap ``cap`` can run (the narrowest if none fits)."""
+def served_width(widths: tuple[float, ...], cap: float) -> float | None:
+    """The widest served width a device with cap ``cap`` can run; None when it can run none (the
+    partner gets no federated model: it is left out of the per-partner scores and counted)."""
     fitting = [w for w in widths if w <= cap + 1e-9]
-    return max(fitting) if fitting else min(widths)
+    return max(fitting) if fitting else None
+
+
+def unserved_entry(partner: int, n_train: int, n_valid: int) -> dict:
+    """``per_partner`` entry of a partner whose device runs no served width: no federated model,
+    so no score (``served`` false; reports leave it out of per-partner means and count it)."""
+    return dict(partner=partner, width=None, served=False, n_train=n_train, n_valid=n_valid, test=None, valid=None)
 
 
 def write_predictions(path: Path, algo, test, num_tasks: int, widths) -> None:

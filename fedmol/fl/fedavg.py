@@ -30,7 +30,6 @@ from pydantic import Field
 from fedmol.errors import FedmolError
 from fedmol.fl.algorithm import Algorithm, HParams, PartnerInfo
 from fedmol.fl.message import Message
-from fedmol.models import build
 
 
 class FedAvgHParams(HParams):
@@ -49,8 +48,7 @@ class FedAvg(Algorithm):
             raise FedmolError(f"fedavg: hetero must be 'drop' or 'min', got {self.hp['hetero']!r}")
         self.train_width = 1.0 if self.hp["hetero"] == "drop" else min(p.device.max_width for p in partners)
         self.model_config = {**self.model_config, "width": self.train_width}
-        super().init(partners)
-        self.model = build(**self.model_config)  # the standalone model of the trained width
+        super().init(partners)  # the standalone model of the trained width, sliced from the common start
 
     def widths(self) -> tuple[float, ...]:
         return (self.train_width,)

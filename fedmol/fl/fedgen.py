@@ -44,9 +44,12 @@ bin, in the task's units). Partners report per-(task, bin) counts from round 1 o
 aggregation is the sample-weighted nested mean over the partners holding each coordinate
 (:func:`fedmol.models.slicing.aggregate_nested`); BN keeps per-width statistics ("fjord_bn"),
 which a partner updates only at the width it trains, as running averages over its own local
-steps: the served statistics of width r describe the local models of the partners whose cap is r,
-not the averaged global weights they are used with (the standard suite's width-1/8 failure on
-BBBP and B3DB, ``benchmarks/fedgen_bn_diagnostic.py``).
+steps, and sends back only for the widths it ran (:meth:`Algorithm.reply`), so the served width-r
+statistics are the mean over the partners that ran width r. They describe those partners' local
+models, not the averaged global weights they are used with (``benchmarks/fedgen_bn_diagnostic.py``).
+Until 2026-12-02 the wider partners also returned the stale width-r values they had received, so
+the served statistics were a blend weighted towards old rounds' (the standard suite's dated
+record, with its width-1/8 failure on BBBP and B3DB, was made that way).
 hp ``pooled_bn=True`` (default False: FedGen as published; the standard suite runs both) replaces them,
 before every evaluation, with the statistics pooled over all partners' training molecules by
 HeteroFL's counted sBN query (:mod:`fedmol.fl.pooled_bn`; batches of ``sbn_batch_size``); each
@@ -291,7 +294,8 @@ class FedGen(PooledBNStats, Algorithm):
         for p, arrays, _ in models:  # the teachers: this round's partner heads
             r = self.last_widths[p.pid]
             net = build(**{**self.model_config, "width": r})
-            net.load_state_dict(arrays)
+            # statistics of narrower widths the partner did not run are not sent back (unused at width r)
+            net.load_state_dict({**slicing.sub_state_dict(self.model, r), **arrays})
             net.eval()
             for q in net.parameters():
                 q.requires_grad_(False)

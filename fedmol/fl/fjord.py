@@ -41,8 +41,9 @@ What the paper does, and where it lives here:
   nested, a coordinate's final value is the one written by the smallest ``p`` whose slice holds
   it, i.e. the ``n_k``-weighted mean over the partners whose cap slice contains the coordinate
   -- which is exactly :func:`fedmol.models.slicing.aggregate_nested` over the partners' full cap
-  slices with weights ``n_k`` (one call, no per-``p`` loop; per-width BN statistics exist only in
-  the slices of partners with ``p_max >= p``, so they follow the same rule). Coordinates no
+  slices with weights ``n_k`` (one call, no per-``p`` loop). Per-width BN statistics: a partner
+  returns only those of the widths it ran this round (the others would be the stale values it
+  received), so width ``p``'s statistics are the mean over the partners that trained at ``p``. Coordinates no
   participant holds keep their old value. ``tests/fl/test_fjord.py`` checks the equivalence
   against the per-``p`` loop on hand-made tensors.
 * **Widths served:** ``WIDTHS`` down to the smallest device cap.

@@ -46,7 +46,7 @@ from fedmol.evaluate import Evaluator
 from fedmol.fl import privacy
 from fedmol.fl.algorithm import LocalData, PartnerInfo
 from fedmol.fl.devices import assign_devices
-from fedmol.fl.driver import Delivery, RoundDriver, check_schedule, served_width
+from fedmol.fl.driver import Delivery, RoundDriver, check_schedule, served_width, unserved_entry
 from fedmol.fl.registry import get_algorithm
 from fedmol.fl.selection import check_selection
 from fedmol.jsonio import write_json
@@ -172,9 +172,12 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
     test = driver.scores(selected, "test")
     per_partner = []
     for p in fed.infos:
-        w = served_width(driver.widths, p.device.max_width)
+        w, n_valid = served_width(driver.widths, p.device.max_width), len(fed.local[p.pid].valid)
+        if w is None:
+            per_partner.append(unserved_entry(p.pid, p.n_train, n_valid))
+            continue
         driver.query(w)
-        per_partner.append(dict(partner=p.pid, width=w, n_train=p.n_train, n_valid=len(fed.local[p.pid].valid),
+        per_partner.append(dict(partner=p.pid, width=w, served=True, n_train=p.n_train, n_valid=n_valid,
                                 test=test[width_key(w)],
                                 valid=score(algo.eval_model(w), fed.local[p.pid].valid, evaluator, w)[metric]))
     extra = {"public_pool": algo.pool.report} if getattr(algo, "pool", None) is not None else {}

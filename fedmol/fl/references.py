@@ -15,11 +15,15 @@ classification: ``RandomForestClassifier(n_estimators=200, class_weight="balance
 per task on its labelled rows, the score is ``predict_proba`` of class 1; regression:
 ``RandomForestRegressor(200)``), seeded from the run seed (and the partner id).
 
-Training budget of the GNN references ("comparable to the federation"): ``epochs =
-max(min_epochs, rounds * local_epochs)``, keeping the epoch with the best validation metric
-(optionally stopping after ``patience`` epochs without improvement; a partner whose validation
-metric is undefined, e.g. one class only, keeps its last epoch). When the federation caps
-local work with ``max_local_steps``, a reference "epoch" is capped the same way so that it costs
+Training protocol of the GNN references (the federated one, so that a partner's alone-vs-federated
+comparison differs only in the data): the same start weights as every algorithm of the run seed
+(:func:`fedmol.fl.algorithm.initial_model`; a local-only partner gets the slice of its width);
+``epochs = max(min_epochs, rounds * local_epochs)`` in rounds of ``local_epochs`` epochs with Adam
+rebuilt every round (as a partner rebuilds it); the validation metric is computed, and the model
+may be kept, only after the rounds a federated run evaluates (every ``eval_every``-th and the
+last), keeping the best (optionally stopping after ``patience`` epochs without improvement; a
+partner whose validation metric is undefined, e.g. one class only, keeps its last evaluated
+round). When the federation caps local work with ``max_local_steps``, a reference "epoch" is capped the same way so that it costs
 what one round costs: ``max_local_steps`` mini-batches for a local-only partner and
 ``partners * max_local_steps`` for the pooled centralized model (the total number of optimizer
 steps the federation takes per round). Optimizer and batch: Adam with the run's ``lr``,
@@ -50,11 +54,10 @@ import torch
 
 from fedmol.errors import FedmolError
 from fedmol.evaluate import HIGHER_IS_BETTER, Evaluator
-from fedmol.fl.algorithm import Algorithm
+from fedmol.fl.algorithm import Algorithm, initial_model
 from fedmol.fl.harness import Federation, RunConfig, build_federation
 from fedmol.jsonio import write_json
-from fedmol.models import build
-from fedmol.training import fit, score, seed_everything, width_key
+from fedmol.training import fit, score, width_key
 
 REFERENCES = ("local-only", "centralized")
 REFERENCE_MODELS = ("gnn", "rf-ecfp4")
@@ -62,6 +65,9 @@ FP_RADIUS = 2
 FP_BITS = 2048
 RF_TREES = 200
 
+#: how a GNN reference trains and selects (recorded in its config.json), like a federated partner
+PROTOCOL = ("rounds of local_epochs epochs, Adam rebuilt every round; best pooled/own validation score among "
+            "the rounds a federated run evaluates (every eval_every-th and the last)")
 #: the hyperparameters of the shared local training loop that the GNN references take from the run
 TRAIN_KEYS = ("local_epochs", "batch_size", "lr", "weight_decay", "max_local_steps", "clip")
 
@@ -183,13 +189,18 @@ def budget(cfg: RunConfig, min_epochs: int = 5) -> int:
 
 
 def fit_gnn(train, valid, model_config: dict, evaluator: Evaluator, *, seed: int, epochs: int,
-            hp: dict, max_steps: int | None = None, patience: int | None = None) -> tuple[torch.nn.Module, dict]:
-    """``build(**model_config)`` trained by :func:`fedmol.training.fit` (early stopping on ``valid``).
-    Returns ``(model at its best epoch, {"valid", "best_epoch", "epochs_run"})``."""
-    seed_everything(seed)
-    net = build(**model_config)
+            hp: dict, max_steps: int | None = None, patience: int | None = None, init_seed: int | None = None,
+            eval_every: int = 1) -> tuple[torch.nn.Module, dict]:
+    """The run's starting weights (:func:`fedmol.fl.algorithm.initial_model` of ``init_seed``, the
+    run seed: the same start as every federated algorithm) trained by :func:`fedmol.training.fit`
+    under the federated protocol: rounds of ``local_epochs`` epochs, Adam rebuilt every round, the
+    best validation score among the rounds a federated run evaluates (every ``eval_every``-th and
+    the last); ``seed`` orders the data. Returns ``(model at its best round, {"valid", "best_epoch",
+    "epochs_run"})``."""
+    net = initial_model(model_config, seed if init_seed is None else init_seed)
     res = fit(net, train, valid, evaluator, seed=seed, epochs=epochs, lr=hp["lr"], weight_decay=hp["weight_decay"],
-              batch_size=hp["batch_size"], clip=hp["clip"], max_steps=max_steps, patience=patience)
+              batch_size=hp["batch_size"], clip=hp["clip"], max_steps=max_steps, patience=patience,
+              round_epochs=int(hp["local_epochs"]), eval_every=eval_every)
     return net, {k: res[k] for k in ("valid", "best_epoch", "epochs_run")}
 
 
@@ -233,13 +244,13 @@ def reference_config(cfg: RunConfig, reference: str, model: str, min_epochs: int
 
     # what a reference does not depend on: the algorithm, sampling, evaluation schedule and model selection
     # of a federated run, links, data folder
-    skip = {"algorithm", "data_dir", "eval_every", "select", "clients_per_round", "faulty_links", "lossy_links"}
+    skip = {"algorithm", "data_dir", "select", "clients_per_round", "faulty_links", "lossy_links"}
     run = {k: v for k, v in asdict(cfg).items() if k not in skip}
     run["hparams"] = {k: v for k, v in (cfg.hparams or {}).items() if k in TRAIN_KEYS}
     conf = dict(reference=reference, model=model, run=run, split=split_versions())
     if model == "gnn":
         conf["train"] = dict(train_settings(cfg), epochs=budget(cfg, min_epochs), patience=patience,
-                             optimizer="adam")
+                             optimizer="adam", protocol=PROTOCOL, init="the run seed's common start weights")
     else:
         conf["forest"] = dict(fingerprint=f"morgan r={FP_RADIUS} {FP_BITS} bits (ECFP4)", trees=RF_TREES,
                               class_weight="balanced", one_forest_per_task=True)
@@ -277,7 +288,8 @@ def run_reference(cfg: RunConfig, reference: str, model: str = "gnn", out_dir: s
             if model == "gnn":
                 width = float(info.device.max_width)
                 net, _ = fit_gnn(data.train, data.valid, _model_config(cfg, ds, width), evaluator, seed=seed,
-                                 epochs=epochs, hp=hp, max_steps=cap, patience=patience)
+                                 epochs=epochs, hp=hp, max_steps=cap, patience=patience, init_seed=int(cfg.seed),
+                                 eval_every=int(cfg.eval_every))
                 test = score(net, fed.test, evaluator)[metric]
                 valid = score(net, data.valid, evaluator)[metric] if len(data.valid) else float("nan")
             else:
@@ -298,7 +310,8 @@ def run_reference(cfg: RunConfig, reference: str, model: str = "gnn", out_dir: s
         if model == "gnn":
             max_steps = None if cap is None else int(cap) * len(fed.infos)
             net, _ = fit_gnn(train, fed.valid, _model_config(cfg, ds, 1.0), evaluator, seed=int(cfg.seed),
-                             epochs=epochs, hp=hp, max_steps=max_steps, patience=patience)
+                             epochs=epochs, hp=hp, max_steps=max_steps, patience=patience,
+                             eval_every=int(cfg.eval_every))
 
             def evaluate(d):
                 return score(net, d, evaluator)[metric] if len(d) else float("nan")

@@ -43,13 +43,15 @@ import pandas as pd
 
 from fedmol.evaluate import HIGHER_IS_BETTER
 from fedmol.fl.references import REFERENCE_MODELS, federated_gain
+from fedmol.stats import SIGNIFICANCE, tie_labels
 from fedmol.jsonio import read_summary
 
 KEYS = ["dataset", "metric", "alpha", "devices", "kind", "method"]
 GAIN_MEASURES = ["gain_test", "gain_valid", "rel_gain_test", "rel_gain_valid", "share_gain_test",
                  "share_gain_valid", "gain_test_vs_rf"]
-OTHER_MEASURES = ["test@partner", "valid@partner", *GAIN_MEASURES, "mb", "seconds", "selected_round",
+OTHER_MEASURES = ["test@partner", "valid@partner", *GAIN_MEASURES, "served", "mb", "seconds", "selected_round",
                   "test_last@1.0"]
+
 #: reference rows first, in this order
 REF_ORDER = [(r, m) for r in ("local-only", "centralized") for m in REFERENCE_MODELS]
 NOTES = [
@@ -64,6 +66,12 @@ NOTES = [
     "for federated runs), on the global test set and on the partner's own validation set, signed so that "
     "positive = better than training alone (also for RMSE); mean over partners. gaining: share of partners "
     "with a positive test gain. gain vs local RF: the test gain over each partner's local ECFP4 random forest.",
+    "served: share of partners whose device can run a width the federated model is served at. A partner that "
+    "cannot (e.g. a narrow device under FedAvg, which trains full width only) gets no federated model: it is "
+    "left out of test@partner, the gains and gaining (never credited with a model it cannot run).",
+    "rank (with >= 2 seeds): best = the federated method with the best mean test@partner of its setting; tie = "
+    f"not different from the best by a paired t-test over seeds (two-sided p >= {SIGNIFICANCE}); worse = "
+    "significantly below the best. With one seed no difference is tested.",
     "MB: megabytes (1e6 bytes) sent down + up over the whole run.",
 ]
 
@@ -131,6 +139,7 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         if family == "gnn" and rf is not None:
             row["gain_test_vs_rf"] = federated_gain(s, rf)["gain_test"]
         if e["kind"] == "federated":
+            row["served"] = _nanmean([0.0 if p.get("served") is False else 1.0 for p in pp])
             row["mb"] = (s.get("bytes_up", 0) + s.get("bytes_down", 0)) / 1e6
             # which round the run reports, and what the last round's model scored (how much selection mattered)
             row["selected_round"] = s.get("selected_round")
@@ -144,6 +153,20 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 per_seed[c] = np.nan
         per_seed = per_seed[_ordered_columns(per_seed.columns)]
     return per_seed, pd.DataFrame(partner_rows)
+
+
+def ranks(per_seed: pd.DataFrame, measure: str = "test@partner") -> dict[tuple, str]:
+    """``{(dataset, alpha, devices, method): "best" | "tie" | "worse"}`` for the federated methods
+    of every setting with >= 2 seeds (:func:`fedmol.stats.tie_labels` of ``measure`` over seeds)."""
+    out: dict[tuple, str] = {}
+    fed = per_seed[per_seed["kind"] == "federated"]
+    for (ds, metric, alpha, dev), g in fed.groupby(["dataset", "metric", "alpha", "devices"], sort=False):
+        by = g.pivot_table(index="seed", columns="method", values=measure, aggfunc="first", dropna=False)
+        if len(by) < 2:
+            continue
+        labels = tie_labels([by[m].to_dict() for m in by.columns], HIGHER_IS_BETTER.get(metric, True))
+        out.update({(ds, alpha, dev, m): lab for m, lab in zip(by.columns, labels)})
+    return out
 
 
 def width_columns(columns) -> list[str]:
@@ -171,6 +194,8 @@ def results_table(per_seed: pd.DataFrame) -> pd.DataFrame:
         out[f"{m}_mean"] = mean[m]
         out[f"{m}_std"] = std[m]
     out = out.reset_index()
+    rank = ranks(per_seed)
+    out["rank"] = [rank.get((r.dataset, r.alpha, r.devices, r.method), "") for r in out.itertuples()]
     first = {k: {v: i for i, v in enumerate(dict.fromkeys(per_seed[k]))} for k in ("dataset", "devices")}
     out["_d"] = out["dataset"].map(first["dataset"])
     out["_v"] = out["devices"].map(first["devices"])
@@ -194,21 +219,24 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     widths = [c[: -len("_mean")] for c in table.columns if c.startswith("test@") and c.endswith("_mean")
               and c != "test@partner_mean"]
     widths = [w for w in widths if table[f"{w}_mean"].notna().any()]
-    header = ["dataset", "metric", "alpha", "devices", "method", "seeds", *widths, "test@partner", "gain test",
-              "gain valid", "gaining", "gain vs local RF", "MB"]
+    header = ["dataset", "metric", "alpha", "devices", "method", "seeds", "rank", *widths, "test@partner",
+              "gain test", "gain valid", "gaining", "gain vs local RF", "served", "MB"]
     rows = []
     for _, r in table.iterrows():
         metric = r["metric"]
         rows.append([
             str(r["dataset"]), f"{metric} ({'↑' if HIGHER_IS_BETTER.get(metric, True) else '↓'})", f"{r['alpha']:g}",
-            str(r["devices"]), str(r["method"]), str(int(r["n_seeds"])),
+            str(r["devices"]), str(r["method"]), str(int(r["n_seeds"])), str(r.get("rank", "")),
             *[_fmt(r[f"{w}_mean"], r[f"{w}_std"]) for w in widths],
             _fmt(r["test@partner_mean"], r["test@partner_std"]),
             _fmt(r["gain_test_mean"], r["gain_test_std"]), _fmt(r["gain_valid_mean"], r["gain_valid_std"]),
             _fmt(r["share_gain_test_mean"], r["share_gain_test_std"], pct=True),
             _fmt(r["gain_test_vs_rf_mean"], r["gain_test_vs_rf_std"]),
+            _fmt(r["served_mean"], None, pct=True),
             "" if not np.isfinite(r["mb_mean"]) else f"{r['mb_mean']:.3g}",
         ])
+    if all(r[6] == "" for r in rows):  # no setting has >= 2 seeds: no rank column
+        header, rows = header[:6] + header[7:], [r[:6] + r[7:] for r in rows]
     return header, rows
 
 

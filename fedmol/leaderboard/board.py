@@ -28,6 +28,7 @@ from fedmol.evaluate import HIGHER_IS_BETTER
 from fedmol.jsonio import write_json
 from fedmol.leaderboard.archive import Limits, Rejected, one_line
 from fedmol.leaderboard.tracks import Track, load_tracks
+from fedmol.stats import SIGNIFICANCE, tie_labels
 
 WIDTH_LABEL = {"1.0": "1", "0.5": "1/2", "0.25": "1/4", "0.125": "1/8", "0.0625": "1/16"}
 
@@ -57,14 +58,14 @@ def summarize(rep, track: Track | None) -> dict:
     ddof = track.std_ddof if track is not None else 1
     splits = sorted({r.split for r in rep.runs})
     widths = sorted({k for r in rep.runs for k in r.test}, key=float, reverse=True)
-    per_width = {}
+    per_width, by_seed = {}, {}
     for k in widths:
-        seed_vals = []
+        by_seed[k] = {}
         for s in sorted({r.seed for r in rep.runs}):
             vals = [r.test[k] for r in rep.runs if r.seed == s and k in r.test]
             if len(vals) == len(splits):
-                seed_vals.append(float(np.mean(vals)))
-        per_width[k] = _stats(seed_vals, ddof)
+                by_seed[k][s] = float(np.mean(vals))
+        per_width[k] = _stats(list(by_seed[k].values()), ddof)
     runs = m["runs"]
     mb = float(np.mean([(r["bytes_up"] + r["bytes_down"]) / 1e6 for r in runs]))
     failures = float(np.mean([r["failures"] for r in runs]))
@@ -72,6 +73,7 @@ def summarize(rep, track: Track | None) -> dict:
     rescored = sorted({w for r in rep.runs for w in r.rescored_only_widths}, key=float, reverse=True)
     return dict(name=rep.name, algorithm=rep.algorithm, track=rep.track, status=rep.status,
                 reasons=rep.unranked_reasons, metric=rep.metric, seeds=rep.seeds, ddof=ddof, widths=per_width,
+                by_seed=by_seed,
                 mb=mb, failures=failures, reproduced=reproduced, rescored=rescored, hparams=m["hparams"])
 
 
@@ -88,6 +90,24 @@ def _rank_key(row: dict, track: Track | None):
         return (1, 0.0, row["name"])
     sign = -1.0 if HIGHER_IS_BETTER.get(row["metric"], True) else 1.0
     return (0, sign * mean, row["name"])
+
+
+def mark_ties(rows: list[dict], track: Track) -> None:
+    """``row["tie"]``: True for a ranked row whose per-seed scores at the ranking width do not differ
+    from the top row's by a paired t-test over seeds (:func:`fedmol.stats.tie_labels`)."""
+    k = repr(float(track.rank_width))
+    higher = HIGHER_IS_BETTER.get(rows[0]["metric"], True) if rows else True
+    labels = tie_labels([r.get("by_seed", {}).get(k, {}) for r in rows], higher)
+    for r, label in zip(rows, labels):
+        r["tie"] = label == "tie"
+
+
+def _rank_cell(i: int, row: dict) -> str:
+    return f"{i} ≈1" if row.get("tie") else str(i)
+
+
+TIE_NOTE = (f"≈1: within seed noise of #1 (paired t-test over the track's seeds, p ≥ {SIGNIFICANCE}); "
+            "rows without it differ from #1 significantly")
 
 
 def _columns(rows: list[dict]) -> list[str]:
@@ -145,6 +165,8 @@ def build_board(submissions: str | Path, out: str | Path, *, tracks_file: str | 
 
     ranked = {name: sorted([r for r in rows if r["status"] == "ranked" and r["track"] == name],
                            key=lambda r: _rank_key(r, t)) for name, t in sorted(tracks.items())}
+    for name, rs in ranked.items():
+        mark_ties(rs, tracks[name])
     unranked = sorted([r for r in rows if r["status"] != "ranked" or r["track"] not in tracks],
                       key=lambda r: (r["track"] or "", r["name"]))
     plots = {name: _plot(out / f"{name}.png", tracks[name], rs) for name, rs in ranked.items() if rs}
@@ -200,7 +222,7 @@ def _track_lines(t: Track) -> list[str]:
             f"Split(s): {', '.join('`data_splits/' + s + '`' for s in t.splits)} · devices `{t.devices}` · "
             f"{t.rounds} rounds · seeds {t.seeds} · fixed: "
             + ", ".join(f"{k}={v}" for k, v in {**t.run, **t.hparams}.items())
-            + f" · mean ± std over seeds (ddof={t.std_ddof}) · ranked by width {t.rank_width:g}"]
+            + f" · mean ± std over seeds (ddof={t.std_ddof}) · ranked by width {t.rank_width:g}", "", TIE_NOTE]
 
 
 def _md_table(rows: list[dict], ranked: bool) -> list[str]:
@@ -210,7 +232,7 @@ def _md_table(rows: list[dict], ranked: bool) -> list[str]:
         "MB sent", "failures/run", "weights reproduce", "config"] + ([] if ranked else ["track", "why unranked"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows, 1):
-        cells = ([str(i)] if ranked else []) + [_md(r["name"]), r["algorithm"]]
+        cells = ([_rank_cell(i, r)] if ranked else []) + [_md(r["name"]), r["algorithm"]]
         cells += [_fmt(*r["widths"].get(k, (math.nan, math.nan, 0))) for k in cols]
         cells += [f"{r['mb']:.3f}", f"{r['failures']:.2f}", ", ".join(r["reproduced"]) or "—",
                   f"[json](configs/{r['slug']}.json)"]
@@ -348,7 +370,7 @@ def _html_table(table_id: str, rows: list[dict], ranked: bool) -> str:
     for i, r in enumerate(rows, 1):
         cells = []
         if ranked:
-            cells.append(f'<td class="num" data-value="{i}">{i}</td>')
+            cells.append(f'<td class="num" data-value="{i}">{_e(_rank_cell(i, r))}</td>')
         cells.append(f'<td data-value="{_e(r["name"])}">{_e(r["name"])}</td>')
         cells.append(f'<td data-value="{_e(r["algorithm"])}">{_e(r["algorithm"])}</td>')
         for k in cols:

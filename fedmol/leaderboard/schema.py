@@ -183,10 +183,12 @@ class RoundRecord(Strict):
 
 class PartnerResult(Strict):
     partner: NonNeg
-    width: float
+    #: None (with ``served`` false and no scores) for a partner whose device runs no served width
+    width: Optional[float]
+    served: bool = True
     n_train: NonNeg
     n_valid: NonNeg
-    test: float
+    test: Optional[float]
     #: None where the partner's validation set cannot be scored (e.g. one class only)
     valid: float | None
 

@@ -58,6 +58,7 @@ __all__ = [
     "sub_state_dict",
     "load_sub_state_dict",
     "aggregate_nested",
+    "untrained_stat_keys",
     "count",
     "recompute_bn_stats",
 ]
@@ -209,6 +210,14 @@ class SliceLinear(SliceModule):
         )
 
 
+def _grid_width(width: float) -> float:
+    """The width of :data:`WIDTHS` equal to ``width`` (per-width statistics exist only for those)."""
+    for r in WIDTHS:
+        if abs(r - width) < _TOL:
+            return r
+    raise ValueError(f"norm 'fjord_bn' keeps statistics only for widths {WIDTHS}, got width {width}")
+
+
 class SliceBatchNorm(SliceModule):
     """Batch normalisation over the first ``ceil(r * num_features)`` channels.
 
@@ -267,18 +276,14 @@ class SliceBatchNorm(SliceModule):
             if mode == "bn":
                 self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         self._collect: int | None = None  # batches seen while recompute_bn_stats runs
+        #: "fjord" mode: the widths whose statistics a training forward of this module updated
+        #: (not saved: a partner's freshly built model starts empty; see :func:`untrained_stat_keys`)
+        self.trained_widths: set[float] = set()
 
     def _stats(self, width: float, c: int) -> tuple[Tensor, Tensor]:
         if self.mode == "fjord":
-            for r in WIDTHS:
-                if abs(r - width) < _TOL:
-                    return (
-                        getattr(self, f"running_mean_{width_tag(r)}"),
-                        getattr(self, f"running_var_{width_tag(r)}"),
-                    )
-            raise ValueError(
-                f"norm 'fjord_bn' keeps statistics only for widths {WIDTHS}, got width {width}"
-            )
+            tag = width_tag(_grid_width(width))
+            return getattr(self, f"running_mean_{tag}"), getattr(self, f"running_var_{tag}")
         return self.running_mean[:c], self.running_var[:c]
 
     def reset_stats(self, width: float) -> None:
@@ -317,6 +322,8 @@ class SliceBatchNorm(SliceModule):
             mean, var = self._stats(width, c)
             if self.mode == "bn":
                 self.num_batches_tracked.add_(1)
+            else:
+                self.trained_widths.add(_grid_width(width))
             return F.batch_norm(x, mean, var, w, b, True, self.momentum, self.eps)
         mean, var = self._stats(width, c)
         return F.batch_norm(x, mean, var, w, b, False, 0.0, self.eps)
@@ -429,6 +436,21 @@ def load_sub_state_dict(
                 )
             target.copy_(value)
     return model
+
+
+def untrained_stat_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the per-width BN statistics (norm "fjord") that no training forward of
+    ``model`` updated: a partner returns only the statistics of the widths it ran, so that
+    :func:`aggregate_nested` averages the width-r statistics over the partners that ran width r
+    (the rest would send back the stale values they received)."""
+    keys: set[str] = set()
+    for prefix, mod in model.named_modules():
+        if isinstance(mod, SliceBatchNorm) and mod.mode == "fjord":
+            for r in WIDTHS:
+                tag = width_tag(r)
+                if r not in mod.trained_widths and hasattr(mod, f"running_mean_{tag}"):
+                    keys |= {f"{prefix}.running_mean_{tag}", f"{prefix}.running_var_{tag}"}
+    return keys
 
 
 def aggregate_nested(

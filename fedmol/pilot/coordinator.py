@@ -326,7 +326,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     from fedmol.fl import privacy
     from fedmol.fl.algorithm import PartnerInfo
     from fedmol.fl.devices import assign_devices
-    from fedmol.fl.driver import RoundDriver, served_width
+    from fedmol.fl.driver import RoundDriver, served_width, unserved_entry
     from fedmol.fl.registry import get_algorithm
     from fedmol.fl.selection import check_selection
     from fedmol.models import slicing
@@ -425,21 +425,25 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
 
     # -- validation at the partners ---------------------------------------------------------------
     widths = driver.widths
-    needed = sorted({served_width(widths, pt.width_cap) for pt in partners}, reverse=True)
+    served = {pt.node_id: served_width(widths, pt.width_cap) for pt in partners}
+    needed = sorted({w for w in served.values() if w is not None}, reverse=True)
     vmsgs = {}
     for w in needed:
         driver.query(w)
         vmsgs[w] = Message(arrays=slicing.sub_state_dict(algo.eval_model(w), w),
                            config={"width": float(w), "model": algo.model_config, "purpose": "validate"})
-    targets = [pt for pt in partners if pt.node_id not in transport.unresponsive]
-    got = link.exchange(VALIDATE, {pt.node_id: (vmsgs[served_width(widths, pt.width_cap)],
+    targets = [pt for pt in partners if pt.node_id not in transport.unresponsive and served[pt.node_id] is not None]
+    got = link.exchange(VALIDATE, {pt.node_id: (vmsgs[served[pt.node_id]],
                                                 _meta(VALIDATE, s.rounds, name)) for pt in targets},
                         "validate", s.round_timeout)
     per_partner, valid_failures = [], list(driver.close_traffic(s.rounds)["failures"])
     for pt in partners:
-        w = served_width(widths, pt.width_cap)
+        w = served[pt.node_id]
+        if w is None:
+            per_partner.append(unserved_entry(pt.partition_id, pt.info.n_train, pt.n_valid))
+            continue
         r = got.get(pt.node_id) or Reply(False, reason="not asked: it missed the last deadline")
-        entry = dict(partner=pt.partition_id, width=w, n_train=pt.info.n_train, n_valid=pt.n_valid,
+        entry = dict(partner=pt.partition_id, width=w, served=True, n_train=pt.info.n_train, n_valid=pt.n_valid,
                      test=test_scores.get(width_key(w), float("nan")),
                      valid=float(r.msg.metrics["valid"]) if r.ok else float("nan"))
         if not r.ok:

@@ -172,8 +172,10 @@ def test_client_keeps_per_width_bn_statistics():
     moved = []
     for w in WIDTHS:
         key = f"{name}.running_mean_{width_tag(w)}"
-        changed = not torch.equal(reply.arrays[key], msg.arrays[key])
-        assert changed == (w in sampled or w == 1.0), w  # the teacher (p_max) runs every step
+        ran = w in sampled or w == 1.0  # the teacher (p_max) runs every step
+        assert (key in reply.arrays) == ran, w  # statistics of widths not run are not sent back (stale)
+        changed = ran and not torch.equal(reply.arrays[key], msg.arrays[key])
+        assert changed == ran, w
         if changed:
             moved.append(w)
     assert len(moved) >= 2
@@ -188,7 +190,10 @@ def test_client_keeps_per_width_bn_statistics():
     assert msg.config["width"] == 0.25
     assert not any(k.endswith(("running_mean_1", "running_mean_1_2")) for k in msg.arrays)
     reply = FjORD.client_update(msg, LocalData(0, train, train[:2]))
-    assert set(reply.arrays) == set(msg.arrays)
+    ran = set(WidthSampler(0.25, msg.config["seed"], msg.config["grid"]).draw(int(reply.metrics["steps"]))) | {0.25}
+    stats = {k for k in msg.arrays if ".running_" in k}
+    assert set(reply.arrays) == (set(msg.arrays) - stats) | {k for k in stats if any(
+        k.endswith(f"_{width_tag(w)}") for w in ran)}
 
 
 # ----------------------------------------------------------------------------------- server rule

@@ -39,8 +39,9 @@ def board(good_zip, fedavg_zip, unranked_zip, tracks_file, tmp_path_factory) -> 
 def test_readme_table(board):
     text = (board / "README.md").read_text()
     assert "## Track `tiny`: Tiny (tests)" in text and "## Track `quick`" in text
-    rows = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    rows = [line for line in text.splitlines() if line.startswith(("| 1 |", "| 2 |", "| 2 ≈1 |"))]
     assert len(rows) == 2 and any("| tiny fjord | fjord |" in r for r in rows)
+    assert "≈1: within seed noise of #1 (paired t-test over the track's seeds, p ≥ 0.05)" in text
     assert any("| tiny fedavg | fedavg |" in r for r in rows)
     assert "| # | submission | algorithm | rocauc@1.0 | rocauc@0.5 | rocauc@0.25 | rocauc@0.125 |" in text
     assert re.search(r"\| tiny fjord \| fjord \| 0\.\d{4} ± 0\.\d{4} \|", text)
@@ -161,3 +162,16 @@ def test_browser_sorts_columns(board, tmp_path):
     p = _Rows("board-tiny", "w0.5")
     p.feed(dom)
     assert p.names == ["tiny fjord", "tiny fedavg"] and p.values[1] == ""
+
+
+def test_ties_with_the_top_row_are_marked():
+    from fedmol.leaderboard.board import _rank_cell, mark_ties
+    from fedmol.leaderboard.tracks import Track
+
+    track = Track.model_construct(rank_width=1.0)
+    rows = [dict(metric="rocauc", by_seed={"1.0": {0: 0.80, 1: 0.82, 2: 0.81}}),
+            dict(metric="rocauc", by_seed={"1.0": {0: 0.79, 1: 0.83, 2: 0.80}}),   # within noise of #1
+            dict(metric="rocauc", by_seed={"1.0": {0: 0.70, 1: 0.71, 2: 0.705}})]  # consistently below
+    mark_ties(rows, track)
+    assert [r["tie"] for r in rows] == [False, True, False]
+    assert [_rank_cell(i, r) for i, r in enumerate(rows, 1)] == ["1", "2 ≈1", "3"]
