@@ -284,7 +284,7 @@ def split_canonical(out: Path = typer.Option(Path("data_splits"), "--out", "-o")
 @friendly
 def train(
     name: Optional[str] = typer.Argument(None, help="Registry dataset name."),
-    model: str = typer.Option("gin", "--model", help="gin | gine | gcn | sage | gat"),
+    model: str = typer.Option("gin", "--model", help="gin | gine | gcn | sage | gat | mlp (fingerprint MLP)"),
     width: float = typer.Option(1.0, "--width", help="Train a standalone model of this width (1, 0.5, 0.25, ...)."),
     seed: int = typer.Option(0, "--seed", "-s"),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: summary.json + model.safetensors (and "
@@ -312,6 +312,9 @@ def train(
     torch.set_num_threads(threads)
     resolve_device(device)  # an unusable device is a one-line error before any work
     ds = _load(name, data_dir, csv, smiles_col, target_cols, task, jobs)
+    if model == "mlp":  # its input: the default fingerprints, computed once and cached beside the graphs
+        from fedmol.data.fingerprints import attach_fingerprints
+        attach_fingerprints(ds)
     s = train_centralized(ds, out, model=model, width=width, seed=seed, epochs=epochs, patience=patience,
                           hidden=hidden, layers=layers, batch_size=batch_size, lr=lr, split_protocol=split_protocol,
                           device=device)
@@ -340,7 +343,7 @@ def run(
     rounds: int = typer.Option(20, "--rounds", "-r"),
     seed: int = typer.Option(0, "--seed", "-s"),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder."),
-    model: str = typer.Option("gin", "--model"),
+    model: str = typer.Option("gin", "--model", help="gin | gine | gcn | sage | gat | mlp (fingerprint MLP)"),
     hidden: int = typer.Option(300, "--hidden"),
     layers: int = typer.Option(5, "--layers"),
     clients_per_round: Optional[int] = typer.Option(None, "--clients-per-round"),

@@ -334,11 +334,18 @@ def _build(info, tensors, smiles, report, sha, source_path, cache_path) -> Molec
 def load_dataset(name_or_csv: str | None = None, *, csv: str | Path | None = None, smiles_col: str | None = None,
                  target_cols: str | list[str] | None = None, task: str | None = None,
                  data_dir: str | Path | None = None, n_jobs: int | None = None, progress: bool = True,
-                 use_cache: bool = True) -> MoleculeDataset:
+                 use_cache: bool = True, fingerprints=None) -> MoleculeDataset:
     """A registry dataset by name, or a CSV (``csv=``, ``smiles_col=``, ``target_cols=``, ``task=``).
 
     ``name_or_csv`` may also be a path to a CSV file, in which case the column arguments are required.
+    ``fingerprints``: a :class:`fedmol.data.fingerprints.FingerprintSpec` (or an ``mlp`` model config):
+    every molecule also carries that fingerprint, cached beside the graphs (``attach_fingerprints``).
     """
+    if fingerprints is not None:
+        from fedmol.data.fingerprints import attach_fingerprints
+        return attach_fingerprints(load_dataset(name_or_csv, csv=csv, smiles_col=smiles_col, target_cols=target_cols,
+                                                task=task, data_dir=data_dir, n_jobs=n_jobs, progress=progress,
+                                                use_cache=use_cache), fingerprints)
     info = resolve_info(name_or_csv, csv=csv, smiles_col=smiles_col, target_cols=target_cols, task=task)
     path, sha = resolve_file(info, data_dir, progress=progress)
     folder = cache_dir() / "processed" / _cache_key(info, sha)

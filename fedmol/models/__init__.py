@@ -1,10 +1,12 @@
-"""Width-sliceable molecular GNNs for system-heterogeneous federated learning.
+"""Width-sliceable molecular backbones (GNNs and a fingerprint MLP) for system-heterogeneous FL.
 
 Public API::
 
     build(name, num_tasks, hidden=300, layers=5, width=1.0, task_type="classification",
           dropout=0.5, pool="mean", norm="bn", scaler=False, **kw) -> SliceGNN
-    MODEL_NAMES = ("gin", "gine", "gcn", "sage", "gat");  NORMS = ("bn", "sbn", "fjord_bn", "none")
+    MODEL_NAMES = ("gin", "gine", "gcn", "sage", "gat", "mlp");  NORMS = ("bn", "sbn", "fjord_bn", "none")
+    GNN_NAMES = the graph backbones;  "mlp" (:mod:`fedmol.models.mlp`): SparseChem-style trunk on
+    folded Morgan fingerprints (kw ``fp_radius``, ``fp_bits``, ``fp_counts``), same API
     model(batch, width=r) -> [B, num_tasks];  model.embed(batch, width=r) -> [B, ceil(r*hidden)]
     model.head(z, width=r);  model.sub_state_dict(r);  model.load_sub_state_dict(sub, r)
     masked_loss(pred, y, task_type)
@@ -25,6 +27,7 @@ Which norm for which algorithm:
 
 from fedmol.models.convs import CONVS
 from fedmol.models.gnn import (
+    GNN_NAMES,
     MODEL_NAMES,
     MODELS,
     POOLS,
@@ -34,6 +37,7 @@ from fedmol.models.gnn import (
     build,
 )
 from fedmol.models.losses import masked_loss
+from fedmol.models.mlp import FingerprintMLP
 from fedmol.models.slicing import (
     WIDTHS,
     aggregate_nested,
@@ -51,6 +55,7 @@ NORMS: tuple[str, ...] = ("bn", "sbn", "fjord_bn", "none")
 __all__ = [
     "build",
     "MODEL_NAMES",
+    "GNN_NAMES",
     "MODELS",
     "NORMS",
     "POOLS",
@@ -58,6 +63,7 @@ __all__ = [
     "CONVS",
     "ModelConfigError",
     "SliceGNN",
+    "FingerprintMLP",
     "masked_loss",
     "WIDTHS",
     "sliced_dim",

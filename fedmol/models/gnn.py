@@ -36,6 +36,7 @@ __all__ = [
     "GAT",
     "MODELS",
     "MODEL_NAMES",
+    "GNN_NAMES",
     "TASK_TYPES",
     "POOLS",
     "build",
@@ -228,9 +229,11 @@ class GAT(SliceGNN):
     conv_name = "gat"
 
 
-#: Backbone name -> model class.
+#: Backbone name -> model class ("mlp", the fingerprint backbone of :mod:`fedmol.models.mlp`, is added
+#: at the end of this module: it subclasses SliceGNN).
 MODELS: dict[str, type[SliceGNN]] = {c.conv_name: c for c in (GIN, GINE, GCN, SAGE, GAT)}
-MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+GNN_NAMES: tuple[str, ...] = tuple(MODELS)
+MODEL_NAMES: tuple[str, ...] = (*GNN_NAMES, "mlp")
 
 
 def _validate(num_tasks, hidden, layers, width, task_type, dropout, pool, norm) -> None:
@@ -268,7 +271,8 @@ def build(
     ``width`` < 1 builds a standalone model holding only the width-``width`` block
     (``ceil(width * hidden)`` hidden channels); ``hidden`` is always the full-width size.
     ``norm``: "bn" | "sbn" | "fjord_bn" | "none"; ``scaler``: HeteroFL's scaler.
-    Extra ``kw``: ``residual=False`` (all), ``heads=4`` (gat).
+    Extra ``kw``: ``residual=False`` (GNNs), ``heads=4`` (gat), ``fp_radius``, ``fp_bits``,
+    ``fp_counts`` (mlp: the fingerprint; ``pool`` does not apply).
     """
     key = str(name).lower()
     if key not in MODELS:
@@ -277,3 +281,8 @@ def build(
         num_tasks, hidden=hidden, layers=layers, width=width, task_type=task_type,
         dropout=dropout, pool=pool, norm=norm, scaler=scaler, **kw,
     )
+
+
+from fedmol.models.mlp import FingerprintMLP  # noqa: E402  (imports this module)
+
+MODELS["mlp"] = FingerprintMLP

@@ -31,6 +31,8 @@ Layers here:
   in training, :func:`recompute_bn_stats` fills them before evaluation) and ``"fjord"``
   (FjORD: separate running stats per width of :data:`WIDTHS`, shared sliced affine parameters).
 * :class:`Scaler` -- HeteroFL's scaler: divides by ``r`` in training, identity in eval.
+* :class:`SliceEmbeddingBag` -- a sparse input times ``weight[:, :out_r]`` (the fingerprint
+  backbone's input layer: rows never sliced).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ __all__ = [
     "SliceLinear",
     "SliceBatchNorm",
     "Scaler",
+    "SliceEmbeddingBag",
     "slice_spec",
     "sub_state_dict",
     "load_sub_state_dict",
@@ -349,6 +352,52 @@ class Scaler(nn.Module):
 
     def extra_repr(self) -> str:
         return f"enabled={self.enabled}"
+
+
+class SliceEmbeddingBag(SliceModule):
+    """``y = sum_j v_j W[i_j, :out_r] + b[:out_r]`` per sample -- a linear layer on a sparse input.
+
+    Equal to ``x @ W[:, :out_r] + b`` for the dense ``x`` with values ``v_j`` at columns ``i_j``,
+    without building ``x``: one ``embedding_bag(mode="sum")`` over each sample's non-zero
+    entries (``offsets``: where each sample's entries start; ``weights``: the values, None for all
+    ones). ``num_inputs`` (rows) is never sliced; ``out_features`` follows the width.
+    """
+
+    def __init__(self, num_inputs: int, out_features: int, width: float = 1.0, bias: bool = True) -> None:
+        super().__init__()
+        self.num_inputs, self.out_features = num_inputs, out_features
+        c = sliced_dim(out_features, width)
+        self.weight = nn.Parameter(torch.empty(num_inputs, c))
+        self.bias = nn.Parameter(torch.empty(c)) if bias else None
+        self.set_rule("weight", (1, out_features))
+        if bias:
+            self.set_rule("bias", (0, out_features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # a sample has tens of non-zero inputs, not num_inputs: nn.Linear's 1/sqrt(fan_in) bound would
+        # vanish for a 32k-bit input, so the bound is 1/sqrt(out_features) (as sparse input layers do)
+        bound = 1.0 / math.sqrt(self.out_features)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, indices: Tensor, offsets: Tensor, weights: Tensor | None = None,
+                width: float | None = None) -> Tensor:
+        w, b = self.weight, self.bias
+        if width is not None:
+            c = sliced_dim(self.out_features, width)
+            if c != w.shape[1]:
+                w, b = w[:, :c], (b[:c] if b is not None else None)
+        out = F.embedding_bag(indices, w, offsets, mode="sum", per_sample_weights=weights)
+        return out if b is None else out + b
+
+    def macs(self, width: float, rows: float) -> float:
+        """``rows``: non-zero inputs looked up."""
+        return rows * sliced_dim(self.out_features, width)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_inputs}->{self.out_features} (allocated {tuple(self.weight.shape)}), bias={self.bias is not None}"
 
 
 # ---------------------------------------------------------------- state-dict level operations

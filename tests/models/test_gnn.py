@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fedmol.models import (
+    GNN_NAMES,
     MODEL_NAMES,
     NORMS,
     WIDTHS,
@@ -36,12 +37,13 @@ def warm_up_stats(model, loader, widths):
 
 
 def test_model_names():
-    assert MODEL_NAMES == ("gin", "gine", "gcn", "sage", "gat")
+    assert GNN_NAMES == ("gin", "gine", "gcn", "sage", "gat")
+    assert MODEL_NAMES == (*GNN_NAMES, "mlp")  # the fingerprint backbone: tests/models/test_mlp.py
     assert NORMS == ("bn", "sbn", "fjord_bn", "none")
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", GNN_NAMES)
 def test_shapes(name, width, batch):
     model = make(name).eval()
     c = sliced_dim(HIDDEN, width)
@@ -56,7 +58,7 @@ def test_shapes(name, width, batch):
 
 @pytest.mark.parametrize("norm", ["bn", "fjord_bn", "sbn", "none"])
 @pytest.mark.parametrize("width", WIDTHS)
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", GNN_NAMES)
 def test_slice_equals_standalone(name, width, norm, batch, loader):
     """model(batch, width=r) == build(width=r) loaded with model.sub_state_dict(r), in eval."""
     model = make(name, norm)
@@ -81,7 +83,7 @@ def test_slice_equals_standalone(name, width, norm, batch, loader):
         torch.testing.assert_close(standalone(batch), ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", GNN_NAMES)
 def test_standalone_runs_narrower_widths(name, batch, loader):
     """A width-1/2 model runs width 1/8 exactly like the full model does (absolute widths)."""
     model = make(name, "fjord_bn")
@@ -104,7 +106,7 @@ def test_pool_and_residual_variants(pool, residual, batch):
         torch.testing.assert_close(standalone(batch), model(batch, width=r), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", GNN_NAMES)
 def test_gradients_stay_in_the_slice(name, batch):
     """Backward at width 1/4 leaves exactly zero (or no) gradient outside the 1/4 slice."""
     model = make(name, "bn", dropout=0.2, scaler=True).train()
