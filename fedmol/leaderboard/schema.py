@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_serializer
 
 from fedmol.data.splits import SplitSpec
 
@@ -30,6 +30,7 @@ MAX_RUNS = 64
 MAX_HIDDEN = 4096
 MAX_LAYERS = 32
 MAX_TASKS = 1024
+MAX_FP_BITS = 65536  # the mlp backbone's fingerprint fold (its input weight: fp_bits x hidden)
 MAX_ROUNDS = 100_000
 MAX_TEXT = 4096
 
@@ -70,6 +71,8 @@ class RunSettings(Strict):
     #: which round's model the run reports (fedmol.fl.selection); absent in runs made before it existed,
     #: which reported the last round
     select: Literal["best-valid", "last"] = "last"
+    #: early stopping in rounds on the pooled validation score; absent in runs made before it existed
+    patience: Annotated[int, Field(ge=1)] | None = None
     faulty_links: Prob
     lossy_links: Prob
     hparams: dict[str, HParam]
@@ -107,6 +110,15 @@ class ModelConfig(Strict):
     norm: StrictStr
     scaler: StrictBool
     width: float
+    #: the ``mlp`` backbone's fingerprint (fedmol.data.fingerprints); absent for the GNNs, and left out of
+    #: dumps when absent, so that ``build(**model.model_dump())`` rebuilds exactly the declared backbone
+    fp_radius: Optional[Annotated[int, Field(ge=0, le=6)]] = None
+    fp_bits: Optional[Annotated[int, Field(ge=1, le=MAX_FP_BITS)]] = None
+    fp_counts: Optional[StrictBool] = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_fingerprint(self, handler):
+        return {k: v for k, v in handler(self).items() if not (k.startswith("fp_") and v is None)}
 
 
 class SplitInfo(Strict):

@@ -169,6 +169,21 @@ def test_count_and_config_errors():
         build("mlp", 1, pool="max")
 
 
+def test_leaderboard_schema_takes_the_fingerprint_keys():
+    from pydantic import ValidationError
+
+    from fedmol.leaderboard.schema import ModelConfig
+
+    gin = dict(name="gin", num_tasks=1, hidden=32, layers=2, task_type="classification", dropout=0.5, norm="bn",
+               scaler=False, width=1.0)
+    assert ModelConfig.model_validate(gin).model_dump() == gin  # no fp_* keys appear for a GNN
+    mlp = {**make().config, "num_tasks": 1}
+    assert ModelConfig.model_validate(mlp).model_dump() == mlp
+    build(**ModelConfig.model_validate(mlp).model_dump())
+    with pytest.raises(ValidationError, match="less than or equal to 65536"):
+        ModelConfig.model_validate({**mlp, "fp_bits": 1 << 20})
+
+
 # ------------------------------------------------------------------------------------------ data and cache
 def test_fingerprints_cached_beside_the_graphs_and_reused(data_dir):
     from fedmol.data.dataset import load_dataset
