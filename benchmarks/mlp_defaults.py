@@ -38,7 +38,8 @@ os.environ.setdefault("FEDMOL_DATA_DIR", str(ROOT.parent / "shared" / "datasets"
 
 from fedmol.centralized import centralized_split  # noqa: E402
 from fedmol.data.dataset import load_dataset  # noqa: E402
-from fedmol.data.fingerprints import FingerprintSpec, attach_fingerprints, batch_fingerprints, compute_fingerprints  # noqa: E402
+from fedmol.data.fingerprints import (  # noqa: E402
+    FingerprintSpec, attach_fingerprints, batch_fingerprints, compute_fingerprints)
 from fedmol.evaluate import Evaluator  # noqa: E402
 from fedmol.jsonio import write_json  # noqa: E402
 from fedmol.models import build, count, masked_loss  # noqa: E402

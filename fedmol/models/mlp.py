@@ -4,10 +4,11 @@ SparseChem / MELLODDY's trunk (Heyndrickx et al., J Chem Inf Model 2023): a spar
 times a dense weight, then hidden layers with ReLU and dropout, and a linear task head. Here
 ``layers`` hidden layers of ``hidden`` units, each [linear -> (scaler) -> norm -> ReLU -> dropout],
 the first one reading the fingerprint through :class:`~fedmol.models.slicing.SliceEmbeddingBag`;
-the embedding is the last hidden layer's output. Deviations: fedmol's norm modes (SparseChem has
-none; ``norm="none"`` is its trunk), and the fingerprint's defaults radius 2 / 8192 bits / counts,
-measured on BBBP, BACE and B3DB (``benchmarks/mlp_defaults.py``), instead of SparseChem's radius 3 /
-32768: better validation ROC-AUC there, a quarter of the input weights (each round's message).
+the embedding is the last hidden layer's output. Deviations: fedmol's norm modes, so that every
+algorithm runs it (``norm="none"`` is closest to SparseChem), and the defaults radius 2 / 8192
+bits / counts, measured on BBBP, BACE and B3DB (``benchmarks/mlp_defaults.py``), instead of
+SparseChem's radius 3 / 32768: better validation ROC-AUC there, a quarter of the input weights
+(each round's message).
 
 Width slicing as in the GNNs: width ``r`` runs the first ``ceil(r * hidden)`` units of every hidden
 layer; the fingerprint (input rows) and the head's outputs are never sliced. The width API

@@ -14,6 +14,7 @@ from torch_geometric.loader import DataLoader
 from fedmol.data import fingerprints as fpm
 from fedmol.data.fingerprints import FP_VERSION, FingerprintSpec, attach_fingerprints, compute_fingerprints
 from fedmol.errors import FedmolError
+from fedmol.fl.registry import ALGORITHMS
 from fedmol.models import MODEL_NAMES, WIDTHS, build, count, masked_loss, recompute_bn_stats, slice_spec, sliced_dim
 from fedmol.models.slicing import SliceEmbeddingBag
 
@@ -228,7 +229,7 @@ def _finite(summary):
     return scores and all(v is not None and math.isfinite(v) for v in scores)
 
 
-@pytest.mark.parametrize("algorithm", sorted(__import__("fedmol.fl.registry", fromlist=["ALGORITHMS"]).ALGORITHMS))
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_every_algorithm_runs_the_mlp(algorithm, tmp_path, data_dir):
     from fedmol.leaderboard.schema import ModelConfig, RunSettings
 
