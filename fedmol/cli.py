@@ -351,6 +351,8 @@ def run(
     select: str = typer.Option("best-valid", "--select", help="Which round's global model is reported: best-valid "
                                "(the evaluated round with the best pooled validation score, as the references' "
                                "early stopping) | last."),
+    patience: Optional[int] = typer.Option(None, "--patience", min=1, help="Stop after this many rounds without a "
+                                           "better pooled validation score (--rounds is then the cap)."),
     faulty_links: float = typer.Option(0.0, "--faulty-links", help="P(an upload is truncated at a random narrower width)."),
     lossy_links: float = typer.Option(0.0, "--lossy-links", help="P(an upload is lost)."),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest for small molecular graphs)."),
@@ -379,8 +381,8 @@ def run(
     cfg = RunConfig(algorithm=algorithm, dataset=dataset, split=str(split) if split else None, partners=partners,
                     alpha=alpha, quantity_skew=quantity_skew, devices=devices, rounds=rounds, seed=seed,
                     clients_per_round=clients_per_round, model=model, hidden=hidden, layers=layers,
-                    eval_every=eval_every, select=select, faulty_links=faulty_links, lossy_links=lossy_links,
-                    hparams=hparams, data_dir=str(data_dir) if data_dir else None,
+                    eval_every=eval_every, select=select, patience=patience, faulty_links=faulty_links,
+                    lossy_links=lossy_links, hparams=hparams, data_dir=str(data_dir) if data_dir else None,
                     csv=str(csv) if csv else None, smiles_col=smiles_col, target_cols=target_cols, task=task)
     import torch
     torch.set_num_threads(threads)
@@ -397,7 +399,10 @@ def run(
         fell_back = str(s.get("selection", "")).partition(FELL_BACK)[2]
         console.print(f"reported: the global model of round {s['selected_round']} ({cfg.select}"
                       + (FELL_BACK + fell_back if fell_back else "") + ")", highlight=False)
-    console.print(f"sent {s['bytes_down'] / 1e6:.2f} MB down, {s['bytes_up'] / 1e6:.2f} MB up; "
+    if s.get("stopped"):
+        console.print(s["stopped"], highlight=False)
+    console.print(f"{s['rounds_run']} rounds, {s['local_steps']} local steps, {s['molecules_seen']} molecules seen in "
+                  f"training; sent {s['bytes_down'] / 1e6:.2f} MB down, {s['bytes_up'] / 1e6:.2f} MB up; "
                   f"{s['failures']} failed partner-rounds -> {out}")
     if s.get("unserved"):
         console.print(f"{s['unserved']} partner(s) cannot run any width the model is served at: no federated model, "

@@ -90,18 +90,20 @@ def score(model, dataset, evaluator: Evaluator, width: float | None = None) -> d
 
 def train_epoch(model, loader: Iterable, optimizer: torch.optim.Optimizer,
                 width: float | Callable[[], float] | None = None, extra_loss: Callable | None = None,
-                max_steps: int | None = None, clip: float | None = None) -> dict:
-    """One pass (or ``max_steps`` mini-batches) of masked-loss training at ``width``.
+                max_steps: int | None = None, clip: float | None = None, loss_fn: Callable | None = None) -> dict:
+    """One pass (or ``max_steps`` mini-batches) of training: the one local step of fedmol.
 
-    ``width``: one width for every step, or a sampler called once per step (ordered dropout) that
-    returns a width or a tuple of widths: the step's loss is then the sum of the losses at each.
-    ``extra_loss(model, batch, pred, width)`` adds an algorithm's term (e.g. a regularizer)
-    computed at that width.
-    Returns ``{"loss": mean loss, "steps": steps, "samples": graphs seen}``.
+    The step's loss is ``loss_fn(model, batch) -> (loss, parts)`` (an algorithm's own loss, e.g.
+    FjORD's self-distillation; ``parts``: named floats averaged into the result), or by default the
+    masked supervised loss at ``width``: one width for every step, or a sampler called once per step
+    (ordered dropout) that returns a width or a tuple of widths, whose losses are summed;
+    ``extra_loss(model, batch, pred, width)`` adds an algorithm's term (e.g. a regularizer) at that width.
+    Batches of one graph are skipped (BatchNorm). Returns ``{"loss": mean loss, **mean parts,
+    "steps": steps, "samples": graphs seen}``.
     """
     model.train()
     dev = model_device(model)
-    total, steps, samples = 0.0, 0, 0
+    total, parts_sum, steps, samples = 0.0, {}, 0, 0
     for batch in loader:
         if max_steps is not None and steps >= max_steps:
             break
@@ -110,21 +112,33 @@ def train_epoch(model, loader: Iterable, optimizer: torch.optim.Optimizer,
         if dev.type != "cpu":
             batch = batch.to(dev, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        widths = width() if callable(width) else width
-        loss = 0.0
-        for w in widths if isinstance(widths, tuple) else (widths,):
-            pred = model(batch, width=w)
-            loss = loss + masked_loss(pred, batch.y, model.task_type)
-            if extra_loss is not None:
-                loss = loss + extra_loss(model, batch, pred, w)
+        if loss_fn is not None:
+            loss, parts = loss_fn(model, batch)
+        else:
+            loss, parts = supervised_loss(model, batch, width() if callable(width) else width, extra_loss), {}
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         total += float(loss.detach())
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
         steps += 1
         samples += batch.num_graphs
-    return {"loss": total / max(steps, 1), "steps": steps, "samples": samples}
+    mean = {k: v / max(steps, 1) for k, v in parts_sum.items()}
+    return {"loss": total / max(steps, 1), **mean, "steps": steps, "samples": samples}
+
+
+def supervised_loss(model, batch, widths, extra_loss: Callable | None = None):
+    """The masked loss at each of ``widths`` (a width, None for the model's own, or a tuple), summed,
+    each plus ``extra_loss(model, batch, pred, width)`` when given."""
+    loss = 0.0
+    for w in widths if isinstance(widths, tuple) else (widths,):
+        pred = model(batch, width=w)
+        loss = loss + masked_loss(pred, batch.y, model.task_type)
+        if extra_loss is not None:
+            loss = loss + extra_loss(model, batch, pred, w)
+    return loss
 
 
 def _evaluated(epoch: int, epochs: int, round_epochs: int | None, eval_every: int) -> bool:
@@ -175,8 +189,9 @@ def fit(model, train, valid, evaluator: Evaluator, *, seed: int, epochs: int, lr
             history, elapsed_before = restored["history"], restored["elapsed"]
     resumed_from, t0 = len(history), time.perf_counter()
     for epoch in range(len(history), int(epochs)):
-        if patience is not None and history and history[-1]["epoch"] - best_epoch >= patience:
-            break  # early stopping (also for a resumed run that had met the rule before it was cut)
+        if (patience is not None and history and history[-1]["valid"] is not None
+                and history[-1]["epoch"] - best_epoch >= patience):
+            break  # early stopping after an evaluated epoch (also for a resumed run that had met the rule)
         if round_epochs and epoch and epoch % int(round_epochs) == 0:
             opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         stats = train_epoch(model, loader, opt, max_steps=max_steps, clip=clip)

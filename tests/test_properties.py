@@ -267,8 +267,6 @@ def test_suite_files_load_or_one_line(key, value):
     _suite_loads_or_one_line(key, value)
 
 
-@pytest.mark.xfail(strict=True, reason="bench.load_suite does not type [run] values or seeds yet (fedmol/fl/bench.py "
-                   "is outside issue 19's edits): a traceback at load or a run that fails later")
 @pytest.mark.parametrize("key,value", [("run.partners", math.nan), ("run.partners", "abc"), ("seeds", math.inf),
                                        ("run.rounds", "abc")])
 def test_suite_run_values_are_typed(key, value):

@@ -114,6 +114,8 @@ def read_split(path: str | Path) -> dict:
         obj = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path} is not valid JSON: {e}") from e
+    except RecursionError:
+        raise DataError(f"{path} is nested too deeply to be a fedmol split file") from None
     try:
         SplitFile.model_validate(obj)
     except ValidationError as e:

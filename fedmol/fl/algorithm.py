@@ -290,18 +290,23 @@ class Algorithm:
         return cls.reply(model, data, stats)
 
     @classmethod
-    def local_train(cls, model: nn.Module, msg: Message, data: LocalData, width=None, extra_loss=None) -> dict:
-        """``local_epochs`` passes of :func:`fedmol.training.train_epoch` (``width``: a width, or a per-step
-        sampler; ``extra_loss``: an algorithm's term) with a fresh Adam; returns mean loss and steps."""
+    def local_train(cls, model: nn.Module, msg: Message, data: LocalData, width=None, extra_loss=None,
+                    loss_fn=None, optimizer=None) -> dict:
+        """A partner's local training, the one loop every algorithm uses: ``local_epochs`` passes of
+        :func:`fedmol.training.train_epoch` (``width``: a width or a per-step sampler; ``extra_loss``:
+        an algorithm's added term; ``loss_fn(model, batch) -> (loss, parts)``: an algorithm's whole
+        loss) with a fresh optimizer (``optimizer(params)``, default Adam with the message's ``lr`` and
+        ``weight_decay``). Returns the mean loss (and parts) per step, ``steps`` and ``samples``."""
         hp = msg.config["hp"]
-        opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        opt = (optimizer or (lambda params: torch.optim.Adam(params, lr=hp["lr"], weight_decay=hp["weight_decay"])))(
+            model.parameters())
         loader = make_loader(data.train, hp["batch_size"], shuffle=True, seed=msg.config["seed"])
-        loss, steps = 0.0, 0
-        for _ in range(int(hp["local_epochs"])):
-            s = train_epoch(model, loader, opt, width=width, extra_loss=extra_loss,
-                            max_steps=hp["max_local_steps"], clip=hp["clip"])
-            loss, steps = loss + s["loss"] * s["steps"], steps + s["steps"]
-        return {"loss": loss / max(steps, 1), "steps": float(steps)}
+        epochs = [train_epoch(model, loader, opt, width=width, extra_loss=extra_loss, max_steps=hp["max_local_steps"],
+                              clip=hp["clip"], loss_fn=loss_fn) for _ in range(int(hp["local_epochs"]))]
+        steps = sum(e["steps"] for e in epochs)
+        means = {k: sum(e[k] * e["steps"] for e in epochs) / max(steps, 1)
+                 for k in epochs[0] if k not in ("steps", "samples")} if epochs else {"loss": 0.0}
+        return {**means, "steps": float(steps), "samples": float(sum(e["samples"] for e in epochs))}
 
     @classmethod
     def reply(cls, model: nn.Module, data: LocalData, stats: dict) -> Message:

@@ -69,6 +69,7 @@ run is seeded on its own), only the order in which they finish differs.
 
 from __future__ import annotations
 
+import math
 import json
 import shutil
 import time
@@ -168,16 +169,38 @@ def find_suite(suite: str | Path) -> Path:
                       f"(known: {', '.join(known) or 'none'}); or give a path to a TOML file")
 
 
+def _item(x, kind, where: str):
+    """``x`` if it is a ``kind`` (int: a whole number; float: a finite number; str), never converted
+    silently (``int(1.7)`` would change a seed); else one clear line."""
+    what = {int: "a whole number", float: "a finite number", str: "a string"}[kind]
+    ok = not isinstance(x, bool) and (isinstance(x, str) if kind is str else isinstance(x, int) if kind is int
+                                      else isinstance(x, (int, float)) and math.isfinite(x))
+    if not ok or (kind is int and not 0 <= x < 2**63):
+        raise FedmolError(f"{where}: {x!r} is not {what}" + (" in [0, 2**63)" if kind is int else ""))
+    return kind(x)
+
+
+def check_run_table(run: dict, where: str) -> None:
+    """The suite's ``[run]`` values have the types of :class:`RunConfig`'s fields (finite numbers)."""
+    from typing import get_type_hints
+
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    hints = get_type_hints(RunConfig)
+    for key, value in run.items():
+        try:
+            TypeAdapter(hints[key], config=ConfigDict(strict=True, allow_inf_nan=False)).validate_python(value)
+        except ValidationError as e:
+            raise FedmolError(f"{where}: [run] {key} = {value!r}: {e.errors()[0]['msg']}") from None
+
+
 def _list(doc: dict, key: str, kind, where: str, default=None) -> list:
     v = doc.get(key, default)
     if v is None:
         raise FedmolError(f"{where}: missing {key!r} (a list)")
     if not isinstance(v, list):
         v = [v]
-    try:
-        out = [kind(x) for x in v]
-    except (TypeError, ValueError) as e:
-        raise FedmolError(f"{where}: {key} = {v!r}: {e}") from e
+    out = [_item(x, kind, f"{where}: {key}") for x in v]
     if not out and key not in ("references", "reference_models"):
         raise FedmolError(f"{where}: {key} is empty")
     if len(set(map(str, out))) != len(out):
@@ -200,6 +223,7 @@ def load_suite(suite: str | Path) -> Suite:
     bad = set(run) - RUN_KEYS
     if bad:
         raise FedmolError(f"{where}: unknown [run] key(s) {sorted(bad)}; known: {sorted(RUN_KEYS)}")
+    check_run_table(run, where)
     ref = dict(doc.get("reference", {}))
     bad = set(ref) - REFERENCE_KEYS
     if bad:

@@ -78,9 +78,16 @@ class Transport(Protocol):
         transports of drivers with ``federated_valid`` need it."""
 
 
-def check_schedule(rounds: int, eval_every: int, clients_per_round: int | None = None) -> None:
+def check_schedule(rounds: int, eval_every: int, clients_per_round: int | None = None,
+                   patience: int | None = None, select: str = "best-valid") -> None:
     """A run's schedule makes sense (else a one-line error)."""
     from fedmol.errors import FedmolError
+
+    if patience is not None:
+        if int(patience) < 1:
+            raise FedmolError(f"patience must be >= 1 (rounds without a better pooled validation score), got {patience}")
+        if select != "best-valid":
+            raise FedmolError("patience stops on the pooled validation score: it needs --select best-valid")
 
     if int(rounds) < 1:
         raise FedmolError(f"rounds must be >= 1, got {rounds}")
@@ -96,8 +103,12 @@ class RoundDriver:
 
     def __init__(self, algo, partners: list[PartnerInfo], transport: Transport, *, seed: int, rounds: int,
                  evaluator: Evaluator, scored: dict, select: str = "best-valid", eval_every: int = 1,
-                 clients_per_round: int | None = None, min_partners: int = 0, federated_valid: bool = False):
-        check_schedule(rounds, eval_every, clients_per_round or None)
+                 clients_per_round: int | None = None, min_partners: int = 0, federated_valid: bool = False,
+                 patience: int | None = None):
+        check_schedule(rounds, eval_every, clients_per_round or None, patience, select)
+        self.patience = patience
+        self.stopped: str | None = None  # why the run ended before ``rounds`` (early stopping)
+        self.local_steps = self.samples_seen = 0
         self.algo, self.partners, self.transport = algo, list(partners), transport
         self.rounds, self.eval_every = int(rounds), int(eval_every)
         self.clients_per_round, self.min_partners = clients_per_round or None, int(min_partners or 0)
@@ -159,10 +170,20 @@ class RoundDriver:
 
     # ------------------------------------------------------------------------------ a round
     def run(self, on_round: Callable[[dict], None] | None = None) -> None:
+        """Rounds until ``rounds``, or until ``patience`` evaluated rounds pass without a better
+        pooled validation score (early stopping, checked on evaluated rounds only)."""
         for rnd in range(self.rounds):
             row = self.run_round(rnd)
             if on_round is not None:
                 on_round(row)
+            if "valid" in self.evaluated_at(row) and self.selector.stale(rnd, self.patience):
+                self.stopped = (f"early stop after round {rnd}: no better pooled validation {self.metric} for "
+                                f"{rnd - self.selector.best_round} rounds (patience {self.patience})")
+                return
+
+    def evaluated_at(self, row: dict) -> set[str]:
+        """The sets (``test``, ``valid``) a metrics row holds scores of."""
+        return {k.split("_", 1)[0] for k in row if k.startswith(("test_", "valid_")) and "@" in k}
 
     def run_round(self, rnd: int) -> dict:
         algo, rng, name = self.algo, self.rng, self.transport.name
@@ -193,6 +214,9 @@ class RoundDriver:
                 continue
             up += accept_reply(algo, p, name(p), rnd, msg, got.reply, rng, self.spec, replies, failures, truncated,
                                self.sent)
+        for _, reply in replies:  # the local work the aggregated updates cost
+            self.local_steps += int(reply.metrics.get("steps", 0))
+            self.samples_seen += int(reply.metrics.get("samples", 0))
         ts = time.perf_counter()
         skipped = ""
         if len(replies) < self.min_partners:  # too few partners: the algorithm sees no update, the model stays
@@ -248,6 +272,8 @@ class RoundDriver:
                     valid=valid, selected_round=self.selected, selection=self.selector.describe(),
                     test_last=self.scores(self.rows[-1]["round"], "test"), per_partner=per_partner,
                     unserved=sum(1 for p in per_partner if p.get("served") is False),
+                    rounds_run=len(self.rows), stopped=self.stopped, local_steps=self.local_steps,
+                    molecules_seen=self.samples_seen,
                     bytes_up=self.bytes_up, bytes_down=self.bytes_down, failures=self.failures, rounds=self.rounds,
                     privacy=privacy, seconds=round(time.perf_counter() - t_start, 2), **extra)
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from fedmol.errors import FedmolError
@@ -48,7 +47,7 @@ from fedmol.fl.algorithm import LocalData
 from fedmol.fl.fjord import FjORD, FjORDHParams, affordable_widths, distill_loss
 from fedmol.fl.message import Message
 from fedmol.models import masked_loss, slicing
-from fedmol.training import make_loader, seed_everything
+from fedmol.training import seed_everything
 
 SAMPLINGS = ("all", "sandwich", "one")
 DIRECTIONS = ("progressive", "from_max")
@@ -116,27 +115,10 @@ class FedResCuE(FjORD):
         hp = msg.config["hp"]
         choices = affordable_widths(float(msg.config["width"]), msg.config.get("grid", slicing.WIDTHS))
         rng = np.random.default_rng([seed, 0x5E5C])
-        opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-        loader = make_loader(data.train, hp["batch_size"], shuffle=True, seed=seed)
-        totals, steps = {"loss": 0.0, "ce": 0.0, "kd": 0.0}, 0
-        for _ in range(int(hp["local_epochs"])):
-            epoch_steps = 0
-            for batch in loader:
-                if hp["max_local_steps"] is not None and epoch_steps >= hp["max_local_steps"]:
-                    break
-                if batch.num_graphs < 2:
-                    continue
-                model.train()
-                opt.zero_grad(set_to_none=True)
-                loss, parts = self_distillation_loss(
-                    model, batch, step_widths(choices, hp["width_sampling"], rng), hp["direction"],
-                    float(hp["kd_weight"]), float(hp["kd_temperature"]), bool(hp["ce_all_widths"]))
-                loss.backward()
-                if hp["clip"]:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), hp["clip"])
-                opt.step()
-                totals["loss"] += float(loss.detach())
-                totals["ce"] += parts["ce"]
-                totals["kd"] += parts["kd"]
-                steps, epoch_steps = steps + 1, epoch_steps + 1
-        return cls.reply(model, data, {**{k: v / max(steps, 1) for k, v in totals.items()}, "steps": float(steps)})
+
+        def loss_fn(m, batch):
+            loss, parts = self_distillation_loss(m, batch, step_widths(choices, hp["width_sampling"], rng),
+                                                 hp["direction"], float(hp["kd_weight"]), float(hp["kd_temperature"]),
+                                                 bool(hp["ce_all_widths"]))
+            return loss, {"ce": parts["ce"], "kd": parts["kd"]}
+        return cls.reply(model, data, cls.local_train(model, msg, data, loss_fn=loss_fn))

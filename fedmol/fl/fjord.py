@@ -65,7 +65,7 @@ BN statistics, one joint norm), the server replaces the ``n_k`` weights by unifo
 Gaussian noise to each coordinate's sum over the partners whose slice holds it.
 
 The pieces FedResCuE reuses: :func:`affordable_widths`, :class:`WidthSampler`,
-:func:`distill_loss`, :func:`fjord_loss`, :func:`fjord_step`.
+:func:`distill_loss`, :func:`fjord_loss`.
 """
 
 from __future__ import annotations
@@ -83,9 +83,9 @@ from fedmol.errors import FedmolError
 from fedmol.fl.algorithm import Algorithm, HParams, LocalData, PartnerInfo
 from fedmol.fl.message import Message
 from fedmol.models import masked_loss, slicing
-from fedmol.training import make_loader, seed_everything
+from fedmol.training import seed_everything
 
-__all__ = ["FjORD", "affordable_widths", "WidthSampler", "distill_loss", "fjord_loss", "fjord_step"]
+__all__ = ["FjORD", "affordable_widths", "WidthSampler", "distill_loss", "fjord_loss"]
 
 _TOL = 1e-9
 
@@ -160,20 +160,6 @@ def fjord_loss(model: nn.Module, batch, p: float, p_max: float, kd_weight: float
     return ce + float(kd_weight) * kd, {"ce": float(ce.detach()), "kd": float(kd.detach())}
 
 
-def fjord_step(model: nn.Module, batch, optimizer: torch.optim.Optimizer, p: float, p_max: float,
-               kd_weight: float = 1.0, self_distill: bool = True, temperature: float = 1.0,
-               clip: float | None = None) -> dict[str, float]:
-    """One optimizer step on :func:`fjord_loss` (model in train mode). Returns the loss parts."""
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    loss, parts = fjord_loss(model, batch, p, p_max, kd_weight, self_distill, temperature)
-    loss.backward()
-    if clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    optimizer.step()
-    return {"loss": float(loss.detach()), **parts}
-
-
 # ------------------------------------------------------------------------------------ algorithm
 
 
@@ -229,24 +215,9 @@ class FjORD(Algorithm):
         seed_everything(seed)
         model = cls.client_model(msg)  # the standalone slice of the cap p_max
         hp = msg.config["hp"]
-        p_max = float(msg.config["width"])
-        sampler = WidthSampler(p_max, seed, msg.config.get("grid", slicing.WIDTHS))
-        opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-        loader = make_loader(data.train, hp["batch_size"], shuffle=True, seed=seed)
-        totals = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
-        steps = 0
-        max_steps = hp["max_local_steps"]
-        for _ in range(int(hp["local_epochs"])):
-            epoch_steps = 0
-            for batch in loader:
-                if max_steps is not None and epoch_steps >= max_steps:
-                    break
-                if batch.num_graphs < 2:  # BatchNorm cannot train on a single graph
-                    continue
-                s = fjord_step(model, batch, opt, sampler(), sampler.cap, hp["kd_weight"], hp["self_distill"],
-                               hp["kd_temperature"], hp["clip"])
-                for k in totals:
-                    totals[k] += s[k]
-                steps, epoch_steps = steps + 1, epoch_steps + 1
-        stats = {k: v / max(steps, 1) for k, v in totals.items()}
-        return cls.reply(model, data, {**stats, "steps": float(steps)})
+        sampler = WidthSampler(float(msg.config["width"]), seed, msg.config.get("grid", slicing.WIDTHS))
+
+        def loss_fn(m, batch):
+            return fjord_loss(m, batch, sampler(), sampler.cap, hp["kd_weight"], hp["self_distill"],
+                              hp["kd_temperature"])
+        return cls.reply(model, data, cls.local_train(model, msg, data, loss_fn=loss_fn))

@@ -71,6 +71,7 @@ class RunConfig:
     dropout: float = 0.5
     eval_every: int = 1
     select: str = "best-valid"  # which round's model is reported: "best-valid" | "last" (fedmol.fl.selection)
+    patience: int | None = None  # stop after this many rounds without a better pooled validation score (rounds: the cap)
     faulty_links: float = 0.0  # P(upload truncated at a random narrower width), for every partner
     lossy_links: float = 0.0   # P(upload lost), for every partner
     hparams: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +80,17 @@ class RunConfig:
     smiles_col: str | None = None    # ... with its SMILES column,
     target_cols: str | None = None   # comma-separated label columns
     task: str | None = None          # and task type
+
+
+def backbone_config(model: str, ds, hidden: int, layers: int, dropout: float) -> dict:
+    """The backbone of a run on dataset ``ds`` (what ``fedmol.models.build`` takes; every algorithm
+    adds its norm, scaler and width): the fingerprint ``mlp`` records its fingerprint settings."""
+    conf = dict(name=model, num_tasks=ds.num_tasks, hidden=hidden, layers=layers, task_type=ds.task_type,
+                dropout=dropout)
+    if model == "mlp":
+        from fedmol.data.fingerprints import DEFAULTS
+        conf.update(DEFAULTS)
+    return conf
 
 
 @dataclass
@@ -101,6 +113,9 @@ def build_federation(cfg: RunConfig, progress: bool = True) -> Federation:
         ds = load_dataset(None if cfg.csv else cfg.dataset, csv=cfg.csv, smiles_col=cfg.smiles_col,
                           target_cols=cfg.target_cols, task=cfg.task, data_dir=cfg.data_dir, progress=progress)
         split = make_split(ds, cfg.partners, cfg.alpha, cfg.seed, cfg.quantity_skew, progress=progress)
+    if cfg.model == "mlp":  # its input: fingerprints, computed once and cached beside the graphs
+        from fedmol.data.fingerprints import attach_fingerprints
+        attach_fingerprints(ds)
     sizes = [len(p["train"]) for p in split["partners"]]
     devices = assign_devices(cfg.devices, sizes, cfg.seed)
     if cfg.faulty_links or cfg.lossy_links:
@@ -141,7 +156,7 @@ class InProcessTransport:
 def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     t_start = time.perf_counter()
     check_selection(cfg.select)
-    check_schedule(cfg.rounds, cfg.eval_every, cfg.clients_per_round)
+    check_schedule(cfg.rounds, cfg.eval_every, cfg.clients_per_round, cfg.patience, cfg.select)
     for what, p in (("faulty_links", cfg.faulty_links), ("lossy_links", cfg.lossy_links)):
         if not 0.0 <= float(p) <= 1.0:
             raise FedmolError(f"{what} is a probability in [0, 1], got {p}")
@@ -150,8 +165,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
     evaluator = Evaluator(ds.task_type, ds.num_tasks)
     metric = evaluator.eval_metric
     algo_cls = get_algorithm(cfg.algorithm)
-    model_config = dict(name=cfg.model, num_tasks=ds.num_tasks, hidden=cfg.hidden, layers=cfg.layers,
-                        task_type=ds.task_type, dropout=cfg.dropout)
+    model_config = backbone_config(cfg.model, ds, cfg.hidden, cfg.layers, cfg.dropout)
     algo = algo_cls(model_config, cfg.hparams, cfg.seed)
     if hasattr(algo, "bind_dataset"):  # the organizer tells FedDF which molecules its public pool must avoid
         algo.bind_dataset(ds.name, list(ds.smiles) if ds.info.is_custom else None, data_dir=cfg.data_dir)
@@ -163,7 +177,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
         write_json(out / "config.json", resolved_config(cfg, algo, fed, dp))
     driver = RoundDriver(algo, fed.infos, InProcessTransport(algo_cls, fed), seed=cfg.seed, rounds=cfg.rounds,
                          evaluator=evaluator, scored={"test": fed.test, "valid": fed.valid}, select=cfg.select,
-                         eval_every=cfg.eval_every, clients_per_round=cfg.clients_per_round)
+                         eval_every=cfg.eval_every, clients_per_round=cfg.clients_per_round, patience=cfg.patience)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.fields[info]}"), disable=not progress, transient=True) as bar:
         task = bar.add_task(f"{cfg.algorithm} on {ds.name}", total=cfg.rounds, info="")

@@ -78,7 +78,7 @@ from fedmol.fl.algorithm import Algorithm, HParams, LocalData, PartnerInfo
 from fedmol.fl.message import Message
 from fedmol.fl.pooled_bn import PooledBNStats, sbn_buffer_keys
 from fedmol.models import slicing
-from fedmol.training import make_loader, seed_everything, train_epoch
+from fedmol.training import seed_everything
 
 __all__ = ["HeteroFL", "labelled_tasks", "make_optimizer"]
 
@@ -201,15 +201,9 @@ class HeteroFL(PooledBNStats, Algorithm):
         seed_everything(msg.config["seed"])
         model = cls.client_model(msg)
         hp = msg.config["hp"]
-        opt = make_optimizer(model.parameters(), hp)
-        loader = make_loader(data.train, hp["batch_size"], shuffle=True, seed=msg.config["seed"])
-        loss, steps = 0.0, 0
-        for _ in range(int(hp["local_epochs"])):
-            s = train_epoch(model, loader, opt, max_steps=hp["max_local_steps"], clip=hp["clip"])
-            loss, steps = loss + s["loss"] * s["steps"], steps + s["steps"]
+        stats = cls.local_train(model, msg, data, optimizer=lambda params: make_optimizer(params, hp))
         bn_keys = sbn_buffer_keys(model)
         arrays = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in bn_keys}
         arrays[LABELLED] = labelled_tasks(data.train, model.num_tasks)
         return Message(arrays=arrays, config={"width": float(msg.config["width"])},
-                       metrics={"n_train": float(len(data.train)), "loss": loss / max(steps, 1),
-                                "steps": float(steps)})
+                       metrics={"n_train": float(len(data.train)), **stats})

@@ -55,7 +55,7 @@ import torch
 from fedmol.errors import FedmolError
 from fedmol.evaluate import HIGHER_IS_BETTER, Evaluator
 from fedmol.fl.algorithm import Algorithm, initial_model
-from fedmol.fl.harness import Federation, RunConfig, build_federation
+from fedmol.fl.harness import Federation, RunConfig, backbone_config, build_federation
 from fedmol.jsonio import write_json
 from fedmol.training import fit, score, width_key
 
@@ -183,6 +183,14 @@ def train_settings(cfg: RunConfig) -> dict:
     return hp
 
 
+def reference_patience(cfg: RunConfig, patience: int | None = None) -> int | None:
+    """Early stopping of a GNN reference, in epochs: ``patience`` when given, else the run's own
+    (``cfg.patience`` rounds of ``local_epochs`` epochs: the federated run's rule), else none."""
+    if patience is not None or cfg.patience is None:
+        return patience
+    return int(cfg.patience) * int(train_settings(cfg)["local_epochs"])
+
+
 def budget(cfg: RunConfig, min_epochs: int = 5) -> int:
     """Epochs of a GNN reference: ``max(min_epochs, rounds * local_epochs)``."""
     return max(int(min_epochs), int(cfg.rounds) * int(train_settings(cfg)["local_epochs"]))
@@ -205,8 +213,7 @@ def fit_gnn(train, valid, model_config: dict, evaluator: Evaluator, *, seed: int
 
 
 def _model_config(cfg: RunConfig, ds, width: float) -> dict:
-    return dict(name=cfg.model, num_tasks=ds.num_tasks, hidden=cfg.hidden, layers=cfg.layers, width=float(width),
-                task_type=ds.task_type, dropout=cfg.dropout)
+    return dict(backbone_config(cfg.model, ds, cfg.hidden, cfg.layers, cfg.dropout), width=float(width))
 
 
 def _partner_seed(seed: int, pid: int) -> int:
@@ -249,7 +256,8 @@ def reference_config(cfg: RunConfig, reference: str, model: str, min_epochs: int
     run["hparams"] = {k: v for k, v in (cfg.hparams or {}).items() if k in TRAIN_KEYS}
     conf = dict(reference=reference, model=model, run=run, split=split_versions())
     if model == "gnn":
-        conf["train"] = dict(train_settings(cfg), epochs=budget(cfg, min_epochs), patience=patience,
+        conf["train"] = dict(train_settings(cfg), epochs=budget(cfg, min_epochs),
+                             patience=reference_patience(cfg, patience),
                              optimizer="adam", protocol=PROTOCOL, init="the run seed's common start weights")
     else:
         conf["forest"] = dict(fingerprint=f"morgan r={FP_RADIUS} {FP_BITS} bits (ECFP4)", trees=RF_TREES,
@@ -280,6 +288,7 @@ def run_reference(cfg: RunConfig, reference: str, model: str = "gnn", out_dir: s
     metric = evaluator.eval_metric
     hp = train_settings(cfg)
     epochs = budget(cfg, min_epochs)
+    patience = reference_patience(cfg, patience)
     cap = hp["max_local_steps"]
     per_partner = []
     if reference == "local-only":

@@ -84,6 +84,12 @@ class RoundSelector:
             return True
         return False
 
+    def stale(self, rnd: int, patience: int | None) -> bool:
+        """Early stopping: ``patience`` rounds have passed since the best evaluated round (the
+        references' rule, counted in rounds). Never before a defined validation score exists."""
+        return (patience is not None and self.select == "best-valid" and self.best_round is not None
+                and rnd - self.best_round >= int(patience))
+
     def finish(self, algo, last_round: int) -> int:
         """Put the selected round's model back into ``algo``; returns the selected round (the last
         one, with :attr:`fallback` saying why, when no evaluated round has a defined validation score)."""

@@ -272,7 +272,7 @@ def _verify_run(r, m: Manifest, members: dict[str, bytes], split_path: Path, spl
     from fedmol.evaluate import Evaluator
     from fedmol.fl.devices import PROFILE_NAMES
     from fedmol.fl.driver import served_width
-    from fedmol.fl.harness import RunConfig, build_federation
+    from fedmol.fl.harness import RunConfig, backbone_config, build_federation
     from fedmol.fl.registry import get_algorithm
     from fedmol.models import build
     from fedmol.training import predict
@@ -305,8 +305,7 @@ def _verify_run(r, m: Manifest, members: dict[str, bytes], split_path: Path, spl
     # the algorithm, as the harness builds it
     try:
         algo_cls = get_algorithm(c.run.algorithm)
-        base = dict(name=c.run.model, num_tasks=ds.num_tasks, hidden=c.run.hidden, layers=c.run.layers,
-                    task_type=ds.task_type, dropout=c.run.dropout)
+        base = backbone_config(c.run.model, ds, c.run.hidden, c.run.layers, c.run.dropout)
         algo = algo_cls(base, dict(c.run.hparams), c.run.seed)
         algo.init(fed.infos)
     except (FedmolError, ValueError, TypeError, KeyError) as e:

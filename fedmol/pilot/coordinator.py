@@ -396,8 +396,8 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
                 for i, p in enumerate(pids)]
 
     # -- algorithm and rounds (the harness's RoundDriver, over the network) -----------------------
-    model_config = dict(name=s.model, num_tasks=ds.num_tasks, hidden=s.hidden, layers=s.layers,
-                        task_type=ds.task_type, dropout=s.dropout)
+    from fedmol.fl.harness import backbone_config
+    model_config = backbone_config(s.model, ds, s.hidden, s.layers, s.dropout)
     algo = algo_cls(model_config, s.hparams, s.seed)
     algo.init([pt.info for pt in partners])
     dp = privacy.account(algo.hp, [pt.info.device.p_online for pt in partners], s.clients_per_round or None,

@@ -12,11 +12,11 @@ from torch_geometric.data import Data
 from fedmol.data.featurize import smiles_to_graph
 from fedmol.fl.algorithm import LocalData, PartnerInfo
 from fedmol.fl.devices import DeviceProfile
-from fedmol.fl.fjord import FjORD, WidthSampler, affordable_widths, distill_loss, fjord_loss, fjord_step
+from fedmol.fl.fjord import FjORD, WidthSampler, affordable_widths, distill_loss, fjord_loss
 from fedmol.fl.message import Message
 from fedmol.models import WIDTHS, build, slicing
 from fedmol.models.slicing import width_tag
-from fedmol.training import make_loader
+from fedmol.training import make_loader, train_epoch
 
 SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C", "[NH3+]CC(=O)[O-]",
           "C1CC2CCC1C2", "ClC(Cl)(Cl)Br", "CC(C)Cc1ccc(cc1)C(C)C(=O)O", "O=C1CCCN1", "c1ccc2c(c1)ccc1ccccc12",
@@ -145,13 +145,14 @@ def test_regression_distillation_is_mse_to_the_teacher():
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_fjord_step_updates_the_weights():
+def test_one_local_loop_takes_fjords_step_and_reports_its_parts():
     model = _model()
-    batch = next(iter(make_loader(graphs(8), 8)))
+    loader = make_loader(graphs(8), 8)
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    out = fjord_step(model, batch, opt, 0.25, 1.0)
-    assert out["loss"] == pytest.approx(out["ce"] + out["kd"], rel=1e-5)
+    out = train_epoch(model, loader, opt, loss_fn=lambda m, b: fjord_loss(m, b, 0.25, 1.0))
+    assert out["steps"] == 1 and out["samples"] == 8
+    assert out["loss"] == pytest.approx(out["ce"] + out["kd"], rel=1e-5) and out["kd"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 

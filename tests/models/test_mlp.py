@@ -18,7 +18,7 @@ from fedmol.fl.registry import ALGORITHMS
 from fedmol.models import MODEL_NAMES, WIDTHS, build, count, masked_loss, recompute_bn_stats, slice_spec, sliced_dim
 from fedmol.models.slicing import SliceEmbeddingBag
 
-from conftest import SMILES
+from model_molecules import SMILES
 
 HIDDEN, LAYERS = 32, 3
 FP = dict(fp_radius=2, fp_bits=256, fp_counts=True)
