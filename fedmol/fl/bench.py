@@ -12,8 +12,8 @@ device profiles x seeds x (algorithms + references), with shared run settings::
                                          # width) for every partner; default [0.0]
     algorithms = ["fedavg", "heterofl"]  # registry names, or labels of [algorithm.<label>] tables
     seeds = [0]                          # each seed: its own split, device draw, model init
-    references = ["local-only", "centralized"]   # [] for none
-    reference_models = ["gnn", "rf-ecfp4"]
+    references = ["local-only", "centralized", "ensemble"]   # [] for none; default local-only, centralized
+    reference_models = ["gnn", "rf-ecfp4", "gbt-ecfp4"]      # default gnn, rf-ecfp4
     threads = 1                          # torch intra-op threads (1: fastest on small shared CPUs)
 
     [run]            # fedmol.fl.harness.RunConfig fields shared by every run
@@ -58,7 +58,8 @@ again and replaced; leftover ``.partial`` folders are
 discarded. A failing run stops the suite with its error (finished runs stay; run it again to
 resume).
 
-**Faulty links** (``faulty_links``, an axis like ``alphas``): the references communicate nothing,
+**Faulty links** (``faulty_links``, an axis like ``alphas``): the references communicate nothing
+(an ensemble sends each model once, over links taken as reliable),
 so they run once per dataset x alpha x devices x seed and frame every faulty-links variant of it;
 in the tables a variant is the devices label ``<devices>-faulty<p>`` (``<devices>`` when p = 0).
 
@@ -82,8 +83,8 @@ from rich.console import Console
 
 from fedmol.errors import FedmolError
 from fedmol.fl.harness import RunConfig, build_federation, run_federated
-from fedmol.fl.references import (REFERENCE_MODELS, REFERENCES, check_reference, reference_config, run_reference,
-                                  split_versions)
+from fedmol.fl.references import (DEFAULT_REFERENCE_MODELS, DEFAULT_REFERENCES, check_reference, reference_config,
+                                  run_reference, split_versions)
 from fedmol.jsonio import write_json
 
 #: where suite names are looked up (after ``./benchmarks/suites``)
@@ -243,8 +244,8 @@ def load_suite(suite: str | Path) -> Suite:
               devices=_list(doc, "devices", str, where),
               faulty_links=_list(doc, "faulty_links", float, where, [0.0]), algorithms=algos,
               seeds=_list(doc, "seeds", int, where, [0]),
-              references=_list(doc, "references", str, where, list(REFERENCES)),
-              reference_models=_list(doc, "reference_models", str, where, list(REFERENCE_MODELS)),
+              references=_list(doc, "references", str, where, list(DEFAULT_REFERENCES)),
+              reference_models=_list(doc, "reference_models", str, where, list(DEFAULT_REFERENCE_MODELS)),
               run=run, hparams=dict(doc.get("hparams", {})), reference=ref, threads=doc.get("threads", 1))
     check_suite(s)
     return s
@@ -512,7 +513,10 @@ def settings_notes(s: Suite, threads: int | None) -> list[str]:
                  f"max({ref['min_epochs']}, rounds x local_epochs), each capped like a round's local work, trained "
                  f"like a federated partner (the run seed's common start weights, Adam rebuilt every round of "
                  f"local_epochs epochs, the best validation score among the rounds a federated run evaluates; "
-                 f"patience {ref['patience']}); forests: ECFP4 2048 bits, 200 trees.")
+                 f"patience {ref['patience']}); forests: ECFP4 2048 bits, 200 trees; boosted trees (gbt-ecfp4): "
+                 f"LightGBM on ECFP4, 300 trees, learning rate 0.05, depth 6; ensembles: the partners' local "
+                 f"models averaged, weighted by training-set size (trees: probabilities, GNN: logits); best local: "
+                 f"per partner the local family with the best score on its own validation molecules.")
     return lines
 
 

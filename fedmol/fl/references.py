@@ -1,19 +1,46 @@
-"""The two references that frame every federated result, on the federation's own split and partners.
+"""The references that frame every federated result, on the federation's own split and partners.
 
 * **local-only** -- each partner trains alone on its own training molecules (the floor: what a
   partner gets without federating). GNN: the run's backbone (``cfg.model``, ``hidden``, ``layers``,
   ``dropout``) built standalone at the partner's device cap ``max_width``; early stopping on the
   partner's *own* validation set; scored on the global test set and on its own validation set.
+  :func:`local_model` trains one partner's model: the one code path of local-only and ensemble.
 * **centralized** -- every partner's training molecules pooled (the ceiling: what the federation
   would reach if the data could be shared). GNN at width 1; early stopping on the pooled
   validation sets; scored on the global test set (and, per partner, on each partner's validation
   set, so its gain over local-only can be computed like a federated run's).
+* **ensemble** -- the one-shot federation a practitioner tries first (issue 23): every partner
+  trains its local-only model (:func:`local_model`: the same models, seeds and code as local-only)
+  and sends it once; the prediction is the average of the members' outputs weighted by their
+  training-set sizes (per task: the member's training molecules labelled for that task; for a
+  single-task dataset exactly ``n_train``). Trees average **probabilities** (regression: values);
+  the GNN averages **logits** (regression: values), as FedDF's AVGLOGITS teacher does
+  (Lin et al. 2020), so FedDF's rows read against the ensemble they distil. A partner is scored on
+  the ensemble it can run: GNN members whose width is <= its device cap (its own model always is),
+  every tree member. ``test`` is keyed by width (the GNN: the ensemble a device of that cap runs;
+  trees: ``1.0``). Bytes: one round; every partner uploads its model once (``bytes_up``: the sum
+  of the members' sizes) and downloads the other members it can run (``bytes_down``). Sizes: a
+  GNN's tensors (as a federated message counts them), a LightGBM model's text format, a forest's
+  node arrays (children, feature, threshold, value) -- never pickled.
 
-Each for two models: the GNN, and the model many pharma data scientists would use instead, a
-random forest on Morgan fingerprints (ECFP4: radius 2, 2048 bits, RDKit ``rdFingerprintGenerator``;
-classification: ``RandomForestClassifier(n_estimators=200, class_weight="balanced")``, one forest
-per task on its labelled rows, the score is ``predict_proba`` of class 1; regression:
-``RandomForestRegressor(200)``), seeded from the run seed (and the partner id).
+Each for three models: the GNN, and the fingerprint models many pharma data scientists would use
+instead, on Morgan fingerprints (ECFP4: radius 2, 2048 bits, RDKit ``rdFingerprintGenerator``),
+one model per task on its labelled rows (a task with one class or no rows predicts the class rate):
+
+* ``rf-ecfp4``: scikit-learn random forest; classification
+  ``RandomForestClassifier(n_estimators=200, class_weight="balanced")``, the score is
+  ``predict_proba`` of class 1; regression ``RandomForestRegressor(200)``.
+* ``gbt-ecfp4``: gradient-boosted trees, **LightGBM** (chosen by ``benchmarks/gbt_choice.py``
+  over XGBoost and CatBoost: the three tie on mean validation ROC-AUC within 0.001 on the quick
+  suite's B3DB split and BBBP/BACE (on test, not used for the choice, LightGBM 0.678 against
+  0.692-0.696), LightGBM fits 2.5-5x faster and installs 12 MB against 330-730 MB;
+  ``benchmarks/results/gbt_choice.json``). Fixed defaults chosen before measuring, never tuned on
+  test: 300 trees, learning rate 0.05, ``max_depth`` 6 / 31 leaves, row subsampling 0.8, feature
+  subsampling 0.5; **no early stopping** (the partners' validation sets are small and early
+  stopping on them measured no better); one thread, ``deterministic=True``, ``force_row_wise``:
+  identical models for a seed on any machine. Saved, when at all, in LightGBM's text format.
+
+seeded from the run seed (and the partner id).
 
 Training protocol of the GNN references (the federated one, so that a partner's alone-vs-federated
 comparison differs only in the data): the same start weights as every algorithm of the run seed
@@ -31,14 +58,18 @@ steps the federation takes per round). Optimizer and batch: Adam with the run's 
 local training uses).
 
 Result format, like a federated run's ``summary.json``: ``dataset``, ``metric``, ``reference``
-("local-only" | "centralized"), ``model`` ("gnn" | "rf-ecfp4"), ``test`` (centralized
-``{"1.0": v}``; local-only ``{"mean": mean over partners, "<width>": mean over the partners whose
-local model has that width}``), ``valid`` (same keys), ``per_partner`` [``{partner, width,
-n_train, n_valid, test, valid}``] (``width`` is None for the forest), ``seconds``, ``seed``,
-``config``.
+("local-only" | "centralized" | "ensemble"), ``model`` ("gnn" | "rf-ecfp4" | "gbt-ecfp4"),
+``test`` (centralized ``{"1.0": v}``; local-only ``{"mean": mean over partners, "<width>": mean
+over the partners whose local model has that width}``; ensemble: see above), ``valid`` (same
+keys), ``per_partner`` [``{partner, width, n_train, n_valid, test, valid}``] (``width`` is None for
+the trees; an ensemble's entries add ``members``, the partners whose models it averages),
+``seconds``, ``seed``, ``config``; an ensemble adds ``members`` [``{partner, width, n_train, bytes,
+test, valid}``], ``rounds`` (1), ``bytes_up``, ``bytes_down``.
 
 :func:`federated_gain` compares a federated summary (or a centralized one) with a local-only one,
-partner by partner (MELLODDY-style).
+partner by partner (MELLODDY-style). :func:`best_local` picks, per partner, the local-only model
+with the best score on that partner's own validation molecules among every local-only family run
+for the split (validation only, never test).
 """
 
 from __future__ import annotations
@@ -46,6 +77,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +89,26 @@ from fedmol.evaluate import HIGHER_IS_BETTER, Evaluator
 from fedmol.fl.algorithm import Algorithm, initial_model
 from fedmol.fl.harness import Federation, RunConfig, backbone_config, build_federation
 from fedmol.jsonio import write_json
-from fedmol.training import fit, score, width_key
+from fedmol.training import fit, predict, score, width_key
 
-REFERENCES = ("local-only", "centralized")
-REFERENCE_MODELS = ("gnn", "rf-ecfp4")
+REFERENCES = ("local-only", "centralized", "ensemble")
+REFERENCE_MODELS = ("gnn", "rf-ecfp4", "gbt-ecfp4")
+TREE_MODELS = ("rf-ecfp4", "gbt-ecfp4")
+#: what a suite runs when it names no references / reference models
+DEFAULT_REFERENCES = ("local-only", "centralized")
+DEFAULT_REFERENCE_MODELS = ("gnn", "rf-ecfp4")
 FP_RADIUS = 2
 FP_BITS = 2048
 RF_TREES = 200
+#: LightGBM's settings of ``gbt-ecfp4`` (benchmarks/gbt_choice.py measured them against XGBoost and CatBoost)
+GBT_PARAMS = dict(n_estimators=300, learning_rate=0.05, max_depth=6, num_leaves=31, subsample=0.8, subsample_freq=1,
+                  colsample_bytree=0.5, n_jobs=1, deterministic=True, force_row_wise=True, verbose=-1)
+#: best local: when a partner's validation score is undefined for every family, the practitioner's default
+BEST_LOCAL_FALLBACK = ("rf-ecfp4", "gbt-ecfp4", "mlp", "gnn")
+#: how an ensemble averages (recorded in its config.json)
+ENSEMBLE_RULE = ("average of the partners' local-only models' outputs (trees: probabilities, GNN: logits as FedDF's "
+                 "AVGLOGITS; regression: values), weighted per task by the member's training molecules labelled "
+                 "for the task (n_train for a single task); a partner runs the members its device can run")
 
 #: how a GNN reference trains and selects (recorded in its config.json), like a federated partner
 PROTOCOL = ("rounds of local_epochs epochs, Adam rebuilt every round; best pooled/own validation score among "
@@ -117,17 +162,19 @@ def fingerprints(ds) -> np.ndarray:
     return np.stack([_FP_CACHE[s] for s in smiles])
 
 
-# -------------------------------------------------------------------------------------------- forest
-class Forest:
-    """One scikit-learn random forest per task, each fitted on the rows labelled for that task."""
+# --------------------------------------------------------------------------------------------- trees
+class TaskTrees:
+    """One tree model per task, each fitted on the rows labelled for that task (a task whose labelled
+    rows hold one class, or none, predicts the class rate / 0). Subclasses say which estimator."""
 
-    def __init__(self, task_type: str, seed: int = 0, n_estimators: int = RF_TREES, n_jobs: int | None = -1):
-        self.task_type, self.seed, self.n_estimators, self.n_jobs = task_type, seed, n_estimators, n_jobs
+    def __init__(self, task_type: str, seed: int = 0):
+        self.task_type, self.seed = task_type, seed
         self.models: list[Any] = []
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> "Forest":
-        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+    def estimator(self):
+        raise NotImplementedError
 
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> "TaskTrees":
         Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
         self.models = []
         for t in range(Y.shape[1]):
@@ -137,29 +184,73 @@ class Forest:
                 if y.size == 0 or y.min() == y.max():  # nothing to learn: predict the (prior) class rate
                     self.models.append(float(y.mean()) if y.size else 0.5)
                     continue
-                rf = RandomForestClassifier(n_estimators=self.n_estimators, class_weight="balanced",
-                                            random_state=self.seed, n_jobs=self.n_jobs)
-            else:
-                if y.size == 0:
-                    self.models.append(0.0)
-                    continue
-                rf = RandomForestRegressor(n_estimators=self.n_estimators, random_state=self.seed,
-                                           n_jobs=self.n_jobs)
-            self.models.append(rf.fit(X[m], y.astype(int) if self.task_type == "classification" else y))
+                y = y.astype(int)
+            elif y.size == 0:
+                self.models.append(0.0)
+                continue
+            self.models.append(self.estimator().fit(self._x(X[m]), y))
         return self
 
+    def _x(self, X: np.ndarray) -> np.ndarray:
+        return X
+
     def predict(self, X: np.ndarray) -> np.ndarray:
+        """Probability of class 1 per task (regression: the value), ``(n, num_tasks)``."""
         out = np.zeros((len(X), len(self.models)))
         if len(X) == 0:
             return out
-        for t, rf in enumerate(self.models):
-            if isinstance(rf, float):
-                out[:, t] = rf
+        for t, est in enumerate(self.models):
+            if isinstance(est, float):
+                out[:, t] = est
             elif self.task_type == "classification":
-                out[:, t] = rf.predict_proba(X)[:, list(rf.classes_).index(1)]
+                out[:, t] = est.predict_proba(self._x(X))[:, list(est.classes_).index(1)]
             else:
-                out[:, t] = rf.predict(X)
+                out[:, t] = est.predict(self._x(X))
         return out
+
+
+class Forest(TaskTrees):
+    """One scikit-learn random forest per task, each fitted on the rows labelled for that task."""
+
+    def __init__(self, task_type: str, seed: int = 0, n_estimators: int = RF_TREES, n_jobs: int | None = -1):
+        super().__init__(task_type, seed)
+        self.n_estimators, self.n_jobs = n_estimators, n_jobs
+
+    def estimator(self):
+        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+        if self.task_type == "classification":
+            return RandomForestClassifier(n_estimators=self.n_estimators, class_weight="balanced",
+                                          random_state=self.seed, n_jobs=self.n_jobs)
+        return RandomForestRegressor(n_estimators=self.n_estimators, random_state=self.seed, n_jobs=self.n_jobs)
+
+    def nbytes(self) -> int:
+        """The node arrays a forest predicts with (children, feature, threshold, value) of every tree."""
+        return sum(a.nbytes for est in self.models if not isinstance(est, float) for tree in est.estimators_
+                   for a in (tree.tree_.children_left, tree.tree_.children_right, tree.tree_.feature,
+                             tree.tree_.threshold, tree.tree_.value))
+
+
+class Boosted(TaskTrees):
+    """One LightGBM gradient-boosted trees model per task (:data:`GBT_PARAMS`, one thread,
+    deterministic), each fitted on the rows labelled for that task. Never pickled: :meth:`nbytes`
+    and any saved copy use LightGBM's own text format (``booster_.model_to_string()``)."""
+
+    def __init__(self, task_type: str, seed: int = 0, **params):
+        super().__init__(task_type, seed)
+        self.params = {**GBT_PARAMS, **params}
+
+    def estimator(self):
+        import lightgbm as lgb
+
+        cls = lgb.LGBMClassifier if self.task_type == "classification" else lgb.LGBMRegressor
+        return cls(random_state=self.seed, **self.params)
+
+    def _x(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X, dtype=np.float32)
+
+    def nbytes(self) -> int:
+        return sum(len(est.booster_.model_to_string().encode()) for est in self.models if not isinstance(est, float))
 
 
 def fit_forest(train, seed: int, n_jobs: int | None = -1) -> Forest:
@@ -167,7 +258,13 @@ def fit_forest(train, seed: int, n_jobs: int | None = -1) -> Forest:
     return Forest(train.task_type, seed, n_jobs=n_jobs).fit(fingerprints(train), labels_of(train))
 
 
-def score_forest(forest: Forest, ds, evaluator: Evaluator) -> float:
+def fit_boosted(train, seed: int) -> Boosted:
+    """A :class:`Boosted` (LightGBM) on ECFP4 of ``train`` (a dataset or subset)."""
+    return Boosted(train.task_type, seed).fit(fingerprints(train), labels_of(train))
+
+
+def score_forest(forest: TaskTrees, ds, evaluator: Evaluator) -> float:
+    """The metric of a :class:`Forest` or :class:`Boosted` on ``ds`` (NaN on an empty set)."""
     if len(ds) == 0:
         return float("nan")
     return evaluator.eval({"y_true": labels_of(ds), "y_pred": forest.predict(fingerprints(ds))})[evaluator.eval_metric]
@@ -181,14 +278,6 @@ def train_settings(cfg: RunConfig) -> dict:
     hp = {k: v for k, v in Algorithm.base_defaults.items() if k in TRAIN_KEYS}
     hp.update({k: v for k, v in (cfg.hparams or {}).items() if k in TRAIN_KEYS})
     return hp
-
-
-def reference_patience(cfg: RunConfig, patience: int | None = None) -> int | None:
-    """Early stopping of a GNN reference, in epochs: ``patience`` when given, else the run's own
-    (``cfg.patience`` rounds of ``local_epochs`` epochs: the federated run's rule), else none."""
-    if patience is not None or cfg.patience is None:
-        return patience
-    return int(cfg.patience) * int(train_settings(cfg)["local_epochs"])
 
 
 def budget(cfg: RunConfig, min_epochs: int = 5) -> int:
@@ -220,6 +309,139 @@ def _partner_seed(seed: int, pid: int) -> int:
     return (int(seed) * 1_000_003 + 7919 * (pid + 1)) % (2**31 - 1)
 
 
+# ------------------------------------------------------------------------------------- trained models
+@dataclass
+class Fitted:
+    """One trained reference model: ``family`` ("gnn" | "rf-ecfp4" | "gbt-ecfp4"), ``model`` (a torch
+    module, a :class:`Forest`, a :class:`Boosted`), ``width`` (the GNN's width; None for trees),
+    ``n_labelled`` (its training molecules labelled per task: an ensemble member's weights)."""
+
+    family: str
+    model: Any
+    width: float | None
+    n_train: int
+    n_labelled: np.ndarray
+
+    def outputs(self, ds) -> np.ndarray:
+        """What an ensemble averages, ``(n, num_tasks)``: the GNN's logits (regression: values), the
+        trees' probabilities of class 1 (regression: values)."""
+        if self.family == "gnn":
+            return predict(self.model, ds)[1].astype(np.float64)
+        return self.model.predict(fingerprints(ds))
+
+    def score(self, ds, evaluator: Evaluator) -> float:
+        """The evaluator's metric on ``ds`` (NaN on an empty set)."""
+        if self.family == "gnn":
+            return score(self.model, ds, evaluator)[evaluator.eval_metric] if len(ds) else float("nan")
+        return score_forest(self.model, ds, evaluator)
+
+    def nbytes(self) -> int:
+        """Bytes to send the model once: the GNN's tensors (parameters and buffers, as a federated
+        message counts them), the trees' :meth:`Forest.nbytes` / :meth:`Boosted.nbytes`."""
+        if self.family == "gnn":
+            return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        return int(self.model.nbytes())
+
+
+def fit_model(cfg: RunConfig, fed: Federation, model: str, train, valid, *, seed: int, width: float = 1.0,
+              init_seed: int | None = None, max_steps: int | None = None, min_epochs: int = 5,
+              patience: int | None = None, n_jobs: int | None = -1) -> Fitted:
+    """A reference model of family ``model`` trained on ``train`` (the GNN: built at ``width`` from the
+    start weights of ``init_seed``, selected on ``valid``; the trees ignore ``valid``)."""
+    ds = fed.dataset
+    n_labelled = (~np.isnan(labels_of(train))).sum(axis=0)
+    if model == "gnn":
+        net, _ = fit_gnn(train, valid, _model_config(cfg, ds, width), Evaluator(ds.task_type, ds.num_tasks),
+                         seed=seed, epochs=budget(cfg, min_epochs), hp=train_settings(cfg), max_steps=max_steps,
+                         patience=patience, init_seed=init_seed, eval_every=int(cfg.eval_every))
+        return Fitted(model, net, float(width), len(train), n_labelled)
+    trees = fit_forest(train, seed, n_jobs) if model == "rf-ecfp4" else fit_boosted(train, seed)
+    return Fitted(model, trees, None, len(train), n_labelled)
+
+
+def local_model(cfg: RunConfig, fed: Federation, pid: int, model: str, *, min_epochs: int = 5,
+                patience: int | None = None, n_jobs: int | None = -1) -> Fitted:
+    """Partner ``pid``'s local-only model: its own training molecules, the GNN at its device cap
+    (the run seed's start weights) selected on its own validation molecules; seeded from the run
+    seed and the partner id. The one function the local-only and ensemble references train with."""
+    info, data = fed.infos[pid], fed.local[pid]
+    return fit_model(cfg, fed, model, data.train, data.valid, seed=_partner_seed(cfg.seed, info.pid),
+                     width=float(info.device.max_width), init_seed=int(cfg.seed),
+                     max_steps=train_settings(cfg)["max_local_steps"], min_epochs=min_epochs, patience=patience,
+                     n_jobs=n_jobs)
+
+
+def centralized_model(cfg: RunConfig, fed: Federation, model: str, *, min_epochs: int = 5,
+                      patience: int | None = None, n_jobs: int | None = -1) -> Fitted:
+    """The pooled model: every partner's training molecules, width 1, selected on the pooled
+    validation molecules; an epoch capped at ``partners * max_local_steps`` steps."""
+    cap = train_settings(cfg)["max_local_steps"]
+    return fit_model(cfg, fed, model, pooled_train(fed), fed.valid, seed=int(cfg.seed), width=1.0,
+                     max_steps=None if cap is None else int(cap) * len(fed.infos), min_epochs=min_epochs,
+                     patience=patience, n_jobs=n_jobs)
+
+
+# ------------------------------------------------------------------------------------------ ensembles
+def ensemble_average(outputs: list[np.ndarray], n_labelled: list[np.ndarray]) -> np.ndarray:
+    """The members' outputs ``(n, num_tasks)`` averaged per task with weights proportional to their
+    training molecules labelled for that task (equal weights for a task no member has labels for)."""
+    out = np.stack([np.asarray(o, dtype=np.float64) for o in outputs])  # (members, n, tasks)
+    w = np.stack([np.asarray(c, dtype=np.float64) for c in n_labelled])  # (members, tasks)
+    total = w.sum(axis=0)
+    w = np.where(total > 0, w / np.where(total > 0, total, 1.0), 1.0 / len(outputs))
+    return np.einsum("kt,knt->nt", w, out)
+
+
+def can_run(member: Fitted, cap: float) -> bool:
+    """Whether a device capped at width ``cap`` runs ``member`` (trees run anywhere)."""
+    return member.width is None or member.width <= float(cap) + 1e-9
+
+
+def ensemble_scores(fed: Federation, members: list[Fitted], evaluator: Evaluator) -> dict:
+    """The one-shot ensemble of ``members`` (partner k's local model at index k), scored like a
+    federated run: ``test`` / ``valid`` keyed by width (the GNN: the ensemble a device of that cap
+    runs; trees: ``1.0``), ``per_partner`` (each partner on the ensemble it can run), ``members``,
+    ``rounds``, ``bytes_up`` (each member sent once), ``bytes_down`` (each partner receives the
+    other members it runs)."""
+    metric = evaluator.eval_metric
+    caps = [float(info.device.max_width) for info in fed.infos]
+    cache: dict[tuple, np.ndarray] = {}
+
+    def outputs(k: int, where, ds) -> np.ndarray:
+        if (k, where) not in cache:
+            cache[(k, where)] = members[k].outputs(ds)
+        return cache[(k, where)]
+
+    def ens_score(ks: tuple, where, ds) -> float:
+        if not ks or len(ds) == 0:
+            return float("nan")
+        pred = ensemble_average([outputs(k, where, ds) for k in ks], [members[k].n_labelled for k in ks])
+        return evaluator.eval({"y_true": labels_of(ds), "y_pred": pred})[metric]
+
+    def runnable(cap: float) -> tuple:
+        return tuple(k for k, m in enumerate(members) if can_run(m, cap))
+
+    gnn = members[0].family == "gnn"
+    keys = sorted(set(caps), reverse=True) if gnn else [1.0]
+    test = {width_key(w): ens_score(runnable(w), "test", fed.test) for w in keys}
+    valid = {width_key(w): ens_score(runnable(w), "valid", fed.valid) for w in keys}
+    per_partner, test_of = [], {}
+    for j, (info, data) in enumerate(zip(fed.infos, fed.local)):
+        ks = runnable(caps[j])
+        if ks not in test_of:
+            test_of[ks] = ens_score(ks, "test", fed.test)
+        per_partner.append(dict(partner=info.pid, width=caps[j] if gnn else None, members=list(ks),
+                                n_train=len(data.train), n_valid=len(data.valid), test=test_of[ks],
+                                valid=ens_score(ks, ("valid", j), data.valid)))
+    sizes = [m.nbytes() for m in members]
+    info_members = [dict(partner=info.pid, width=m.width, n_train=m.n_train, bytes=sizes[k],
+                         test=m.score(fed.test, evaluator), valid=m.score(data.valid, evaluator))
+                    for k, (m, info, data) in enumerate(zip(members, fed.infos, fed.local))]
+    down = sum(sizes[k] for p in per_partner for k in p["members"] if k != p["partner"])
+    return dict(test=test, valid=valid, per_partner=per_partner, members=info_members, rounds=1,
+                bytes_up=int(sum(sizes)), bytes_down=int(down))
+
+
 # ------------------------------------------------------------------------------------------ references
 def local_only(cfg: RunConfig, model: str = "gnn", out_dir: str | Path | None = None, *, fed: Federation | None = None,
                progress: bool = True, min_epochs: int = 5, patience: int | None = None,
@@ -234,6 +456,14 @@ def centralized(cfg: RunConfig, model: str = "gnn", out_dir: str | Path | None =
                 patience: int | None = None, n_jobs: int | None = -1) -> dict:
     """All partners' training sets pooled, width 1; scored on the global test set."""
     return run_reference(cfg, "centralized", model, out_dir, fed=fed, progress=progress, min_epochs=min_epochs,
+                         patience=patience, n_jobs=n_jobs)
+
+
+def ensemble(cfg: RunConfig, model: str = "gnn", out_dir: str | Path | None = None, *,
+             fed: Federation | None = None, progress: bool = True, min_epochs: int = 5,
+             patience: int | None = None, n_jobs: int | None = -1) -> dict:
+    """The partners' local-only models averaged, sent once (see the module docstring)."""
+    return run_reference(cfg, "ensemble", model, out_dir, fed=fed, progress=progress, min_epochs=min_epochs,
                          patience=patience, n_jobs=n_jobs)
 
 
@@ -256,12 +486,20 @@ def reference_config(cfg: RunConfig, reference: str, model: str, min_epochs: int
     run["hparams"] = {k: v for k, v in (cfg.hparams or {}).items() if k in TRAIN_KEYS}
     conf = dict(reference=reference, model=model, run=run, split=split_versions())
     if model == "gnn":
-        conf["train"] = dict(train_settings(cfg), epochs=budget(cfg, min_epochs),
-                             patience=reference_patience(cfg, patience),
+        conf["train"] = dict(train_settings(cfg), epochs=budget(cfg, min_epochs), patience=patience,
                              optimizer="adam", protocol=PROTOCOL, init="the run seed's common start weights")
-    else:
+    elif model == "rf-ecfp4":
         conf["forest"] = dict(fingerprint=f"morgan r={FP_RADIUS} {FP_BITS} bits (ECFP4)", trees=RF_TREES,
                               class_weight="balanced", one_forest_per_task=True)
+    else:
+        import lightgbm
+
+        conf["gbt"] = dict(fingerprint=f"morgan r={FP_RADIUS} {FP_BITS} bits (ECFP4)", library="lightgbm",
+                           version=lightgbm.__version__, params=GBT_PARAMS, early_stopping=None,
+                           one_model_per_task=True)
+    if reference == "ensemble":
+        conf["ensemble"] = dict(rule=ENSEMBLE_RULE, members="the local-only models (local_model: same seeds and code)",
+                                rounds=1)
     return json.loads(json.dumps(conf))
 
 
@@ -286,56 +524,33 @@ def run_reference(cfg: RunConfig, reference: str, model: str = "gnn", out_dir: s
     ds = fed.dataset
     evaluator = Evaluator(ds.task_type, ds.num_tasks)
     metric = evaluator.eval_metric
-    hp = train_settings(cfg)
-    epochs = budget(cfg, min_epochs)
-    patience = reference_patience(cfg, patience)
-    cap = hp["max_local_steps"]
-    per_partner = []
-    if reference == "local-only":
-        for info, data in zip(fed.infos, fed.local):
-            seed = _partner_seed(cfg.seed, info.pid)
-            if model == "gnn":
-                width = float(info.device.max_width)
-                net, _ = fit_gnn(data.train, data.valid, _model_config(cfg, ds, width), evaluator, seed=seed,
-                                 epochs=epochs, hp=hp, max_steps=cap, patience=patience, init_seed=int(cfg.seed),
-                                 eval_every=int(cfg.eval_every))
-                test = score(net, fed.test, evaluator)[metric]
-                valid = score(net, data.valid, evaluator)[metric] if len(data.valid) else float("nan")
-            else:
-                width = None
-                forest = fit_forest(data.train, seed, n_jobs)
-                test, valid = score_forest(forest, fed.test, evaluator), score_forest(forest, data.valid, evaluator)
-            per_partner.append(dict(partner=info.pid, width=width, n_train=len(data.train), n_valid=len(data.valid),
-                                    test=test, valid=valid))
-        test = {"mean": _nanmean([p["test"] for p in per_partner])}
-        valid = {"mean": _nanmean([p["valid"] for p in per_partner])}
-        if model == "gnn":
-            for w in sorted({p["width"] for p in per_partner}, reverse=True):
-                test[width_key(w)] = _nanmean([p["test"] for p in per_partner if p["width"] == w])
-                valid[width_key(w)] = _nanmean([p["valid"] for p in per_partner if p["width"] == w])
-    else:
-        train = pooled_train(fed)
+    train = dict(min_epochs=min_epochs, patience=patience, n_jobs=n_jobs)
+    extra: dict[str, Any] = {}
+    if reference == "centralized":
+        central = centralized_model(cfg, fed, model, **train)
+        t = central.score(fed.test, evaluator)
         key = width_key(1.0)
-        if model == "gnn":
-            max_steps = None if cap is None else int(cap) * len(fed.infos)
-            net, _ = fit_gnn(train, fed.valid, _model_config(cfg, ds, 1.0), evaluator, seed=int(cfg.seed),
-                             epochs=epochs, hp=hp, max_steps=max_steps, patience=patience,
-                             eval_every=int(cfg.eval_every))
-
-            def evaluate(d):
-                return score(net, d, evaluator)[metric] if len(d) else float("nan")
-        else:
-            forest = fit_forest(train, int(cfg.seed), n_jobs)
-
-            def evaluate(d):
-                return score_forest(forest, d, evaluator)
-        t = evaluate(fed.test)
-        test, valid = {key: t}, {key: evaluate(fed.valid)}
-        per_partner = [dict(partner=info.pid, width=1.0 if model == "gnn" else None, n_train=len(data.train),
-                            n_valid=len(data.valid), test=t, valid=evaluate(data.valid))
+        test, valid = {key: t}, {key: central.score(fed.valid, evaluator)}
+        per_partner = [dict(partner=info.pid, width=central.width, n_train=len(data.train),
+                            n_valid=len(data.valid), test=t, valid=central.score(data.valid, evaluator))
                        for info, data in zip(fed.infos, fed.local)]
+    else:
+        members = [local_model(cfg, fed, info.pid, model, **train) for info in fed.infos]
+        if reference == "ensemble":
+            extra = ensemble_scores(fed, members, evaluator)
+            test, valid, per_partner = extra.pop("test"), extra.pop("valid"), extra.pop("per_partner")
+        else:
+            per_partner = [dict(partner=info.pid, width=m.width, n_train=len(data.train), n_valid=len(data.valid),
+                                test=m.score(fed.test, evaluator), valid=m.score(data.valid, evaluator))
+                           for m, info, data in zip(members, fed.infos, fed.local)]
+            test = {"mean": _nanmean([p["test"] for p in per_partner])}
+            valid = {"mean": _nanmean([p["valid"] for p in per_partner])}
+            if model == "gnn":
+                for w in sorted({p["width"] for p in per_partner}, reverse=True):
+                    test[width_key(w)] = _nanmean([p["test"] for p in per_partner if p["width"] == w])
+                    valid[width_key(w)] = _nanmean([p["valid"] for p in per_partner if p["width"] == w])
     summary = dict(dataset=ds.name, metric=metric, reference=reference, model=model, test=test, valid=valid,
-                   per_partner=per_partner, seed=cfg.seed, seconds=round(time.perf_counter() - t0, 2),
+                   per_partner=per_partner, **extra, seed=cfg.seed, seconds=round(time.perf_counter() - t0, 2),
                    config=reference_config(cfg, reference, model, min_epochs, patience))
     if out_dir is not None:
         out = Path(out_dir)
@@ -414,3 +629,51 @@ def _num(v) -> float:
     except (TypeError, ValueError):
         return float("nan")
 
+
+
+# ------------------------------------------------------------------------------------------ best local
+def best_local(local_summaries: dict[str, dict]) -> dict:
+    """Per partner, its best local model: among the local-only summaries of one split (``{family:
+    summary}``, whatever families were run: gnn, rf-ecfp4, gbt-ecfp4, mlp, ...), the family with the
+    best score on that partner's **own validation molecules** (never the test set). Ties go to the
+    family first in :data:`BEST_LOCAL_FALLBACK` (then the given order); a partner whose validation
+    score is undefined for every family (e.g. one class only) takes the first family of that order
+    that was run (``selected_by`` says which rule chose).
+
+    Returns a summary-like dict that :func:`federated_gain` compares with: ``metric``, ``reference``
+    ("best local"), ``families``, ``choices`` ({family: partners}), ``test`` / ``valid``
+    (``{"mean": ...}``), ``per_partner`` [``{partner, family, width, selected_by, test, valid,
+    valid_by_family}``] (``test``, ``valid``: the chosen family's)."""
+    if not local_summaries:
+        raise FedmolError("best local needs at least one local-only summary")
+    metrics = {s["metric"] for s in local_summaries.values()}
+    if len(metrics) != 1:
+        raise FedmolError(f"best local: the local-only summaries have different metrics {sorted(metrics)}")
+    metric = metrics.pop()
+    if metric not in HIGHER_IS_BETTER:
+        raise FedmolError(f"unknown metric {metric!r}")
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    given = list(local_summaries)
+    order = sorted(given, key=lambda f: (BEST_LOCAL_FALLBACK.index(f) if f in BEST_LOCAL_FALLBACK
+                                         else len(BEST_LOCAL_FALLBACK), given.index(f)))
+    per = {f: {int(p["partner"]): p for p in local_summaries[f]["per_partner"]} for f in order}
+    partners = sorted(per[order[0]])
+    for f in order:
+        if sorted(per[f]) != partners:
+            raise FedmolError(f"best local: partners differ: {order[0]} {partners} vs {f} {sorted(per[f])}")
+    rows = []
+    for pid in partners:
+        valids = {f: _num(per[f][pid].get("valid")) for f in order}
+        defined = [f for f in order if math.isfinite(valids[f])]
+        if defined:
+            choice = max(defined, key=lambda f: sign * valids[f])  # the first of equal scores in `order`
+            how = "validation"
+        else:
+            choice, how = order[0], "fallback: validation undefined for every family"
+        p = per[choice][pid]
+        rows.append(dict(partner=pid, family=choice, width=p.get("width"), selected_by=how, test=_num(p.get("test")),
+                         valid=valids[choice], valid_by_family=valids))
+    return dict(metric=metric, reference="best local", model=None, families=order,
+                choices={f: [r["partner"] for r in rows if r["family"] == f] for f in order},
+                test={"mean": _nanmean([r["test"] for r in rows])}, valid={"mean": _nanmean([r["valid"] for r in rows])},
+                per_partner=rows)

@@ -20,6 +20,16 @@ algorithms in suite order):
   each partner's own validation set, signed so that **positive = better than training alone**
   also for RMSE; the share of partners with a positive test gain. ``gain_test_vs_rf``: the test
   gain of a GNN row against each partner's local ECFP4 random forest.
+* ``gain_test_vs_best_local`` -- per partner, the test gain over that partner's **best local**
+  model (:func:`fedmol.fl.references.best_local`: among the local-only families of the split, the
+  one with the best score on the partner's own validation molecules), mean over the partners that
+  have a model (the ``served`` rule); on every row but ``best local`` itself. The ``best local``
+  row (when >= 2 local-only families ran): per partner the chosen family's scores; which family
+  each partner chose is in ``partner_gains.csv`` (``best_local_family``, with every family's
+  validation score ``valid_<family>``).
+* ``ensemble (<family>)`` rows: the one-shot ensembles of the partners' local models
+  (:func:`fedmol.fl.references.ensemble_scores`), scored like a federated run (``test@<w>``: the
+  ensemble a device of cap ``w`` runs; ``served``; ``mb``: every model sent once).
 * ``mb`` -- megabytes (1e6 bytes) communicated, down + up, over the whole run.
 
 Each measure is the mean and the sample standard deviation (ddof=1) over seeds; with one seed
@@ -42,18 +52,20 @@ import numpy as np
 import pandas as pd
 
 from fedmol.evaluate import HIGHER_IS_BETTER
-from fedmol.fl.references import REFERENCE_MODELS, federated_gain
+from fedmol.fl.references import REFERENCE_MODELS, best_local, federated_gain
 from fedmol.stats import SIGNIFICANCE, tie_labels
 from fedmol.jsonio import read_summary
 
 KEYS = ["dataset", "metric", "alpha", "devices", "kind", "method"]
 GAIN_MEASURES = ["gain_test", "gain_valid", "rel_gain_test", "rel_gain_valid", "share_gain_test",
-                 "share_gain_valid", "gain_test_vs_rf"]
+                 "share_gain_valid", "gain_test_vs_rf", "gain_test_vs_best_local"]
 OTHER_MEASURES = ["test@partner", "valid@partner", *GAIN_MEASURES, "served", "mb", "seconds", "selected_round",
                   "test_last@1.0"]
 
-#: reference rows first, in this order
-REF_ORDER = [(r, m) for r in ("local-only", "centralized") for m in REFERENCE_MODELS]
+#: reference rows first, in this order (the best local row right after the local-only ones)
+BEST_LOCAL = "best local"
+REF_ORDER = [*(("local-only", m) for m in REFERENCE_MODELS), (BEST_LOCAL, None),
+             *((r, m) for r in ("centralized", "ensemble") for m in REFERENCE_MODELS)]
 NOTES = [
     "Values: mean ± sample standard deviation over seeds (ddof=1); with one seed only the mean is shown.",
     "test@w: federated = global model served at width w on the global test set (held-out scaffolds), of the "
@@ -66,6 +78,14 @@ NOTES = [
     "for federated runs), on the global test set and on the partner's own validation set, signed so that "
     "positive = better than training alone (also for RMSE); mean over partners. gaining: share of partners "
     "with a positive test gain. gain vs local RF: the test gain over each partner's local ECFP4 random forest.",
+    "best local: per partner, the local-only model (any family run: GNN, ECFP4 forest, ECFP4 LightGBM, ...) with "
+    "the best score on that partner's own validation molecules (never the test set); its row shows the chosen "
+    "models' scores, partner_gains.csv which family each partner chose. vs best local: per partner, test metric "
+    "minus that partner's best local test metric (positive = better), mean over the partners with a model.",
+    "ensemble (family): the partners' local-only models (the same models as local-only) averaged once, weighted "
+    "by training-set size (trees: probabilities; GNN: logits, FedDF's AVGLOGITS teacher); a partner is scored on "
+    "the members its device can run (GNN: width <= its cap); MB: every model uploaded once and the members each "
+    "partner runs downloaded once.",
     "served: share of partners whose device can run a width the federated model is served at. A partner that "
     "cannot (e.g. a narrow device under FedAvg, which trains full width only) gets no federated model: it is "
     "left out of test@partner, the gains and gaining (never credited with a model it cannot run).",
@@ -84,7 +104,8 @@ def method_name(entry: dict) -> str:
 
 def _order(entry: dict, algo_order: dict[str, int]) -> int:
     if entry["kind"] == "reference":
-        return REF_ORDER.index((entry["reference"], entry["model"]))
+        key = (entry["reference"], entry.get("model"))
+        return REF_ORDER.index(key) if key in REF_ORDER else len(REF_ORDER) - 1  # a family not listed: last reference
     return len(REF_ORDER) + algo_order[entry["method"]]
 
 
@@ -112,6 +133,10 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
             algo_order.setdefault(e["method"], len(algo_order))
     locals_ = {(e["dataset"], e["alpha"], e["devices"], e["seed"], e["model"]): e["summary"]
                for e in entries if e["kind"] == "reference" and e["reference"] == "local-only"}
+    families: dict[tuple, dict[str, dict]] = {}
+    for (*group, model), s in locals_.items():
+        families.setdefault(tuple(group), {})[model] = s
+    bests = {g: best_local(fams) for g, fams in families.items() if len(fams) >= 2}
     rows, partner_rows = [], []
     for e in entries:
         s = e["summary"]
@@ -127,6 +152,13 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         group = (e["dataset"], e["alpha"], e["devices"], e["seed"])
         is_local = e["kind"] == "reference" and e["reference"] == "local-only"
         local = locals_.get((*group, family))
+        vs_best = {}  # partner -> its gain over its best local model
+        if (best := bests.get(group)) is not None:
+            gb = federated_gain(s, best)
+            row["gain_test_vs_best_local"] = gb["gain_test"]
+            chosen = {p["partner"]: p["family"] for p in best["per_partner"]}
+            vs_best = {p["partner"]: dict(best_local_family=chosen[p["partner"]], best_local_test=p["local_test"],
+                                          gain_test_vs_best_local=p["gain_test"]) for p in gb["per_partner"]}
         if local is not None and not is_local:
             g = federated_gain(s, local)
             row.update(gain_test=g["gain_test"], gain_valid=g["gain_valid"], rel_gain_test=g["rel_gain_test"],
@@ -134,18 +166,29 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                        share_gain_valid=g["share_valid"])
             for p in g["per_partner"]:
                 partner_rows.append(dict(dataset=e["dataset"], alpha=e["alpha"], devices=e["devices"],
-                                         method=row["method"], seed=e["seed"], **p))
+                                         method=row["method"], seed=e["seed"], **p, **vs_best.pop(p["partner"], {})))
+        if not is_local:  # a row without a same-family local-only reference still gets its gains vs best local
+            partner_rows += [dict(dataset=e["dataset"], alpha=e["alpha"], devices=e["devices"], method=row["method"],
+                                  seed=e["seed"], partner=pid, **v) for pid, v in vs_best.items()]
         rf = locals_.get((*group, "rf-ecfp4"))
         if family == "gnn" and rf is not None:
             row["gain_test_vs_rf"] = federated_gain(s, rf)["gain_test"]
-        if e["kind"] == "federated":
+        if e["kind"] == "federated" or e.get("reference") == "ensemble":  # rows that communicate
             row["served"] = _nanmean([0.0 if p.get("served") is False else 1.0 for p in pp])
             row["mb"] = (s.get("bytes_up", 0) + s.get("bytes_down", 0)) / 1e6
+        if e["kind"] == "federated":
             # which round the run reports, and what the last round's model scored (how much selection mattered)
             row["selected_round"] = s.get("selected_round")
             row["test_last@1.0"] = s.get("test_last", {}).get("1.0")
         row["seconds"] = s.get("seconds")
         rows.append(row)
+    for group, best in bests.items():
+        rows.append(_best_local_row(group, best, locals_.get((*group, "rf-ecfp4"))))
+        partner_rows += [dict(zip(("dataset", "alpha", "devices"), group[:3]), method=BEST_LOCAL, seed=group[3],
+                              partner=p["partner"], width=p["width"], best_local_family=p["family"],
+                              best_local_test=p["test"], best_local_valid=p["valid"], selected_by=p["selected_by"],
+                              **{f"valid_{f}": v for f, v in p["valid_by_family"].items()})
+                         for p in best["per_partner"]]
     per_seed = pd.DataFrame(rows)
     if not per_seed.empty:
         for c in OTHER_MEASURES:
@@ -153,6 +196,18 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 per_seed[c] = np.nan
         per_seed = per_seed[_ordered_columns(per_seed.columns)]
     return per_seed, pd.DataFrame(partner_rows)
+
+
+def _best_local_row(group: tuple, best: dict, rf: dict | None) -> dict:
+    """The ``best local`` row of one dataset x alpha x devices x seed."""
+    dataset, alpha, devices, seed = group
+    row: dict[str, Any] = dict(dataset=dataset, metric=best["metric"], alpha=alpha, devices=devices, kind="reference",
+                               method=BEST_LOCAL, seed=seed, order=REF_ORDER.index((BEST_LOCAL, None)))
+    row["test@partner"] = _nanmean(p["test"] for p in best["per_partner"])
+    row["valid@partner"] = _nanmean(p["valid"] for p in best["per_partner"])
+    if rf is not None:
+        row["gain_test_vs_rf"] = federated_gain(best, rf)["gain_test"]
+    return row
 
 
 def ranks(per_seed: pd.DataFrame, measure: str = "test@partner") -> dict[tuple, str]:
@@ -220,7 +275,7 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
               and c != "test@partner_mean"]
     widths = [w for w in widths if table[f"{w}_mean"].notna().any()]
     header = ["dataset", "metric", "alpha", "devices", "method", "seeds", "rank", *widths, "test@partner",
-              "gain test", "gain valid", "gaining", "gain vs local RF", "served", "MB"]
+              "gain test", "gain valid", "gaining", "gain vs local RF", "vs best local", "served", "MB"]
     rows = []
     for _, r in table.iterrows():
         metric = r["metric"]
@@ -232,6 +287,7 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             _fmt(r["gain_test_mean"], r["gain_test_std"]), _fmt(r["gain_valid_mean"], r["gain_valid_std"]),
             _fmt(r["share_gain_test_mean"], r["share_gain_test_std"], pct=True),
             _fmt(r["gain_test_vs_rf_mean"], r["gain_test_vs_rf_std"]),
+            _fmt(r["gain_test_vs_best_local_mean"], r["gain_test_vs_best_local_std"]),
             _fmt(r["served_mean"], None, pct=True),
             "" if not np.isfinite(r["mb_mean"]) else f"{r['mb_mean']:.3g}",
         ])
@@ -259,7 +315,7 @@ def rich_table(table: pd.DataFrame, title: str = "Results"):
     groups: dict[tuple, list[list[str]]] = {}
     for row in rows:
         groups.setdefault(tuple(row[:4]), []).append(row[4:])
-    short = {"test@partner": "partner mean", "gain vs local RF": "vs local RF"}
+    short = {"test@partner": "partner mean", "gain vs local RF": "vs local RF", "vs best local": "vs best"}
     for i, ((ds, metric, alpha, dev), grows) in enumerate(groups.items()):
         t = Table(title=(f"{title}\n" if i == 0 else "") + f"{ds}, test {metric}, alpha {alpha}, {dev} devices",
                   title_justify="left")
@@ -269,7 +325,8 @@ def rich_table(table: pd.DataFrame, title: str = "Results"):
             t.add_row(*[c.replace(" ± ", "±") for c in r])
         tables.append(t)
     tables[-1].caption = ("±: sample std over seeds (ddof=1). gain: vs local-only, positive = better than "
-                          "training alone; gaining: share of partners with a positive test gain")
+                          "training alone; gaining: share of partners with a positive test gain; vs best: test gain "
+                          "vs each partner's best local model (chosen on its own validation molecules)")
     return Group(*tables)
 
 
@@ -292,7 +349,10 @@ def _metrics_frame(path: Path, metric: str) -> pd.DataFrame | None:
 
 def _ref_lines(ax, refs: dict[str, float]) -> None:
     styles = {"centralized (gnn)": ("black", "--"), "local-only (gnn)": ("black", ":"),
-              "centralized (rf-ecfp4)": ("tab:gray", "--"), "local-only (rf-ecfp4)": ("tab:gray", ":")}
+              "centralized (rf-ecfp4)": ("tab:gray", "--"), "local-only (rf-ecfp4)": ("tab:gray", ":"),
+              "centralized (gbt-ecfp4)": ("tab:brown", "--"), "local-only (gbt-ecfp4)": ("tab:brown", ":"),
+              BEST_LOCAL: ("tab:red", ":"), "ensemble (gnn)": ("black", "-."),
+              "ensemble (rf-ecfp4)": ("tab:gray", "-."), "ensemble (gbt-ecfp4)": ("tab:brown", "-.")}
     for name, v in refs.items():
         if v is not None and np.isfinite(v):
             color, ls = styles.get(name, ("gray", "-."))

@@ -6,20 +6,16 @@ import pytest
 
 from fedmol.errors import FedmolError
 from fedmol.fl import references as R
-from fedmol.fl.harness import RunConfig, build_federation
-
-TINY = dict(dataset="bace", partners=3, alpha=1.0, devices="tiered", rounds=1, hidden=16, layers=2,
-            hparams={"max_local_steps": 2})
 
 
-@pytest.fixture(scope="module")
-def cfg():
-    return RunConfig(**TINY)
+@pytest.fixture
+def cfg(tiny_cfg):
+    return tiny_cfg
 
 
-@pytest.fixture(scope="module")
-def fed(cfg):
-    return build_federation(cfg, progress=False)
+@pytest.fixture
+def fed(tiny_fed):
+    return tiny_fed
 
 
 def spy(monkeypatch, name):
@@ -113,6 +109,32 @@ def test_local_only_forest_per_partner(cfg, fed, monkeypatch):
     s = R.local_only(cfg, "rf-ecfp4", fed=fed, progress=False, n_jobs=2)
     assert [c["train"] for c in calls] == [list(p["train"]) for p in fed.split["partners"]]
     assert all(0.0 <= p["test"] <= 1.0 and p["width"] is None for p in s["per_partner"])
+
+
+def test_boosted_trees_fit_each_task_on_its_labelled_rows_deterministically():
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 2, size=(200, 32)).astype(np.uint8)
+    Y = np.stack([X[:, 0] ^ X[:, 1], X[:, 2]], axis=1).astype(float)
+    Y[:100, 1] = np.nan
+    Y[100:, 1] = 0.0  # task 1: one class only among its labelled rows
+    b = R.Boosted("classification", seed=3).fit(X, Y)
+    assert b.models[1] == 0.0 and b.models[0].n_features_in_ == 32
+    p = b.predict(X)
+    assert p.shape == (200, 2) and np.all(p[:, 1] == 0.0) and np.all((p[:, 0] >= 0) & (p[:, 0] <= 1))
+    assert np.corrcoef(p[:, 0], Y[:, 0])[0, 1] > 0.9  # XOR of two bits: trees learn what a linear model cannot
+    np.testing.assert_array_equal(p, R.Boosted("classification", seed=3).fit(X, Y).predict(X))  # seeded, 1 thread
+    reg = R.Boosted("regression", seed=0).fit(X, 2.0 * X[:, :1] - X[:, 1:2])
+    assert np.abs(reg.predict(X)[:, 0] - (2.0 * X[:, 0] - X[:, 1])).max() < 0.2
+
+
+def test_local_only_boosted_trees_per_partner(cfg, fed, monkeypatch):
+    calls = spy(monkeypatch, "fit_boosted")
+    s = R.local_only(cfg, "gbt-ecfp4", fed=fed, progress=False)
+    assert [c["train"] for c in calls] == [list(p["train"]) for p in fed.split["partners"]]
+    assert s["model"] == "gbt-ecfp4" and all(0.0 <= p["test"] <= 1.0 and p["width"] is None for p in s["per_partner"])
+    assert s["config"]["gbt"]["library"] == "lightgbm" and s["config"]["gbt"]["params"]["n_jobs"] == 1
+    c = R.centralized(cfg, "gbt-ecfp4", fed=fed, progress=False)
+    assert c["test"]["1.0"] > 0.7  # BACE: the pooled boosted trees beat chance clearly
 
 
 def test_unknown_reference_or_model():
