@@ -280,6 +280,14 @@ def train_settings(cfg: RunConfig) -> dict:
     return hp
 
 
+def reference_patience(cfg: RunConfig, patience: int | None = None) -> int | None:
+    """Early stopping of a GNN reference, in epochs: ``patience`` when given, else the run's own
+    (``cfg.patience`` rounds of ``local_epochs`` epochs: the federated run's rule), else none."""
+    if patience is not None or cfg.patience is None:
+        return patience
+    return int(cfg.patience) * int(train_settings(cfg)["local_epochs"])
+
+
 def budget(cfg: RunConfig, min_epochs: int = 5) -> int:
     """Epochs of a GNN reference: ``max(min_epochs, rounds * local_epochs)``."""
     return max(int(min_epochs), int(cfg.rounds) * int(train_settings(cfg)["local_epochs"]))
@@ -486,7 +494,8 @@ def reference_config(cfg: RunConfig, reference: str, model: str, min_epochs: int
     run["hparams"] = {k: v for k, v in (cfg.hparams or {}).items() if k in TRAIN_KEYS}
     conf = dict(reference=reference, model=model, run=run, split=split_versions())
     if model == "gnn":
-        conf["train"] = dict(train_settings(cfg), epochs=budget(cfg, min_epochs), patience=patience,
+        conf["train"] = dict(train_settings(cfg), epochs=budget(cfg, min_epochs),
+                             patience=reference_patience(cfg, patience),
                              optimizer="adam", protocol=PROTOCOL, init="the run seed's common start weights")
     elif model == "rf-ecfp4":
         conf["forest"] = dict(fingerprint=f"morgan r={FP_RADIUS} {FP_BITS} bits (ECFP4)", trees=RF_TREES,
@@ -524,6 +533,7 @@ def run_reference(cfg: RunConfig, reference: str, model: str = "gnn", out_dir: s
     ds = fed.dataset
     evaluator = Evaluator(ds.task_type, ds.num_tasks)
     metric = evaluator.eval_metric
+    patience = reference_patience(cfg, patience)
     train = dict(min_epochs=min_epochs, patience=patience, n_jobs=n_jobs)
     extra: dict[str, Any] = {}
     if reference == "centralized":
