@@ -394,7 +394,7 @@ def run(
     else:
         raise FedmolError(f"unknown --backend {backend!r}: inprocess | flower-sim")
     console.print(results_table(f"{algorithm} on {s['dataset']} ({s['rounds']} rounds, {s['seconds']:.0f} s)", s))
-    _warn(undefined_metric_warnings(cfg, s, out))
+    _warn(undefined_metric_warnings(cfg, s, out) + below_chance_warnings(s))
     if s.get("selected_round") is not None:
         fell_back = str(s.get("selection", "")).partition(FELL_BACK)[2]
         console.print(f"reported: the global model of round {s['selected_round']} ({cfg.select}"
@@ -407,6 +407,19 @@ def run(
     if s.get("unserved"):
         console.print(f"{s['unserved']} partner(s) cannot run any width the model is served at: no federated model, "
                       "left out of the per-partner scores (per_partner 'served': false)", highlight=False)
+
+
+def below_chance_warnings(summary: dict) -> list[str]:
+    """One line per width at which the reported model's test ROC-AUC is below chance (0.5) while
+    its validation ROC-AUC is above it: the validation molecules do not predict how the model does
+    on the held-out scaffolds."""
+    if summary.get("metric") != "rocauc":
+        return []
+    test, valid = summary.get("test") or {}, summary.get("valid") or {}
+    return [f"width {w}: test rocauc {t:.3f} is below chance (0.5) while validation scores {valid[w]:.3f}: the "
+            "held-out scaffolds behave unlike the validation molecules; do not read this model's test score as "
+            "its quality" for w, t in test.items()
+            if isinstance(t, float) and t < 0.5 and isinstance(valid.get(w), float) and valid[w] > 0.5]
 
 
 def undefined_metric_warnings(cfg, summary: dict, out: Path | None) -> list[str]:
@@ -440,7 +453,7 @@ def bench(
     suite: str = typer.Argument(..., help="A suite of benchmarks/suites/ (quick, standard) or a suite TOML file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default: results/<suite> in the current folder; the committed ones: --out benchmarks/results/<suite>)."),
     algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Comma-separated subset of the suite's algorithms."),
-    no_references: bool = typer.Option(False, "--no-references", help="Skip the local-only and centralized references."),
+    no_references: bool = typer.Option(False, "--no-references", help="Skip the suite's references (local-only, centralized, ensembles)."),
     report_only: bool = typer.Option(False, "--report-only", help="Run nothing: rebuild tables and plots from finished runs."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: the suite's, usually 1)."),
     workers: int = typer.Option(1, "--workers", "-j", min=1,

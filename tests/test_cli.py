@@ -185,3 +185,14 @@ def test_train_on_a_gpu_that_is_not_there(tmp_path, monkeypatch):
     res = run("train", "bace", "--device", "cuda", "--out", tmp_path / "t")
     assert res.exit_code == 2 and "sees no CUDA GPU" in " ".join(res.output.split())
     assert not (tmp_path / "t").exists()
+
+
+def test_a_model_below_chance_on_test_but_good_on_validation_is_flagged():
+    from fedmol.cli import below_chance_warnings
+
+    s = dict(metric="rocauc", test={"1.0": 0.42, "0.5": 0.61}, valid={"1.0": 0.71, "0.5": 0.66})
+    assert below_chance_warnings(s) == [
+        "width 1.0: test rocauc 0.420 is below chance (0.5) while validation scores 0.710: the held-out scaffolds "
+        "behave unlike the validation molecules; do not read this model's test score as its quality"]
+    assert below_chance_warnings(dict(s, valid={"1.0": 0.45})) == []  # bad everywhere: nothing to contrast
+    assert below_chance_warnings(dict(metric="rmse", test={"1.0": 0.1}, valid={"1.0": 0.9})) == []

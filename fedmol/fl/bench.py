@@ -594,7 +594,7 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
     if show_table and not rep["table"].empty:
         # a file or pipe gets a wide table instead of rich's 80 columns
         wide = console if console.is_terminal else Console(file=console.file, width=max(console.width, 170))
-        wide.print(report.rich_table(rep["table"], title=f"fedmol bench {s.name}"))
+        wide.print(report.rich_table(rep["table"], title=f"fedmol bench {s.name}", verdict=rep.get("verdicts")))
     console.print(f"{ran} run, {skipped} skipped" + (f", {missing} left out" if missing else "")
                   + f" in {seconds:.0f} s -> {out / 'results.md'}", highlight=False, soft_wrap=True)
     return dict(suite=s.name, out=out, total=len(jobs), ran=ran, skipped=skipped, missing=missing, seconds=seconds,

@@ -228,7 +228,7 @@ class RoundDriver:
             agg.update(algo.server_step(rnd))
         server_time = time.perf_counter() - ts
         self.bytes_up, self.bytes_down = self.bytes_up + up, self.bytes_down + down
-        row = dict(round=rnd, participants=len(replies), partners=";".join(str(name(p)) for p, _ in replies),
+        row = dict(round=rnd, participants=len(replies), partner_ids=";".join(str(name(p)) for p, _ in replies),
                    sat_out=len(online) - len(sends), failures=len(failures), failure_reasons=" | ".join(failures), truncated=len(truncated),
                    truncations=" | ".join(truncated), bytes_up=up, bytes_down=down,
                    sim_client_seconds=round(client_time, 4))
@@ -383,17 +383,38 @@ def unserved_entry(partner: int, n_train: int, n_valid: int) -> dict:
     return dict(partner=partner, width=None, served=False, n_train=n_train, n_valid=n_valid, test=None, valid=None)
 
 
+def task_names(dataset, num_tasks: int) -> list[str]:
+    """The dataset's task (label column) names; ``task_<t>`` for a dataset that has none."""
+    names = list(getattr(getattr(dataset, "info", None), "tasks", None) or [])
+    return names if len(names) == num_tasks else [f"task_{t}" for t in range(num_tasks)]
+
+
+def prediction_header(tasks: list[str], task_type: str) -> list[str]:
+    """Columns of ``test_predictions.csv``: ``row``, ``width``, one column per task (classification: the
+    probability of class 1; regression: the prediction), then for classification ``logit:<task>``."""
+    return ["row", "width", *tasks, *([f"logit:{t}" for t in tasks] if task_type == "classification" else [])]
+
+
+def prediction_values(pred, task_type: str) -> list[float]:
+    """One molecule's output as the values of :func:`prediction_header`'s task columns."""
+    from scipy.special import expit
+
+    x = [float(v) for v in pred]
+    return [float(expit(v)) for v in x] + x if task_type == "classification" else x
+
+
 def write_predictions(path: Path, algo, test, num_tasks: int, widths) -> None:
     """The reported global model's predictions on the global test set, one row per (molecule,
-    width): ``row`` (source row), ``width``, then ``task_0 ... task_{T-1}`` (logits for classification)."""
-    rows = test.rows
+    width), columns :func:`prediction_header` (source row, width, per task the probability or the
+    prediction, and for classification the logits too), floats written exactly (``repr``)."""
+    task_type = algo.model_config["task_type"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["row", "width"] + [f"task_{t}" for t in range(num_tasks)])
+        w.writerow(prediction_header(task_names(test, num_tasks), task_type))
         for width in widths:
             _, pred = predict(algo.eval_model(width), test, width)
-            for r, p in zip(rows, pred):
-                w.writerow([int(r), width_key(width)] + [repr(float(x)) for x in p])
+            for r, p in zip(test.rows, pred):
+                w.writerow([int(r), width_key(width)] + [repr(v) for v in prediction_values(p, task_type)])
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:

@@ -53,13 +53,17 @@ import pandas as pd
 
 from fedmol.evaluate import HIGHER_IS_BETTER
 from fedmol.fl.references import REFERENCE_MODELS, best_local, federated_gain
-from fedmol.stats import SIGNIFICANCE, tie_labels
+from fedmol.fl.scorecard import gap_closed, partner_scorecard
+from fedmol.stats import SIGNIFICANCE, paired_pvalue, tie_labels
 from fedmol.jsonio import read_summary
 
 KEYS = ["dataset", "metric", "alpha", "devices", "kind", "method"]
 GAIN_MEASURES = ["gain_test", "gain_valid", "rel_gain_test", "rel_gain_valid", "share_gain_test",
                  "share_gain_valid", "gain_test_vs_rf", "gain_test_vs_best_local"]
-OTHER_MEASURES = ["test@partner", "valid@partner", *GAIN_MEASURES, "served", "mb", "seconds", "selected_round",
+#: MELLODDY's scorecard (fedmol.fl.scorecard): improve-to-perfect vs the same family's local-only model and
+#: vs the best local, the share of partners improved over their best local, the local-to-centralized gap closed
+SCORECARD_MEASURES = ["itp_test", "itp_vs_best_local", "improved_vs_best_local", "gap_closed"]
+OTHER_MEASURES = ["test@partner", "valid@partner", *GAIN_MEASURES, *SCORECARD_MEASURES, "served", "mb", "seconds", "selected_round",
                   "test_last@1.0"]
 
 #: reference rows first, in this order (the best local row right after the local-only ones)
@@ -92,6 +96,12 @@ NOTES = [
     "rank (with >= 2 seeds): best = the federated method with the best mean test@partner of its setting; tie = "
     f"not different from the best by a paired t-test over seeds (two-sided p >= {SIGNIFICANCE}); worse = "
     "significantly below the best. With one seed no difference is tested.",
+    "Scorecard (MELLODDY, fedmol.fl.scorecard): gap closed = (test@partner - local-only) / (centralized - "
+    "local-only) of the same family, on the means over the partners with a model (100%: as good as pooling the "
+    "data); beat best local = share of partners whose test score beats their best local model (a partner "
+    "without a model counts as not improved). results.csv also holds gain valid, gain vs local RF and "
+    "improve-to-perfect ((fed - base) / (perfect - base)) against the same family (itp_test) and the best local "
+    "(itp_vs_best_local); plots/cdf_*.png: the per-partner gains over the best local, one curve per method.",
     "MB: megabytes (1e6 bytes) sent down + up over the whole run.",
 ]
 
@@ -133,6 +143,8 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
             algo_order.setdefault(e["method"], len(algo_order))
     locals_ = {(e["dataset"], e["alpha"], e["devices"], e["seed"], e["model"]): e["summary"]
                for e in entries if e["kind"] == "reference" and e["reference"] == "local-only"}
+    centrals = {(e["dataset"], e["alpha"], e["devices"], e["seed"], e["model"]): e["summary"]
+                for e in entries if e["kind"] == "reference" and e["reference"] == "centralized"}
     families: dict[tuple, dict[str, dict]] = {}
     for (*group, model), s in locals_.items():
         families.setdefault(tuple(group), {})[model] = s
@@ -170,6 +182,8 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         if not is_local:  # a row without a same-family local-only reference still gets its gains vs best local
             partner_rows += [dict(dataset=e["dataset"], alpha=e["alpha"], devices=e["devices"], method=row["method"],
                                   seed=e["seed"], partner=pid, **v) for pid, v in vs_best.items()]
+        if not is_local:
+            row.update(scorecard_measures(s, local, bests.get(group), centrals.get((*group, family))))
         rf = locals_.get((*group, "rf-ecfp4"))
         if family == "gnn" and rf is not None:
             row["gain_test_vs_rf"] = federated_gain(s, rf)["gain_test"]
@@ -196,6 +210,25 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 per_seed[c] = np.nan
         per_seed = per_seed[_ordered_columns(per_seed.columns)]
     return per_seed, pd.DataFrame(partner_rows)
+
+
+def scorecard_measures(summary: dict, local: dict | None, best: dict | None, central: dict | None) -> dict:
+    """:data:`SCORECARD_MEASURES` of one run (:mod:`fedmol.fl.scorecard`): improve-to-perfect on the
+    global test set against each partner's same-family local-only model and its best local, the
+    share of partners improved over their best local, and the share of the local-to-centralized
+    gap closed: ``(fed - local) / (central - local)`` on the means over the partners with a model."""
+    metric, pp, out = summary["metric"], summary.get("per_partner", []), {}
+    if local is not None:
+        out["itp_test"] = partner_scorecard(pp, local["per_partner"], metric)["itp"]
+    if best is not None:
+        card = partner_scorecard(pp, best["per_partner"], metric)
+        out.update(itp_vs_best_local=card["itp"], improved_vs_best_local=card["improved"])
+    if local is not None and central is not None:
+        served = {int(p["partner"]) for p in pp if p.get("served", True) is not False}
+        own = {int(p["partner"]): p.get("test") for p in local["per_partner"]}
+        out["gap_closed"] = gap_closed(_nanmean(p.get("test") for p in pp if int(p["partner"]) in served),
+                                       _nanmean(own.get(k) for k in served), central.get("test", {}).get("1.0"))
+    return out
 
 
 def _best_local_row(group: tuple, best: dict, rf: dict | None) -> dict:
@@ -275,7 +308,7 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
               and c != "test@partner_mean"]
     widths = [w for w in widths if table[f"{w}_mean"].notna().any()]
     header = ["dataset", "metric", "alpha", "devices", "method", "seeds", "rank", *widths, "test@partner",
-              "gain test", "gain valid", "gaining", "gain vs local RF", "vs best local", "served", "MB"]
+              "gain test", "gaining", "gap closed", "vs best local", "beat best local", "served", "MB"]
     rows = []
     for _, r in table.iterrows():
         metric = r["metric"]
@@ -284,10 +317,11 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             str(r["devices"]), str(r["method"]), str(int(r["n_seeds"])), str(r.get("rank", "")),
             *[_fmt(r[f"{w}_mean"], r[f"{w}_std"]) for w in widths],
             _fmt(r["test@partner_mean"], r["test@partner_std"]),
-            _fmt(r["gain_test_mean"], r["gain_test_std"]), _fmt(r["gain_valid_mean"], r["gain_valid_std"]),
+            _fmt(r["gain_test_mean"], r["gain_test_std"]),
             _fmt(r["share_gain_test_mean"], r["share_gain_test_std"], pct=True),
-            _fmt(r["gain_test_vs_rf_mean"], r["gain_test_vs_rf_std"]),
+            _fmt(r["gap_closed_mean"], r["gap_closed_std"], pct=True),
             _fmt(r["gain_test_vs_best_local_mean"], r["gain_test_vs_best_local_std"]),
+            _fmt(r["improved_vs_best_local_mean"], r["improved_vs_best_local_std"], pct=True),
             _fmt(r["served_mean"], None, pct=True),
             "" if not np.isfinite(r["mb_mean"]) else f"{r['mb_mean']:.3g}",
         ])
@@ -296,17 +330,51 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def to_markdown(table: pd.DataFrame, title: str = "Results", notes: list[str] | None = None) -> str:
+def verdicts(per_seed: pd.DataFrame) -> dict[tuple, str]:
+    """One line per dataset x alpha x devices: the federated method with the best mean
+    ``test@partner``, its margin over the partners' local-only models of its family and over their
+    best local models, the share of the local-to-centralized gap it closes, and whether the margin
+    over the best local is more than seed noise (a paired t-test over seeds, :mod:`fedmol.stats`)."""
+    out: dict[tuple, str] = {}
+    fed = per_seed[per_seed["kind"] == "federated"]
+    for (ds, metric, alpha, dev), g in fed.groupby(["dataset", "metric", "alpha", "devices"], sort=False):
+        means = g.groupby("method", sort=False)["test@partner"].mean()
+        if means.isna().all():
+            continue
+        best = means.idxmax() if HIGHER_IS_BETTER.get(metric, True) else means.idxmin()
+        b = g[g["method"] == best]
+        vs_best = b["gain_test_vs_best_local"].dropna()
+        parts = [f"best federated: {best} ({metric} {means[best]:.3f} per partner)",
+                 f"vs local-only {b['gain_test'].mean():+.3f}"]
+        if len(vs_best):
+            parts.append(f"vs best local {vs_best.mean():+.3f}")
+        if b["gap_closed"].notna().any():
+            parts.append(f"closes {b['gap_closed'].mean():.0%} of the local-to-centralized gap")
+        if len(vs_best) >= 2:
+            p = paired_pvalue(vs_best.to_numpy(), np.zeros(len(vs_best)))
+            parts.append("beyond seed noise" if p < SIGNIFICANCE else f"within seed noise (p = {p:.2f})")
+        elif len(vs_best):
+            parts.append("one seed: noise not measured")
+        out[(ds, alpha, dev)] = "; ".join(parts)
+    return out
+
+
+def to_markdown(table: pd.DataFrame, title: str = "Results", notes: list[str] | None = None,
+                verdict: dict[tuple, str] | None = None) -> str:
     header, rows = display_rows(table)
     lines = [f"# {title}", "", *[f"- {n}" for n in [*(notes or []), *NOTES]], ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" if i < 5 else "---:" for i in range(len(header))) + "|")
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    if verdict:
+        lines += ["", "## Verdict per setting", ""]
+        lines += [f"- {ds}, alpha {alpha:g}, {dev} devices: {v}." for (ds, alpha, dev), v in verdict.items()]
     return "\n".join(lines) + "\n"
 
 
-def rich_table(table: pd.DataFrame, title: str = "Results"):
-    """The results as rich tables, one per dataset x alpha x devices (a renderable ``Group``)."""
+def rich_table(table: pd.DataFrame, title: str = "Results", verdict: dict[tuple, str] | None = None):
+    """The results as rich tables, one per dataset x alpha x devices (a renderable ``Group``), each
+    ending with its :func:`verdicts` line."""
     from rich.console import Group
     from rich.table import Table
 
@@ -323,11 +391,14 @@ def rich_table(table: pd.DataFrame, title: str = "Results"):
             t.add_column(short.get(h, h.replace("test@", "@")), justify="left" if j == 0 else "right")
         for r in grows:
             t.add_row(*[c.replace(" ± ", "±") for c in r])
+        line = (verdict or {}).get((ds, float(alpha), dev))
+        if line:
+            t.caption, t.caption_justify = f"verdict: {line}", "left"
         tables.append(t)
-    tables[-1].caption = ("±: sample std over seeds (ddof=1). gain: vs local-only, positive = better than "
-                          "training alone; gaining: share of partners with a positive test gain; vs best: test gain "
-                          "vs each partner's best local model (chosen on its own validation molecules)")
-    return Group(*tables)
+    legend = ("gain: vs local-only, positive = better than training alone; gaining: share of partners with a positive "
+              "test gain; vs best: test gain vs each partner's best local model (chosen on its own validation "
+              "molecules)" + ("; ±: sample std over seeds (ddof=1)" if (table["n_seeds"] > 1).any() else ""))
+    return Group(*tables, legend)
 
 
 # --------------------------------------------------------------------------------------------- plots
@@ -447,6 +518,38 @@ def plot_group(entries: list[dict], table: pd.DataFrame, folder: Path, tag: str)
     return files
 
 
+def plot_partner_cdf(gains: pd.DataFrame, path: Path, title: str) -> list[Path]:
+    """MELLODDY's CDF of per-partner deltas: for each method (federated runs and ensembles), the
+    share of partner x seed pairs whose test gain over their best local model is <= x; a curve
+    right of 0 is a method that pays its partners. Nothing is drawn without gains."""
+    from matplotlib.figure import Figure
+
+    d = gains.dropna(subset=["gain_test_vs_best_local"])
+    d = d[~d["method"].astype(str).str.startswith(("local-only", BEST_LOCAL))]
+    if d.empty:
+        return []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    refs = iter(["black", "dimgray", "darkgray", "saddlebrown", "peru", "burlywood"])
+    colors = iter(f"C{i}" for i in range(100))
+    for method, g in d.groupby("method", sort=False):
+        x = np.sort(g["gain_test_vs_best_local"].to_numpy(dtype=float))
+        ref = str(method).startswith(("centralized", "ensemble"))  # references: dashed (pooled) / dotted (one-shot)
+        ls = "--" if str(method).startswith("centralized") else ":" if ref else "-"
+        ax.step(np.r_[x[0], x], np.r_[0.0, np.arange(1, len(x) + 1) / len(x)], where="post", label=method,
+                ls=ls, color=next(refs) if ref else next(colors), lw=1.6 if ref else 1.3)
+    ax.axvline(0.0, color="black", lw=1, ls=":")
+    ax.set_xlabel("test gain over the partner's best local model (per partner and seed)")
+    ax.set_ylabel("share of partners")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return [path]
+
+
 def _width_label(w: float) -> str:
     return "1" if w == 1 else (f"1/{round(1 / w)}" if math.isclose(1 / w, round(1 / w)) else f"{w:g}")
 
@@ -472,7 +575,8 @@ def write_report(entries: list[dict], out: str | Path, title: str = "Results", n
     files["partner_gains"] = out / "partner_gains.csv"
     gains.to_csv(files["partner_gains"], index=False)
     files["markdown"] = out / "results.md"
-    files["markdown"].write_text(to_markdown(table, title, notes))
+    verdict = verdicts(per_seed)
+    files["markdown"].write_text(to_markdown(table, title, notes, verdict))
     plots = []
     groups: dict[tuple, list[dict]] = {}
     for e in entries:
@@ -481,5 +585,8 @@ def write_report(entries: list[dict], out: str | Path, title: str = "Results", n
         sub = table[(table["dataset"] == ds) & (table["devices"] == dev) & (table["alpha"] == alpha)]
         tag = f"{ds}_{Path(dev).stem if dev.endswith('.toml') else dev}_a{alpha:g}"
         plots += plot_group(group, sub, out / "plots", tag)
+        if "gain_test_vs_best_local" in gains:
+            part = gains[(gains["dataset"] == ds) & (gains["devices"] == dev) & (gains["alpha"] == alpha)]
+            plots += plot_partner_cdf(part, out / "plots" / f"cdf_{tag}.png", f"{ds}, {dev} devices, alpha {alpha:g}")
     files["plots"] = plots
-    return dict(table=table, per_seed=per_seed, files=files)
+    return dict(table=table, per_seed=per_seed, files=files, verdicts=verdict)

@@ -217,16 +217,21 @@ def _check_splits(m: Manifest, splits_dir: Path) -> dict[str, tuple[Path, dict]]
     return out
 
 
-def _parse_predictions(data: bytes, what: str, num_tasks: int, widths: list[float], test_rows: np.ndarray
-                       ) -> dict[str, np.ndarray]:
-    """``{width key: (n_test, num_tasks) array in test order}`` from a shipped predictions CSV."""
+def _parse_predictions(data: bytes, what: str, tasks: list[str], task_type: str, widths: list[float],
+                       test_rows: np.ndarray) -> dict[str, np.ndarray]:
+    """``{width key: (n_test, num_tasks) array in test order}`` of the model's outputs (logits for
+    classification, whose probability columns must be their sigmoid) from a shipped predictions CSV
+    (:func:`fedmol.fl.driver.prediction_header`)."""
+    from fedmol.fl.driver import prediction_header, prediction_values
+
+    num_tasks = len(tasks)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise Rejected(f"{what} is not UTF-8") from e
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
-    want = ["row", "width"] + [f"task_{t}" for t in range(num_tasks)]
+    want = prediction_header(tasks, task_type)
     if header != want:
         raise Rejected(f"{what}: header must be {','.join(want)}")
     keys = {_width_key(w) for w in widths}
@@ -250,7 +255,10 @@ def _parse_predictions(data: bytes, what: str, num_tasks: int, widths: list[floa
             raise Rejected(f"{what} line {n}: not a number: {e}") from e
         if not all(math.isfinite(v) for v in vals):
             raise Rejected(f"{what} line {n}: NaN or inf prediction")
-        out[width][i] = vals
+        outputs = vals[num_tasks:] if task_type == "classification" else vals
+        if not np.allclose(prediction_values(outputs, task_type), vals, rtol=0, atol=1e-12):
+            raise Rejected(f"{what} line {n}: the probabilities are not the sigmoid of the logits")
+        out[width][i] = outputs
         seen[width][i] = True
     for k in sorted(keys):
         if not seen[k].all():
@@ -344,7 +352,9 @@ def _verify_run(r, m: Manifest, members: dict[str, bytes], split_path: Path, spl
 
     # predictions re-score to the claimed metrics
     test_rows = fed.test.rows
-    preds = _parse_predictions(members[r.predictions.path], r.predictions.path, ds.num_tasks, widths, test_rows)
+    from fedmol.fl.driver import task_names
+    preds = _parse_predictions(members[r.predictions.path], r.predictions.path, task_names(fed.test, ds.num_tasks),
+                               ds.task_type, widths, test_rows)
     key = (ds.task_type, ds.num_tasks)
     evaluator = evaluator_cache.setdefault(key, Evaluator(ds.task_type, ds.num_tasks))
     y_true = fed.test.labels

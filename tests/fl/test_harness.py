@@ -38,7 +38,7 @@ def test_result_files(run_dir):
     # the reported test score is the Evaluator's on the written predictions of the reported model
     from fedmol.evaluate import Evaluator
     fed = build_federation(cfg(), progress=False)
-    preds = {int(r["row"]): float(r["task_0"]) for r in csv.DictReader(open(out / "test_predictions.csv"))}
+    preds = {int(r["row"]): float(r["logit:Class"]) for r in csv.DictReader(open(out / "test_predictions.csv"))}
     y_pred = torch.tensor([[preds[int(r)]] for r in fed.test.rows]).numpy()
     rescored = Evaluator("classification", 1).eval({"y_true": fed.test.labels, "y_pred": y_pred})["rocauc"]
     assert s["test"]["1.0"] == pytest.approx(rescored, abs=1e-12)
@@ -99,7 +99,7 @@ def test_non_finite_update_is_left_out(monkeypatch):
     monkeypatch.setattr(FedAvg, "client_update", classmethod(poisoned))
     s = run_federated(cfg(), None, progress=False)
     assert s["failures"] == 2
-    assert all(r["partners"] == "0;2" and "partner 1: non-finite update rejected" in r["failure_reasons"]
+    assert all(r["partner_ids"] == "0;2" and "partner 1: non-finite update rejected" in r["failure_reasons"]
                for r in s["history"])
     assert all(torch.isfinite(torch.tensor(v)) for v in s["test"].values())
 

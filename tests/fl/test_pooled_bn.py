@@ -179,5 +179,5 @@ def test_fedgen_pooled_run_records_the_query_traffic(tmp_path):
     test = build_federation(cfg, progress=False).test
     for key in s["test"]:
         _, pred = predict(net, test, float(key))
-        want = shipped[shipped.width == float(key)].sort_values("row")["task_0"].to_numpy()
+        want = shipped[shipped.width == float(key)].sort_values("row")["logit:Class"].to_numpy()
         np.testing.assert_allclose(pred[:, 0], want, atol=1e-5)

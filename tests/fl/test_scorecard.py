@@ -35,3 +35,40 @@ def test_partner_scorecard_by_hand():
     assert card["improved"] == pytest.approx(2 / 4)
     assert (card["n"], card["n_undefined"], card["n_unserved"]) == (5, 1, 1)
     assert [r["served"] for r in card["per_partner"]] == [True, True, True, False, True]
+
+
+def test_report_scorecard_measures_by_hand():
+    from fedmol.fl.report import scorecard_measures
+
+    fed = dict(metric="rocauc", per_partner=[dict(partner=0, test=0.70), dict(partner=1, test=0.66),
+                                             dict(partner=2, served=False, test=None)])
+    local = dict(metric="rocauc", per_partner=[dict(partner=0, test=0.60), dict(partner=1, test=0.70),
+                                               dict(partner=2, test=0.50)])
+    best = dict(metric="rocauc", per_partner=[dict(partner=0, test=0.65), dict(partner=1, test=0.72),
+                                              dict(partner=2, test=0.58)])
+    central = dict(metric="rocauc", test={"1.0": 0.80})
+    m = scorecard_measures(fed, local, best, central)
+    assert m["itp_test"] == pytest.approx((0.10 / 0.40 - 0.04 / 0.30) / 2)
+    assert m["itp_vs_best_local"] == pytest.approx((0.05 / 0.35 - 0.06 / 0.28) / 2)
+    assert m["improved_vs_best_local"] == pytest.approx(1 / 3)  # partner 0 only; 2 has no model
+    # served partners 0 and 1: fed mean 0.68, their local mean 0.65, centralized 0.80
+    assert m["gap_closed"] == pytest.approx((0.68 - 0.65) / (0.80 - 0.65))
+
+
+def test_verdict_names_the_best_method_its_margins_and_the_noise():
+    import pandas as pd
+
+    from fedmol.fl.report import verdicts
+
+    rows = []
+    for seed, (a, b) in enumerate([(0.70, 0.60), (0.72, 0.61), (0.71, 0.66)]):
+        for method, v, vs_best in (("fjord", a, a - 0.65), ("fedavg", b, b - 0.65)):
+            rows.append(dict(dataset="d", metric="rocauc", alpha=1.0, devices="tiered", kind="federated",
+                             method=method, seed=seed, **{"test@partner": v}, gain_test=v - 0.62,
+                             gain_test_vs_best_local=vs_best, gap_closed=(v - 0.62) / 0.2))
+    v = verdicts(pd.DataFrame(rows))[("d", 1.0, "tiered")]
+    assert v.startswith("best federated: fjord (rocauc 0.710 per partner); vs local-only +0.090; vs best local "
+                        "+0.060; closes 45% of the local-to-centralized gap; ")
+    assert v.endswith("beyond seed noise")  # +0.05, +0.07, +0.06 over the best local: consistent
+    one = verdicts(pd.DataFrame([r for r in rows if r["seed"] == 0]))[("d", 1.0, "tiered")]
+    assert one.endswith("one seed: noise not measured")

@@ -124,7 +124,7 @@ def test_restored_round_is_exactly_the_reported_model(algorithm, hp, tmp_path, m
     y = np.asarray(fed.test.labels, dtype=float).reshape(len(fed.test), -1)
     preds = {}
     for r in csv.DictReader(open(tmp_path / "test_predictions.csv")):
-        preds.setdefault(r["width"], []).append(float(r["task_0"]))
+        preds.setdefault(r["width"], []).append(float(r["logit:Class"]))
     for w, v in s["test"].items():
         assert ev.eval({"y_true": y, "y_pred": np.array(preds[w])})["rocauc"] == pytest.approx(v, abs=1e-9)
     if algorithm in ("fedavg", "fjord", "fedrescue"):  # one plain state dict serves every width

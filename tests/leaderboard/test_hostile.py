@@ -189,15 +189,26 @@ def test_false_rank_claim(sandbox, unranked_zip):
 
 
 # -- tampered results --------------------------------------------------------------------------------
-def _edit_predictions(files, width, fn, run="00"):
+def _edit_predictions(files, width, fn, run="00", consistent=True):
+    """Apply ``fn`` to the logits at ``width``; ``consistent``: rewrite the probabilities as their
+    sigmoid (as a careful attacker would), else leave them."""
+    from scipy.special import expit
+
     key = f"runs/{run}/test_predictions.csv"
     rows = list(csv.reader(io.StringIO(files[key].decode())))
     for i, r in enumerate(rows[1:], start=1):
-        if r[1] == width:
-            rows[i] = r[:2] + [fn(i, v) for v in r[2:]]
+        if r[1] == width:  # one classification task: row, width, probability, logit
+            logit = fn(i, r[3])
+            rows[i] = r[:2] + [repr(float(expit(float(logit)))) if consistent else r[2], logit]
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(rows)
     files[key] = out.getvalue().encode()
+
+
+def test_probabilities_that_are_not_the_logits_sigmoid(sandbox, good_zip, tracks_file):
+    p = repack(good_zip, sandbox / "probs.zip", edit_files=lambda f: _edit_predictions(
+        f, "1.0", lambda i, v: repr(float(v) + 0.5), consistent=False))
+    assert "the probabilities are not the sigmoid of the logits" in rejected(p, "--tracks", str(tracks_file))
 
 
 def test_tampered_metric(sandbox, good_zip, tracks_file):

@@ -67,7 +67,7 @@ def test_weights_are_safetensors_and_predictions_rescore(good_zip):
         assert "head.weight" in tensors
         rows = list(csv.DictReader(io.StringIO(files[r["predictions"]["path"]].decode())))
         for w, claimed in r["test"].items():
-            by_row = {int(x["row"]): float(x["task_0"]) for x in rows if x["width"] == w}
+            by_row = {int(x["row"]): float(x["logit:BBB+/BBB-"]) for x in rows if x["width"] == w}
             pred = np.array([[by_row[int(row)]] for row in test.rows])
             assert ev.eval({"y_true": test.labels, "y_pred": pred})["rocauc"] == pytest.approx(claimed, abs=1e-12)
 

@@ -25,7 +25,7 @@ def assert_parity(harness: dict, pilot: dict) -> None:
         for k, v in h.items():
             if k.startswith("test_") or (k.startswith("server_") and "seconds" not in k):
                 assert _close(v, p[k]), (h["round"], k, v, p[k])
-        for k in ("participants", "partners", "failures", "truncated", "bytes_up", "bytes_down"):
+        for k in ("participants", "partner_ids", "sat_out", "failures", "truncated", "bytes_up", "bytes_down"):
             assert h[k] == p[k], (h["round"], k, h[k], p[k])
     assert harness["test"].keys() == pilot["test"].keys()
     for w in harness["test"]:

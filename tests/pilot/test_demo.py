@@ -157,13 +157,13 @@ def test_killed_node_round_closes_at_deadline_and_the_restarted_site_rejoins(kil
     out, s = killed_run
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == 2
-    assert rows[0]["participants"] == "1" and rows[0]["partners"] == "0" and rows[0]["failures"] == "1"
+    assert rows[0]["participants"] == "1" and rows[0]["partner_ids"] == "0" and rows[0]["failures"] == "1"
     # the deadline passes, or (if its heartbeat expires first) the SuperLink reports the node unavailable
     reason = rows[0]["failure_reasons"]
     assert reason.startswith("partner 1: ") and ("no reply within the deadline (45 s)" in reason
                                                  or "unreachable, the SuperLink says: " in reason), reason
     # round 1: the restarted site is greeted and takes partner 1's place
-    assert rows[1]["participants"] == "2" and rows[1]["partners"] == "0;1" and rows[1]["failures"] == "0"
+    assert rows[1]["participants"] == "2" and rows[1]["partner_ids"] == "0;1" and rows[1]["failures"] == "0"
     (event,) = s["node_events"]
     assert event["status"] == "rejoined" and event["round"] == 1 and event["partition_id"] == 1
     assert s["failures"] == 1 and "valid_error" not in s["per_partner"][1]

@@ -50,7 +50,7 @@ def test_parity_with_harness(algorithm, devices, hp, bace_split, tmp_path):
 def test_dead_partner_is_a_recorded_failure(bace_split, tmp_path):
     s, _ = local_run(tiny(rounds=1), bace_split, tmp_path, dead=[1])
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
-    assert rows[0]["participants"] == "1" and rows[0]["partners"] == "0" and rows[0]["failures"] == "1"
+    assert rows[0]["participants"] == "1" and rows[0]["partner_ids"] == "0" and rows[0]["failures"] == "1"
     assert "partner 1: no reply within the deadline" in rows[0]["failure_reasons"]
     assert s["failures"] == 1 and s["per_partner"][1]["valid_error"].startswith("not asked")
 
@@ -302,4 +302,4 @@ def test_a_newcomer_cannot_take_a_partners_place(link_cls, reason, bace_split, t
     assert event["node_id"] == 201 and event["status"] == "refused" and reason in event["reason"]
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     lost = link_cls is OtherDataLink  # partner 1's own node is gone: its round-1 update is missing
-    assert rows[1]["partners"] == ("0" if lost else "0;1")
+    assert rows[1]["partner_ids"] == ("0" if lost else "0;1")
