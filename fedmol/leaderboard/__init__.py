@@ -12,12 +12,25 @@ Command line (``fedmol leaderboard ...``, or ``python -m fedmol.leaderboard ...`
 :mod:`fedmol.leaderboard.schema`.
 """
 
-from fedmol.leaderboard.archive import Limits, Rejected
-from fedmol.leaderboard.board import build_board
-from fedmol.leaderboard.schema import SCHEMA_VERSION, Manifest
-from fedmol.leaderboard.submission import submit
-from fedmol.leaderboard.tracks import Track, load_tracks, match_track
-from fedmol.leaderboard.verification import Report, verify
+# The names are imported lazily (PEP 562), so that ``fedmol leaderboard --help`` and the main CLI do
+# not pay for torch, torch_geometric and RDKit just to list the commands.
+_LAZY = {"Limits": "archive", "Rejected": "archive", "build_board": "board", "SCHEMA_VERSION": "schema",
+         "Manifest": "schema", "submit": "submission", "Track": "tracks", "load_tracks": "tracks",
+         "match_track": "tracks", "Report": "verification", "verify": "verification"}
 
 __all__ = ["submit", "verify", "build_board", "load_tracks", "match_track", "Track", "Manifest", "Report", "Limits",
            "Rejected", "SCHEMA_VERSION"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"fedmol.leaderboard.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fedmol.leaderboard' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
