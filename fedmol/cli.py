@@ -458,6 +458,8 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: the suite's, usually 1)."),
     workers: int = typer.Option(1, "--workers", "-j", min=1,
                                 help="Runs at a time, each in its own process (e.g. the number of cores)."),
+    wide: bool = typer.Option(False, "--wide", help="Print every column of the results table (default: the columns "
+                              "that read in 100 columns; results.md always has every column)."),
     data_dir: Optional[Path] = DataDir,
 ):
     """Run a benchmark suite (resumable: finished runs are skipped), then write and print its results table."""
@@ -465,7 +467,7 @@ def bench(
 
     names = [a.strip() for a in algorithms.split(",") if a.strip()] if algorithms else None
     run_suite(suite, out, data_dir=data_dir, algorithms=names, references=not no_references,
-              report_only=report_only, threads=threads, workers=workers, console=console)
+              report_only=report_only, threads=threads, workers=workers, console=console, wide=wide)
 
 
 def main() -> None:  # pragma: no cover - console entry point

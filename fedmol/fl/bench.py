@@ -523,7 +523,7 @@ def settings_notes(s: Suite, threads: int | None) -> list[str]:
 def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_dir: str | Path | None = None,
               algorithms: list[str] | None = None, references: bool = True, report_only: bool = False,
               threads: int | None = None, workers: int = 1, progress: bool = True,
-              console: Console | None = None, show_table: bool = True) -> dict:
+              console: Console | None = None, show_table: bool = True, wide: bool = False) -> dict:
     """Run (or resume) a suite, then write its tables and plots.
 
     ``algorithms``: a subset of the suite's algorithm labels; ``references=False`` skips the
@@ -592,9 +592,11 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
     rep = report.write_report(entries, out, title=f"fedmol bench {s.name}", notes=settings_notes(s, n_threads))
     seconds = round(time.perf_counter() - t0, 1)
     if show_table and not rep["table"].empty:
-        # a file or pipe gets a wide table instead of rich's 80 columns
-        wide = console if console.is_terminal else Console(file=console.file, width=max(console.width, 170))
-        wide.print(report.rich_table(rep["table"], title=f"fedmol bench {s.name}", verdict=rep.get("verdicts")))
+        # a file or pipe gets the width the table needs instead of rich's 80 columns
+        out_console = console if console.is_terminal else Console(file=console.file,
+                                                                   width=max(console.width, 170 if wide else 100))
+        out_console.print(report.rich_table(rep["table"], title=f"fedmol bench {s.name}", verdict=rep.get("verdicts"),
+                                            wide=wide))
     console.print(f"{ran} run, {skipped} skipped" + (f", {missing} left out" if missing else "")
                   + f" in {seconds:.0f} s -> {out / 'results.md'}", highlight=False, soft_wrap=True)
     return dict(suite=s.name, out=out, total=len(jobs), ran=ran, skipped=skipped, missing=missing, seconds=seconds,

@@ -372,21 +372,33 @@ def to_markdown(table: pd.DataFrame, title: str = "Results", notes: list[str] | 
     return "\n".join(lines) + "\n"
 
 
-def rich_table(table: pd.DataFrame, title: str = "Results", verdict: dict[tuple, str] | None = None):
+#: the columns of the terminal table by default (it reads at 100 columns); ``wide``: every column of results.md
+COMPACT = ["method", "rank", "test@1.0", "test@partner", "gain test", "vs best local", "gap closed",
+           "beat best local", "served", "MB"]
+
+
+def rich_table(table: pd.DataFrame, title: str = "Results", verdict: dict[tuple, str] | None = None,
+               wide: bool = False):
     """The results as rich tables, one per dataset x alpha x devices (a renderable ``Group``), each
-    ending with its :func:`verdicts` line."""
+    ending with its :func:`verdicts` line; by default only the :data:`COMPACT` columns, without
+    vertical rules, so that it reads in a 100-column terminal (``wide``: every column)."""
+    from rich import box
     from rich.console import Group
     from rich.table import Table
 
     header, rows = display_rows(table)
+    if not wide:
+        keep = [i for i, h in enumerate(header) if i < 4 or h in COMPACT]
+        header, rows = [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
     tables = []
     groups: dict[tuple, list[list[str]]] = {}
     for row in rows:
         groups.setdefault(tuple(row[:4]), []).append(row[4:])
-    short = {"test@partner": "partner mean", "gain vs local RF": "vs local RF", "vs best local": "vs best"}
+    short = {"test@partner": "partner", "gain vs local RF": "vs local RF", "vs best local": "vs best",
+             "gain test": "vs local", "gap closed": "gap", "beat best local": "beat best"}
     for i, ((ds, metric, alpha, dev), grows) in enumerate(groups.items()):
         t = Table(title=(f"{title}\n" if i == 0 else "") + f"{ds}, test {metric}, alpha {alpha}, {dev} devices",
-                  title_justify="left")
+                  title_justify="left", box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD, pad_edge=wide)
         for j, h in enumerate(header[4:]):
             t.add_column(short.get(h, h.replace("test@", "@")), justify="left" if j == 0 else "right")
         for r in grows:
@@ -395,9 +407,12 @@ def rich_table(table: pd.DataFrame, title: str = "Results", verdict: dict[tuple,
         if line:
             t.caption, t.caption_justify = f"verdict: {line}", "left"
         tables.append(t)
-    legend = ("gain: vs local-only, positive = better than training alone; gaining: share of partners with a positive "
-              "test gain; vs best: test gain vs each partner's best local model (chosen on its own validation "
-              "molecules)" + ("; ±: sample std over seeds (ddof=1)" if (table["n_seeds"] > 1).any() else ""))
+    legend = ("partner: mean test score of the model each partner ends up with; vs local / vs best: its gain over the "
+              "partners' local-only model of the same family / their best local model (chosen on their own "
+              "validation molecules), positive = better; gap: share of the local-to-centralized gap closed; beat "
+              "best: share of partners beating their best local"
+              + ("; ±: sample std over seeds (ddof=1)" if (table["n_seeds"] > 1).any() else "")
+              + ("" if wide else "; every column: --wide or results.md"))
     return Group(*tables, legend)
 
 

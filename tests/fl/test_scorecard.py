@@ -72,3 +72,22 @@ def test_verdict_names_the_best_method_its_margins_and_the_noise():
     assert v.endswith("beyond seed noise")  # +0.05, +0.07, +0.06 over the best local: consistent
     one = verdicts(pd.DataFrame([r for r in rows if r["seed"] == 0]))[("d", 1.0, "tiered")]
     assert one.endswith("one seed: noise not measured")
+
+
+def test_the_bench_table_reads_at_100_columns():
+    import io
+    from pathlib import Path
+
+    import pandas as pd
+    from rich.console import Console
+
+    from fedmol.fl.report import rich_table
+
+    table = pd.read_csv(Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "quick" / "results.csv")
+    table["rank"] = table["rank"].astype(object).fillna("")
+    for wide, width in ((False, 100), (True, 170)):
+        con = Console(width=width, record=True, file=io.StringIO())
+        con.print(rich_table(table, "t", wide=wide))
+        text = con.export_text()
+        assert "…" not in text and max(map(len, text.splitlines())) <= width
+        assert ("gaining" in text) == wide and "ensemble (gbt-ecfp4)" in text and "fedrescue" in text
