@@ -56,6 +56,8 @@ from fedmol.fl.references import REFERENCE_MODELS, best_local, federated_gain
 from fedmol.fl.scorecard import gap_closed, partner_scorecard
 from fedmol.stats import SIGNIFICANCE, paired_pvalue, tie_labels
 from fedmol.jsonio import read_summary
+from fedmol.plotstyle import (is_reference, legend_outside, method_color, method_marker, reference_linestyle,
+                              round_axis, width_axis)
 
 KEYS = ["dataset", "metric", "alpha", "devices", "kind", "method"]
 GAIN_MEASURES = ["gain_test", "gain_valid", "rel_gain_test", "rel_gain_valid", "share_gain_test",
@@ -434,15 +436,10 @@ def _metrics_frame(path: Path, metric: str) -> pd.DataFrame | None:
 
 
 def _ref_lines(ax, refs: dict[str, float]) -> None:
-    styles = {"centralized (gnn)": ("black", "--"), "local-only (gnn)": ("black", ":"),
-              "centralized (rf-ecfp4)": ("tab:gray", "--"), "local-only (rf-ecfp4)": ("tab:gray", ":"),
-              "centralized (gbt-ecfp4)": ("tab:brown", "--"), "local-only (gbt-ecfp4)": ("tab:brown", ":"),
-              BEST_LOCAL: ("tab:red", ":"), "ensemble (gnn)": ("black", "-."),
-              "ensemble (rf-ecfp4)": ("tab:gray", "-."), "ensemble (gbt-ecfp4)": ("tab:brown", "-.")}
-    for name, v in refs.items():
-        if v is not None and np.isfinite(v):
-            color, ls = styles.get(name, ("gray", "-."))
-            ax.axhline(v, color=color, ls=ls, lw=1.2, label=name)
+    """The references as horizontal lines, in their fixed styles (:func:`fedmol.plotstyle.reference_hlines`)."""
+    from fedmol.plotstyle import reference_hlines
+
+    reference_hlines(ax, refs)
 
 
 def _reported_point(entries: list[dict], table: pd.DataFrame, method: str, width: str) -> tuple | None:
@@ -478,28 +475,31 @@ def plot_group(entries: list[dict], table: pd.DataFrame, folder: Path, tag: str)
                          frames[0].attrs.get("width", "1.0"))
     files = []
     for kind, x, xlabel in (("rounds", "round", "round"), ("mb", "mb", "MB communicated (down + up, cumulative)")):
-        fig = Figure(figsize=(6.4, 4.2))
+        fig = Figure(figsize=(8.6, 4.2), layout="constrained")
         ax = fig.subplots()
         stars = False
         for m, (c, w) in curves.items():
-            (line,) = ax.plot(c[x], c["value"], marker="o", ms=3, label=f"{m} @{w}")
+            ax.plot(c[x], c["value"], marker=method_marker(m), ms=4, lw=1.4, color=method_color(m), label=f"{m} @{w}",
+                    zorder=2)
             if kind == "rounds" and (pt := _reported_point(entries, table, m, w)):
-                ax.plot(*pt, marker="*", ms=11, color=line.get_color(), markeredgecolor="black", ls="none")
+                ax.plot(*pt, marker="*", ms=13, color=method_color(m), markeredgecolor="black", ls="none", zorder=3)
                 stars = True
         if stars:
-            ax.plot([], [], marker="*", ms=9, color="white", markeredgecolor="black", ls="none",
-                    label="reported (mean round, score)")
+            ax.plot([], [], marker="*", ms=11, color="white", markeredgecolor="black", ls="none",
+                    label="reported round (model selection's\npick, mean over seeds) and its score")
         _ref_lines(ax, refs)
-        ax.set_xlabel(xlabel)
+        if kind == "rounds":
+            round_axis(ax, xlabel)
+        else:
+            ax.set_xlabel(xlabel)
         ax.set_ylabel(f"test {metric}")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
+        legend_outside(ax)
         p = folder / f"{kind}_{tag}.png"
         fig.savefig(p, dpi=110)
         files.append(p)
-    fig = Figure(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(8.6, 4.2), layout="constrained")
     ax = fig.subplots()
     wcols = [c[: -len("_mean")] for c in table.columns if c.startswith("test@") and c.endswith("_mean")
              and c != "test@partner_mean"]
@@ -513,20 +513,14 @@ def plot_group(entries: list[dict], table: pd.DataFrame, folder: Path, tag: str)
         pts.sort()
         xs, ys, es = zip(*pts)
         es = [e if np.isfinite(e) else 0.0 for e in es]
-        ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=3, label=r["method"],
-                    ls=":" if r["kind"] == "reference" else "-", color="black" if r["kind"] == "reference" else None)
+        ax.errorbar(xs, ys, yerr=es, marker=method_marker(r["method"]), ms=5, capsize=3, label=r["method"],
+                    ls=reference_linestyle(r["method"]), color=method_color(r["method"]), zorder=2)
     _ref_lines(ax, {k: v for k, v in refs.items() if k.startswith("centralized")})
-    ax.set_xscale("log", base=2)
-    ws = sorted({float(c.split("@")[1]) for c in wcols})
-    if ws:
-        ax.set_xticks(ws)
-        ax.set_xticklabels([_width_label(w) for w in ws])
-    ax.set_xlabel("served width")
+    width_axis(ax, [float(c.split("@")[1]) for c in wcols])
     ax.set_ylabel(f"reported test {metric}")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    legend_outside(ax)
     p = folder / f"widths_{tag}.png"
     fig.savefig(p, dpi=110)
     files.append(p)
@@ -544,29 +538,21 @@ def plot_partner_cdf(gains: pd.DataFrame, path: Path, title: str) -> list[Path]:
     if d.empty:
         return []
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(8.6, 4.2), layout="constrained")
     ax = fig.subplots()
-    refs = iter(["black", "dimgray", "darkgray", "saddlebrown", "peru", "burlywood"])
-    colors = iter(f"C{i}" for i in range(100))
-    for method, g in d.groupby("method", sort=False):
+    for i, (method, g) in enumerate(d.groupby("method", sort=False)):
         x = np.sort(g["gain_test_vs_best_local"].to_numpy(dtype=float))
-        ref = str(method).startswith(("centralized", "ensemble"))  # references: dashed (pooled) / dotted (one-shot)
-        ls = "--" if str(method).startswith("centralized") else ":" if ref else "-"
+        ref = is_reference(method)  # references: dashed (pooled) / dash-dotted (one-shot ensembles)
         ax.step(np.r_[x[0], x], np.r_[0.0, np.arange(1, len(x) + 1) / len(x)], where="post", label=method,
-                ls=ls, color=next(refs) if ref else next(colors), lw=1.6 if ref else 1.3)
+                ls=reference_linestyle(method), color=method_color(method), lw=1.6 if ref else 1.3, zorder=2)
     ax.axvline(0.0, color="black", lw=1, ls=":")
     ax.set_xlabel("test gain over the partner's best local model (per partner and seed)")
     ax.set_ylabel("share of partners")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
+    legend_outside(ax)
     fig.savefig(path, dpi=110)
     return [path]
-
-
-def _width_label(w: float) -> str:
-    return "1" if w == 1 else (f"1/{round(1 / w)}" if math.isclose(1 / w, round(1 / w)) else f"{w:g}")
 
 
 # ---------------------------------------------------------------------------------------- everything

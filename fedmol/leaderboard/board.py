@@ -184,29 +184,28 @@ def _plot(path: Path, track: Track, rows: list[dict]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fedmol.plotstyle import legend_outside, method_color, method_marker, width_axis
+
     cols = _columns(rows)
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(8.6, 4.2), dpi=100, layout="constrained")
     for i, r in enumerate(rows):
         xs, ys, es = [], [], []
+        dodge = 2.0 ** (0.025 * (i - (len(rows) - 1) / 2))  # error bars at one width side by side, not on top
         for k in cols:
             mean, std, n = r["widths"].get(k, (math.nan, math.nan, 0))
             if n and math.isfinite(mean):
-                xs.append(float(k))
+                xs.append(float(k) * dodge)
                 ys.append(mean)
                 es.append(std if math.isfinite(std) else 0.0)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=r["name"], linewidth=1.5,
-                    linestyle="-" if len(xs) > 1 else "none")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks([float(k) for k in cols])
-    ax.set_xticklabels([WIDTH_LABEL.get(k, k) for k in cols])
-    ax.invert_xaxis()
+        # the same colour and marker as the method's in the bench plots (fedmol.plotstyle)
+        ax.errorbar(xs, ys, yerr=es, marker=method_marker(r["name"]), capsize=3, label=r["name"], linewidth=1.5,
+                    color=method_color(r["name"]), linestyle="-" if len(xs) > 1 else "none")
+    width_axis(ax, [float(k) for k in cols], "model width")
     metric = rows[0]["metric"] if rows else ""
-    ax.set_xlabel("model width")
     ax.set_ylabel(f"test {metric} (mean ± std over seeds)")
     ax.set_title(f"{track.name}: {metric} per width")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
+    legend_outside(ax, fontsize=8)
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
     return path.name
