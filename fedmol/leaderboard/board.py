@@ -8,6 +8,12 @@ unranked ones (runs that fit no track) are listed apart with why. Metrics come f
 verification (re-scored from the shipped predictions), never from the submitter's claims; bytes
 and failures are as reported by the runs (only ``verify --rerun`` checks them).
 
+Each row links its config page, named by the split file(s) the runs used (``K4-a0.1-s0``): the page
+leads with the split's path, sha256 and spec (the verified frozen file), and leaves the run config's
+unused defaults for what the split decides (partners, alpha, ...) out. *code* is the fedmol commit the
+runs were packed from (``+``: with uncommitted changes); *date* is ``—``: the submission format records
+none. The tables fit a 1400 px window (the std on a line under the mean; long cells wrap).
+
 ``index.html`` is self-contained (inline CSS and JS, no network): click a column header to sort,
 or open ``index.html#sort=<table id>:<column key>:<asc|desc>`` (e.g. ``#sort=board-quick:w1.0:asc``).
 The output is deterministic: the same submissions give the same files.
@@ -74,7 +80,53 @@ def summarize(rep, track: Track | None) -> dict:
     return dict(name=rep.name, algorithm=rep.algorithm, track=rep.track, status=rep.status,
                 reasons=rep.unranked_reasons, metric=rep.metric, seeds=rep.seeds, ddof=ddof, widths=per_width,
                 by_seed=by_seed,
-                mb=mb, failures=failures, reproduced=reproduced, rescored=rescored, hparams=m["hparams"])
+                mb=mb, failures=failures, reproduced=reproduced, rescored=rescored, hparams=m["hparams"],
+                commit=m["provenance"]["commit"], commit_dirty=m["provenance"]["commit_dirty"])
+
+
+#: the run settings a frozen split file decides (its spec), whatever the run config's defaults say
+SPLIT_DECIDES = ("dataset", "partners", "alpha", "quantity_skew")
+SPLIT_NOTE = ("The split each run used is the frozen file under splits (path, sha256 and the spec it was made "
+              "with: partners, alpha, seed, ...; verified against data_splits/). A run given a split file takes "
+              f"{', '.join(SPLIT_DECIDES)} from it, so the run config's own values for them (unused defaults) "
+              "are left out of runs[].config.run.")
+
+
+def _config_doc(rep, file: str) -> dict:
+    """The config page of a submission: the splits actually used first (path, sha256, spec, from the
+    verified manifest), then each run's resolved config without the settings the split file decides."""
+    import copy
+
+    m = rep.manifest
+    specs = {r["split"]: r["config"]["split"]["spec"] for r in m["runs"]}
+    runs = []
+    for r in m["runs"]:
+        config = copy.deepcopy(r["config"])
+        if config.get("run", {}).get("split"):
+            for k in SPLIT_DECIDES:
+                config["run"].pop(k, None)
+        runs.append(dict(seed=r["seed"], split=f"data_splits/{r['split']}", config=config))
+    return dict(name=rep.name, file=file, algorithm=rep.algorithm, track=rep.track, status=rep.status,
+                unranked_reasons=rep.unranked_reasons, seeds=rep.seeds, note=SPLIT_NOTE,
+                splits=[dict(path=f"data_splits/{sp['path']}", sha256=sp["sha256"], spec=specs.get(sp["path"]))
+                        for sp in m["splits"]],
+                hparams=m["hparams"], provenance=m["provenance"],
+                verification=dict(checks=rep.checks, runs=[r.__dict__ for r in rep.runs]), runs=runs)
+
+
+def _split_label(row: dict) -> str:
+    """``K4-a0.1-s0`` (the split files' names, without folder and extension)."""
+    return ", ".join(Path(p).stem for p in row.get("splits", [])) or "config"
+
+
+def _code_label(row: dict) -> str:
+    """The fedmol commit the runs were packed from (7 hex digits; ``+`` = with uncommitted changes)."""
+    c = row.get("commit") or "unknown"
+    return (c[:7] if re.fullmatch(r"[0-9a-f]{40}", c) else c) + ("+" if row.get("commit_dirty") else "")
+
+
+DATE_NOTE = ("date: the submission format (fedmol-submission/1) records no date, so the column shows —; "
+             "code: the fedmol commit the runs were packed from (+: with uncommitted changes to tracked files)")
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
@@ -146,12 +198,8 @@ def build_board(submissions: str | Path, out: str | Path, *, tracks_file: str | 
         row = summarize(rep, tracks.get(rep.track) if rep.track else None)
         row["file"] = z.name
         row["slug"] = _slug(rep.name, taken)
-        row["config_doc"] = dict(name=rep.name, file=z.name, algorithm=rep.algorithm, track=rep.track,
-                                 status=rep.status, unranked_reasons=rep.unranked_reasons, seeds=rep.seeds,
-                                 hparams=rep.manifest["hparams"], provenance=rep.manifest["provenance"],
-                                 verification=dict(checks=rep.checks, runs=[r.__dict__ for r in rep.runs]),
-                                 runs=[dict(seed=r["seed"], split=r["split"], config=r["config"])
-                                       for r in rep.manifest["runs"]])
+        row["config_doc"] = _config_doc(rep, z.name)
+        row["splits"] = [sp["path"] for sp in row["config_doc"]["splits"]]
         rows.append(row)
 
     if out.exists():
@@ -221,20 +269,22 @@ def _track_lines(t: Track) -> list[str]:
             f"Split(s): {', '.join('`data_splits/' + s + '`' for s in t.splits)} · devices `{t.devices}` · "
             f"{t.rounds} rounds · seeds {t.seeds} · fixed: "
             + ", ".join(f"{k}={v}" for k, v in {**t.run, **t.hparams}.items())
-            + f" · mean ± std over seeds (ddof={t.std_ddof}) · ranked by width {t.rank_width:g}", "", TIE_NOTE]
+            + f" · mean ± std over seeds (ddof={t.std_ddof}) · ranked by width {t.rank_width:g}", "", TIE_NOTE, "",
+            DATE_NOTE]
 
 
 def _md_table(rows: list[dict], ranked: bool) -> list[str]:
     cols = _columns(rows)
     metric = rows[0]["metric"] if rows else "metric"
     head = (["#"] if ranked else []) + ["submission", "algorithm"] + [f"{metric}@{k}" for k in cols] + [
-        "MB sent", "failures/run", "weights reproduce", "config"] + ([] if ranked else ["track", "why unranked"])
+        "MB sent", "failures/run", "weights reproduce", "split (config)", "code", "date"] + (
+        [] if ranked else ["track", "why unranked"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows, 1):
         cells = ([_rank_cell(i, r)] if ranked else []) + [_md(r["name"]), r["algorithm"]]
         cells += [_fmt(*r["widths"].get(k, (math.nan, math.nan, 0))) for k in cols]
         cells += [f"{r['mb']:.3f}", f"{r['failures']:.2f}", ", ".join(r["reproduced"]) or "—",
-                  f"[json](configs/{r['slug']}.json)"]
+                  f"[{_md(_split_label(r))}](configs/{r['slug']}.json)", f"`{_md(_code_label(r))}`", "—"]
         if not ranked:
             cells += [r["track"] or "—", _md("; ".join(r["reasons"]))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -267,10 +317,13 @@ def _markdown(tracks, ranked, unranked, rejected, plots) -> str:
 
 # -- html --------------------------------------------------------------------------------------------
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1360px;padding:0 1em;
 color:#1b1f24;line-height:1.45}
 table{border-collapse:collapse;margin:1em 0;font-size:14px;width:100%}
-th,td{border-bottom:1px solid #d0d7de;padding:.35em .6em;text-align:left;white-space:nowrap}
+th,td{border-bottom:1px solid #d0d7de;padding:.35em .5em;text-align:left;white-space:nowrap;vertical-align:top}
+th{white-space:normal}
+td.wrap{white-space:normal;min-width:5em}
+.sd{display:block;font-size:12px;color:#57606a}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 th{cursor:pointer;user-select:none;background:#f6f8fa;position:relative}
 th[aria-sort=ascending]::after{content:" \\25B2";font-size:.8em}
@@ -347,6 +400,14 @@ def _code(text: str) -> str:
     return re.sub(r"`([^`]*)`", r"<code>\1</code>", _e(text))
 
 
+def _fmt_html(mean: float, std: float, n: int) -> str:
+    """The mean, and the std (or n=1) on a line of its own below it: the table stays narrow."""
+    if n == 0 or not math.isfinite(mean):
+        return "—"
+    sd = f"± {std:.4f}" if math.isfinite(std) else "(n=1)"
+    return f'{mean:.4f}<span class="sd">{_e(sd)}</span>'
+
+
 def _num(v: float) -> str:
     return repr(float(v)) if math.isfinite(v) else ""
 
@@ -359,8 +420,8 @@ def _html_table(table_id: str, rows: list[dict], ranked: bool) -> str:
         heads.append(("rank", "#", "num"))
     heads += [("name", "submission", "str"), ("algorithm", "algorithm", "str")]
     heads += [(f"w{k}", f"{metric}@{k}", "num") for k in cols]
-    heads += [("mb", "MB sent", "num"), ("failures", "failures/run", "num"), ("reproduced", "weights reproduce", "str"),
-              ("config", "config", "str")]
+    heads += [("mb", "MB sent", "num"), ("failures", "failures / run", "num"),
+              ("reproduced", "weights reproduce", "str"), ("config", "split (config)", "str"), ("code", "code", "str"), ("date", "date", "str")]
     if not ranked:
         heads += [("track", "track", "str"), ("why", "why unranked", "str")]
     th = "".join(f'<th data-key="{_e(k)}" data-type="{t}"{" class=num" if t == "num" else ""}>{_e(label)}</th>'
@@ -370,20 +431,27 @@ def _html_table(table_id: str, rows: list[dict], ranked: bool) -> str:
         cells = []
         if ranked:
             cells.append(f'<td class="num" data-value="{i}">{_e(_rank_cell(i, r))}</td>')
-        cells.append(f'<td data-value="{_e(r["name"])}">{_e(r["name"])}</td>')
+        cells.append(f'<td class="wrap" data-value="{_e(r["name"])}">{_e(r["name"])}</td>')
         cells.append(f'<td data-value="{_e(r["algorithm"])}">{_e(r["algorithm"])}</td>')
         for k in cols:
             mean, std, n = r["widths"].get(k, (math.nan, math.nan, 0))
             cells.append(f'<td class="num" data-value="{_num(mean) if n else ""}" title="n={n} seeds">'
-                         f'{_e(_fmt(mean, std, n))}</td>')
+                         f'{_fmt_html(mean, std, n)}</td>')
         cells.append(f'<td class="num" data-value="{_num(r["mb"])}">{r["mb"]:.3f}</td>')
         cells.append(f'<td class="num" data-value="{_num(r["failures"])}">{r["failures"]:.2f}</td>')
         rep = ", ".join(r["reproduced"]) or "—"
         only = ", ".join(r["rescored"])
         tip = f"re-scored from predictions only at {only}" if only else "every width reproduced from the weights"
-        cells.append(f'<td data-value="{_e(rep)}" title="{_e(tip)}">{_e(rep)}</td>')
+        cells.append(f'<td class="wrap" data-value="{_e(rep)}" title="{_e(tip)}">{_e(rep)}</td>')
         href = f"configs/{r['slug']}.json"
-        cells.append(f'<td data-value="{_e(r["slug"])}"><a href="{_e(href)}">config</a></td>')
+        split = _split_label(r)
+        cells.append(f'<td data-value="{_e(split)}"><a href="{_e(href)}" '
+                     f'title="{_e(", ".join(r.get("splits", [])))}: the split file, its spec and every run\'s '
+                     f'config">{_e(split)}</a></td>')
+        code = _code_label(r)
+        cells.append(f'<td data-value="{_e(code)}" title="fedmol commit {_e(r.get("commit") or "unknown")}'
+                     f'{" with uncommitted changes" if r.get("commit_dirty") else ""}"><code>{_e(code)}</code></td>')
+        cells.append('<td data-value="" title="the submission format records no date">—</td>')
         if not ranked:
             cells.append(f'<td data-value="{_e(r["track"] or "")}">{_e(r["track"] or "—")}</td>')
             why = "; ".join(r["reasons"])

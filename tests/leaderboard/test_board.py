@@ -73,6 +73,31 @@ def test_configs_written_next_to_page(board):
     assert docs["tiny fedavg"]["verification"]["runs"][0]["reproduced_widths"] == ["1.0"]
 
 
+def test_config_shows_the_split_actually_used(board):
+    """The config page leads with the frozen split file (path, sha256, its spec), and the run config's unused
+    defaults for what the split decides (partners, alpha, ...) are not shown as if they were the setting."""
+    html = (board / "index.html").read_text()
+    for link in re.findall(r'href="(configs/[^"]+\.json)"', html):
+        doc = json.loads((board / link).read_text())
+        assert doc["splits"] and all(s["path"].startswith("data_splits/") for s in doc["splits"])
+        for run in doc["runs"]:
+            split = next(s for s in doc["splits"] if s["path"] == run["split"])
+            assert split["spec"] == run["config"]["split"]["spec"]
+            assert split["spec"]["partners"] == run["config"]["split"]["partners"]
+            assert not {"partners", "alpha", "quantity_skew"} & set(run["config"]["run"])
+        # the link itself names the split
+        stems = ", ".join(Path(s["path"]).stem for s in doc["splits"])
+        assert f'<a href="{link}"' in html and f">{stems}</a>" in html
+
+
+def test_code_and_date_columns(board):
+    text = (board / "README.md").read_text()
+    assert "| weights reproduce | split (config) | code | date |" in text
+    assert "records no date" in text
+    row = next(line for line in text.splitlines() if "| tiny fjord | fjord |" in line)
+    assert re.search(r"\| `([0-9a-f]{7}\+?|unknown)` \| — \|$", row), row
+
+
 # -- the browser --------------------------------------------------------------------------------------
 def _chromium() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
@@ -162,6 +187,61 @@ def test_browser_sorts_columns(board, tmp_path):
     p = _Rows("board-tiny", "w0.5")
     p.feed(dom)
     assert p.names == ["tiny fjord", "tiny fedavg"] and p.values[1] == ""
+
+
+_FIT_JS = """<script>document.addEventListener("DOMContentLoaded", function () {
+  var r = [];
+  Array.prototype.forEach.call(document.querySelectorAll("table"), function (t) {
+    var box = t.parentNode;
+    r.push({id: t.id, right: t.getBoundingClientRect().right, box: box.clientWidth, scroll: box.scrollWidth});
+  });
+  document.body.setAttribute("data-fit", JSON.stringify(
+    {tables: r, doc: document.documentElement.scrollWidth, inner: window.innerWidth}));
+});</script>"""
+
+
+def _fit(chromium: str, page: Path, width: int, tmp: Path) -> dict:
+    """The page laid out by chromium in a window ``width`` px wide: per table its right edge and its scroll
+    box's visible and scrolled widths, the document's scroll width."""
+    import html as _html
+
+    probe = tmp / f"fit-{width}.html"
+    probe.write_text(page.read_text().replace("</body>", _FIT_JS + "</body>"))
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+           "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
+           f"--user-data-dir={tmp / f'profile-fit-{width}'}", f"--window-size={width},900", "--dump-dom",
+           probe.resolve().as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = re.search(r'data-fit="([^"]*)"', res.stdout)
+    assert m, "the probe script did not run"
+    return json.loads(_html.unescape(m.group(1)))
+
+
+@pytest.mark.parametrize("which", ["built", "shipped"])
+def test_tables_fit_1400_px(board, tmp_path, which):
+    """Every table of the page fits a 1400 px window without horizontal scroll (measured in chromium's
+    layout); a screenshot at that size is taken too. At 800 px the same probe does see the overflow."""
+    chromium = _chromium()
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed but CI is set: apt-get install -y chromium chromium-driver")
+        pytest.skip("chromium is not installed (apt-get install -y chromium chromium-driver); CI is not set")
+    shipped = Path(__file__).resolve().parents[2] / "leaderboard" / "board" / "index.html"
+    page = board / "index.html" if which == "built" else shipped
+    fit = _fit(chromium, page, 1400, tmp_path)
+    assert fit["inner"] == 1400 and fit["tables"]
+    for t in fit["tables"]:
+        assert t["scroll"] <= t["box"] and t["right"] <= 1400, t
+    assert fit["doc"] <= 1400, fit
+    narrow = _fit(chromium, page, 800, tmp_path)
+    assert any(t["scroll"] > t["box"] for t in narrow["tables"]), "the probe cannot see an overflow"
+    shot = tmp_path / "board.png"
+    res = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile-shot'}", "--window-size=1400,1000",
+                          f"--screenshot={shot}", page.resolve().as_uri()], capture_output=True, timeout=60)
+    assert res.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(shot.read_bytes()[16:20], "big") == 1400  # the PNG's width
 
 
 def test_ties_with_the_top_row_are_marked():
