@@ -39,7 +39,8 @@ Files: ``results.csv`` (``<measure>_mean``, ``<measure>_std``, ``n_seeds``), ``r
 ``results_per_seed.csv``, ``partner_gains.csv``, and per dataset x devices x alpha, under
 ``plots/``: ``rounds_*.png`` (test metric vs round; a star marks the mean reported round and
 score), ``mb_*.png`` (test metric vs cumulative MB communicated), ``widths_*.png`` (reported test
-metric per served width).
+metric per served width, narrow -> wide), ``cdf_*.png``. A method has one colour and marker in every
+plot and on the leaderboard (:func:`fedmol.plotstyle.method_color`); legends sit right of the axes.
 """
 
 from __future__ import annotations
