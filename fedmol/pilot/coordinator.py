@@ -411,11 +411,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
                          federated_valid=federated_valid)
 
     def on_round(row: dict) -> None:
-        skipped = row.get("skipped_reason")
-        log(f"[fedmol pilot] round {row['round']}: {row['participants']} partner(s), {row['failures']} failure(s)"
-            + (f", SKIPPED ({skipped})" if skipped else "")
-            + "".join(f", {k.split('_', 1)[0]} {k.split('_', 1)[1]} {v:.4f}" for k, v in row.items()
-                      if k.startswith(("test_", "valid_"))))
+        log(f"[fedmol pilot] {round_line(row)}")
         with open(out / "progress.jsonl", "a") as f:
             f.write(to_json(row) + "\n")
 
@@ -633,3 +629,12 @@ def _resolved(s: PilotSettings, algo, ds, test, split, partners: list[Partner], 
                    test_source=_test_source(s)),
         versions=dict(fedmol=fedmol.__version__, torch=torch.__version__, rdkit=rdkit.__version__),
     )
+
+
+def round_line(row: dict) -> str:
+    """One closed round of ``progress.jsonl`` as a line: partners, failures, a skip, the scores."""
+    skipped = row.get("skipped_reason")
+    return (f"round {row['round']}: {row['participants']} partner(s), {row['failures']} failure(s)"
+            + (f", SKIPPED ({skipped})" if skipped else "")
+            + "".join(f", {k.split('_', 1)[0]} {k.split('_', 1)[1]} {v:.4f}" for k, v in row.items()
+                      if k.startswith(("test_", "valid_")) and isinstance(v, (int, float))))

@@ -103,14 +103,42 @@ def run_demo(cfg: RunConfig, out: str | Path, *, insecure: bool = False, node_au
             pilot.add_site(extra["name"], extra["node_config"], env=extra.get("env"))
         log(f"{len(sites) + len(extra_sites)} SuperNodes started; submitting the run")
         run_id = pilot.submit(s)
-        log(f"run {run_id} submitted; waiting for it to finish")
-        status = pilot.wait(run_id, run_timeout, on_poll=on_poll, done=lambda: any((out / f).is_file() for f in
-                                                                  ("summary.json", "pilot_error.json")))
+        log(f"run {run_id} submitted; waiting for it to finish (each round is shown as it closes)")
+        show = round_reporter(out / "progress.jsonl", log)
+
+        def poll(p):
+            show()
+            if on_poll is not None:
+                on_poll(p)
+        status = pilot.wait(run_id, run_timeout, on_poll=poll, done=lambda: any((out / f).is_file() for f in
+                                                                ("summary.json", "pilot_error.json")))
+        show()
         log(f"run {run_id} {status}; stopping the SuperNodes and the SuperLink")
         run_log = pilot.run_log(run_id) if status != "finished:completed" else ""
     summary = read_results(out, work, status, run_id, run_log, pilot.procs.leftovers())
     log("all processes stopped")
     return summary
+
+
+def round_reporter(progress: Path, log):
+    """A callable that logs the rounds the coordinator has closed since its last call (the lines of
+    ``progress.jsonl``; a line still being written waits for the next call)."""
+    from fedmol.pilot.coordinator import round_line
+
+    shown = 0
+
+    def report() -> None:
+        nonlocal shown
+        if not progress.is_file():
+            return
+        for line in progress.read_text().splitlines()[shown:]:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                return
+            log(round_line(row))
+            shown += 1
+    return report
 
 
 def read_results(out: Path, work: Path, status: str, run_id: str, run_log: str, leftovers: dict) -> dict:
