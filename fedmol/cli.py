@@ -51,10 +51,11 @@ def _load(name, data_dir, csv, smiles_col, target_cols, task, jobs=None, progres
 # datasets ---------------------------------------------------------------------------------------------
 @app.command()
 @friendly
-def datasets(data_dir: Optional[Path] = DataDir, as_json: bool = typer.Option(False, "--json")):
+def datasets(data_dir: Optional[Path] = DataDir,
+             as_json: bool = typer.Option(False, "--json", help="Print the registry as a JSON list.")):
     """List the dataset registry with local availability."""
     from fedmol.data.registry import DATASETS
-    from fedmol.data.sources import availability
+    from fedmol.data.sources import availability, candidate_dirs
 
     rows = []
     for info in DATASETS.values():
@@ -70,8 +71,13 @@ def datasets(data_dir: Optional[Path] = DataDir, as_json: bool = typer.Option(Fa
         t.add_column(col)
     for r in rows:
         t.add_row(r["name"], r["task_type"], str(r["tasks"]), str(r["rows"]), r["metric"],
-                  f"[green]{r['location']}[/]" if r["available"] else "[yellow]absent: downloaded on first use[/]")
+                  f"[green]{r['location']}[/]" if r["available"] else "[yellow]absent (see below)[/]")
     console.print(t)
+    if not all(r["available"] for r in rows):
+        console.print(f"absent files were looked for in {', '.join(str(d) for d in candidate_dirs(data_dir))}; point "
+                      "fedmol at a folder holding them with FEDMOL_DATA_DIR=DIR or --data-dir DIR (where nothing can "
+                      "be downloaded), else they are downloaded from their URL on first use", highlight=False,
+                      soft_wrap=True)
 
 
 def algorithm_card(name: str) -> dict:
@@ -95,7 +101,7 @@ def algorithm_card(name: str) -> dict:
 @app.command()
 @friendly
 def algorithms(name: Optional[str] = typer.Argument(None, help="One algorithm (default: all)."),
-               as_json: bool = typer.Option(False, "--json")):
+               as_json: bool = typer.Option(False, "--json", help="Print the algorithms' cards as JSON.")):
     """List the algorithms with their hyperparameters and defaults (set them with `fedmol run --hp KEY=VALUE`)."""
     from fedmol.fl.registry import ALGORITHMS
 
