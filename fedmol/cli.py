@@ -80,6 +80,13 @@ def datasets(data_dir: Optional[Path] = DataDir,
                       soft_wrap=True)
 
 
+def shown_smiles(smiles: str, limit: int = 60) -> str:
+    """A SMILES as it can be copied back (no Python escaping of backslashes); tabs and line breaks,
+    which a SMILES never holds, made visible; cut at ``limit`` characters with an ellipsis."""
+    text = smiles.replace("\t", "<TAB>").replace("\r", "<CR>").replace("\n", "<LF>")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def algorithm_card(name: str) -> dict:
     """What ``fedmol algorithms`` shows of one algorithm: its paper line, how it normalizes, what
     leaves a partner, DP support and every hyperparameter with its default."""
@@ -171,7 +178,7 @@ def featurize(
                   f"[red]{out['invalid']} invalid[/]{labels}, {out['duplicates']} duplicated SMILES, "
                   f"{out['unlabeled']} without any label")
     for r in rep["invalid_rows"][:10]:
-        console.print(f"  row {r['row']}: {r['smiles'][:60]!r}: {r['reason']}", highlight=False)
+        console.print(f"  row {r['row']}: {shown_smiles(r['smiles'])}: {r['reason']}", highlight=False, markup=False)
     if out["invalid"] > 10:
         console.print(f"  ... and {out['invalid'] - 10} more")
     where = report or (Path(ds.cache_path) / "invalid_rows.csv" if ds.cache_path else None)

@@ -196,3 +196,11 @@ def test_a_model_below_chance_on_test_but_good_on_validation_is_flagged():
         "behave unlike the validation molecules; do not read this model's test score as its quality"]
     assert below_chance_warnings(dict(s, valid={"1.0": 0.45})) == []  # bad everywhere: nothing to contrast
     assert below_chance_warnings(dict(metric="rmse", test={"1.0": 0.1}, valid={"1.0": 0.9})) == []
+
+
+def test_invalid_smiles_are_shown_as_they_can_be_copied_back():
+    from fedmol.cli import shown_smiles
+
+    assert shown_smiles(r"C/C=C\C(=O)O") == r"C/C=C\C(=O)O"  # one backslash, not Python's two
+    assert shown_smiles("CC\t(=O)O") == "CC<TAB>(=O)O"
+    assert shown_smiles("C" * 70) == "C" * 60 + "..."
