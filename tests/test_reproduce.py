@@ -55,3 +55,24 @@ def test_a_shipped_submission_reruns_to_its_claims(tmp_path):
     assert len(reruns) == 1
     claimed, rerun = reruns[0]
     assert rerun["test"] == pytest.approx(claimed, abs=rerun["tolerance"])
+
+
+def test_the_readme_quick_output_is_the_committed_results():
+    """The quick-start output pasted in the README shows the committed quick results (per-partner column)."""
+    text = (REPO / "README.md").read_text().split("What a fresh clone prints at the end", 1)[1]
+    block = text.split("```text", 1)[1].split("```", 1)[0]
+    table = pd.read_csv(REPO / "benchmarks" / "results" / "quick" / "results.csv")
+    alphas, checked, alpha = iter(sorted(table["alpha"].unique())), 0, None
+    methods = sorted(table["method"].unique(), key=len, reverse=True)  # "ensemble (gnn)" before "gnn"-like prefixes
+    for line in block.splitlines():
+        if line.startswith("b3db_classification, test rocauc"):
+            alpha = next(alphas)
+        method = next((m for m in methods if line.startswith(f" {m} ")), None)
+        if method is None:
+            continue
+        row = table[(table["method"] == method) & (table["alpha"] == alpha)].iloc[0]
+        shown = line[len(method) + 2:].split()
+        partner = shown[0] if math.isnan(row["test@1.0_mean"]) else shown[1]
+        assert partner == f"{row['test@partner_mean']:.3f}", (alpha, method, line)
+        checked += 1
+    assert checked == len(table)
