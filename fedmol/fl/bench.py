@@ -520,6 +520,40 @@ def settings_notes(s: Suite, threads: int | None) -> list[str]:
     return lines
 
 
+def _run_sequential(todo: list, s: Suite, threads: int | None, console: Console, finished: list,
+                    progress: bool) -> int:
+    """The unfinished runs one after the other in this process (references of one split share its
+    federation); returns how many ran."""
+    import torch
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    fed_key, fed = None, None
+    try:
+        for head, rel, job, note in todo:
+            console.print(f"{head} run   {rel}{note}", highlight=False, soft_wrap=True)
+            if job.kind == "reference" and fed_key != job.group:
+                fed_key, fed = job.group, build_federation(job.cfg, progress)
+            tj = time.perf_counter()
+            summary = run_job(job, s, fed if job.kind == "reference" else None, progress)
+            finished.append(job)
+            console.print(f"{' ' * len(head)} done  {time.perf_counter() - tj:.1f} s  {_headline(summary)}",
+                          highlight=False, soft_wrap=True)
+    finally:
+        torch.set_num_threads(old_threads)
+    return len(todo)
+
+
+def _print_table(rep: dict, s: Suite, console: Console, wide: bool) -> None:
+    """The results table with its verdicts; a file or pipe gets the width the table needs instead of
+    rich's 80 columns."""
+    from fedmol.fl import report
+
+    out = console if console.is_terminal else Console(file=console.file, width=max(console.width, 170 if wide else 100))
+    out.print(report.rich_table(rep["table"], title=f"fedmol bench {s.name}", verdict=rep.get("verdicts"), wide=wide))
+
+
 def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_dir: str | Path | None = None,
               algorithms: list[str] | None = None, references: bool = True, report_only: bool = False,
               threads: int | None = None, workers: int = 1, progress: bool = True,
@@ -566,25 +600,7 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
     todo.sort(key=lambda t: s.seeds.index(t[2].seed))  # seed-major: a stopped suite has whole seeds
     workers = max(1, int(workers or 1))
     if todo and workers == 1:
-        import torch
-
-        old_threads = torch.get_num_threads()
-        if n_threads:
-            torch.set_num_threads(int(n_threads))
-        fed_key, fed = None, None
-        try:
-            for head, rel, job, note in todo:
-                console.print(f"{head} run   {rel}{note}", highlight=False, soft_wrap=True)
-                if job.kind == "reference" and fed_key != job.group:
-                    fed_key, fed = job.group, build_federation(job.cfg, progress)
-                tj = time.perf_counter()
-                summary = run_job(job, s, fed if job.kind == "reference" else None, progress)
-                ran += 1
-                finished.append(job)
-                console.print(f"{' ' * len(head)} done  {time.perf_counter() - tj:.1f} s  {_headline(summary)}",
-                              highlight=False, soft_wrap=True)
-        finally:
-            torch.set_num_threads(old_threads)
+        ran += _run_sequential(todo, s, n_threads, console, finished, progress)
     elif todo:
         ran += _run_parallel(todo, s, n_threads, workers, console, finished)
     done_ids = {id(job) for job in finished}  # plan order, whatever order the workers finished in
@@ -592,11 +608,7 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
     rep = report.write_report(entries, out, title=f"fedmol bench {s.name}", notes=settings_notes(s, n_threads))
     seconds = round(time.perf_counter() - t0, 1)
     if show_table and not rep["table"].empty:
-        # a file or pipe gets the width the table needs instead of rich's 80 columns
-        out_console = console if console.is_terminal else Console(file=console.file,
-                                                                   width=max(console.width, 170 if wide else 100))
-        out_console.print(report.rich_table(rep["table"], title=f"fedmol bench {s.name}", verdict=rep.get("verdicts"),
-                                            wide=wide))
+        _print_table(rep, s, console, wide)
     console.print(f"{ran} run, {skipped} skipped" + (f", {missing} left out" if missing else "")
                   + f" in {seconds:.0f} s -> {out / 'results.md'}", highlight=False, soft_wrap=True)
     return dict(suite=s.name, out=out, total=len(jobs), ran=ran, skipped=skipped, missing=missing, seconds=seconds,

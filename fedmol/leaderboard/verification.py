@@ -266,6 +266,26 @@ def _parse_predictions(data: bytes, what: str, tasks: list[str], task_type: str,
     return out
 
 
+def _check_partner_results(r, c, widths: list[float]) -> None:
+    """Each partner is credited exactly with the model its device can run (none when it runs no
+    served width, ``docs/protocol.md``), and its test metric is that width's."""
+    from fedmol.fl.driver import served_width
+
+    caps = {e.pid: float(e.device.max_width) for e in c.partners}
+    for p in r.per_partner:
+        can_run = served_width(tuple(widths), caps.get(p.partner, 0.0))
+        if (p.width is None) != (can_run is None) or p.served != (can_run is not None):
+            raise Rejected(f"run {r.id}: partner {p.partner} is {'' if p.served else 'not '}credited with a model, "
+                           f"but its device {'cannot run any' if can_run is None else 'can run a'} served width")
+        if can_run is None:
+            if p.test is not None or p.valid is not None:
+                raise Rejected(f"run {r.id}: partner {p.partner} has no federated model but claims scores")
+            continue
+        k = _width_key(p.width)
+        if k not in r.test or p.test is None or abs(p.test - r.test[k]) > TOL_RESCORE:
+            raise Rejected(f"run {r.id}: partner {p.partner}'s test metric is not the one of width {k}")
+
+
 def _bound_hparams(hp: dict) -> None:
     for k, cap in SIZE_HPARAMS.items():
         v = hp.get(k)
@@ -279,7 +299,6 @@ def _verify_run(r, m: Manifest, members: dict[str, bytes], split_path: Path, spl
 
     from fedmol.evaluate import Evaluator
     from fedmol.fl.devices import PROFILE_NAMES
-    from fedmol.fl.driver import served_width
     from fedmol.fl.harness import RunConfig, backbone_config, build_federation
     from fedmol.fl.registry import get_algorithm
     from fedmol.models import build
@@ -372,19 +391,7 @@ def _verify_run(r, m: Manifest, members: dict[str, bytes], split_path: Path, spl
             raise Rejected(f"run {r.id}: claimed test {metric}@{k} = {claimed!r} but the shipped predictions score "
                            f"{v!r}")
         rescored[k] = v
-    caps = {e.pid: float(e.device.max_width) for e in c.partners}
-    for p in r.per_partner:
-        can_run = served_width(tuple(widths), caps.get(p.partner, 0.0))
-        if (p.width is None) != (can_run is None) or p.served != (can_run is not None):
-            raise Rejected(f"run {r.id}: partner {p.partner} is {'' if p.served else 'not '}credited with a model, "
-                           f"but its device {'cannot run any' if can_run is None else 'can run a'} served width")
-        if can_run is None:
-            if p.test is not None or p.valid is not None:
-                raise Rejected(f"run {r.id}: partner {p.partner} has no federated model but claims scores")
-            continue
-        k = _width_key(p.width)
-        if k not in r.test or p.test is None or abs(p.test - r.test[k]) > TOL_RESCORE:
-            raise Rejected(f"run {r.id}: partner {p.partner}'s test metric is not the one of width {k}")
+    _check_partner_results(r, c, widths)
 
     # the weights reproduce the predictions where the saved state is the evaluated model
     model = build(**c.model.model_dump())
