@@ -4,7 +4,8 @@ same colour in a rounds plot, a CDF and the board.
 
 * Algorithms (every name of :data:`fedmol.fl.registry.ALGORITHMS`, plus the standard suite's variants)
   have a fixed colour of their own; none is black, gray, brown or red, which the references use.
-* References keep their styles: the GNN black, the ECFP4 forest gray, the ECFP4 boosted trees brown;
+* References keep their styles: the GNN black, the fingerprint MLP gold, the ECFP4 forest gray, the ECFP4
+  boosted trees brown;
   centralized dashed, local-only dotted, ensemble dash-dotted; the partner's best local red dotted.
 * A name not listed (a leaderboard submission called "my idea") gets a colour from a spare palette
   chosen by a checksum of the name: the same name, the same colour, on every machine.
@@ -40,8 +41,10 @@ SPARE_COLORS = ["#637939", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#de9ed6"
                 "#74c476", "#9e9ac8", "#b5cf6b", "#e7969c"]
 SPARE_MARKERS = ["h", "*", "p", "d", "8", "H"]
 
-_FAMILY_COLORS = {"gnn": "black", "rf-ecfp4": "gray", "gbt-ecfp4": "saddlebrown"}
-_FAMILY_MARKERS = {"gnn": "s", "rf-ecfp4": "^", "gbt-ecfp4": "D"}
+_FAMILY_COLORS = {"gnn": "black", "mlp": "darkgoldenrod", "rf-ecfp4": "gray", "gbt-ecfp4": "saddlebrown"}
+_FAMILY_MARKERS = {"gnn": "s", "mlp": "o", "rf-ecfp4": "^", "gbt-ecfp4": "D"}
+#: a suite with several backbones names its federated rows "<algorithm> (<family>)": the GNN's dashed
+_GNN_ROW_LINE = (0, (4, 1.5))
 _KIND_LINES = {"centralized": "--", "local-only": ":", "ensemble": "-."}
 BEST_LOCAL = "best local"
 
@@ -89,10 +92,13 @@ def method_marker(name: str) -> str:
     return _look(name)[1]
 
 
-def reference_linestyle(name: str) -> str:
-    """Dashed (centralized), dotted (local-only, best local), dash-dotted (ensemble); solid otherwise."""
+def reference_linestyle(name: str) -> str | tuple:
+    """Dashed (centralized), dotted (local-only, best local), dash-dotted (ensemble); an algorithm's
+    GNN row beside its MLP row (``"fjord (gnn)"``) densely dashed; solid otherwise."""
     ref = _reference(str(name))
-    return ref[1] if ref is not None else "-"
+    if ref is not None:
+        return ref[1]
+    return _GNN_ROW_LINE if str(name).endswith(" (gnn)") and _algorithm_key(str(name)) else "-"
 
 
 def width_label(w: float) -> str:

@@ -23,6 +23,12 @@ device profiles x seeds x (algorithms + references), with shared run settings::
     hidden = 64
     layers = 3
 
+    models = ["mlp", "gin"]   # optional axis: several backbones (then no [run] model), each with
+    [model.mlp]               # its own run settings over [run]; its runs sit in runs/.../<backbone>/,
+    hidden = 300              # its rows are named "<algorithm> (<family>)" (family mlp | gnn) and
+    [model.gin]               # measured against their own family's references; the trees run once
+    hidden = 64
+
     [hparams]        # hyperparameters every algorithm knows (the shared local-training ones)
     max_local_steps = 20
 
@@ -83,14 +89,14 @@ from rich.console import Console
 
 from fedmol.errors import FedmolError
 from fedmol.fl.harness import RunConfig, build_federation, run_federated
-from fedmol.fl.references import (DEFAULT_REFERENCE_MODELS, DEFAULT_REFERENCES, check_reference, reference_config,
-                                  run_reference, split_versions)
+from fedmol.fl.references import (DEFAULT_REFERENCE_MODELS, DEFAULT_REFERENCES, TREE_MODELS, check_reference,
+                                  neural_family, reference_config, run_reference, split_versions)
 from fedmol.jsonio import write_json
 
 #: where suite names are looked up (after ``./benchmarks/suites``)
 SUITES_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "suites"
 TOP_KEYS = {"name", "description", "datasets", "alphas", "devices", "faulty_links", "algorithms", "seeds", "references",
-            "reference_models", "threads", "run", "hparams", "algorithm", "reference"}
+            "reference_models", "threads", "run", "hparams", "algorithm", "reference", "models", "model"}
 RUN_KEYS = {f.name for f in fields(RunConfig)} - {"algorithm", "dataset", "split", "alpha", "devices", "seed",
                                                    "hparams", "data_dir"}
 REFERENCE_KEYS = {"min_epochs", "patience", "rf_jobs"}
@@ -120,6 +126,16 @@ class Suite:
     hparams: dict[str, Any] = field(default_factory=dict)
     reference: dict[str, Any] = field(default_factory=dict)
     threads: int | None = 1
+    #: the backbones axis (``models``): each backbone's run settings (``[model.<name>]``) over ``run``
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def backbones(self) -> list[str]:
+        return list(self.models) or [str(self.run.get("model", RunConfig.model))]
+
+    def run_settings(self, backbone: str) -> dict[str, Any]:
+        """``[run]`` with one backbone's settings over it."""
+        return {**self.run, **self.models.get(backbone, {}), "model": backbone}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -141,15 +157,24 @@ class Job:
     model: str | None = None
     #: the devices labels whose table rows this run feeds (a reference frames every faulty-links variant)
     labels: tuple[str, ...] = ()
+    #: the suite has several backbones: federated rows are named ``<algorithm> (<family>)``
+    several_backbones: bool = False
 
     @property
     def group(self) -> tuple:
-        return (self.dataset, self.alpha, self.devices, self.seed)
+        """The runs that share one federation (split and featurization)."""
+        return (self.dataset, self.alpha, self.devices, self.seed, self.cfg.model)
+
+    @property
+    def family(self) -> str:
+        """The model family of the table rows: the neural backbone's (``gnn`` | ``mlp``) or the trees'."""
+        return neural_family(self.cfg.model) if self.kind == "federated" or self.model == "gnn" else self.model
 
     def entries(self) -> list[dict]:
         """What the report needs to know about this job: one entry per devices label it feeds."""
+        method = self.method + (f" ({self.family})" if self.several_backbones and self.kind == "federated" else "")
         return [dict(kind=self.kind, dataset=self.dataset, alpha=self.alpha, devices=label, seed=self.seed,
-                     method=self.method, reference=self.reference, model=self.model, path=self.path)
+                     method=method, reference=self.reference, model=self.model, family=self.family, path=self.path)
                 for label in (self.labels or (self.devices,))]
 
 
@@ -239,6 +264,7 @@ def load_suite(suite: str | Path) -> Suite:
     if stray:
         raise FedmolError(f"{where}: [algorithm.{sorted(stray)[0]}] is not in algorithms = "
                           f"{[a.label for a in algos]}")
+    models = _backbones(doc, run, where)
     s = Suite(name=str(doc.get("name", path.stem)), path=path, description=str(doc.get("description", "")),
               datasets=_list(doc, "datasets", str, where), alphas=_list(doc, "alphas", float, where),
               devices=_list(doc, "devices", str, where),
@@ -246,9 +272,37 @@ def load_suite(suite: str | Path) -> Suite:
               seeds=_list(doc, "seeds", int, where, [0]),
               references=_list(doc, "references", str, where, list(DEFAULT_REFERENCES)),
               reference_models=_list(doc, "reference_models", str, where, list(DEFAULT_REFERENCE_MODELS)),
-              run=run, hparams=dict(doc.get("hparams", {})), reference=ref, threads=doc.get("threads", 1))
+              run=run, hparams=dict(doc.get("hparams", {})), reference=ref, threads=doc.get("threads", 1),
+              models=models)
     check_suite(s)
     return s
+
+
+def _backbones(doc: dict, run: dict, where: str) -> dict[str, dict]:
+    """The backbones axis: ``models = ["mlp", "gin"]`` with each one's ``[model.<name>]`` settings
+    (hidden, layers, dropout, ...); {} when the suite has one backbone (``[run] model``)."""
+    tables = doc.get("model", {})
+    if "models" not in doc:
+        if tables:
+            raise FedmolError(f"{where}: [model.<name>] tables need the backbones axis models = [...]")
+        return {}
+    if "model" in run:
+        raise FedmolError(f"{where}: the backbone is set both as the axis models and in [run] model; keep one")
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise FedmolError(f"{where}: model must be tables [model.<name>] of run settings")
+    names = _list(doc, "models", str, where)
+    stray = set(tables) - set(names)
+    if stray:
+        raise FedmolError(f"{where}: [model.{sorted(stray)[0]}] is not in models = {names}")
+    out = {}
+    for name in names:
+        t = dict(tables.get(name, {}))
+        bad = set(t) - (RUN_KEYS - {"model"})
+        if bad:
+            raise FedmolError(f"{where}: unknown [model.{name}] key(s) {sorted(bad)}; known: {sorted(RUN_KEYS - {'model'})}")
+        check_run_table(t, f"{where}: [model.{name}]")
+        out[name] = t
+    return out
 
 
 def check_suite(s: Suite) -> None:
@@ -277,10 +331,11 @@ def check_suite(s: Suite) -> None:
         except (ImportError, AttributeError) as e:
             raise FedmolError(f"{where}: algorithm {a.label!r} is registered ({ALGORITHMS.get(a.base)}) but cannot "
                               f"be loaded: {e}; drop it from the suite or run with --algorithms") from e
-        try:
-            cls(dict(name=s.run.get("model", "gin")), {**s.hparams, **a.hparams}, 0)
-        except FedmolError as e:
-            raise FedmolError(f"{where}: algorithm {a.label!r}: {e}") from e
+        for backbone in s.backbones:
+            try:
+                cls(dict(name=backbone), {**s.hparams, **a.hparams}, 0)
+            except FedmolError as e:
+                raise FedmolError(f"{where}: algorithm {a.label!r}: {e}") from e
     for r in s.references:
         for m in s.reference_models:
             check_reference(r, m)
@@ -327,24 +382,38 @@ def plan(s: Suite, out: Path, data_dir: str | Path | None = None, algorithms: li
         for alpha in s.alphas:
             for dev in s.devices:
                 for seed in s.seeds:
-                    common = dict(dataset=ds, alpha=alpha, devices=dev, seed=seed,
-                                  data_dir=str(data_dir) if data_dir else None, **s.run)
-                    labels = tuple(devices_label(dev, p) for p in s.faulty_links)
-                    if references:  # no communication, so one run frames every faulty-links variant
-                        base = out / "runs" / ds / _tag(dev) / alpha_tag(alpha)
-                        for ref in s.references:
-                            for model in s.reference_models:
-                                name = f"reference-{ref}-{model}"
-                                jobs.append(Job("reference", ds, alpha, dev, seed, name, base / name / f"s{seed}",
-                                                RunConfig(algorithm="fedavg", hparams=dict(s.hparams), **common),
-                                                ref, model, labels))
-                    for p, label in zip(s.faulty_links, labels):
-                        base = out / "runs" / ds / label / alpha_tag(alpha)
-                        links = dict(faulty_links=p) if "faulty_links" not in s.run else {}
-                        for a in algos:
-                            jobs.append(Job("federated", ds, alpha, dev, seed, a.label, base / a.label / f"s{seed}",
-                                            RunConfig(algorithm=a.base, hparams={**s.hparams, **a.hparams},
-                                                      **common, **links), labels=(label,)))
+                    for backbone in s.backbones:
+                        jobs += _split_jobs(s, out, ds, alpha, dev, seed, backbone, algos, references,
+                                            str(data_dir) if data_dir else None)
+    return jobs
+
+
+def _split_jobs(s: Suite, out: Path, ds: str, alpha: float, dev: str, seed: int, backbone: str,
+                algos: list[AlgoSpec], references: bool, data_dir: str | None) -> list[Job]:
+    """One split's jobs for one backbone: its references, then its algorithms. With several
+    backbones, a backbone's runs sit in a folder of its own; the trees (no backbone) run once."""
+    several = len(s.backbones) > 1
+    common = dict(dataset=ds, alpha=alpha, devices=dev, seed=seed, data_dir=data_dir, **s.run_settings(backbone))
+    labels = tuple(devices_label(dev, p) for p in s.faulty_links)
+    jobs = []
+    if references:  # no communication, so one run frames every faulty-links variant
+        base = out / "runs" / ds / _tag(dev) / alpha_tag(alpha)
+        for ref in s.references:
+            for model in s.reference_models:
+                if model in TREE_MODELS and backbone != s.backbones[0]:
+                    continue
+                name = f"reference-{ref}-{model}"
+                where = base / backbone if several and model not in TREE_MODELS else base
+                jobs.append(Job("reference", ds, alpha, dev, seed, name, where / name / f"s{seed}",
+                                RunConfig(algorithm="fedavg", hparams=dict(s.hparams), **common),
+                                ref, model, labels, several))
+    for p, label in zip(s.faulty_links, labels):
+        base = out / "runs" / ds / label / alpha_tag(alpha) / (backbone if several else "")
+        links = dict(faulty_links=p) if "faulty_links" not in s.run else {}
+        for a in algos:
+            jobs.append(Job("federated", ds, alpha, dev, seed, a.label, base / a.label / f"s{seed}",
+                            RunConfig(algorithm=a.base, hparams={**s.hparams, **a.hparams}, **common, **links),
+                            labels=(label,), several_backbones=several))
     return jobs
 
 
@@ -500,8 +569,10 @@ def settings_notes(s: Suite, threads: int | None) -> list[str]:
     """The suite's settings, as lines for the top of ``results.md``."""
     run = {**{f.name: f.default for f in fields(RunConfig) if f.name in RUN_KEYS}, **s.run}
     lines = [f"Suite `{s.name}` ({s.path.name}){': ' + s.description if s.description else ''}."]
-    lines.append("Runs: " + ", ".join(f"{k} {run[k]}" for k in ("partners", "rounds", "model", "hidden", "layers",
-                                                                 "dropout", "eval_every", "select")) +
+    keys = [k for k in ("partners", "rounds", "patience", "model", "hidden", "layers", "dropout", "eval_every", "select")
+            if not (s.models and k in ("model", *{k for t in s.models.values() for k in t}))]
+    lines.append("Runs: " + ", ".join(f"{k} {run[k]}" for k in keys)
+                 + "".join(f"; backbone {b}: {t or 'defaults'}" for b, t in s.models.items()) +
                  f"; shared hparams {s.hparams or '{}'}"
                  + "".join(f"; {a.label}: {a.base} {a.hparams}" for a in s.algorithms if a.hparams or a.base != a.label)
                  + f"; seeds {s.seeds}; torch threads {threads}."

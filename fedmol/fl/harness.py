@@ -82,6 +82,12 @@ class RunConfig:
     task: str | None = None          # and task type
 
 
+def secondary_scores(scores: dict, metric: str) -> dict:
+    """``{"test_<m>": v}`` for the evaluator's metrics other than the main one (classification:
+    ``test_prauc``, PR-AUC beside ROC-AUC, as MELLODDY reports both); {} for regression."""
+    return {f"test_{m}": v for m, v in scores.items() if m != metric and m == "prauc"}
+
+
 def backbone_config(model: str, ds, hidden: int, layers: int, dropout: float) -> dict:
     """The backbone of a run on dataset ``ds`` (what ``fedmol.models.build`` takes; every algorithm
     adds its norm, scaler and width): the fingerprint ``mlp`` records its fingerprint settings."""
@@ -184,15 +190,17 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
         driver.run(lambda row: bar.update(task, advance=1, info=_info(row, metric, driver.widths)))
     selected = driver.finish()
     test = driver.scores(selected, "test")
-    per_partner = []
+    per_partner, second = [], {}  # second: the other metrics (PR-AUC beside ROC-AUC) on the test set per width
     for p in fed.infos:
         w, n_valid = served_width(driver.widths, p.device.max_width), len(fed.local[p.pid].valid)
         if w is None:
             per_partner.append(unserved_entry(p.pid, p.n_train, n_valid))
             continue
         driver.query(w)
+        if w not in second:
+            second[w] = secondary_scores(score(algo.eval_model(w), fed.test, evaluator, w), metric)
         per_partner.append(dict(partner=p.pid, width=w, served=True, n_train=p.n_train, n_valid=n_valid,
-                                test=test[width_key(w)],
+                                test=test[width_key(w)], **second[w],
                                 valid=score(algo.eval_model(w), fed.local[p.pid].valid, evaluator, w)[metric]))
     extra = {"public_pool": algo.pool.report} if getattr(algo, "pool", None) is not None else {}
     summary = driver.summary(dataset=ds.name, algorithm=cfg.algorithm, valid=driver.scores(selected, "valid"),

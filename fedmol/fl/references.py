@@ -87,13 +87,17 @@ import torch
 from fedmol.errors import FedmolError
 from fedmol.evaluate import HIGHER_IS_BETTER, Evaluator
 from fedmol.fl.algorithm import Algorithm, initial_model
-from fedmol.fl.harness import Federation, RunConfig, backbone_config, build_federation
+from fedmol.fl.harness import Federation, RunConfig, backbone_config, build_federation, secondary_scores
 from fedmol.jsonio import write_json
 from fedmol.training import fit, predict, score, width_key
 
 REFERENCES = ("local-only", "centralized", "ensemble")
 REFERENCE_MODELS = ("gnn", "rf-ecfp4", "gbt-ecfp4")
 TREE_MODELS = ("rf-ecfp4", "gbt-ecfp4")
+#: per-partner scores beside the main metric (classification: PR-AUC beside ROC-AUC; higher is better)
+SECONDARY_KEYS = ("test_prauc",)
+#: the run settings of the neural backbone, which a tree reference does not depend on
+BACKBONE_KEYS = {"model", "hidden", "layers", "dropout", "norm", "fp_radius", "fp_bits", "fp_counts"}
 #: what a suite runs when it names no references / reference models
 DEFAULT_REFERENCES = ("local-only", "centralized")
 DEFAULT_REFERENCE_MODELS = ("gnn", "rf-ecfp4")
@@ -263,13 +267,6 @@ def fit_boosted(train, seed: int) -> Boosted:
     return Boosted(train.task_type, seed).fit(fingerprints(train), labels_of(train))
 
 
-def score_forest(forest: TaskTrees, ds, evaluator: Evaluator) -> float:
-    """The metric of a :class:`Forest` or :class:`Boosted` on ``ds`` (NaN on an empty set)."""
-    if len(ds) == 0:
-        return float("nan")
-    return evaluator.eval({"y_true": labels_of(ds), "y_pred": forest.predict(fingerprints(ds))})[evaluator.eval_metric]
-
-
 # ----------------------------------------------------------------------------------------------- GNN
 def train_settings(cfg: RunConfig) -> dict:
     """The shared local-training hyperparameters (``Algorithm.base_defaults`` updated by the run's;
@@ -339,9 +336,15 @@ class Fitted:
 
     def score(self, ds, evaluator: Evaluator) -> float:
         """The evaluator's metric on ``ds`` (NaN on an empty set)."""
+        return self.scores(ds, evaluator)[evaluator.eval_metric]
+
+    def scores(self, ds, evaluator: Evaluator) -> dict:
+        """Every metric of the evaluator on ``ds`` (main one NaN on an empty set)."""
+        if len(ds) == 0:
+            return {evaluator.eval_metric: float("nan")}
         if self.family == "gnn":
-            return score(self.model, ds, evaluator)[evaluator.eval_metric] if len(ds) else float("nan")
-        return score_forest(self.model, ds, evaluator)
+            return score(self.model, ds, evaluator)
+        return evaluator.eval({"y_true": labels_of(ds), "y_pred": self.outputs(ds)})
 
     def nbytes(self) -> int:
         """Bytes to send the model once: the GNN's tensors (parameters and buffers, as a federated
@@ -420,11 +423,14 @@ def ensemble_scores(fed: Federation, members: list[Fitted], evaluator: Evaluator
             cache[(k, where)] = members[k].outputs(ds)
         return cache[(k, where)]
 
-    def ens_score(ks: tuple, where, ds) -> float:
+    def ens_scores(ks: tuple, where, ds) -> dict:
         if not ks or len(ds) == 0:
-            return float("nan")
+            return {metric: float("nan")}
         pred = ensemble_average([outputs(k, where, ds) for k in ks], [members[k].n_labelled for k in ks])
-        return evaluator.eval({"y_true": labels_of(ds), "y_pred": pred})[metric]
+        return evaluator.eval({"y_true": labels_of(ds), "y_pred": pred})
+
+    def ens_score(ks: tuple, where, ds) -> float:
+        return ens_scores(ks, where, ds)[metric]
 
     def runnable(cap: float) -> tuple:
         return tuple(k for k, m in enumerate(members) if can_run(m, cap))
@@ -437,10 +443,10 @@ def ensemble_scores(fed: Federation, members: list[Fitted], evaluator: Evaluator
     for j, (info, data) in enumerate(zip(fed.infos, fed.local)):
         ks = runnable(caps[j])
         if ks not in test_of:
-            test_of[ks] = ens_score(ks, "test", fed.test)
+            test_of[ks] = ens_scores(ks, "test", fed.test)
         per_partner.append(dict(partner=info.pid, width=caps[j] if gnn else None, members=list(ks),
-                                n_train=len(data.train), n_valid=len(data.valid), test=test_of[ks],
-                                valid=ens_score(ks, ("valid", j), data.valid)))
+                                n_train=len(data.train), n_valid=len(data.valid), test=test_of[ks][metric],
+                                **secondary_scores(test_of[ks], metric), valid=ens_score(ks, ("valid", j), data.valid)))
     sizes = [m.nbytes() for m in members]
     info_members = [dict(partner=info.pid, width=m.width, n_train=m.n_train, bytes=sizes[k],
                          test=m.score(fed.test, evaluator), valid=m.score(data.valid, evaluator))
@@ -475,6 +481,12 @@ def ensemble(cfg: RunConfig, model: str = "gnn", out_dir: str | Path | None = No
                          patience=patience, n_jobs=n_jobs)
 
 
+def neural_family(backbone: str) -> str:
+    """The family name of a neural model in tables and best-local choices: ``mlp`` for the
+    fingerprint MLP, ``gnn`` for every graph network (the ``gnn`` reference trains the run's backbone)."""
+    return "mlp" if backbone == "mlp" else "gnn"
+
+
 def check_reference(reference: str, model: str) -> None:
     if reference not in REFERENCES:
         raise FedmolError(f"unknown reference {reference!r}; known: {', '.join(REFERENCES)}")
@@ -490,6 +502,8 @@ def reference_config(cfg: RunConfig, reference: str, model: str, min_epochs: int
     # what a reference does not depend on: the algorithm, sampling, evaluation schedule and model selection
     # of a federated run, links, data folder
     skip = {"algorithm", "data_dir", "select", "clients_per_round", "faulty_links", "lossy_links"}
+    if model in TREE_MODELS:  # trees see fingerprints of their own, whatever the suite's backbone
+        skip |= BACKBONE_KEYS
     run = {k: v for k, v in asdict(cfg).items() if k not in skip}
     run["hparams"] = {k: v for k, v in (cfg.hparams or {}).items() if k in TRAIN_KEYS}
     conf = dict(reference=reference, model=model, run=run, split=split_versions())
@@ -538,11 +552,12 @@ def run_reference(cfg: RunConfig, reference: str, model: str = "gnn", out_dir: s
     extra: dict[str, Any] = {}
     if reference == "centralized":
         central = centralized_model(cfg, fed, model, **train)
-        t = central.score(fed.test, evaluator)
+        t = central.scores(fed.test, evaluator)
         key = width_key(1.0)
-        test, valid = {key: t}, {key: central.score(fed.valid, evaluator)}
+        test, valid = {key: t[metric]}, {key: central.score(fed.valid, evaluator)}
         per_partner = [dict(partner=info.pid, width=central.width, n_train=len(data.train),
-                            n_valid=len(data.valid), test=t, valid=central.score(data.valid, evaluator))
+                            n_valid=len(data.valid), test=t[metric], **secondary_scores(t, metric),
+                            valid=central.score(data.valid, evaluator))
                        for info, data in zip(fed.infos, fed.local)]
     else:
         members = [local_model(cfg, fed, info.pid, model, **train) for info in fed.infos]
@@ -550,9 +565,12 @@ def run_reference(cfg: RunConfig, reference: str, model: str = "gnn", out_dir: s
             extra = ensemble_scores(fed, members, evaluator)
             test, valid, per_partner = extra.pop("test"), extra.pop("valid"), extra.pop("per_partner")
         else:
-            per_partner = [dict(partner=info.pid, width=m.width, n_train=len(data.train), n_valid=len(data.valid),
-                                test=m.score(fed.test, evaluator), valid=m.score(data.valid, evaluator))
-                           for m, info, data in zip(members, fed.infos, fed.local)]
+            per_partner = []
+            for m, info, data in zip(members, fed.infos, fed.local):
+                t = m.scores(fed.test, evaluator)
+                per_partner.append(dict(partner=info.pid, width=m.width, n_train=len(data.train),
+                                        n_valid=len(data.valid), test=t[metric], **secondary_scores(t, metric),
+                                        valid=m.score(data.valid, evaluator)))
             test = {"mean": _nanmean([p["test"] for p in per_partner])}
             valid = {"mean": _nanmean([p["valid"] for p in per_partner])}
             if model == "gnn":
@@ -620,9 +638,16 @@ def federated_gain(fed_summary: dict, local_summary: dict) -> dict:
             g = sign * (a - b)
             row.update({f"fed_{where}": a, f"local_{where}": b, f"gain_{where}": g,
                         f"rel_gain_{where}": g / abs(b) if math.isfinite(g) and b != 0 else float("nan")})
+        for key in SECONDARY_KEYS:  # PR-AUC: higher is better
+            if key in f or key in loc:
+                row[f"gain_{key}"] = _num(f.get(key)) - _num(loc.get(key))
         rows.append(row)
     out: dict[str, Any] = dict(metric=metric, higher_is_better=HIGHER_IS_BETTER[metric], n_partners=len(rows),
                                per_partner=rows)
+    for key in SECONDARY_KEYS:
+        g = np.array([r.get(f"gain_{key}", np.nan) for r in rows], dtype=float)
+        if any(f"gain_{key}" in r for r in rows):
+            out[f"gain_{key}"] = float(np.nanmean(g)) if np.isfinite(g).any() else float("nan")
     for where in ("test", "valid"):
         g = np.array([r[f"gain_{where}"] for r in rows], dtype=float)
         ok = np.isfinite(g)
@@ -682,7 +707,8 @@ def best_local(local_summaries: dict[str, dict]) -> dict:
             choice, how = order[0], "fallback: validation undefined for every family"
         p = per[choice][pid]
         rows.append(dict(partner=pid, family=choice, width=p.get("width"), selected_by=how, test=_num(p.get("test")),
-                         valid=valids[choice], valid_by_family=valids))
+                         valid=valids[choice], valid_by_family=valids,
+                         **{k: _num(v) for k, v in p.items() if k in SECONDARY_KEYS}))
     return dict(metric=metric, reference="best local", model=None, families=order,
                 choices={f: [r["partner"] for r in rows if r["family"] == f] for f in order},
                 test={"mean": _nanmean([r["test"] for r in rows])}, valid={"mean": _nanmean([r["valid"] for r in rows])},

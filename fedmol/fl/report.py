@@ -53,7 +53,10 @@ import numpy as np
 import pandas as pd
 
 from fedmol.evaluate import HIGHER_IS_BETTER
-from fedmol.fl.references import REFERENCE_MODELS, best_local, federated_gain
+from fedmol.fl.references import TREE_MODELS, best_local, federated_gain
+
+#: the reference families, in the order of the table rows
+REFERENCE_FAMILIES = ("gnn", "mlp", "rf-ecfp4", "gbt-ecfp4")
 from fedmol.fl.scorecard import gap_closed, partner_scorecard
 from fedmol.stats import SIGNIFICANCE, paired_pvalue, tie_labels
 from fedmol.jsonio import read_summary
@@ -66,13 +69,13 @@ GAIN_MEASURES = ["gain_test", "gain_valid", "rel_gain_test", "rel_gain_valid", "
 #: MELLODDY's scorecard (fedmol.fl.scorecard): improve-to-perfect vs the same family's local-only model and
 #: vs the best local, the share of partners improved over their best local, the local-to-centralized gap closed
 SCORECARD_MEASURES = ["itp_test", "itp_vs_best_local", "improved_vs_best_local", "gap_closed"]
-OTHER_MEASURES = ["test@partner", "valid@partner", *GAIN_MEASURES, *SCORECARD_MEASURES, "served", "mb", "seconds", "selected_round",
+OTHER_MEASURES = ["test@partner", "valid@partner", "prauc@partner", "prauc_vs_best_local", *GAIN_MEASURES, *SCORECARD_MEASURES, "served", "mb", "seconds", "selected_round",
                   "test_last@1.0"]
 
 #: reference rows first, in this order (the best local row right after the local-only ones)
 BEST_LOCAL = "best local"
-REF_ORDER = [*(("local-only", m) for m in REFERENCE_MODELS), (BEST_LOCAL, None),
-             *((r, m) for r in ("centralized", "ensemble") for m in REFERENCE_MODELS)]
+REF_ORDER = [*(("local-only", m) for m in REFERENCE_FAMILIES), (BEST_LOCAL, None),
+             *((r, m) for r in ("centralized", "ensemble") for m in REFERENCE_FAMILIES)]
 NOTES = [
     "Values: mean ± sample standard deviation over seeds (ddof=1); with one seed only the mean is shown.",
     "test@w: federated = global model served at width w on the global test set (held-out scaffolds), of the "
@@ -105,19 +108,31 @@ NOTES = [
     "without a model counts as not improved). results.csv also holds gain valid, gain vs local RF and "
     "improve-to-perfect ((fed - base) / (perfect - base)) against the same family (itp_test) and the best local "
     "(itp_vs_best_local); plots/cdf_*.png: the per-partner gains over the best local, one curve per method.",
+    "PR-AUC (classification, beside ROC-AUC as MELLODDY reports both): PR-AUC@partner = mean over partners of "
+    "the test PR-AUC (average precision) of the model each partner ends up with; PR-AUC vs best local = per "
+    "partner, minus that of its best local model (chosen on validation ROC-AUC), mean over partners.",
+    "Several backbones: a federated row is named <algorithm> (<family>) and measured against the local-only "
+    "and centralized models of its own family (mlp: the fingerprint MLP; gnn: the graph network); the best "
+    "local chooses among every family.",
     "MB: megabytes (1e6 bytes) sent down + up over the whole run.",
 ]
 
 
+def family(entry: dict) -> str:
+    """The model family of an entry's row (``gnn`` | ``mlp`` | a tree family): what its gains are
+    measured against (that family's local-only model) and what a reference row is named by."""
+    return entry.get("family") or (entry["model"] if entry["kind"] == "reference" else "gnn")
+
+
 def method_name(entry: dict) -> str:
     if entry["kind"] == "reference":
-        return f"{entry['reference']} ({entry['model']})"
+        return f"{entry['reference']} ({family(entry)})"
     return entry["method"]
 
 
 def _order(entry: dict, algo_order: dict[str, int]) -> int:
     if entry["kind"] == "reference":
-        key = (entry["reference"], entry.get("model"))
+        key = (entry["reference"], family(entry))
         return REF_ORDER.index(key) if key in REF_ORDER else len(REF_ORDER) - 1  # a family not listed: last reference
     return len(REF_ORDER) + algo_order[entry["method"]]
 
@@ -144,9 +159,9 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     for e in entries:
         if e["kind"] == "federated":
             algo_order.setdefault(e["method"], len(algo_order))
-    locals_ = {(e["dataset"], e["alpha"], e["devices"], e["seed"], e["model"]): e["summary"]
+    locals_ = {(e["dataset"], e["alpha"], e["devices"], e["seed"], family(e)): e["summary"]
                for e in entries if e["kind"] == "reference" and e["reference"] == "local-only"}
-    centrals = {(e["dataset"], e["alpha"], e["devices"], e["seed"], e["model"]): e["summary"]
+    centrals = {(e["dataset"], e["alpha"], e["devices"], e["seed"], family(e)): e["summary"]
                 for e in entries if e["kind"] == "reference" and e["reference"] == "centralized"}
     families: dict[tuple, dict[str, dict]] = {}
     for (*group, model), s in locals_.items():
@@ -163,14 +178,18 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         pp = s.get("per_partner", [])
         row["test@partner"] = _nanmean(p.get("test") for p in pp)
         row["valid@partner"] = _nanmean(p.get("valid") for p in pp)
-        family = e["model"] if e["kind"] == "reference" else "gnn"
+        if any("test_prauc" in p for p in pp):
+            row["prauc@partner"] = _nanmean(p.get("test_prauc") for p in pp)
+        fam = family(e)
         group = (e["dataset"], e["alpha"], e["devices"], e["seed"])
         is_local = e["kind"] == "reference" and e["reference"] == "local-only"
-        local = locals_.get((*group, family))
+        local = locals_.get((*group, fam))
         vs_best = {}  # partner -> its gain over its best local model
         if (best := bests.get(group)) is not None:
             gb = federated_gain(s, best)
             row["gain_test_vs_best_local"] = gb["gain_test"]
+            if "gain_test_prauc" in gb:
+                row["prauc_vs_best_local"] = gb["gain_test_prauc"]
             chosen = {p["partner"]: p["family"] for p in best["per_partner"]}
             vs_best = {p["partner"]: dict(best_local_family=chosen[p["partner"]], best_local_test=p["local_test"],
                                           gain_test_vs_best_local=p["gain_test"]) for p in gb["per_partner"]}
@@ -186,9 +205,9 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
             partner_rows += [dict(dataset=e["dataset"], alpha=e["alpha"], devices=e["devices"], method=row["method"],
                                   seed=e["seed"], partner=pid, **v) for pid, v in vs_best.items()]
         if not is_local:
-            row.update(scorecard_measures(s, local, bests.get(group), centrals.get((*group, family))))
+            row.update(scorecard_measures(s, local, bests.get(group), centrals.get((*group, fam))))
         rf = locals_.get((*group, "rf-ecfp4"))
-        if family == "gnn" and rf is not None:
+        if fam not in TREE_MODELS and rf is not None:
             row["gain_test_vs_rf"] = federated_gain(s, rf)["gain_test"]
         if e["kind"] == "federated" or e.get("reference") == "ensemble":  # rows that communicate
             row["served"] = _nanmean([0.0 if p.get("served") is False else 1.0 for p in pp])
@@ -241,6 +260,8 @@ def _best_local_row(group: tuple, best: dict, rf: dict | None) -> dict:
                                method=BEST_LOCAL, seed=seed, order=REF_ORDER.index((BEST_LOCAL, None)))
     row["test@partner"] = _nanmean(p["test"] for p in best["per_partner"])
     row["valid@partner"] = _nanmean(p["valid"] for p in best["per_partner"])
+    if any("test_prauc" in p for p in best["per_partner"]):
+        row["prauc@partner"] = _nanmean(p.get("test_prauc") for p in best["per_partner"])
     if rf is not None:
         row["gain_test_vs_rf"] = federated_gain(best, rf)["gain_test"]
     return row
@@ -310,8 +331,10 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     widths = [c[: -len("_mean")] for c in table.columns if c.startswith("test@") and c.endswith("_mean")
               and c != "test@partner_mean"]
     widths = [w for w in widths if table[f"{w}_mean"].notna().any()]
+    prauc = "prauc@partner_mean" in table and bool(table["prauc@partner_mean"].notna().any())  # classification
     header = ["dataset", "metric", "alpha", "devices", "method", "seeds", "rank", *widths, "test@partner",
-              "gain test", "gaining", "gap closed", "vs best local", "beat best local", "served", "MB"]
+              "gain test", "gaining", "gap closed", "vs best local", "beat best local",
+              *(["PR-AUC@partner", "PR-AUC vs best local"] if prauc else []), "served", "MB"]
     rows = []
     for _, r in table.iterrows():
         metric = r["metric"]
@@ -325,6 +348,8 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             _fmt(r["gap_closed_mean"], r["gap_closed_std"], pct=True),
             _fmt(r["gain_test_vs_best_local_mean"], r["gain_test_vs_best_local_std"]),
             _fmt(r["improved_vs_best_local_mean"], r["improved_vs_best_local_std"], pct=True),
+            *([_fmt(r["prauc@partner_mean"], r["prauc@partner_std"]),
+               _fmt(r["prauc_vs_best_local_mean"], r["prauc_vs_best_local_std"])] if prauc else []),
             _fmt(r["served_mean"], None, pct=True),
             "" if not np.isfinite(r["mb_mean"]) else f"{r['mb_mean']:.3g}",
         ])
