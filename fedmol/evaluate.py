@@ -8,7 +8,8 @@ NaN for missing labels; those entries are ignored. For classification ``y_true``
 Classification: ``rocauc`` (and ``prauc``, average precision) computed per task on the labelled
 entries and averaged over the tasks that have both classes, as OGB does; if no task has both
 classes the metric is NaN with a reason in ``skipped_tasks``. Regression: ``rmse`` per task then
-averaged over tasks (OGB's convention), and ``mae`` likewise.
+averaged over tasks (OGB's convention), and ``mae`` likewise. With several tasks, ``by_task`` holds
+each metric per task (NaN where undefined), for per-task scorecards.
 
 An undefined metric is never silent: :meth:`Evaluator.undefined_reason` says why a set's labels
 leave it undefined (e.g. "only one class (all 0) for task 0", "no labelled molecules") and
@@ -92,6 +93,7 @@ class Evaluator:
 
     def _classification(self, y_true, y_pred, labelled) -> dict:
         roc, pr, skipped = [], [], []
+        by_task = {"rocauc": [], "prauc": []}
         for t in range(y_true.shape[1]):
             m = labelled[:, t]
             yt = y_true[m, t]
@@ -99,26 +101,40 @@ class Evaluator:
                 raise FedmolError(f"task {t}: classification labels must be 0/1 or NaN")
             if yt.size == 0 or yt.min() == yt.max():
                 skipped.append(t)
+                by_task["rocauc"].append(float("nan"))
+                by_task["prauc"].append(float("nan"))
                 continue
             roc.append(roc_auc_score(yt, y_pred[m, t]))
             pr.append(average_precision_score(yt, y_pred[m, t]))
+            by_task["rocauc"].append(float(roc[-1]))
+            by_task["prauc"].append(float(pr[-1]))
         out = {"rocauc": float(np.mean(roc)) if roc else float("nan"),
                "prauc": float(np.mean(pr)) if pr else float("nan")}
         if skipped:
             out["skipped_tasks"] = skipped
+        if y_true.shape[1] > 1:
+            out["by_task"] = by_task
         return out
 
     def _regression(self, y_true, y_pred, labelled) -> dict:
         rmse, mae = [], []
+        by_task = {"rmse": [], "mae": []}
         for t in range(y_true.shape[1]):
             m = labelled[:, t]
             if not m.any():
+                by_task["rmse"].append(float("nan"))
+                by_task["mae"].append(float("nan"))
                 continue
             err = y_pred[m, t] - y_true[m, t]
             rmse.append(np.sqrt(np.mean(err**2)))
             mae.append(np.mean(np.abs(err)))
-        return {"rmse": float(np.mean(rmse)) if rmse else float("nan"),
-                "mae": float(np.mean(mae)) if mae else float("nan")}
+            by_task["rmse"].append(float(rmse[-1]))
+            by_task["mae"].append(float(mae[-1]))
+        out = {"rmse": float(np.mean(rmse)) if rmse else float("nan"),
+               "mae": float(np.mean(mae)) if mae else float("nan")}
+        if y_true.shape[1] > 1:
+            out["by_task"] = by_task
+        return out
 
     def undefined_reason(self, y_true) -> str | None:
         """Why the metrics are undefined (NaN) on a set with labels ``y_true`` (an array or tensor

@@ -88,3 +88,19 @@ def test_undefined_warnings_one_line_per_undefined_set():
     scores = {"test": {"1.0": 0.7, "0.5": 0.6}, "valid": {"1.0": float("nan"), "0.5": None}}
     assert ev.undefined_warnings(scores, labels) == ["rocauc undefined on valid: only one class (all 0) for task 0"]
     assert ev.undefined_warnings({"test": 0.5}, labels) == []
+
+
+def test_several_tasks_are_scored_per_task_as_well():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = np.array([[0, 1, np.nan], [1, 1, 1], [0, 0, 1], [1, 0, 1]], dtype=float)
+    p = np.array([[0.1, 0.8, 0.3], [0.9, 0.6, 0.2], [0.4, 0.1, 0.7], [0.3, 0.5, 0.9]])
+    out = Evaluator("classification", 3).eval({"y_true": y, "y_pred": p})
+    assert out["by_task"]["rocauc"][:2] == [roc_auc_score(y[:, t], p[:, t]) for t in range(2)]
+    assert out["by_task"]["prauc"][1] == average_precision_score(y[:, 1], p[:, 1])
+    assert np.isnan(out["by_task"]["rocauc"][2]) and out["skipped_tasks"] == [2]  # task 2: one class only
+    assert out["rocauc"] == np.mean(out["by_task"]["rocauc"][:2])
+    reg = Evaluator("regression", 2).eval({"y_true": np.array([[1.0, np.nan], [2.0, 3.0]]),
+                                           "y_pred": np.array([[1.5, 0.0], [2.0, 1.0]])})
+    assert reg["by_task"]["rmse"] == [np.sqrt(0.125), 2.0] and reg["by_task"]["mae"] == [0.25, 2.0]
+    assert "by_task" not in Evaluator("classification", 1).eval({"y_true": y[:, :1], "y_pred": p[:, :1]})

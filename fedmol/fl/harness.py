@@ -83,9 +83,13 @@ class RunConfig:
 
 
 def secondary_scores(scores: dict, metric: str) -> dict:
-    """``{"test_<m>": v}`` for the evaluator's metrics other than the main one (classification:
-    ``test_prauc``, PR-AUC beside ROC-AUC, as MELLODDY reports both); {} for regression."""
-    return {f"test_{m}": v for m, v in scores.items() if m != metric and m == "prauc"}
+    """What a ``per_partner`` entry records of the test scores beside the main metric: ``test_prauc``
+    (classification: PR-AUC beside ROC-AUC, as MELLODDY reports both) and, with several tasks,
+    ``test_by_task`` (the main metric per task, NaN where undefined; MELLODDY scores per task)."""
+    out = {f"test_{m}": v for m, v in scores.items() if m != metric and m == "prauc"}
+    if "by_task" in scores:
+        out["test_by_task"] = scores["by_task"][metric]
+    return out
 
 
 def backbone_config(model: str, ds, hidden: int, layers: int, dropout: float) -> dict:

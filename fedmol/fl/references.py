@@ -708,7 +708,8 @@ def best_local(local_summaries: dict[str, dict]) -> dict:
         p = per[choice][pid]
         rows.append(dict(partner=pid, family=choice, width=p.get("width"), selected_by=how, test=_num(p.get("test")),
                          valid=valids[choice], valid_by_family=valids,
-                         **{k: _num(v) for k, v in p.items() if k in SECONDARY_KEYS}))
+                         **{k: _num(v) for k, v in p.items() if k in SECONDARY_KEYS},
+                         **({"test_by_task": p["test_by_task"]} if "test_by_task" in p else {})))
     return dict(metric=metric, reference="best local", model=None, families=order,
                 choices={f: [r["partner"] for r in rows if r["family"] == f] for f in order},
                 test={"mean": _nanmean([r["test"] for r in rows])}, valid={"mean": _nanmean([r["valid"] for r in rows])},
