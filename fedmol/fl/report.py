@@ -52,12 +52,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedmol.errors import FedmolError
 from fedmol.evaluate import HIGHER_IS_BETTER
 from fedmol.fl.references import TREE_MODELS, best_local, federated_gain
 
 #: the reference families, in the order of the table rows
 REFERENCE_FAMILIES = ("gnn", "mlp", "rf-ecfp4", "gbt-ecfp4")
-from fedmol.fl.scorecard import gap_closed, partner_scorecard
+from fedmol.fl.scorecard import gap_closed, partner_scorecard, task_scorecard
 from fedmol.stats import SIGNIFICANCE, paired_pvalue, tie_labels
 from fedmol.jsonio import read_summary
 from fedmol.plotstyle import (is_reference, legend_outside, method_color, method_marker, reference_linestyle,
@@ -68,7 +69,8 @@ GAIN_MEASURES = ["gain_test", "gain_valid", "rel_gain_test", "rel_gain_valid", "
                  "share_gain_valid", "gain_test_vs_rf", "gain_test_vs_best_local"]
 #: MELLODDY's scorecard (fedmol.fl.scorecard): improve-to-perfect vs the same family's local-only model and
 #: vs the best local, the share of partners improved over their best local, the local-to-centralized gap closed
-SCORECARD_MEASURES = ["itp_test", "itp_vs_best_local", "improved_vs_best_local", "gap_closed"]
+SCORECARD_MEASURES = ["itp_test", "itp_vs_best_local", "improved_vs_best_local", "improved_tasks_vs_best_local",
+                      "gap_closed"]
 OTHER_MEASURES = ["test@partner", "valid@partner", "prauc@partner", "prauc_vs_best_local", *GAIN_MEASURES, *SCORECARD_MEASURES, "served", "mb", "seconds", "selected_round",
                   "test_last@1.0"]
 
@@ -114,6 +116,9 @@ NOTES = [
     "Several backbones: a federated row is named <algorithm> (<family>) and measured against the local-only "
     "and centralized models of its own family (mlp: the fingerprint MLP; gnn: the graph network); the best "
     "local chooses among every family.",
+    "Several tasks (MELLODDY scores per task): tasks beat best local = share of the partner x task pairs whose "
+    "test score beats the partner's best local model on that task (the family chosen per partner on its "
+    "validation molecules); task_gains.csv: every pair's delta (abs, rel, itp).",
     "MB: megabytes (1e6 bytes) sent down + up over the whole run.",
 ]
 
@@ -153,20 +158,49 @@ def load(entries: list[dict]) -> list[dict]:
 
 
 # -------------------------------------------------------------------------------------------- tables
+def _group(e: dict) -> tuple:
+    return (e["dataset"], e["alpha"], e["devices"], e["seed"])
+
+
+def _baselines(entries: list[dict]) -> tuple[dict, dict, dict]:
+    """``(locals, centrals, bests)``: the local-only and centralized summaries by (split, family) and
+    the best local of every split with >= 2 local-only families."""
+    locals_ = {(*_group(e), family(e)): e["summary"]
+               for e in entries if e["kind"] == "reference" and e["reference"] == "local-only"}
+    centrals = {(*_group(e), family(e)): e["summary"]
+                for e in entries if e["kind"] == "reference" and e["reference"] == "centralized"}
+    families: dict[tuple, dict[str, dict]] = {}
+    for (*group, model), s in locals_.items():
+        families.setdefault(tuple(group), {})[model] = s
+    return locals_, centrals, {g: best_local(fams) for g, fams in families.items() if len(fams) >= 2}
+
+
+def task_gains(entries: list[dict], tasks: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """MELLODDY's per-task scorecard of a multi-task dataset: one row per run x partner x task with
+    the test score of the model the partner ends up with, of its best local model (the family chosen
+    on its own validation molecules) and :func:`fedmol.fl.scorecard.task_scorecard`'s deltas;
+    ``tasks``: task names per dataset (else task indices)."""
+    _, _, bests = _baselines(entries)
+    rows = []
+    for e in entries:
+        best = bests.get(_group(e))
+        if best is None or (e["kind"] == "reference" and e["reference"] == "local-only"):
+            continue
+        card = task_scorecard(e["summary"].get("per_partner", []), best["per_partner"], e["summary"]["metric"])
+        names = (tasks or {}).get(e["dataset"])
+        rows += [dict(dataset=e["dataset"], alpha=e["alpha"], devices=e["devices"], method=method_name(e),
+                      seed=e["seed"], **{**r, "task": names[r["task"]] if names else r["task"]})
+                 for r in card["per_task"]]
+    return pd.DataFrame(rows)
+
+
 def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(per_seed, partner_gains)``: one row per finished run, one per run x partner with a gain."""
     algo_order: dict[str, int] = {}
     for e in entries:
         if e["kind"] == "federated":
             algo_order.setdefault(e["method"], len(algo_order))
-    locals_ = {(e["dataset"], e["alpha"], e["devices"], e["seed"], family(e)): e["summary"]
-               for e in entries if e["kind"] == "reference" and e["reference"] == "local-only"}
-    centrals = {(e["dataset"], e["alpha"], e["devices"], e["seed"], family(e)): e["summary"]
-                for e in entries if e["kind"] == "reference" and e["reference"] == "centralized"}
-    families: dict[tuple, dict[str, dict]] = {}
-    for (*group, model), s in locals_.items():
-        families.setdefault(tuple(group), {})[model] = s
-    bests = {g: best_local(fams) for g, fams in families.items() if len(fams) >= 2}
+    locals_, centrals, bests = _baselines(entries)
     rows, partner_rows = [], []
     for e in entries:
         s = e["summary"]
@@ -245,6 +279,9 @@ def scorecard_measures(summary: dict, local: dict | None, best: dict | None, cen
     if best is not None:
         card = partner_scorecard(pp, best["per_partner"], metric)
         out.update(itp_vs_best_local=card["itp"], improved_vs_best_local=card["improved"])
+        tasks = task_scorecard(pp, best["per_partner"], metric)
+        if tasks["n"]:
+            out["improved_tasks_vs_best_local"] = tasks["improved"]
     if local is not None and central is not None:
         served = {int(p["partner"]) for p in pp if p.get("served", True) is not False}
         own = {int(p["partner"]): p.get("test") for p in local["per_partner"]}
@@ -331,9 +368,13 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     widths = [c[: -len("_mean")] for c in table.columns if c.startswith("test@") and c.endswith("_mean")
               and c != "test@partner_mean"]
     widths = [w for w in widths if table[f"{w}_mean"].notna().any()]
-    prauc = "prauc@partner_mean" in table and bool(table["prauc@partner_mean"].notna().any())  # classification
+    def shown(column: str) -> bool:  # a column only some datasets have: several tasks, classification
+        return column in table and bool(table[column].notna().any())
+
+    by_task, prauc = shown("improved_tasks_vs_best_local_mean"), shown("prauc@partner_mean")
     header = ["dataset", "metric", "alpha", "devices", "method", "seeds", "rank", *widths, "test@partner",
               "gain test", "gaining", "gap closed", "vs best local", "beat best local",
+              *(["tasks beat best local"] if by_task else []),
               *(["PR-AUC@partner", "PR-AUC vs best local"] if prauc else []), "served", "MB"]
     rows = []
     for _, r in table.iterrows():
@@ -348,6 +389,8 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             _fmt(r["gap_closed_mean"], r["gap_closed_std"], pct=True),
             _fmt(r["gain_test_vs_best_local_mean"], r["gain_test_vs_best_local_std"]),
             _fmt(r["improved_vs_best_local_mean"], r["improved_vs_best_local_std"], pct=True),
+            *([_fmt(r["improved_tasks_vs_best_local_mean"], r["improved_tasks_vs_best_local_std"], pct=True)]
+              if by_task else []),
             *([_fmt(r["prauc@partner_mean"], r["prauc@partner_std"]),
                _fmt(r["prauc_vs_best_local_mean"], r["prauc_vs_best_local_std"])] if prauc else []),
             _fmt(r["served_mean"], None, pct=True),
@@ -582,6 +625,19 @@ def plot_partner_cdf(gains: pd.DataFrame, path: Path, title: str) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------- everything
+def _task_names(entries: list[dict]) -> dict[str, list[str]]:
+    """Task names of the registry datasets among ``entries`` (a dataset it does not know: indices)."""
+    from fedmol.data.registry import get_info
+
+    names = {}
+    for ds in {e["dataset"] for e in entries}:
+        try:
+            names[ds] = list(get_info(ds).tasks)
+        except FedmolError:
+            pass
+    return names
+
+
 def write_report(entries: list[dict], out: str | Path, title: str = "Results", notes: list[str] | None = None) -> dict:
     """Tables and plots of the finished runs in ``entries``, written under ``out``.
 
@@ -601,6 +657,10 @@ def write_report(entries: list[dict], out: str | Path, title: str = "Results", n
     per_seed.drop(columns=["order"]).to_csv(files["per_seed"], index=False)
     files["partner_gains"] = out / "partner_gains.csv"
     gains.to_csv(files["partner_gains"], index=False)
+    tasks = task_gains(entries, _task_names(entries))
+    if not tasks.empty:  # several tasks: MELLODDY's per-task scorecard
+        files["task_gains"] = out / "task_gains.csv"
+        tasks.to_csv(files["task_gains"], index=False)
     files["markdown"] = out / "results.md"
     verdict = verdicts(per_seed)
     files["markdown"].write_text(to_markdown(table, title, notes, verdict))

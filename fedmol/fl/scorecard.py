@@ -81,3 +81,28 @@ def partner_scorecard(fed_partners: Iterable[Mapping], base_partners: Iterable[M
     out.update(improved=sum(r["abs"] > 0 for r in defined) / scored if scored else math.nan, n=len(rows),
                n_undefined=len(rows) - len(defined) - n_unserved, n_unserved=n_unserved, per_partner=rows)
     return out
+
+
+def task_scorecard(fed_partners: Iterable[Mapping], base_partners: Iterable[Mapping], metric: str) -> dict[str, Any]:
+    """MELLODDY's per-task view: :func:`deltas` per partner and task of the ``test_by_task`` scores of
+    the federated ``per_partner`` entries against a baseline's (matched by ``partner``; a baseline
+    chosen per partner, e.g. its best local family, is used for every task of that partner). Summary
+    like :func:`partner_scorecard` over partner x task pairs: mean ``abs`` / ``itp``, ``improved``
+    (share of the pairs with ``abs > 0``; an unserved partner's tasks count as not improved), ``n``
+    (pairs with a score on both sides or unserved), ``per_task`` rows. ``n`` is 0 without task scores."""
+    base = {int(p["partner"]): p.get("test_by_task") for p in base_partners}
+    rows = []
+    for p in fed_partners:
+        pid, served = int(p["partner"]), p.get("served", True) is not False
+        b = base.get(pid)
+        if b is None or (served and p.get("test_by_task") is None):
+            continue
+        f = p.get("test_by_task") if served else [math.nan] * len(b)
+        for t, (ft, bt) in enumerate(zip(f, b)):
+            d = deltas(ft, bt, metric)
+            rows.append(dict(partner=pid, task=t, served=served, fed=_num(ft), base=_num(bt), **d))
+    counted = [r for r in rows if math.isfinite(r["abs"]) or (not r["served"] and math.isfinite(r["base"]))]
+    mean = {k: (sum(r[k] for r in counted if math.isfinite(r[k])) / n if (n := sum(math.isfinite(r[k])
+            for r in counted)) else math.nan) for k in ("abs", "itp")}
+    improved = sum(r["abs"] > 0 for r in counted) / len(counted) if counted else math.nan
+    return dict(**mean, improved=improved, n=len(counted), per_task=rows)

@@ -115,3 +115,25 @@ def test_one_local_family_has_no_best_local_row(tmp_path):
     per_seed, _ = report.seed_tables(report.load(entries))
     assert list(per_seed["method"]) == ["local-only (gnn)"] and per_seed["gain_test_vs_best_local"].isna().all()
     assert isinstance(per_seed, pd.DataFrame)
+
+
+def test_task_gains_against_the_best_local_per_partner_and_task(tmp_path):
+    def local(model, valid, by_task):
+        return dict(metric="rocauc", reference="local-only", model=model, test={"mean": 0.0},
+                    per_partner=[dict(partner=k, width=None, test=float(np.mean(t)), valid=v, test_by_task=t)
+                                 for k, (v, t) in enumerate(zip(valid, by_task))])
+    rf = local("rf-ecfp4", [0.8, 0.6], [[0.70, 0.60], [0.50, 0.55]])
+    gbt = local("gbt-ecfp4", [0.7, 0.7], [[0.90, 0.90], [0.65, 0.45]])
+    fed = dict(metric="rocauc", test={"1.0": 0.7},
+               per_partner=[dict(partner=0, served=True, width=1.0, test=0.7, valid=0.7, test_by_task=[0.75, 0.55]),
+                            dict(partner=1, served=True, width=1.0, test=0.6, valid=0.7, test_by_task=[0.70, 0.50])])
+    entries = [entry("reference", write(tmp_path, "rf", rf), "r", "local-only", "rf-ecfp4"),
+               entry("reference", write(tmp_path, "gbt", gbt), "g", "local-only", "gbt-ecfp4"),
+               entry("federated", write(tmp_path, "fed", fed), "fedavg")]
+    entries = report.load(entries)
+    t = report.task_gains(entries, {"bace": ["A", "B"]}).set_index(["method", "partner", "task"])
+    # best local: partner 0 -> rf (valid 0.8), partner 1 -> gbt (valid 0.7)
+    assert t.loc[("fedavg", 0, "A"), "abs"] == pytest.approx(0.05) and t.loc[("fedavg", 0, "B"), "abs"] == pytest.approx(-0.05)
+    assert t.loc[("fedavg", 1, "A"), "abs"] == pytest.approx(0.05) and t.loc[("fedavg", 1, "B"), "abs"] == pytest.approx(0.05)
+    per_seed, _ = report.seed_tables(entries)
+    assert per_seed.set_index("method").loc["fedavg", "improved_tasks_vs_best_local"] == pytest.approx(3 / 4)

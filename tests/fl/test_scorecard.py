@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from fedmol.fl.scorecard import deltas, gap_closed, partner_scorecard
+from fedmol.fl.scorecard import deltas, gap_closed, partner_scorecard, task_scorecard
 
 
 def test_deltas_by_hand():
@@ -91,3 +91,18 @@ def test_the_bench_table_reads_at_100_columns():
         text = con.export_text()
         assert "…" not in text and max(map(len, text.splitlines())) <= width
         assert ("gaining" in text) == wide and "ensemble (gbt-ecfp4)" in text and "fedrescue" in text
+
+
+def test_task_scorecard_by_hand():
+    nan = math.nan
+    fed = [dict(partner=0, test_by_task=[0.80, 0.60, nan]), dict(partner=1, test_by_task=[0.70, 0.90, 0.50]),
+           dict(partner=2, served=False, test=None)]
+    base = [dict(partner=0, test_by_task=[0.75, 0.70, 0.60]), dict(partner=1, test_by_task=[0.60, 0.80, 0.50]),
+            dict(partner=2, test_by_task=[0.50, nan, 0.70])]
+    card = task_scorecard(fed, base, "rocauc")
+    # pairs: p0 (+0.05, -0.10, undefined), p1 (+0.10, +0.10, 0.00), p2 unserved: tasks 0 and 2 (task 1 has no base)
+    assert card["n"] == 7 and card["improved"] == pytest.approx(3 / 7)
+    assert card["abs"] == pytest.approx((0.05 - 0.10 + 0.10 + 0.10 + 0.0) / 5)
+    assert card["itp"] == pytest.approx((0.05 / 0.25 - 0.10 / 0.30 + 0.10 / 0.40 + 0.10 / 0.20 + 0.0) / 5)
+    assert [(r["partner"], r["task"]) for r in card["per_task"]][:3] == [(0, 0), (0, 1), (0, 2)]
+    assert task_scorecard([dict(partner=0, test=0.7)], [dict(partner=0, test=0.6)], "rocauc")["n"] == 0
