@@ -169,7 +169,7 @@ def featurize(
                invalid_labels=rep["invalid_labels"], duplicates=rep["duplicates"], unlabeled=rep["unlabeled"],
                tasks=list(ds.info.tasks),
                task_type=ds.task_type, source=ds.source_path, source_sha256=ds.source_sha256,
-               cache=ds.cache_path, invalid_rows=rep["invalid_rows"])
+               cache=ds.cache_path, invalid_rows=rep["invalid_rows"], duplicated_smiles=ds.duplicated_smiles())
     if as_json:
         print(json.dumps(out))
         return
@@ -181,6 +181,14 @@ def featurize(
         console.print(f"  row {r['row']}: {shown_smiles(r['smiles'])}: {r['reason']}", highlight=False, markup=False)
     if out["invalid"] > 10:
         console.print(f"  ... and {out['invalid'] - 10} more")
+    dups = out["duplicated_smiles"]
+    if dups:
+        console.print("duplicated SMILES (every row kept; 0-based data rows):")
+    for d in dups[:10]:
+        console.print(f"  {shown_smiles(d['smiles'])}: rows {', '.join(map(str, d['rows']))}", highlight=False,
+                      markup=False)
+    if len(dups) > 10:
+        console.print(f"  ... and {len(dups) - 10} more (--json lists them all)")
     where = report or (Path(ds.cache_path) / "invalid_rows.csv" if ds.cache_path else None)
     if out["invalid"] and where:
         console.print(f"invalid rows listed in {where}")

@@ -58,6 +58,17 @@ def test_featurize_summary_and_report_file(tmp_path):
     assert len((tmp_path / "bad.csv").read_text().strip().splitlines()) == 12
 
 
+def test_featurize_lists_duplicated_smiles_with_their_rows(tmp_path):
+    f = tmp_path / "dup.csv"
+    f.write_text("smiles,y\nCCO,1\nCCN,0\nCCO,0\nc1ccccc1,1\nnot a smiles,1\nCCN,1\nCCO,1\n")
+    args = ("featurize", "--csv", f, "--smiles-col", "smiles", "--target-cols", "y", "--task", "classification")
+    out = json.loads(run(*args, "--json").stdout)
+    assert out["duplicates"] == 3
+    assert out["duplicated_smiles"] == [dict(smiles="CCO", rows=[0, 2, 6]), dict(smiles="CCN", rows=[1, 5])]
+    text = run(*args).stdout
+    assert "3 duplicated SMILES" in text and "  CCO: rows 0, 2, 6\n" in text and "  CCN: rows 1, 5\n" in text
+
+
 @pytest.mark.parametrize("args,message", [
     (["featurize", "nosuch"], "unknown dataset 'nosuch'; known datasets: bbbp"),
     (["split", "make", "esol", "--alpha", "0", "--out", "x.json"], "alpha must be > 0"),

@@ -122,6 +122,14 @@ class MoleculeDataset(InMemoryDataset):
         """Source row number of every molecule, in dataset order (of this subset, if it is one)."""
         return self._subset(self._data.row).numpy()
 
+    def duplicated_smiles(self) -> list[dict]:
+        """``[{smiles, rows}]``: each SMILES text that more than one molecule holds, with their source
+        rows (0-based data rows, as invalid rows are numbered), in order of first appearance."""
+        rows: dict[str, list[int]] = {}
+        for s, r in zip(self.smiles, self.rows):
+            rows.setdefault(s, []).append(int(r))
+        return [dict(smiles=s, rows=r) for s, r in rows.items() if len(r) > 1]
+
     @property
     def labels(self) -> np.ndarray:
         """Labels, shape (n, num_tasks), NaN where missing (of this subset, if it is one)."""
