@@ -203,54 +203,8 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     locals_, centrals, bests = _baselines(entries)
     rows, partner_rows = [], []
     for e in entries:
-        s = e["summary"]
-        row: dict[str, Any] = dict(dataset=e["dataset"], metric=s["metric"], alpha=e["alpha"], devices=e["devices"],
-                                   kind=e["kind"], method=method_name(e), seed=e["seed"], order=_order(e, algo_order))
-        for k, v in s.get("test", {}).items():
-            if k != "mean":
-                row[f"test@{k}"] = v
-        pp = s.get("per_partner", [])
-        row["test@partner"] = _nanmean(p.get("test") for p in pp)
-        row["valid@partner"] = _nanmean(p.get("valid") for p in pp)
-        if any("test_prauc" in p for p in pp):
-            row["prauc@partner"] = _nanmean(p.get("test_prauc") for p in pp)
-        fam = family(e)
-        group = (e["dataset"], e["alpha"], e["devices"], e["seed"])
-        is_local = e["kind"] == "reference" and e["reference"] == "local-only"
-        local = locals_.get((*group, fam))
-        vs_best = {}  # partner -> its gain over its best local model
-        if (best := bests.get(group)) is not None:
-            gb = federated_gain(s, best)
-            row["gain_test_vs_best_local"] = gb["gain_test"]
-            if "gain_test_prauc" in gb:
-                row["prauc_vs_best_local"] = gb["gain_test_prauc"]
-            chosen = {p["partner"]: p["family"] for p in best["per_partner"]}
-            vs_best = {p["partner"]: dict(best_local_family=chosen[p["partner"]], best_local_test=p["local_test"],
-                                          gain_test_vs_best_local=p["gain_test"]) for p in gb["per_partner"]}
-        if local is not None and not is_local:
-            g = federated_gain(s, local)
-            row.update(gain_test=g["gain_test"], gain_valid=g["gain_valid"], rel_gain_test=g["rel_gain_test"],
-                       rel_gain_valid=g["rel_gain_valid"], share_gain_test=g["share_test"],
-                       share_gain_valid=g["share_valid"])
-            for p in g["per_partner"]:
-                partner_rows.append(dict(dataset=e["dataset"], alpha=e["alpha"], devices=e["devices"],
-                                         method=row["method"], seed=e["seed"], **p, **vs_best.pop(p["partner"], {})))
-        if not is_local:  # a row without a same-family local-only reference still gets its gains vs best local
-            partner_rows += [dict(dataset=e["dataset"], alpha=e["alpha"], devices=e["devices"], method=row["method"],
-                                  seed=e["seed"], partner=pid, **v) for pid, v in vs_best.items()]
-        if not is_local:
-            row.update(scorecard_measures(s, local, bests.get(group), centrals.get((*group, fam))))
-        rf = locals_.get((*group, "rf-ecfp4"))
-        if fam not in TREE_MODELS and rf is not None:
-            row["gain_test_vs_rf"] = federated_gain(s, rf)["gain_test"]
-        if e["kind"] == "federated" or e.get("reference") == "ensemble":  # rows that communicate
-            row["served"] = _nanmean([0.0 if p.get("served") is False else 1.0 for p in pp])
-            row["mb"] = (s.get("bytes_up", 0) + s.get("bytes_down", 0)) / 1e6
-        if e["kind"] == "federated":
-            # which round the run reports, and what the last round's model scored (how much selection mattered)
-            row["selected_round"] = s.get("selected_round")
-            row["test_last@1.0"] = s.get("test_last", {}).get("1.0")
-        row["seconds"] = s.get("seconds")
+        row = _score_row(e, algo_order)
+        partner_rows += _add_gains(row, e, locals_, centrals, bests)
         rows.append(row)
     for group, best in bests.items():
         rows.append(_best_local_row(group, best, locals_.get((*group, "rf-ecfp4"))))
@@ -266,6 +220,59 @@ def seed_tables(entries: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 per_seed[c] = np.nan
         per_seed = per_seed[_ordered_columns(per_seed.columns)]
     return per_seed, pd.DataFrame(partner_rows)
+
+
+def _score_row(e: dict, algo_order: dict[str, int]) -> dict[str, Any]:
+    """A run's own scores: per width, per partner (mean), what it sent, which round it reports."""
+    s = e["summary"]
+    row: dict[str, Any] = dict(dataset=e["dataset"], metric=s["metric"], alpha=e["alpha"], devices=e["devices"],
+                               kind=e["kind"], method=method_name(e), seed=e["seed"], order=_order(e, algo_order))
+    row.update({f"test@{k}": v for k, v in s.get("test", {}).items() if k != "mean"})
+    pp = s.get("per_partner", [])
+    row["test@partner"] = _nanmean(p.get("test") for p in pp)
+    row["valid@partner"] = _nanmean(p.get("valid") for p in pp)
+    if any("test_prauc" in p for p in pp):
+        row["prauc@partner"] = _nanmean(p.get("test_prauc") for p in pp)
+    if e["kind"] == "federated" or e.get("reference") == "ensemble":  # rows that communicate
+        row["served"] = _nanmean([0.0 if p.get("served") is False else 1.0 for p in pp])
+        row["mb"] = (s.get("bytes_up", 0) + s.get("bytes_down", 0)) / 1e6
+    if e["kind"] == "federated":
+        # which round the run reports, and what the last round's model scored (how much selection mattered)
+        row["selected_round"] = s.get("selected_round")
+        row["test_last@1.0"] = s.get("test_last", {}).get("1.0")
+    row["seconds"] = s.get("seconds")
+    return row
+
+
+def _add_gains(row: dict, e: dict, locals_: dict, centrals: dict, bests: dict) -> list[dict]:
+    """Add a run's gains (vs its family's local-only model, the best local, the local forest) and
+    scorecard to ``row``; returns its partner_gains rows."""
+    s, fam, group = e["summary"], family(e), _group(e)
+    is_local = e["kind"] == "reference" and e["reference"] == "local-only"
+    local, best = locals_.get((*group, fam)), bests.get(group)
+    head = dict(dataset=e["dataset"], alpha=e["alpha"], devices=e["devices"], method=row["method"], seed=e["seed"])
+    vs_best, partner_rows = {}, []  # vs_best: partner -> its gain over its best local model
+    if best is not None:
+        gb = federated_gain(s, best)
+        row["gain_test_vs_best_local"] = gb["gain_test"]
+        if "gain_test_prauc" in gb:
+            row["prauc_vs_best_local"] = gb["gain_test_prauc"]
+        chosen = {p["partner"]: p["family"] for p in best["per_partner"]}
+        vs_best = {p["partner"]: dict(best_local_family=chosen[p["partner"]], best_local_test=p["local_test"],
+                                      gain_test_vs_best_local=p["gain_test"]) for p in gb["per_partner"]}
+    if local is not None and not is_local:
+        g = federated_gain(s, local)
+        row.update(gain_test=g["gain_test"], gain_valid=g["gain_valid"], rel_gain_test=g["rel_gain_test"],
+                   rel_gain_valid=g["rel_gain_valid"], share_gain_test=g["share_test"],
+                   share_gain_valid=g["share_valid"])
+        partner_rows += [dict(**head, **p, **vs_best.pop(p["partner"], {})) for p in g["per_partner"]]
+    if not is_local:  # a row without a same-family local-only reference still gets its gains vs best local
+        partner_rows += [dict(**head, partner=pid, **v) for pid, v in vs_best.items()]
+        row.update(scorecard_measures(s, local, best, centrals.get((*group, fam))))
+    rf = locals_.get((*group, "rf-ecfp4"))
+    if fam not in TREE_MODELS and rf is not None:
+        row["gain_test_vs_rf"] = federated_gain(s, rf)["gain_test"]
+    return partner_rows
 
 
 def scorecard_measures(summary: dict, local: dict | None, best: dict | None, central: dict | None) -> dict:
