@@ -195,6 +195,17 @@ def featurize(
 
 
 # split --------------------------------------------------------------------------------------------------
+TaskSplitOpt = typer.Option(None, "--task-split", help="Deal the tasks too: disjoint (each task held by one "
+                            "partner) | overlap (by --holders-per-task partners); a partner sees only its tasks' labels.")
+HoldersOpt = typer.Option(None, "--holders-per-task", help="With --task-split overlap: partners per task (default 2).")
+
+
+def _registry_tasks(name: Optional[str]) -> int:
+    from fedmol.data.registry import get_info
+
+    return get_info(name).num_tasks if name else 2  # no name: load_dataset says what is missing
+
+
 @split_app.command("make")
 @friendly
 def split_make(
@@ -206,12 +217,17 @@ def split_make(
     out: Path = typer.Option(..., "--out", "-o", help="Split file to write (JSON)."),
     csv: Optional[Path] = CsvOpt, smiles_col: Optional[str] = SmilesCol, target_cols: Optional[str] = TargetCols,
     task: Optional[str] = TaskOpt, data_dir: Optional[Path] = DataDir, jobs: Optional[int] = Jobs,
+    task_split: Optional[str] = TaskSplitOpt, holders_per_task: Optional[int] = HoldersOpt,
 ):
     """Deal a dataset's scaffolds to K partners and freeze the split as a file."""
-    from fedmol.data.splits import class_warnings, make_split, write_split
+    from fedmol.data.splits import check_task_split, class_warnings, make_split, write_split
 
+    if task_split is not None or holders_per_task is not None:  # refuse a bad task split before featurizing
+        n_tasks = len(target_cols.split(",")) if csv and target_cols else _registry_tasks(name)
+        check_task_split(name or "the CSV", n_tasks, partners, task_split, holders_per_task)
     ds = _load(name, data_dir, csv, smiles_col, target_cols, task, jobs)
-    split = make_split(ds, partners, alpha, seed, quantity_skew)
+    split = make_split(ds, partners, alpha, seed, quantity_skew, task_split=task_split,
+                       holders_per_task=holders_per_task)
     write_split(split, out)
     _show(split, class_warnings(split, ds))
     console.print(f"wrote {out}")
@@ -233,7 +249,9 @@ def split_show(file: Path = typer.Argument(..., help="A split file."),
     except FedmolError as e:
         warnings, note = None, f"the validation and test sets were not checked for single classes: {e}"
     if as_json:
-        print(to_json(dict(spec=split["spec"], report=split["report"], sha256=split["sha256"], warnings=warnings)))
+        tasks = {"tasks": [p["tasks"] for p in split["partners"]]} if split["spec"].get("task_split") else {}
+        print(to_json(dict(spec=split["spec"], report=split["report"], sha256=split["sha256"], **tasks,
+                           warnings=warnings)))
         return
     _show(split, warnings)
     if note:
@@ -252,11 +270,23 @@ def _show(split: dict, warnings: list[str] | None = None) -> None:
                   f"quantity_skew={s['quantity_skew']} | test {len(split['test'])} molecules (held-out scaffolds)",
                   highlight=False)
     console.print(report_table(split["report"]))
+    _show_tasks(split)
     warnings = warnings or []
     _warn(warnings[:MAX_CLASS_WARNINGS])
     if len(warnings) > MAX_CLASS_WARNINGS:
         _warn([f"... and {len(warnings) - MAX_CLASS_WARNINGS} more partner/task sets with one class "
                "(`fedmol split show FILE --json` lists them all)"])
+
+
+def _show_tasks(split: dict) -> None:
+    """A task split's deal: one line per partner with the tasks it holds (labels it sees)."""
+    ts = split["spec"].get("task_split")
+    if ts is None:
+        return
+    console.print(f"task split {ts['mode']}: {ts['holders_per_task']} partner(s) per task; a partner sees labels "
+                  "of its own tasks only, the test set keeps every task", highlight=False)
+    for k, p in enumerate(split["partners"]):
+        console.print(f"  partner {k}: {', '.join(p['tasks'])}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _warn(lines: list[str]) -> None:
@@ -270,7 +300,7 @@ def _warn(lines: list[str]) -> None:
 def split_verify(file: Path = typer.Argument(..., help="A split file."), data_dir: Optional[Path] = DataDir,
                  csv: Optional[Path] = typer.Option(None, "--csv", help="The CSV a custom split was made from.")):
     """Check the file's hash, its source's hash, and that rebuilding from its spec gives the same file."""
-    from fedmol.data.splits import verify_split
+    from fedmol.data.splits import read_split, verify_split
 
     problems, notes = verify_split(file, data_dir=data_dir, csv=csv)
     for n in notes:
@@ -279,25 +309,39 @@ def split_verify(file: Path = typer.Argument(..., help="A split file."), data_di
         for p in problems:
             err.print(f"[bold red]FAILED:[/] {p}")
         raise typer.Exit(1)
-    console.print(f"[green]OK[/] {file}: hashes match and the split rebuilds identically")
+    tasks = " (its task deal included)" if read_split(file)["spec"].get("task_split") else ""
+    console.print(f"[green]OK[/] {file}: hashes match and the split rebuilds identically{tasks}")
 
 
 @split_app.command("canonical")
 @friendly
 def split_canonical(out: Path = typer.Option(Path("data_splits"), "--out", "-o"),
                     datasets: Optional[str] = typer.Option(None, "--datasets", help="Comma-separated (default: all)."),
-                    data_dir: Optional[Path] = DataDir):
+                    data_dir: Optional[Path] = DataDir,
+                    task_split: Optional[str] = typer.Option(None, "--task-split", help="disjoint | overlap: the "
+                                                             "canonical task splits instead (tox21, sider; K 4, 8; "
+                                                             "alpha 1) under <dataset>/tasks/, indexed in "
+                                                             "tasks_index.json")):
     """Rebuild the canonical split set (every dataset, K in 4/8/16, alpha in 0.1/1/100, seed 0)."""
-    from fedmol.data.splits import make_canonical
+    from fedmol.data.splits import TASK_INDEX, make_canonical
 
     names = [d.strip() for d in datasets.split(",")] if datasets else None
-    records = make_canonical(out, names, data_dir=data_dir)
-    write_json(out / "index.json", records)
+    records = make_canonical(out, names, data_dir=data_dir, task_split=task_split)
+    index = out / ("index.json" if task_split is None else TASK_INDEX)
+    write_json(index, records if task_split is None else _merged_index(index, records))
     ok = [r for r in records if "error" not in r]
     for r in records:
         if "error" in r:
             console.print(f"[yellow]skipped[/] {r['file']}: {r['error']}", highlight=False)
-    console.print(f"wrote {len(ok)} split files under {out} (index: {out / 'index.json'})")
+    console.print(f"wrote {len(ok)} split files under {out} (index: {index})")
+
+
+def _merged_index(path: Path, records: list[dict]) -> list[dict]:
+    """The index at ``path`` with ``records`` replacing the entries of their files (new ones appended)."""
+    old = json.loads(path.read_text()) if path.is_file() else []
+    new = {r["file"]: r for r in records}
+    kept = [new.pop(r["file"], r) for r in old]
+    return kept + list(new.values())
 
 
 # train -------------------------------------------------------------------------------------------------

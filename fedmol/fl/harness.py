@@ -15,7 +15,10 @@ evaluated round with the best pooled validation score -- the rule the references
 follows -- else the last round's.
 
 Partners are never held as model copies: a client update builds its model from the message and
-drops it after replying, and partners' datasets are index views of one shared dataset.
+drops it after replying, and partners' datasets are index views of one shared dataset. In a task
+split (``fedmol split make --task-split``) a partner's train and validation views carry their own
+copy of the labels, NaN outside the tasks it holds (:func:`fedmol.data.splits.partner_subsets`);
+the global test and validation sets keep every task.
 
 Files in ``out_dir``: ``config.json`` (fully resolved), ``metrics.csv`` (one row per round; test
 and validation scores on evaluated rounds), ``summary.json`` (the reported model's ``test`` and
@@ -40,7 +43,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import fedmol
 from fedmol.data.dataset import MoleculeDataset, load_dataset
-from fedmol.data.splits import dataset_for_split, make_split, read_split
+from fedmol.data.splits import dataset_for_split, make_split, partner_subsets, read_split
 from fedmol.errors import FedmolError
 from fedmol.evaluate import Evaluator
 from fedmol.fl import privacy
@@ -131,8 +134,7 @@ def build_federation(cfg: RunConfig, progress: bool = True) -> Federation:
     if cfg.faulty_links or cfg.lossy_links:
         devices = [dataclasses.replace(d, p_truncate=cfg.faulty_links or d.p_truncate,
                                        p_upload_loss=cfg.lossy_links or d.p_upload_loss) for d in devices]
-    local = [LocalData(k, ds.select_rows(p["train"]), ds.select_rows(p["valid"]))
-             for k, p in enumerate(split["partners"])]
+    local = [LocalData(k, train, valid) for k, (train, valid) in enumerate(partner_subsets(split, ds))]
     infos = [PartnerInfo(k, sizes[k], devices[k]) for k in range(len(sizes))]
     valid_rows = sorted(r for p in split["partners"] for r in p["valid"])
     return Federation(ds, split, infos, local, ds.select_rows(split["test"]), ds.select_rows(valid_rows))
