@@ -55,7 +55,7 @@ class DatasetInfo:
         return d
 
 
-def _mn(name, file, gz, sha, smiles, tasks, task_type, rows, description):
+def _moleculenet(name, file, gz, sha, smiles, tasks, task_type, rows, description):
     url = MOLECULENET_URL + file + (".gz" if gz else "")
     return DatasetInfo(name=name, file=file, url=url, sha256=sha, smiles_col=smiles, tasks=tuple(tasks),
                        task_type=task_type, metric=METRIC_FOR_TASK[task_type], rows=rows,
@@ -79,24 +79,24 @@ TOX21_TASKS = ("NR-AR", "NR-AR-LBD", "NR-AhR", "NR-Aromatase", "NR-ER", "NR-ER-L
                "SR-ARE", "SR-ATAD5", "SR-HSE", "SR-MMP", "SR-p53")
 
 _ROWS = [
-    _mn("bbbp", "BBBP.csv", False, "d07a38487aeac5cee5508413e468043ef3097451d2a112701c2d60be9ec6b662",
+    _moleculenet("bbbp", "BBBP.csv", False, "d07a38487aeac5cee5508413e468043ef3097451d2a112701c2d60be9ec6b662",
         "smiles", ["p_np"], "classification", 2050, "blood-brain barrier penetration"),
-    _mn("bace", "bace.csv", False, "d36f089649984f7bfaa4589ccc3ae907b831780a01ccfd065a5b604939e1a5df",
+    _moleculenet("bace", "bace.csv", False, "d36f089649984f7bfaa4589ccc3ae907b831780a01ccfd065a5b604939e1a5df",
         "smiles", ["Class"], "classification", 1513, "BACE-1 inhibition"),
-    _mn("clintox", "clintox.csv", True, "0bd655529cebe6d94addd48b8afdab6fa0438b4503a470866231793f235d7e61",
+    _moleculenet("clintox", "clintox.csv", True, "0bd655529cebe6d94addd48b8afdab6fa0438b4503a470866231793f235d7e61",
         "smiles", ["FDA_APPROVED", "CT_TOX"], "classification", 1484, "clinical-trial toxicity"),
-    _mn("sider", "sider.csv", True, "71efc6ac4ca82d6545bc512509863281be0f17234afd7adaf71a71899988302e",
+    _moleculenet("sider", "sider.csv", True, "71efc6ac4ca82d6545bc512509863281be0f17234afd7adaf71a71899988302e",
         "smiles", SIDER_TASKS, "classification", 1427, "side effects by organ class"),
-    _mn("tox21", "tox21.csv", True, "7d7e7facd853a63e79ddce4e9c3fcb7a0d83a1c300b603031c0f2c64fbe77761",
+    _moleculenet("tox21", "tox21.csv", True, "7d7e7facd853a63e79ddce4e9c3fcb7a0d83a1c300b603031c0f2c64fbe77761",
         "smiles", TOX21_TASKS, "classification", 7831, "Tox21 nuclear-receptor and stress-response assays"),
-    _mn("hiv", "HIV.csv", False, "54713c3205055055ea4214e8c4b0d22d93af7e54ad2c48f4edc866e161e57262",
+    _moleculenet("hiv", "HIV.csv", False, "54713c3205055055ea4214e8c4b0d22d93af7e54ad2c48f4edc866e161e57262",
         "smiles", ["HIV_active"], "classification", 41127, "HIV replication inhibition"),
-    _mn("esol", "delaney-processed.csv", False,
+    _moleculenet("esol", "delaney-processed.csv", False,
         "8c06a76f0c6487d29ab0f903e6a7a7139f189ab3c1178f159c8be8964602f189",
         "smiles", ["measured log solubility in mols per litre"], "regression", 1128, "aqueous solubility"),
-    _mn("freesolv", "SAMPL.csv", False, "ab5895d914ee87cb563bd7b9611e869527bba45bec6b014d34dc495a0f9dcb72",
+    _moleculenet("freesolv", "SAMPL.csv", False, "ab5895d914ee87cb563bd7b9611e869527bba45bec6b014d34dc495a0f9dcb72",
         "smiles", ["expt"], "regression", 642, "hydration free energy"),
-    _mn("lipophilicity", "Lipophilicity.csv", False,
+    _moleculenet("lipophilicity", "Lipophilicity.csv", False,
         "aed41590cb30609d51d8e08ad3ff06495a76e80e211358801f596b10da69bacd",
         "smiles", ["exp"], "regression", 4200, "octanol/water distribution (logD)"),
     DatasetInfo(name="b3db_classification", file="B3DB_classification.tsv", url=None,

@@ -418,7 +418,8 @@ def _split_jobs(s: Suite, out: Path, ds: str, alpha: float, dev: str, seed: int,
 
 
 # ------------------------------------------------------------------------------------------- running
-def _norm(obj) -> Any:
+def _json_roundtrip(obj) -> Any:
+    """``obj`` as a JSON file would give it back (tuples as lists, ...): how configs are compared."""
     return json.loads(json.dumps(obj))
 
 
@@ -427,7 +428,7 @@ def expected_config(job: Job, s: Suite) -> dict:
         return reference_config(job.cfg, job.reference, job.model, **_ref_train(s))
     run = asdict(job.cfg)
     run.pop("data_dir")
-    return _norm(dict(run=run, split=split_versions()))
+    return _json_roundtrip(dict(run=run, split=split_versions()))
 
 
 def recorded_config(job: Job) -> dict | None:
@@ -440,7 +441,7 @@ def recorded_config(job: Job) -> dict | None:
     run = dict(conf.get("run", {}))
     run.pop("data_dir", None)
     spec = conf.get("split", {}).get("spec", {})
-    return _norm(dict(run=run, split=dict(method=spec.get("method"), featurizer_version=spec.get("featurizer_version"))))
+    return _json_roundtrip(dict(run=run, split=dict(method=spec.get("method"), featurizer_version=spec.get("featurizer_version"))))
 
 
 def status(job: Job, s: Suite) -> str:

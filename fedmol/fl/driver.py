@@ -61,7 +61,7 @@ class Delivery:
 class Transport(Protocol):
     """How messages reach the partners and their answers come back."""
 
-    def name(self, partner: PartnerInfo) -> int:
+    def partition_id(self, partner: PartnerInfo) -> int:
         """How results files name the partner (its partition id)."""
 
     def begin_round(self, rnd: int) -> None: ...
@@ -136,7 +136,7 @@ class RoundDriver:
         t["down"] += q.nbytes() * asked
         t["up"] += sum(m.nbytes() for _, m in answers)
         t["failures"] += failures
-        self.sent += [dict(round=t["round"], partner=self.transport.name(p), kind="query", bytes=m.nbytes(),
+        self.sent += [dict(round=t["round"], partner=self.transport.partition_id(p), kind="query", bytes=m.nbytes(),
                            arrays=m.describe(), metrics=m.metrics) for p, m in answers]
         self.algo.absorb_query(width, answers)
 
@@ -153,7 +153,7 @@ class RoundDriver:
             t["down"] += msg.nbytes() * asked
             t["up"] += sum(m.nbytes() for _, m in answers)
             t["failures"] += failures
-            self.sent += [dict(round=t["round"], partner=self.transport.name(p), kind="validate", width=float(w),
+            self.sent += [dict(round=t["round"], partner=self.transport.partition_id(p), kind="validate", width=float(w),
                                bytes=m.nbytes(), arrays=m.describe(), metrics=m.metrics) for p, m in answers]
             scored = [(float(m.metrics["n_valid"]), float(m.metrics["valid"])) for _, m in answers
                       if np.isfinite(m.metrics["valid"]) and m.metrics["n_valid"] > 0]
@@ -186,7 +186,7 @@ class RoundDriver:
         return {k.split("_", 1)[0] for k in row if k.startswith(("test_", "valid_")) and "@" in k}
 
     def run_round(self, rnd: int) -> dict:
-        algo, rng, name = self.algo, self.rng, self.transport.name
+        algo, rng, name = self.algo, self.rng, self.transport.partition_id
         t0 = time.perf_counter()
         self.transport.begin_round(rnd)
         online = [p for p in self.partners if rng.random() < p.device.p_online]

@@ -147,7 +147,7 @@ class InProcessTransport:
     def __init__(self, algo_cls, fed: Federation):
         self.algo_cls, self.fed = algo_cls, fed
 
-    def name(self, partner: PartnerInfo) -> int:
+    def partition_id(self, partner: PartnerInfo) -> int:
         return partner.pid
 
     def begin_round(self, rnd: int) -> None:

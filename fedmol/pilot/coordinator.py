@@ -494,7 +494,7 @@ class LinkTransport:
         self.rejoin = rejoin
         self.events: list[dict] = []
 
-    def name(self, partner) -> int:
+    def partition_id(self, partner) -> int:
         return self.by_index[partner.pid].partition_id
 
     def begin_round(self, rnd: int) -> None:
