@@ -50,6 +50,7 @@ Layout under the output folder (default ``results/<name>`` in the current folder
 results of the repository are made with ``--out benchmarks/results/<name>``)::
 
     suite.json                                   the resolved suite
+    numerics.json                                the CPU numerics of the last invocation that ran runs
     runs/<dataset>/<devices>/a<alpha>/<algorithm>/s<seed>/           run_federated's files
     runs/<dataset>/<devices>-faulty<p>/a<alpha>/<algorithm>/s<seed>/  the same with faulty links p > 0
     runs/<dataset>/<devices>/a<alpha>/reference-<ref>-<model>/s<seed>/   config.json, summary.json
@@ -675,6 +676,10 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
         ran += _run_sequential(todo, s, n_threads, console, finished, progress)
     elif todo:
         ran += _run_parallel(todo, s, n_threads, workers, console, finished)
+    if ran:  # the CPU numerics the runs were made with: a rerun on another CPU kind agrees only to ~1e-2
+        from fedmol.numerics import numerics, numerics_id
+
+        write_json(out / "numerics.json", dict(id=numerics_id(), numerics=numerics()))
     done_ids = {id(job) for job in finished}  # plan order, whatever order the workers finished in
     entries = [e for job in jobs if id(job) in done_ids for e in job.entries()]
     rep = report.write_report(entries, out, title=f"fedmol bench {s.name}", notes=settings_notes(s, n_threads))

@@ -53,6 +53,7 @@ from fedmol.fl.driver import Delivery, RoundDriver, check_schedule, served_width
 from fedmol.fl.registry import get_algorithm
 from fedmol.fl.selection import check_selection
 from fedmol.jsonio import write_json
+from fedmol.numerics import numerics
 from fedmol.training import score, width_key
 
 
@@ -234,6 +235,6 @@ def resolved_config(cfg: RunConfig, algo, fed: Federation, dp: dict | None = Non
                    test=len(fed.test)),
         partners=[dict(pid=p.pid, n_train=p.n_train, n_valid=len(fed.local[p.pid].valid), device=p.device.to_dict())
                   for p in fed.infos],
-        versions=dict(fedmol=fedmol.__version__, torch=torch.__version__, rdkit=rdkit.__version__),
+        versions=dict(fedmol=fedmol.__version__, torch=torch.__version__, rdkit=rdkit.__version__, numerics=numerics()),
         **({"public_pool": algo.ensure_pool().report} if hasattr(algo, "ensure_pool") else {}),  # FedDF's pool
     )

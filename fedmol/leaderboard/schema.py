@@ -144,10 +144,20 @@ class PartnerEntry(Strict):
     device: DeviceInfo
 
 
+class Numerics(Strict):
+    """What decides a run's float results (:func:`fedmol.numerics.numerics`)."""
+    torch: Text
+    cpu_capability: Text
+    arch: Text
+    vendor: Text
+    isa: Annotated[list[Text], Field(max_length=32)]
+
+
 class Versions(Strict):
     fedmol: Text
     torch: Text
     rdkit: Text
+    numerics: Numerics | None = None  # absent in runs made before it was recorded
 
 
 class Privacy(Strict):
@@ -243,6 +253,8 @@ class Provenance(Strict):
     torch: Text
     rdkit: Text
     featurizer: Text
+    #: the CPU numerics the runs were made with (None: not recorded); a rerun elsewhere is held to a looser tolerance
+    numerics: Numerics | None = None
 
 
 class Manifest(Strict):

@@ -122,6 +122,16 @@ def _rounds(path: Path) -> list[dict]:
     return out
 
 
+def _partner_claim(p: dict) -> dict:
+    """A partner's entry as the manifest holds it: the fields the verifier checks (a run's extra per-partner
+    scores, PR-AUC or per-task, are left out: nothing verifies them), an undefined validation score None."""
+    from fedmol.leaderboard.schema import PartnerResult
+
+    out = {k: p[k] for k in PartnerResult.model_fields if k in p}
+    out["valid"] = p["valid"] if _finite(p.get("valid")) else None
+    return out
+
+
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -170,7 +180,7 @@ def read_run(run_dir: Path, splits_dir: Path, index: dict[str, str]) -> dict:
     entry = dict(
         seed=int(config["run"]["seed"]), split=rel, config=config,
         test=_finite_map(summary["test"], f"{run_dir} test"), valid=_finite_map(summary["valid"], f"{run_dir} valid"),
-        per_partner=[{**p, "valid": p["valid"] if _finite(p.get("valid")) else None} for p in summary["per_partner"]],
+        per_partner=[_partner_claim(p) for p in summary["per_partner"]],
         bytes_up=int(summary["bytes_up"]), bytes_down=int(summary["bytes_down"]),
         failures=int(summary["failures"]), rounds=_rounds(run_dir / "metrics.csv"), seconds=float(summary["seconds"]),
     )
@@ -220,7 +230,8 @@ def submit(run_dirs: list[str | Path], name: str, out: str | Path, *, track: str
         metric=summary0["metric"],
         provenance=dict(fedmol=fedmol.__version__, commit=commit, commit_dirty=dirty,
                         python=platform.python_version(), torch=cfg0["versions"]["torch"],
-                        rdkit=cfg0["versions"]["rdkit"], featurizer=FEATURIZER_VERSION),
+                        rdkit=cfg0["versions"]["rdkit"], featurizer=FEATURIZER_VERSION,
+                        numerics=cfg0["versions"].get("numerics")),
         splits=[dict(path=s, sha256=next(k for k, v in index.items() if v == s))
                 for s in sorted({e["split"] for e in entries})],
         hparams=cfg0["algorithm"]["hparams"], seeds=sorted({e["seed"] for e in entries}), runs=entries,

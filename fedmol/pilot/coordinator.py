@@ -51,6 +51,7 @@ import torch
 
 from fedmol.fl.message import Message
 from fedmol.jsonio import to_json, write_json
+from fedmol.numerics import numerics
 from fedmol.pilot.config import PilotSettings
 from fedmol.pilot.records import (HELLO, MESSAGE_TYPES, QUERY, TRAIN, VALIDATE, IncompatibleVersion, PilotError,
                                   check_compatible, error_reason, from_record_dict, record_strings, to_record_dict)
@@ -330,7 +331,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     from fedmol.fl.registry import get_algorithm
     from fedmol.fl.selection import check_selection
     from fedmol.models import slicing
-    from fedmol.training import width_key
+    from fedmol.training import score, width_key
 
     if s.threads > 0:
         torch.set_num_threads(s.threads)
@@ -396,7 +397,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
                 for i, p in enumerate(pids)]
 
     # -- algorithm and rounds (the harness's RoundDriver, over the network) -----------------------
-    from fedmol.fl.harness import backbone_config
+    from fedmol.fl.harness import backbone_config, secondary_scores
     model_config = backbone_config(s.model, ds, s.hidden, s.layers, s.dropout)
     algo = algo_cls(model_config, s.hparams, s.seed)
     algo.init([pt.info for pt in partners])
@@ -423,11 +424,12 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     widths = driver.widths
     served = {pt.node_id: served_width(widths, pt.width_cap) for pt in partners}
     needed = sorted({w for w in served.values() if w is not None}, reverse=True)
-    vmsgs = {}
+    vmsgs, second = {}, {}  # second: PR-AUC beside ROC-AUC (and per task) on the test set, as fedmol run
     for w in needed:
         driver.query(w)
         vmsgs[w] = Message(arrays=slicing.sub_state_dict(algo.eval_model(w), w),
                            config={"width": float(w), "model": algo.model_config, "purpose": "validate"})
+        second[w] = secondary_scores(score(algo.eval_model(w), test, evaluator, w), metric) if test is not None else {}
     targets = [pt for pt in partners if pt.node_id not in transport.unresponsive and served[pt.node_id] is not None]
     got = link.exchange(VALIDATE, {pt.node_id: (vmsgs[served[pt.node_id]],
                                                 _meta(VALIDATE, s.rounds, name)) for pt in targets},
@@ -440,7 +442,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
             continue
         r = got.get(pt.node_id) or Reply(False, reason="not asked: it missed the last deadline")
         entry = dict(partner=pt.partition_id, width=w, served=True, n_train=pt.info.n_train, n_valid=pt.n_valid,
-                     test=test_scores.get(width_key(w), float("nan")),
+                     test=test_scores.get(width_key(w), float("nan")), **second[w],
                      valid=float(r.msg.metrics["valid"]) if r.ok else float("nan"))
         if not r.ok:
             entry["valid_error"] = r.reason
@@ -627,7 +629,7 @@ def _resolved(s: PilotSettings, algo, ds, test, split, partners: list[Partner], 
         nodes=nodes_report,
         pilot=dict(backend="flower", round_timeout=s.round_timeout, connect_timeout=s.connect_timeout,
                    test_source=_test_source(s)),
-        versions=dict(fedmol=fedmol.__version__, torch=torch.__version__, rdkit=rdkit.__version__),
+        versions=dict(fedmol=fedmol.__version__, torch=torch.__version__, rdkit=rdkit.__version__, numerics=numerics()),
     )
 
 

@@ -34,5 +34,7 @@ def assert_parity(harness: dict, pilot: dict) -> None:
     for h, p in zip(harness["per_partner"], pilot["per_partner"]):
         assert h["width"] == p["width"] and h["n_train"] == p["n_train"] and h["n_valid"] == p["n_valid"]
         assert _close(h["test"], p["test"]) and _close(h["valid"], p["valid"]), (h, p)
+        if "test_prauc" in h or "test_prauc" in p:  # classification: PR-AUC beside ROC-AUC on both transports
+            assert _close(h["test_prauc"], p["test_prauc"]), (h, p)
     for k in ("bytes_up", "bytes_down", "failures", "rounds", "dataset", "metric", "selected_round"):
         assert harness[k] == pilot[k], k
