@@ -263,7 +263,7 @@ MAX_CLASS_WARNINGS = 40
 
 
 def _show(split: dict, warnings: list[str] | None = None) -> None:
-    from fedmol.data.partition import report_table
+    from fedmol.data.heterogeneity import report_table
 
     s = split["spec"]
     console.print(f"[bold]{s['dataset']}[/]: K={s['partners']} alpha={s['alpha']} seed={s['seed']} "

@@ -1,122 +1,13 @@
 """Heterogeneous scaffold partitioning: simulated pharma partners with disjoint chemistry.
 
-This module is the contract of every fedmol split file. Everything here is a pure function of
-arrays (no I/O); the same inputs give bit-identical outputs on every machine.
-
-Notation
-========
-``n`` molecules, identified by their positions ``0..n-1``; ``scaffolds[i]`` is the Bemis-Murcko
-scaffold SMILES of molecule ``i`` (``""`` for acyclic ones, see :mod:`fedmol.data.scaffold`);
-``y`` is a float ``(n, T)`` label matrix with ``NaN`` for a missing label (a 1-D ``y`` is read as
-``(n, 1)``); ``K`` partners; Dirichlet concentration ``alpha``; integer ``seed``.
-
-Algorithm ``fedmol-scaffold-dirichlet/2``
-=========================================
-1. **Scaffold groups.** Molecules sharing a scaffold string form a group. Groups are ordered by
-   size descending, then scaffold string ascending (Python ``str`` order, i.e. code points). Inside
-   a group molecules are kept in ascending position. "Group order" below always means this order.
-
-2. **Global test set** (depends only on ``scaffolds`` and ``test_fraction``; never on ``K``,
-   ``alpha``, ``seed``, ``y``). Let ``cap = n * (1 - test_fraction)``. Walk the groups in group
-   order with a running *pool* size ``P = 0``: a group of size ``s`` joins the pool if
-   ``P + s <= cap + 1e-9`` (then ``P += s``), otherwise it goes to the test set, and the walk
-   continues (a later, smaller group may still join the pool). This is the classic deterministic
-   scaffold split (largest groups to training, the rarest scaffolds to test), so every split of a
-   dataset shares one test set, comparable across ``K`` and ``alpha``. No partner holds a test
-   scaffold. :func:`scaffold_split` uses the very same rule for its test part.
-
-3. **Group types.** Every pool group ``g`` gets a type ``t(g) = (c(g), l(g))``:
-
-   * *Chemistry cluster* ``c(g)``: k-means on the Morgan fingerprints (radius 2, 1024 bits,
-     :func:`fedmol.data.scaffold.scaffold_fingerprints`; all-zero for ``""``) of the pool groups'
-     scaffolds, one point per group, in group order, as a sparse CSR ``float32`` matrix;
-     scikit-learn ``KMeans`` with ``n_init=1, random_state=0``, default ``init`` (k-means++),
-     ``max_iter`` and ``tol``, Lloyd algorithm. The number of
-     clusters is ``n_clusters`` if given, else ``max(2 * K, 8)`` (about two clusters per
-     partner, so that at small ``alpha`` each partner can own distinct chemistry), and is then
-     capped by the number of pool groups and by the number of distinct fingerprints (the value
-     used is recorded in ``params["n_clusters"]``; ``1`` skips k-means). Cluster labels are
-     renumbered ``0, 1, ...`` in order of first appearance in group order. The clustering does not
-     depend on ``seed`` or ``alpha``.
-   * *Label stratum* ``l(g)``, computed from pool labels only (test labels are never read):
-
-     - classification (labels must be 0/1/NaN): ``l = 1`` if the group's fraction of positive
-       entries over all its labelled ``(molecule, task)`` entries is ``>=`` the pool's positive
-       rate over all labelled entries, else ``0``;
-     - regression: each task is standardized with the pool's NaN-aware mean and standard
-       deviation (a standard deviation of 0 or NaN counts as 1); a molecule's value is the mean
-       of its standardized labels; a group's value is the mean of its labelled molecules' values;
-       ``l`` is the group value's tertile bin ``0/1/2`` against the cut points
-       ``numpy.quantile(values of all labelled pool molecules, [1/3, 2/3])`` (bin = number of cut
-       points ``<=`` the value);
-     - a group with no labels gets ``l = 0``.
-
-   Type index ``t = c * S + l`` with ``S = 2`` strata (classification) or ``3`` (regression).
-
-4. **Dealing the pool to partners** (no group is ever split). ``rng =
-   numpy.random.default_rng(seed)`` is the only randomness. First ``perm = rng.permutation(K)``
-   (drawn even when ``quantity_skew == 0``). The partner-size prior is ``q_k ∝ r_k ** -s`` with
-   ``r = perm + 1`` (ranks ``1..K`` shuffled by the seed; ``s = quantity_skew >= 0``; ``s = 0``
-   is uniform ``1/K``; ``s > 0`` gives a few large partners and many small ones), normalized to
-   sum 1. Then, for draw ``d = 1, 2, ..., 100`` (``MAX_DRAWS``):
-
-   a. draw every partner's *label preference* ``pi_k = rng.dirichlet(alpha * ones(S))``
-      (one call with ``size=K``: a ``K x S`` matrix); then for every type present in the pool,
-      in ascending type index, with ``t = c * S + l``: if cluster ``c`` has no chemistry share
-      yet in this draw, draw ``P_c = rng.dirichlet(alpha * K * q)``; the type's proportions are
-      ``p_t ∝ P_c * pi[:, l]`` (element-wise over partners, normalized to sum 1). The cluster
-      share ``P_c`` concentrates chemistry; the preference ``pi`` is shared by all of a
-      partner's clusters, so a small ``alpha`` also gives each partner a consistently skewed
-      label balance. (If the product is all zero or non-finite, ``p_t = P_c``; if that too is
-      degenerate, one-hot on ``rng.choice(K, p=q)``.)
-   b. with ``size_t`` the molecules of type ``t``, targets ``p_t,k * size_t`` and running counts
-      ``a_t,k = 0``, walk the pool groups in group order: group ``g`` of type ``t`` goes to the
-      partner with the largest deficit ``p_t,k * size_t - a_t,k`` (ties: lowest ``k``), then
-      ``a_t,k += |g|``;
-   c. the draw is *feasible* if every partner holds ``>= min_partner_size`` (default
-      ``DEFAULT_MIN_PARTNER_SIZE = 10``) molecules and
-      ``>= 2`` groups (``MIN_GROUPS_PER_PARTNER``: one for train, one for valid). The first
-      feasible draw is the partition; otherwise draw again from the same ``rng`` stream. After
-      100 infeasible draws :class:`PartitionError` is raised.
-
-   Large ``alpha``: ``p_t ≈ q`` for every type, partners look alike. Small ``alpha``: every type
-   lands on one or few partners, so each partner owns distinct chemistry with a skewed label
-   balance.
-
-5. **Partner train/valid** (deterministic, by scaffold). Let ``m`` be the partner's molecules
-   and ``vcap = m * valid_fraction``. Walk the partner's groups in *reverse* group order (rarest
-   first) with a running valid size ``V = 0``: a group of size ``s`` goes to valid if
-   ``V + s <= vcap + 1e-9`` (then ``V += s``), else it stays in train, and the walk continues.
-   If valid is then empty, the partner's last group in group order (its rarest) goes to valid.
-   Train and valid are thus both non-empty and scaffold-disjoint. (Filling valid from the rare
-   end, rather than filling train from the large end like step 2, keeps a partner with few
-   groups from losing a huge group to validation.)
-
-6. **Output.** :class:`Partition` with one :class:`PartnerSplit` per partner (``train`` and
-   ``valid``: sorted ``int64`` positions), the sorted ``test`` positions, ``params`` (every
-   input and derived constant, JSON-serializable) and ``clusters`` (per-molecule chemistry
-   cluster, ``-1`` for test molecules). Every molecule is in exactly one of: a partner's train, a
-   partner's valid, the test set.
-
-Input validation (all raise :class:`PartitionError`, a :class:`fedmol.errors.DataError` and a
-:class:`ValueError`): ``alpha`` finite and ``> 0``; ``K`` an integer ``>= 1``; ``K <=`` number of
-pool groups ("more partners (K) than scaffold groups (G)") and ``2K <=`` number of pool groups;
-``0 <= test_fraction < 1``; ``0 < valid_fraction < 1``; ``quantity_skew`` finite and ``>= 0``;
-``n_clusters`` an integer ``>= 1``; ``min_partner_size`` an integer ``>= 1`` (default 10);
-``K * min_partner_size <=`` pool molecules; ``seed`` an integer ``>= 0``; classification labels
-in ``{0, 1, NaN}``; ``y`` finite or NaN with ``len(y) == len(scaffolds)``.
-
-Notes on behaviour
-==================
-* A small ``alpha`` skews both chemistry (each chemistry cluster lands on one or two partners)
-  and labels (each partner's preference over label strata is shared across its clusters).
-  Version 1 of this algorithm drew an independent Dirichlet per (cluster, stratum) type, which
-  let a partner's label balance average out over its clusters; version 2 adds the shared
-  preference.
-* Very large scaffold groups (benzene, the acyclic ``""`` group) cannot be split, so even at
-  large ``alpha`` the partners receiving them are larger than the others.
-* The k-means clustering is memoized per (pool scaffolds, cluster count): partitions of the same
-  dataset and ``K`` for other ``alpha``/``seed`` values skip it.
+Deals a dataset's Bemis-Murcko scaffold groups (:mod:`fedmol.data.scaffold`) to ``K`` partners:
+the rarest scaffolds form one global test set, the others are typed by chemistry cluster and label
+stratum and dealt by per-partner Dirichlet proportions (concentration ``alpha``), so that a small
+``alpha`` gives each partner its own chemistry and label balance; each partner's groups are then
+cut by scaffold into train and valid. :func:`scaffold_split` and :func:`hu2020_scaffold_split`
+are the centralized scaffold splits. This module is the contract of every fedmol split file:
+everything here is a pure function of arrays (no I/O); the same inputs give bit-identical outputs
+on every machine. The algorithm ``fedmol-scaffold-dirichlet/2``, step by step: docs/partition.md.
 """
 
 from __future__ import annotations
@@ -126,12 +17,11 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from fedmol.errors import DataError
-from fedmol.jsonio import jsonable
 
 __all__ = [
     "ALGORITHM",
@@ -141,9 +31,9 @@ __all__ = [
     "Partition",
     "PartitionError",
     "PartnerSplit",
+    "chemistry_clusters",
     "default_n_clusters",
-    "heterogeneity_report",
-    "report_table",
+    "hu2020_scaffold_split",
     "scaffold_groups",
     "scaffold_partition",
     "scaffold_split",
@@ -162,8 +52,6 @@ _EPS = 1e-9
 FINGERPRINT_BITS = 1024
 KMEANS_RANDOM_STATE = 0
 KMEANS_N_INIT = 1
-#: Quantile bins per task for the regression label histograms of :func:`heterogeneity_report`.
-REPORT_REGRESSION_BINS = 10
 
 TaskType = Literal["classification", "regression"]
 
@@ -274,7 +162,7 @@ def _test_mask_from_sizes(sizes: Sequence[int], n: int, test_fraction: float) ->
 
 
 def test_groups_mask(scaffolds: Sequence[str], test_fraction: float = 0.1) -> np.ndarray:
-    """Per-molecule boolean mask of the global test set (step 2 of the module docstring)."""
+    """Per-molecule boolean mask of the global test set (docs/partition.md, step 2)."""
     tf = _check_fraction("test_fraction", test_fraction, allow_zero=True)
     _, members = scaffold_groups(scaffolds)
     n = len(scaffolds)
@@ -295,7 +183,7 @@ def scaffold_split(
 
     ``fractions = (train, valid, test)`` must be finite, ``>= 0``, sum to 1 (within ``1e-6``),
     with ``train > 0`` and ``test < 1``. The test part is chosen exactly as the federated test set
-    (module docstring, step 2, with ``test_fraction = fractions[2]``), so it equals
+    (docs/partition.md, step 2, with ``test_fraction = fractions[2]``), so it equals
     ``scaffold_partition(..., test_fraction=fractions[2]).test``. The remaining groups, in group
     order, go to train while the train size stays ``<= n * fractions[0] (+1e-9)``, otherwise to
     valid (the walk continues). Outputs are sorted ``int64`` positions.
@@ -384,18 +272,18 @@ def default_n_clusters(n_partners: int) -> int:
     return max(2 * int(n_partners), 8)
 
 
-def _cluster_groups(group_scaffolds: Sequence[str], n_clusters: int) -> tuple[np.ndarray, int]:
+def chemistry_clusters(group_scaffolds: Sequence[str], n_clusters: int) -> tuple[np.ndarray, int]:
     """Chemistry cluster of each group (in the given order) and the cluster count actually used.
 
     Memoized (the clustering depends only on these two arguments, so every alpha/seed of a
     dataset and K reuses it).
     """
-    labels, k = _cluster_groups_cached(tuple(str(s) for s in group_scaffolds), int(n_clusters))
+    labels, k = _chemistry_clusters_cached(tuple(str(s) for s in group_scaffolds), int(n_clusters))
     return labels.copy(), k
 
 
 @functools.lru_cache(maxsize=16)
-def _cluster_groups_cached(group_scaffolds: tuple[str, ...], n_clusters: int) -> tuple[np.ndarray, int]:
+def _chemistry_clusters_cached(group_scaffolds: tuple[str, ...], n_clusters: int) -> tuple[np.ndarray, int]:
     from fedmol.data.scaffold import scaffold_fingerprints
 
     G = len(group_scaffolds)
@@ -556,66 +444,83 @@ def _split_partner(members: list[np.ndarray], valid_fraction: float) -> PartnerS
     return PartnerSplit(train=train, valid=valid)
 
 
-def scaffold_partition(
-    scaffolds: Sequence[str],
-    y: np.ndarray,
-    task_type: TaskType,
-    n_partners: int,
-    alpha: float,
-    seed: int,
-    *,
-    quantity_skew: float = 0.0,
-    test_fraction: float = 0.1,
-    valid_fraction: float = 0.1,
-    n_clusters: int | None = None,
-    min_partner_size: int = DEFAULT_MIN_PARTNER_SIZE,
-) -> Partition:
-    """Deal a dataset's scaffold groups to ``n_partners`` simulated partners.
+@dataclass(frozen=True)
+class _Settings:
+    """The validated parameters of :func:`scaffold_partition`."""
 
-    See the module docstring for the exact algorithm. ``alpha`` is the Dirichlet concentration
-    (small: heterogeneous partners, large: alike); ``quantity_skew`` skews partner sizes.
+    task_type: str
+    n_partners: int
+    alpha: float
+    seed: int
+    quantity_skew: float
+    test_fraction: float
+    valid_fraction: float
+    n_clusters: int | None
+    min_partner_size: int
 
-    Raises:
-        PartitionError: invalid parameters, or no feasible draw in ``MAX_DRAWS`` tries.
-    """
-    n = len(scaffolds)
+
+def _as_float(name: str, value: Any, *, strictly_positive: bool) -> float:
+    """``value`` as a finite float ``> 0`` (``strictly_positive``) or ``>= 0``."""
+    bound = "> 0" if strictly_positive else ">= 0"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise PartitionError(f"{name} must be {bound}, got {value!r}") from None
+    if not (math.isfinite(v) and (v > 0 if strictly_positive else v >= 0)):
+        raise PartitionError(f"{name} must be {bound} (and finite), got {value!r}")
+    return v
+
+
+def _validated_settings(task_type, n_partners, alpha, seed, quantity_skew, test_fraction, valid_fraction,
+                        n_clusters, min_partner_size) -> _Settings:
+    """The parameters of :func:`scaffold_partition` checked (in this order) and converted."""
     if task_type not in ("classification", "regression"):
         raise PartitionError(
             f"task_type must be 'classification' or 'regression', got {task_type!r}"
         )
-    try:
-        a = float(alpha)
-    except (TypeError, ValueError):
-        raise PartitionError(f"alpha must be > 0, got {alpha!r}") from None
-    if not (math.isfinite(a) and a > 0):
-        raise PartitionError(f"alpha must be > 0 (and finite), got {alpha!r}")
+    a = _as_float("alpha", alpha, strictly_positive=True)
     K = _as_int("the number of partners K", n_partners, 1)
-    try:
-        s_skew = float(quantity_skew)
-    except (TypeError, ValueError):
-        raise PartitionError(f"quantity_skew must be >= 0, got {quantity_skew!r}") from None
-    if not (math.isfinite(s_skew) and s_skew >= 0):
-        raise PartitionError(f"quantity_skew must be >= 0 (and finite), got {quantity_skew!r}")
+    skew = _as_float("quantity_skew", quantity_skew, strictly_positive=False)
     tf = _check_fraction("test_fraction", test_fraction, allow_zero=True)
     vf = _check_fraction("valid_fraction", valid_fraction, allow_zero=False)
-    if n_clusters is not None:
-        n_clusters = _as_int("n_clusters", n_clusters, 1)
+    k_clusters = None if n_clusters is None else _as_int("n_clusters", n_clusters, 1)
     min_size = _as_int("min_partner_size", min_partner_size, 1)
-    seed_int = _as_int("seed", seed, 0)
-    if n == 0:
-        raise PartitionError("cannot partition an empty dataset")
-    y_arr = _as_label_matrix(y, n, task_type)
+    return _Settings(task_type=task_type, n_partners=K, alpha=a, seed=_as_int("seed", seed, 0),
+                     quantity_skew=skew, test_fraction=tf, valid_fraction=vf, n_clusters=k_clusters,
+                     min_partner_size=min_size)
 
+
+class _Pool(NamedTuple):
+    """The scaffold groups outside the global test set (step 2), in group order."""
+
+    names: list[str]  # scaffold of each pool group
+    members: list[np.ndarray]  # molecule positions of each pool group
+    sizes: np.ndarray  # molecules per pool group (int64)
+    test: np.ndarray  # sorted positions of the test molecules
+    n_groups: int  # scaffold groups, test groups included
+    n_test_groups: int
+
+
+def _split_off_test_set(scaffolds: Sequence[str], test_fraction: float) -> _Pool:
+    """Steps 1-2: the scaffold groups, the global test set, and the pool left to deal."""
     names, members = scaffold_groups(scaffolds)
     sizes = np.array([len(m) for m in members], dtype=np.int64)
-    is_test = _test_mask_from_sizes(sizes.tolist(), n, tf)
+    is_test = _test_mask_from_sizes(sizes.tolist(), len(scaffolds), test_fraction)
     pool_g = np.flatnonzero(~is_test)
-    G = len(pool_g)
-    pool_members = [members[g] for g in pool_g]
-    pool_sizes = sizes[pool_g]
-    n_pool = int(pool_sizes.sum())
-    test = _sorted_concat([members[g] for g in np.flatnonzero(is_test)])
+    return _Pool(
+        names=[names[g] for g in pool_g],
+        members=[members[g] for g in pool_g],
+        sizes=sizes[pool_g],
+        test=_sorted_concat([members[g] for g in np.flatnonzero(is_test)]),
+        n_groups=len(members),
+        n_test_groups=int(is_test.sum()),
+    )
 
+
+def _check_pool_capacity(pool: _Pool, K: int, min_size: int) -> None:
+    """Refuse ``K`` partners that the pool cannot serve with two groups and ``min_size`` molecules each."""
+    G = len(pool.members)
+    n_pool = int(pool.sizes.sum())
     if K > G:
         raise PartitionError(
             f"more partners ({K}) than scaffold groups ({G}) outside the test set: "
@@ -633,314 +538,136 @@ def scaffold_partition(
             "molecules outside the test set: lower --partners"
         )
 
-    # Step 3: group types.
-    k_req = default_n_clusters(K) if n_clusters is None else int(n_clusters)
-    clusters, k_used = _cluster_groups([names[g] for g in pool_g], k_req)
-    pool = np.sort(np.concatenate(pool_members))
-    strata, n_strata = _label_strata(pool_members, y_arr, pool, task_type)
+
+class _GroupTypes(NamedTuple):
+    """Step 3: the type of each pool group and what the dealing needs to know of the types."""
+
+    clusters: np.ndarray  # chemistry cluster of each pool group
+    n_clusters: int  # clusters actually used
+    n_strata: int  # label strata: 2 (classification) or 3 (regression)
+    group_type: np.ndarray  # cluster * n_strata + stratum, per pool group
+    type_size: np.ndarray  # molecules of each type (float64)
+    present: np.ndarray  # the types that occur, ascending
+
+
+def _group_types(pool: _Pool, y: np.ndarray, settings: _Settings) -> _GroupTypes:
+    """Step 3: chemistry cluster and label stratum of every pool group."""
+    n_clusters = settings.n_clusters
+    k_req = default_n_clusters(settings.n_partners) if n_clusters is None else int(n_clusters)
+    clusters, k_used = chemistry_clusters(pool.names, k_req)
+    positions = np.sort(np.concatenate(pool.members))
+    strata, n_strata = _label_strata(pool.members, y, positions, settings.task_type)
     group_type = clusters * n_strata + strata
     n_types = max(k_used, 1) * n_strata
-    type_size = np.bincount(group_type, weights=pool_sizes, minlength=n_types).astype(np.float64)
+    type_size = np.bincount(group_type, weights=pool.sizes, minlength=n_types).astype(np.float64)
     present = np.flatnonzero(np.bincount(group_type, minlength=n_types) > 0)
+    return _GroupTypes(clusters, k_used, n_strata, group_type, type_size, present)
 
-    # Step 4: Dirichlet draws and greedy dealing.
-    rng = np.random.default_rng(seed_int)
-    perm = rng.permutation(K)
-    q = _partner_prior(perm, s_skew)
-    conc = a * K * q
-    best: tuple[int, int, int] | None = None  # (min molecules, min groups, draw)
-    owner = None
-    draws = 0
-    for draws in range(1, MAX_DRAWS + 1):
-        cand = _deal(group_type, pool_sizes, type_size, present, conc, q, rng, n_strata, a)
-        mol_k = np.bincount(cand, weights=pool_sizes, minlength=K)
-        grp_k = np.bincount(cand, minlength=K)
-        if mol_k.min() >= min_size and grp_k.min() >= MIN_GROUPS_PER_PARTNER:
-            owner = cand
-            break
-        score = (int(mol_k.min()), int(grp_k.min()), draws)
-        if best is None or score[:2] > best[:2]:
+
+def _deal_until_feasible(pool: _Pool, types: _GroupTypes, s: _Settings) -> tuple[np.ndarray, int, np.ndarray]:
+    """Step 4: Dirichlet draws until every partner gets enough molecules and groups.
+
+    Returns the owner of each pool group, the number of draws used and the partner-size prior.
+    """
+    K = s.n_partners
+    rng = np.random.default_rng(s.seed)
+    q = _partner_prior(rng.permutation(K), s.quantity_skew)
+    conc = s.alpha * K * q
+    best: tuple[int, int] | None = None  # (min molecules, min groups) of the best infeasible draw
+    for draw in range(1, MAX_DRAWS + 1):
+        owner = _deal(types.group_type, pool.sizes, types.type_size, types.present, conc, q, rng,
+                      types.n_strata, s.alpha)
+        mol_k = np.bincount(owner, weights=pool.sizes, minlength=K)
+        grp_k = np.bincount(owner, minlength=K)
+        if mol_k.min() >= s.min_partner_size and grp_k.min() >= MIN_GROUPS_PER_PARTNER:
+            return owner, draw, q
+        score = (int(mol_k.min()), int(grp_k.min()))
+        if best is None or score > best:
             best = score
-    if owner is None:
-        assert best is not None
-        raise PartitionError(
-            f"cannot deal {n_pool} molecules in {G} scaffold groups to {K} partners with "
-            f"alpha={alpha:g}"
-            + (f", quantity_skew={s_skew:g}" if s_skew > 0 else "")
-            + f": in {MAX_DRAWS} Dirichlet draws some partner always got fewer than "
-            f"{min_size} molecules or {MIN_GROUPS_PER_PARTNER} scaffold groups (best draw: "
-            f"smallest partner {best[0]} molecules, {best[1]} groups); lower --partners or "
-            "raise --alpha"
-        )
+    assert best is not None
+    raise PartitionError(
+        f"cannot deal {int(pool.sizes.sum())} molecules in {len(pool.members)} scaffold groups to {K} "
+        f"partners with alpha={s.alpha:g}"
+        + (f", quantity_skew={s.quantity_skew:g}" if s.quantity_skew > 0 else "")
+        + f": in {MAX_DRAWS} Dirichlet draws some partner always got fewer than "
+        f"{s.min_partner_size} molecules or {MIN_GROUPS_PER_PARTNER} scaffold groups (best draw: "
+        f"smallest partner {best[0]} molecules, {best[1]} groups); lower --partners or "
+        "raise --alpha"
+    )
 
-    # Step 5: per-partner train/valid.
-    partners = []
-    for k in range(K):
-        mine = [pool_members[i] for i in np.flatnonzero(owner == k)]
-        partners.append(_split_partner(mine, vf))
 
-    mol_cluster = np.full(n, -1, dtype=np.int64)
-    for i, m in enumerate(pool_members):
-        mol_cluster[m] = clusters[i]
+def _molecule_clusters(n: int, pool: _Pool, group_clusters: np.ndarray) -> np.ndarray:
+    """Per-molecule chemistry cluster (``-1`` for test molecules)."""
+    out = np.full(n, -1, dtype=np.int64)
+    for i, m in enumerate(pool.members):
+        out[m] = group_clusters[i]
+    return out
 
-    params: dict[str, Any] = {
+
+def _partition_params(s: _Settings, pool: _Pool, types: _GroupTypes, draws: int, q: np.ndarray,
+                      n: int) -> dict[str, Any]:
+    """``Partition.params``: every input and derived constant, JSON-serializable."""
+    return {
         "algorithm": ALGORITHM,
-        "task_type": task_type,
-        "n_partners": K,
-        "alpha": a,
-        "seed": seed_int,
-        "quantity_skew": s_skew,
-        "test_fraction": tf,
-        "valid_fraction": vf,
-        "n_clusters_requested": None if n_clusters is None else int(n_clusters),
-        "n_clusters": int(k_used),
-        "n_strata": int(n_strata),
-        "min_partner_size": min_size,
+        "task_type": s.task_type,
+        "n_partners": s.n_partners,
+        "alpha": s.alpha,
+        "seed": s.seed,
+        "quantity_skew": s.quantity_skew,
+        "test_fraction": s.test_fraction,
+        "valid_fraction": s.valid_fraction,
+        "n_clusters_requested": s.n_clusters,
+        "n_clusters": int(types.n_clusters),
+        "n_strata": int(types.n_strata),
+        "min_partner_size": s.min_partner_size,
         "min_groups_per_partner": MIN_GROUPS_PER_PARTNER,
         "max_draws": MAX_DRAWS,
         "draws": int(draws),
         "partner_prior": [round(float(v), 6) for v in q],
         "n_molecules": int(n),
-        "n_scaffold_groups": int(len(members)),
-        "n_pool_groups": int(G),
-        "n_test_groups": int(is_test.sum()),
+        "n_scaffold_groups": int(pool.n_groups),
+        "n_pool_groups": int(len(pool.members)),
+        "n_test_groups": pool.n_test_groups,
         "fingerprint": {"type": "morgan", "radius": 2, "n_bits": FINGERPRINT_BITS},
         "kmeans": {"n_init": KMEANS_N_INIT, "random_state": KMEANS_RANDOM_STATE},
     }
-    return Partition(partners=partners, test=test, params=params, clusters=mol_cluster)
 
 
-# --------------------------------------------------------------------------------------------
-# Heterogeneity report
-# --------------------------------------------------------------------------------------------
+def scaffold_partition(
+    scaffolds: Sequence[str],
+    y: np.ndarray,
+    task_type: TaskType,
+    n_partners: int,
+    alpha: float,
+    seed: int,
+    *,
+    quantity_skew: float = 0.0,
+    test_fraction: float = 0.1,
+    valid_fraction: float = 0.1,
+    n_clusters: int | None = None,
+    min_partner_size: int = DEFAULT_MIN_PARTNER_SIZE,
+) -> Partition:
+    """Deal a dataset's scaffold groups to ``n_partners`` simulated partners.
 
+    See docs/partition.md for the exact algorithm. ``alpha`` is the Dirichlet concentration
+    (small: heterogeneous partners, large: alike); ``quantity_skew`` skews partner sizes.
 
-def _js(p: np.ndarray, q: np.ndarray) -> float:
-    """Jensen-Shannon divergence (base 2, in [0, 1]) of two histograms (normalized here)."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    p = p / p.sum()
-    q = q / q.sum()
-    m = 0.5 * (p + q)
-
-    def kl(a: np.ndarray) -> float:
-        nz = a > 0
-        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
-
-    return max(0.0, min(1.0, 0.5 * kl(p) + 0.5 * kl(q)))
-
-
-def _r(x: float | None) -> float | None:
-    if x is None or not math.isfinite(x):
-        return None
-    return round(float(x), 6)
-
-
-def _label_summary(y: np.ndarray, idx: np.ndarray) -> list[float | None]:
-    out: list[float | None] = []
-    for t in range(y.shape[1]):
-        v = y[idx, t]
-        v = v[~np.isnan(v)]
-        out.append(_r(float(v.mean())) if len(v) else None)
-    return out
-
-
-def _mean_offdiag(mat: list[list[float | None]]) -> float | None:
-    vals = [
-        mat[i][j] for i in range(len(mat)) for j in range(i + 1, len(mat)) if mat[i][j] is not None
-    ]
-    return _r(float(np.mean(vals))) if vals else None
-
-
-def heterogeneity_report(
-    partition: Partition, scaffolds: Sequence[str], y: np.ndarray, task_type: TaskType
-) -> dict[str, Any]:
-    """How different the partners are; a JSON-serializable dict (floats rounded to 6 digits).
-
-    Keys:
-
-    * ``partners``: per partner ``n_train``, ``n_valid``, ``n_scaffolds`` (distinct scaffolds in
-      train + valid), ``positive_rate`` (classification) or ``target_mean`` (regression): a list
-      over tasks computed on the partner's *training* labels (``None`` where a task has no label),
-      and ``mean_divergence``: mean label divergence to the other partners.
-    * ``test``: ``n``, ``n_scaffolds`` and the same per-task list for the test set.
-    * ``pairwise_divergence``: K x K Jensen-Shannon divergences (base 2, in [0, 1]) between the
-      partners' training-label distributions. Classification: per task, the Bernoulli
-      distributions of the two partners' labels; regression: per task, histograms over
-      ``REPORT_REGRESSION_BINS = 10`` bins whose edges are the task's deciles over all labelled
-      molecules of the dataset. Averaged over the tasks where both partners have labels
-      (``None`` if there is none; diagonal 0).
-    * ``mean_pairwise_divergence``: mean over partner pairs ``i < j`` (``None`` for one partner).
-    * ``chemistry_pairwise_divergence`` / ``chemistry_divergence``: the same for the partners'
-      histograms of chemistry clusters over their training molecules (the clusters of
-      :func:`scaffold_partition`, recomputed from ``scaffolds`` and ``params["n_clusters"]`` if the
-      partition does not carry them).
-    * ``params``: ``partition.params``.
+    Raises:
+        PartitionError: invalid parameters, or no feasible draw in ``MAX_DRAWS`` tries.
     """
     n = len(scaffolds)
-    y_arr = np.asarray(y, dtype=np.float64)
-    if y_arr.ndim == 1:
-        y_arr = y_arr[:, None]
-    if y_arr.shape[0] != n:
-        raise PartitionError(f"y has {y_arr.shape[0]} rows but there are {n} scaffolds")
-    if task_type not in ("classification", "regression"):
-        raise PartitionError(f"task_type must be 'classification' or 'regression', got {task_type!r}")
-    K = partition.n_partners
-    T = y_arr.shape[1]
-    scaf = np.asarray([str(s) for s in scaffolds], dtype=object)
-    stat_key = "positive_rate" if task_type == "classification" else "target_mean"
-
-    # Per-partner per-task label histograms (None where no label).
-    hists: list[list[np.ndarray | None]] = []
-    edges = []
-    if task_type == "regression":
-        for t in range(T):
-            col = y_arr[:, t]
-            col = col[~np.isnan(col)]
-            qs = np.linspace(0, 1, REPORT_REGRESSION_BINS + 1)[1:-1]
-            edges.append(np.quantile(col, qs) if len(col) else np.zeros(0))
-    for p in partition.partners:
-        row: list[np.ndarray | None] = []
-        for t in range(T):
-            v = y_arr[p.train, t]
-            v = v[~np.isnan(v)]
-            if len(v) == 0:
-                row.append(None)
-            elif task_type == "classification":
-                pos = float((v > 0.5).sum())
-                row.append(np.array([len(v) - pos, pos]))
-            else:
-                b = np.searchsorted(edges[t], v, side="right")
-                row.append(np.bincount(b, minlength=REPORT_REGRESSION_BINS).astype(np.float64))
-        hists.append(row)
-
-    div: list[list[float | None]] = [[0.0] * K for _ in range(K)]
-    for i in range(K):
-        for j in range(i + 1, K):
-            vals = [
-                _js(hists[i][t], hists[j][t])  # type: ignore[arg-type]
-                for t in range(T)
-                if hists[i][t] is not None and hists[j][t] is not None
-            ]
-            d = _r(float(np.mean(vals))) if vals else None
-            div[i][j] = div[j][i] = d
-
-    # Chemistry clusters.
-    clusters = partition.clusters
-    if clusters is None or len(clusters) != n:
-        clusters = np.full(n, -1, dtype=np.int64)
-        test_set = set(partition.test.tolist())
-        names, members = scaffold_groups(scaffolds)
-        pool_groups = [(nm, m) for nm, m in zip(names, members) if int(m[0]) not in test_set]
-        k_req = int(partition.params.get("n_clusters") or default_n_clusters(K))
-        labels, _ = _cluster_groups([nm for nm, _ in pool_groups], k_req)
-        for lab, (_, m) in zip(labels, pool_groups):
-            clusters[m] = lab
-    n_cl = int(max(clusters.max(), 0)) + 1
-    chem_h = [np.bincount(clusters[p.train][clusters[p.train] >= 0], minlength=n_cl) for p in partition.partners]
-    chem: list[list[float | None]] = [[0.0] * K for _ in range(K)]
-    for i in range(K):
-        for j in range(i + 1, K):
-            d = _js(chem_h[i], chem_h[j]) if chem_h[i].sum() and chem_h[j].sum() else None
-            chem[i][j] = chem[j][i] = _r(d) if d is not None else None
-
-    partners = []
-    for i, p in enumerate(partition.partners):
-        others = [div[i][j] for j in range(K) if j != i and div[i][j] is not None]
-        idx = np.concatenate([p.train, p.valid])
-        partners.append(
-            {
-                "partner": i,
-                "n_train": int(len(p.train)),
-                "n_valid": int(len(p.valid)),
-                "n_scaffolds": int(len(set(scaf[idx].tolist()))),
-                stat_key: _label_summary(y_arr, p.train),
-                "mean_divergence": _r(float(np.mean(others))) if others else None,
-            }
-        )
-    test = partition.test
-    return {
-        "task_type": task_type,
-        "n_partners": K,
-        "n_tasks": T,
-        "partners": partners,
-        "test": {
-            "n": int(len(test)),
-            "n_scaffolds": int(len(set(scaf[test].tolist()))),
-            stat_key: _label_summary(y_arr, test),
-        },
-        "pairwise_divergence": div,
-        "mean_pairwise_divergence": _mean_offdiag(div),
-        "chemistry_pairwise_divergence": chem,
-        "chemistry_divergence": _mean_offdiag(chem),
-        "params": jsonable(partition.params),
-    }
-
-
-def single_class_warnings(partition: Partition, y: np.ndarray, task_type: TaskType) -> list[str]:
-    """Where ROC-AUC is undefined because of the split (classification only; ``[]`` for
-    regression): one line per partner and task whose validation set holds one class or no label,
-    e.g. "partner 3: validation set has one class (all 1) for task 0: ROC-AUC undefined there",
-    one per partner whose validation set is empty, and the same for the global test set. Not part
-    of the report (split files, and their hashes, do not change)."""
-    from fedmol.evaluate import label_classes
-
-    if task_type != "classification":
-        return []
-    y_arr = np.asarray(y, dtype=np.float64)
-    if y_arr.ndim == 1:
-        y_arr = y_arr[:, None]
-    sets = [(f"partner {k}: validation set", p.valid) for k, p in enumerate(partition.partners)]
-    out = []
-    for what, idx in sets + [("test set", partition.test)]:
-        if len(idx) == 0:
-            out.append(f"{what} is empty: ROC-AUC undefined there")
-            continue
-        for t in range(y_arr.shape[1]):
-            classes = label_classes(y_arr[idx, t])
-            if len(classes) < 2:
-                has = f"one class (all {classes[0]})" if classes else "no labelled molecules"
-                out.append(f"{what} has {has} for task {t}: ROC-AUC undefined there")
-    return out
-
-
-def report_table(report: dict[str, Any]):
-    """A rich table of a :func:`heterogeneity_report`: one row per partner plus the test set."""
-    from rich.table import Table
-
-    regression = report.get("task_type") == "regression"
-    key = "target_mean" if regression else "positive_rate"
-    n_tasks = int(report.get("n_tasks", 1))
-    label = "target mean" if regression else "positive rate"
-    if n_tasks > 1:
-        label += f" (mean of {n_tasks} tasks)"
-
-    def summary(vals: list[float | None]) -> str:
-        v = [x for x in vals if x is not None]
-        return f"{np.mean(v):.3f}" if v else "-"
-
-    title = f"{report.get('n_partners')} partners"
-    if report.get("mean_pairwise_divergence") is not None:
-        title += f" - mean label JS divergence {report['mean_pairwise_divergence']:.3f}"
-    if report.get("chemistry_divergence") is not None:
-        title += f", chemistry JS divergence {report['chemistry_divergence']:.3f}"
-    table = Table(title=title)
-    table.add_column("partner")
-    table.add_column("train", justify="right")
-    table.add_column("valid", justify="right")
-    table.add_column("scaffolds", justify="right")
-    table.add_column(label, justify="right")
-    table.add_column("mean divergence to others", justify="right")
-    for p in report["partners"]:
-        md = p.get("mean_divergence")
-        table.add_row(
-            str(p["partner"]),
-            str(p["n_train"]),
-            str(p["n_valid"]),
-            str(p["n_scaffolds"]),
-            summary(p[key]),
-            "-" if md is None else f"{md:.3f}",
-        )
-    t = report["test"]
-    table.add_row("test", str(t["n"]), "-", str(t["n_scaffolds"]), summary(t[key]), "-", style="dim")
-    return table
+    s = _validated_settings(task_type, n_partners, alpha, seed, quantity_skew, test_fraction, valid_fraction,
+                            n_clusters, min_partner_size)
+    if n == 0:
+        raise PartitionError("cannot partition an empty dataset")
+    y_arr = _as_label_matrix(y, n, task_type)
+    pool = _split_off_test_set(scaffolds, s.test_fraction)
+    _check_pool_capacity(pool, s.n_partners, s.min_partner_size)
+    types = _group_types(pool, y_arr, s)
+    owner, draws, q = _deal_until_feasible(pool, types, s)
+    partners = [
+        _split_partner([pool.members[i] for i in np.flatnonzero(owner == k)], s.valid_fraction)
+        for k in range(s.n_partners)
+    ]
+    return Partition(partners=partners, test=pool.test, params=_partition_params(s, pool, types, draws, q, n),
+                     clusters=_molecule_clusters(n, pool, types.clusters))

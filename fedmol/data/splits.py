@@ -48,8 +48,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedmol.data.dataset import MoleculeDataset, load_dataset
 from fedmol.data.featurize import FEATURIZER_VERSION
-from fedmol.data.partition import (ALGORITHM, Partition, PartnerSplit, heterogeneity_report, scaffold_partition,
-                                   single_class_warnings)
+from fedmol.data.heterogeneity import heterogeneity_report, single_class_warnings
+from fedmol.data.partition import ALGORITHM, Partition, PartnerSplit, scaffold_partition
 from fedmol.data.scaffold import murcko_scaffolds
 from fedmol.errors import DataError
 from fedmol.jsonio import to_json, write_json
@@ -313,7 +313,7 @@ def _rows(rows: np.ndarray, positions) -> list[int]:
 
 
 def class_warnings(split: dict, ds: MoleculeDataset) -> list[str]:
-    """The lines of :func:`fedmol.data.partition.single_class_warnings` for a split file's content
+    """The lines of :func:`fedmol.data.heterogeneity.single_class_warnings` for a split file's content
     and the dataset it was made from (``[]`` for regression): partners' validation sets and the
     global test set where a classification task has one class only, so ROC-AUC is undefined there
     (in a task split, a partner's lines for the tasks it holds only)."""

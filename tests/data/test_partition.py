@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 from rdkit import Chem, RDLogger
 
+from fedmol.data.heterogeneity import heterogeneity_report, report_table
 from fedmol.data.partition import (
     MAX_DRAWS,
     hu2020_scaffold_split,
     Partition,
     PartitionError,
-    heterogeneity_report,
-    report_table,
     scaffold_groups,
     scaffold_partition,
     scaffold_split,
@@ -572,7 +571,8 @@ def test_scaffolds_with_chirality():
 
 
 def test_single_class_warnings_name_the_partner_set_and_task() -> None:
-    from fedmol.data.partition import PartnerSplit, single_class_warnings
+    from fedmol.data.heterogeneity import single_class_warnings
+    from fedmol.data.partition import PartnerSplit
 
     y = np.array([[0, 1], [1, 1], [1, np.nan], [1, np.nan], [0, 0], [1, 1], [0, 1]], dtype=float)
     part = Partition(partners=[PartnerSplit(np.array([0]), np.array([1, 2])),   # task 0 all 1; task 1 one label (1)
