@@ -60,6 +60,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -238,6 +239,126 @@ def _names(value) -> list[str]:
     return [str(v).strip().lower() for v in value]
 
 
+def _checked_request(exclude, sources, size) -> tuple[int, list[str], list[str]]:
+    """``(size, excluded names, source names)``; refuses a size below 1 and unknown dataset names."""
+    from fedmol.data.registry import DATASETS
+
+    size = int(size)
+    if size < 1:
+        raise FedmolError(f"public pool: size must be >= 1, got {size}")
+    excl_names = _names(exclude)
+    src_names = _names(sources) if sources is not None else list(DEFAULT_SOURCES)
+    unknown = [n for n in excl_names + src_names if n not in DATASETS and n not in SHIPPED]
+    if unknown:
+        raise FedmolError(f"public pool: unknown dataset(s) {unknown}; known: {', '.join(SHIPPED)}, "
+                          f"{', '.join(DATASETS)}")
+    return size, excl_names, src_names
+
+
+class _Excluded(NamedTuple):
+    """The molecules the pool must not hold."""
+
+    text: set[str]  # their SMILES as written
+    keys: set[str]  # their canonical keys
+    n_given: int  # canonical keys of ``exclude_smiles`` alone
+    unavailable: list[str]  # excluded datasets whose file is not available locally
+
+
+def _excluded_molecules(excl_names: list[str], exclude_smiles: Iterable[str], data_dir: str | None) -> _Excluded:
+    """Every molecule of the excluded datasets and of ``exclude_smiles``, by text and canonical key."""
+    text: set[str] = {s.strip() for s in exclude_smiles if isinstance(s, str)}
+    keys: set[str] = {k for k in (canonical_key(s) for s in text) if k is not None}
+    n_given = len(keys)
+    missing: list[str] = []
+    for name in excl_names:
+        try:
+            got = _source(name, data_dir)
+        except _Unavailable:
+            log.warning("public pool: excluded dataset %s is not available locally; nothing removed for it", name)
+            missing.append(name)
+            continue
+        text.update(got.smiles)
+        keys.update(k for k in got.keys if k is not None)
+    return _Excluded(text, keys, n_given, missing)
+
+
+@dataclass
+class _Candidates:
+    """The rows of the sources that may enter the pool, and what was left out and why."""
+
+    rows: list[tuple[str, int, str, str]] = field(default_factory=list)  # (source, row, SMILES, key)
+    used: dict[str, int] = field(default_factory=dict)  # rows per source read
+    files: dict[str, dict[str, str]] = field(default_factory=dict)  # file and sha256 per source read
+    overlap_rows: dict[str, list[int]] = field(default_factory=dict)  # per source, rows of excluded molecules
+    invalid: int = 0  # rows RDKit cannot parse
+    skipped: dict[str, str] = field(default_factory=dict)  # source -> why it was not read
+
+
+def _candidates(src_names: list[str], excl_names: list[str], excluded: _Excluded, data_dir: str | None) -> _Candidates:
+    """The parseable rows of every available source whose molecule is not excluded."""
+    out = _Candidates()
+    for name in src_names:
+        if name in excl_names:
+            out.skipped[name] = "is the federated dataset"
+            continue
+        try:
+            src = _source(name, None if name in SHIPPED else data_dir)
+        except _Unavailable as e:
+            out.skipped[name] = str(e)
+            continue
+        out.used[name] = len(src.smiles)
+        out.files[name] = dict(file=src.file, sha256=src.sha256)
+        overlap = out.overlap_rows[name] = []
+        for row, (smi, key) in enumerate(zip(src.smiles, src.keys)):
+            if key is None:
+                out.invalid += 1
+            elif smi in excluded.text or key in excluded.keys:
+                overlap.append(row)
+            else:
+                out.rows.append((name, row, smi, key))
+    return out
+
+
+def _check_candidates(cand: _Candidates, src_names: list[str], excl_names: list[str]) -> None:
+    """Log the sources not available locally; refuse a pool with no source or no candidate."""
+    unavailable = {n: why for n, why in cand.skipped.items() if n not in excl_names}
+    if unavailable:
+        log.warning("public pool: source(s) skipped, not available locally (the pool never downloads): %s",
+                    "; ".join(f"{n}: {why}" for n, why in unavailable.items()))
+    if not cand.used:
+        raise FedmolError(f"public pool: no source is available (wanted {src_names}; skipped: {cand.skipped})")
+    if not cand.rows:
+        raise FedmolError(f"public pool: every candidate molecule of {list(cand.used)} is in the federated data")
+
+
+class _Draw(NamedTuple):
+    """The candidates drawn into the pool."""
+
+    chosen: list[int]  # positions in the candidate rows, in pool order
+    keys: list[str]  # their canonical keys
+    seen: int  # candidates looked at
+    duplicates: int  # of which repeats of a molecule already drawn
+
+
+def _draw_distinct(rows: list[tuple[str, int, str, str]], size: int, seed: int) -> _Draw:
+    """Up to ``size`` candidates in the seeded random order, each molecule (canonical key) once."""
+    order = np.random.default_rng([int(seed), _ORDER_SALT]).permutation(len(rows))
+    chosen: list[int] = []
+    chosen_keys: dict[str, None] = {}  # insertion-ordered: the keys of ``chosen``
+    duplicates = seen = 0
+    for i in order:
+        seen += 1
+        key = rows[i][3]
+        if key in chosen_keys:
+            duplicates += 1
+            continue
+        chosen.append(int(i))
+        chosen_keys[key] = None
+        if len(chosen) >= size:
+            break
+    return _Draw(chosen, list(chosen_keys), seen, duplicates)
+
+
 def build_public_pool(exclude: str | Iterable[str] | None = None, exclude_smiles: Iterable[str] = (),
                       sources: str | Iterable[str] | None = None, size: int = DEFAULT_SIZE, seed: int = 0,
                       data_dir: str | None = None) -> PublicPool:
@@ -251,91 +372,23 @@ def build_public_pool(exclude: str | Iterable[str] | None = None, exclude_smiles
     ``data_dir``: where registry files are looked for (the shipped sources ignore it). See the
     module docstring for the rules and ``report``.
     """
-    from fedmol.data.registry import DATASETS
-
-    size = int(size)
-    if size < 1:
-        raise FedmolError(f"public pool: size must be >= 1, got {size}")
-    excl_names = _names(exclude)
-    src_names = _names(sources) if sources is not None else list(DEFAULT_SOURCES)
-    unknown = [n for n in excl_names + src_names if n not in DATASETS and n not in SHIPPED]
-    if unknown:
-        raise FedmolError(f"public pool: unknown dataset(s) {unknown}; known: {', '.join(SHIPPED)}, "
-                          f"{', '.join(DATASETS)}")
+    size, excl_names, src_names = _checked_request(exclude, sources, size)
     data_dir = str(data_dir) if data_dir else None
-    skipped: dict[str, str] = {}
-
-    excl_text: set[str] = {s.strip() for s in exclude_smiles if isinstance(s, str)}
-    excl_keys: set[str] = {k for k in (canonical_key(s) for s in excl_text) if k is not None}
-    n_excl_given = len(excl_keys)
-    excl_missing: list[str] = []
-    for name in excl_names:
-        try:
-            got = _source(name, data_dir)
-        except _Unavailable:
-            log.warning("public pool: excluded dataset %s is not available locally; nothing removed for it", name)
-            excl_missing.append(name)
-            continue
-        excl_text.update(got.smiles)
-        excl_keys.update(k for k in got.keys if k is not None)
-
-    cand: list[tuple[str, int, str, str | None]] = []  # (source, row, SMILES, key)
-    used: dict[str, int] = {}
-    files: dict[str, dict[str, str]] = {}
-    overlap_rows: dict[str, list[int]] = {}
-    invalid = 0
-    for name in src_names:
-        if name in excl_names:
-            skipped[name] = "is the federated dataset"
-            continue
-        try:
-            src = _source(name, None if name in SHIPPED else data_dir)
-        except _Unavailable as e:
-            skipped[name] = str(e)
-            continue
-        used[name] = len(src.smiles)
-        files[name] = dict(file=src.file, sha256=src.sha256)
-        overlap_rows[name] = []
-        for row, (smi, key) in enumerate(zip(src.smiles, src.keys)):
-            if key is None:
-                invalid += 1
-            elif smi in excl_text or key in excl_keys:
-                overlap_rows[name].append(row)
-            else:
-                cand.append((name, row, smi, key))
-    unavailable = {n: why for n, why in skipped.items() if n not in excl_names}
-    if unavailable:
-        log.warning("public pool: source(s) skipped, not available locally (the pool never downloads): %s",
-                    "; ".join(f"{n}: {why}" for n, why in unavailable.items()))
-    if not used:
-        raise FedmolError(f"public pool: no source is available (wanted {src_names}; skipped: {skipped})")
-    if not cand:
-        raise FedmolError(f"public pool: every candidate molecule of {list(used)} is in the federated data")
-
-    order = np.random.default_rng([int(seed), _ORDER_SALT]).permutation(len(cand))
-    chosen: list[int] = []
-    chosen_keys: dict[str, None] = {}  # insertion-ordered: the keys of ``chosen``
-    duplicates = seen = 0
-    for i in order:
-        seen += 1
-        key = cand[i][3]
-        if key in chosen_keys:
-            duplicates += 1
-            continue
-        chosen.append(int(i))
-        chosen_keys[key] = None
-        if len(chosen) >= size:
-            break
-    n_overlap = sum(len(r) for r in overlap_rows.values())
-    report = dict(sources=used, source_files=files, skipped=skipped, excluded=excl_names,
-                  excluded_unavailable=excl_missing, excluded_molecules=len(excl_keys),
-                  excluded_smiles_given=n_excl_given, candidates=sum(used.values()), removed_overlap=n_overlap,
-                  overlap_rows=overlap_rows, removed_invalid=invalid, seen=seen, removed_duplicates=duplicates,
+    excluded = _excluded_molecules(excl_names, exclude_smiles, data_dir)
+    cand = _candidates(src_names, excl_names, excluded, data_dir)
+    _check_candidates(cand, src_names, excl_names)
+    draw = _draw_distinct(cand.rows, size, seed)
+    report = dict(sources=cand.used, source_files=cand.files, skipped=cand.skipped, excluded=excl_names,
+                  excluded_unavailable=excluded.unavailable, excluded_molecules=len(excluded.keys),
+                  excluded_smiles_given=excluded.n_given, candidates=sum(cand.used.values()),
+                  removed_overlap=sum(len(r) for r in cand.overlap_rows.values()), overlap_rows=cand.overlap_rows,
+                  removed_invalid=cand.invalid, seen=draw.seen, removed_duplicates=draw.duplicates,
                   requested=size, seed=int(seed))
-    pool = PublicPool.from_smiles([cand[i][2] for i in chosen], [cand[i][0] for i in chosen],
-                                  [cand[i][1] for i in chosen], report, keys=list(chosen_keys))
-    pool.report["per_source"] = {n: int(sum(s == n for s in pool.sources)) for n in used}
+    rows = [cand.rows[i] for i in draw.chosen]
+    pool = PublicPool.from_smiles([r[2] for r in rows], [r[0] for r in rows], [r[1] for r in rows], report,
+                                  keys=draw.keys)
+    pool.report["per_source"] = {n: int(sum(s == n for s in pool.sources)) for n in cand.used}
     if len(pool) < size:
         log.warning("public pool: only %d molecules (asked for %d) remain after removing the federated data "
-                    "from %s", len(pool), size, list(used))
+                    "from %s", len(pool), size, list(cand.used))
     return pool
