@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from rdkit import Chem, rdBase
@@ -78,10 +78,7 @@ def murcko_scaffolds(
     smiles = list(smiles)
     n = len(smiles)
     chunks = [(start, smiles[start : start + chunk_size], include_chirality) for start in range(0, n, chunk_size)]
-    jobs = min(_resolve_jobs(n_jobs), len(chunks))
-    if jobs > 1 and "fork" not in multiprocessing.get_all_start_methods():
-        jobs = 1
-
+    jobs = _worker_count(n_jobs, len(chunks))
     results: list[list[str]] = []
     bar = None
     if progress:
@@ -91,23 +88,34 @@ def murcko_scaffolds(
         bar.start()
         task = bar.add_task("Murcko scaffolds", total=n)
     try:
-        if jobs <= 1:
-            for chunk in chunks:
-                results.append(_scaffold_chunk(chunk))
-                if bar is not None:
-                    bar.advance(task, len(chunk[1]))
-        else:
-            ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(processes=jobs) as pool:
-                # imap preserves chunk order.
-                for chunk, res in zip(chunks, pool.imap(_scaffold_chunk, chunks)):
-                    results.append(res)
-                    if bar is not None:
-                        bar.advance(task, len(chunk[1]))
+        for chunk, res in _scaffolds_by_chunk(chunks, jobs):
+            results.append(res)
+            if bar is not None:
+                bar.advance(task, len(chunk[1]))
     finally:
         if bar is not None:
             bar.stop()
     return [s for chunk_result in results for s in chunk_result]
+
+
+def _worker_count(n_jobs: int | None, n_chunks: int) -> int:
+    """Worker processes for ``n_chunks`` chunks: at most one per chunk, and 1 without ``fork``."""
+    jobs = min(_resolve_jobs(n_jobs), n_chunks)
+    if jobs > 1 and "fork" not in multiprocessing.get_all_start_methods():
+        jobs = 1
+    return jobs
+
+
+def _scaffolds_by_chunk(chunks: list[tuple[int, list[str], bool]],
+                        jobs: int) -> Iterator[tuple[tuple[int, list[str], bool], list[str]]]:
+    """``(chunk, its scaffolds)`` in chunk order: serially, or from a ``fork`` pool of ``jobs`` workers."""
+    if jobs <= 1:
+        for chunk in chunks:
+            yield chunk, _scaffold_chunk(chunk)
+        return
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(processes=jobs) as pool:
+        yield from zip(chunks, pool.imap(_scaffold_chunk, chunks))  # imap preserves chunk order
 
 
 def scaffold_fingerprints(scaffolds: Sequence[str], n_bits: int = 1024) -> np.ndarray:
