@@ -89,7 +89,7 @@ def shown_smiles(smiles: str, limit: int = 60) -> str:
 
 def algorithm_card(name: str) -> dict:
     """What ``fedmol algorithms`` shows of one algorithm: its paper line, how it normalizes, what
-    leaves a partner, DP support and every hyperparameter with its default."""
+    leaves a partner, DP and private-heads support and every hyperparameter with its default."""
     import inspect
 
     from fedmol.fl.registry import get_algorithm
@@ -100,6 +100,8 @@ def algorithm_card(name: str) -> dict:
     return dict(name=name, summary=summary, norm=cls.norm, scaler=cls.scaler,
                 accepts_partial_uploads=cls.accepts_partial_uploads, supports_dp=cls.supports_dp,
                 dp_refusal=None if cls.supports_dp else cls.dp_refusal, disclosures=dict(cls.disclosures),
+                private_heads="supported" if cls.private_heads_refusal is None else
+                f"refused: {cls.private_heads_refusal}",
                 hparams=dict(cls.defaults), shared_hparams=dict(cls.base_defaults),
                 hparam_types={k: dict(type=v["type"], meaning=v["meaning"])
                               for k, v in cls.hparam_schema.describe().items()})
@@ -122,6 +124,7 @@ def algorithms(name: Optional[str] = typer.Argument(None, help="One algorithm (d
         console.print(f"  norm {c['norm']}{' + scaler' if c['scaler'] else ''}; truncated uploads "
                       f"{'aggregated' if c['accepts_partial_uploads'] else 'dropped'}; differential privacy "
                       f"{'supported' if c['supports_dp'] else 'refused: ' + c['dp_refusal']}"
+                      f"; private heads {c['private_heads']}"
                       + (f"; also sent by partners: {', '.join(c['disclosures'])}" if c["disclosures"] else ""),
                       highlight=False)
     shared = cards[0]["shared_hparams"] if cards else {}
@@ -420,6 +423,8 @@ def run(
                                            "better pooled validation score (--rounds is then the cap)."),
     faulty_links: float = typer.Option(0.0, "--faulty-links", help="P(an upload is truncated at a random narrower width)."),
     lossy_links: float = typer.Option(0.0, "--lossy-links", help="P(an upload is lost)."),
+    heads: str = typer.Option("shared", "--heads", help="shared (one task head, federated) | private (each partner "
+                              "keeps its own head; the trunk is federated; in-process only; docs/private_heads.md)."),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest for small molecular graphs)."),
     hp: list[str] = typer.Option([], "--hp", help="Algorithm hyperparameter KEY=VALUE (repeatable)."),
     dp_clip: Optional[float] = typer.Option(None, "--dp-clip", help="Differential privacy (DP-FedAvg): clip each "
@@ -448,7 +453,10 @@ def run(
                     clients_per_round=clients_per_round, model=model, hidden=hidden, layers=layers,
                     eval_every=eval_every, select=select, patience=patience, faulty_links=faulty_links,
                     lossy_links=lossy_links, hparams=hparams, data_dir=str(data_dir) if data_dir else None,
-                    csv=str(csv) if csv else None, smiles_col=smiles_col, target_cols=target_cols, task=task)
+                    csv=str(csv) if csv else None, smiles_col=smiles_col, target_cols=target_cols, task=task,
+                    heads=heads)
+    if heads != "shared" and backend != "inprocess":
+        raise FedmolError(f"--heads {heads} runs in-process only (--backend inprocess), not over {backend}")
     import torch
     torch.set_num_threads(threads)
     if backend == "inprocess":

@@ -28,6 +28,15 @@ per side: :meth:`Algorithm.partner_update` (what the harness and a pilot site ca
 algorithm's ``client_update``, then the partner-side clipping) and :meth:`Algorithm.merge` (what a
 supporting algorithm's ``aggregate`` calls: :func:`fedmol.models.slicing.aggregate_nested`, with
 uniform weights and seeded Gaussian noise when DP is on).
+
+Private heads (run option ``heads="private"``, ``docs/private_heads.md``): the task head
+(:data:`HEAD_KEYS`, the backbone's output layer) never leaves a partner. :meth:`Algorithm.send`
+leaves the head out of what the server sends; :meth:`Algorithm.partner_update` completes the
+message with the partner's own head (:attr:`LocalData.head`, initialized from the run's common
+starting weights, kept between rounds) before the algorithm's ``client_update`` and takes it back
+out of the reply before anything is sent, so the server aggregates the trunk only (coordinates
+nobody sent keep their value: the server's head stays the initial one). Algorithms whose server
+needs the partners' heads set ``private_heads_refusal`` and refuse the option.
 """
 
 from __future__ import annotations
@@ -59,11 +68,38 @@ class PartnerInfo:
 
 @dataclass
 class LocalData:
-    """What only the partner holds: its own training and validation molecules."""
+    """What only the partner holds: its own training and validation molecules, and with private
+    heads its own task head (a full-width ``head`` module, kept between rounds, never sent)."""
 
     pid: int
     train: Any
     valid: Any
+    head: Optional[nn.Module] = None
+
+
+#: the state-dict keys of a backbone's task head (the output layer, ``model.head``)
+HEAD_KEYS = ("head.weight", "head.bias")
+#: the run option ``heads``: one head federated with the trunk, or a private head per partner
+HEADS = ("shared", "private")
+
+
+def own_head(msg: Message, data: LocalData) -> Message:
+    """``msg`` (which carries no head) completed with the width-``msg`` slice of the partner's own
+    head; a partner's first head is that of the run's common starting weights
+    (:func:`initial_model` of the message's ``init_seed``, full width)."""
+    if data.head is None:
+        data.head = initial_model({**msg.config["model"], "width": 1.0}, int(msg.config["init_seed"])).head
+    head = slicing.sub_state_dict(data.head, float(msg.config["width"]))
+    return Message(arrays={**msg.arrays, **{f"head.{k}": v for k, v in head.items()}}, config=msg.config)
+
+
+def keep_own_head(reply: Message, data: LocalData, width: float) -> Message:
+    """Write the trained head of ``reply`` (width ``width``) back into the partner's own head and
+    leave it out of ``reply``: what the partner then sends holds no head tensor."""
+    trained = {k[len("head."):]: reply.arrays[k] for k in HEAD_KEYS}
+    slicing.load_sub_state_dict(data.head, trained, float(width))
+    reply.arrays = {k: v for k, v in reply.arrays.items() if k not in HEAD_KEYS}
+    return reply
 
 
 def initial_model(model_config: dict, seed: int) -> nn.Module:
@@ -136,8 +172,12 @@ class Algorithm:
     #: :meth:`merge` and nothing else it sends or uses depends on a partner's data); else why not
     supports_dp: ClassVar[bool] = False
     dp_refusal: ClassVar[str] = "its server step has not been checked against DP-FedAvg's guarantee"
+    #: why the algorithm refuses private heads (``heads="private"``); None: it runs them, the
+    #: server aggregating the trunk only
+    private_heads_refusal: ClassVar[Optional[str]] = None
 
-    def __init__(self, model_config: dict, hparams: dict | None = None, seed: int = 0):
+    def __init__(self, model_config: dict, hparams: dict | None = None, seed: int = 0, heads: str = "shared"):
+        self.heads = self.check_heads(heads)
         self.hp: dict[str, Any] = self.check_hparams(hparams)
         self.model_config = {**model_config, "norm": self.norm, "scaler": self.scaler, "width": 1.0}
         self.seed = seed
@@ -170,6 +210,17 @@ class Algorithm:
             more = f" (also wrong: {', '.join(bad[1:])})" if len(bad) > 1 else ""
             raise FedmolError(f"{cls.name}: {key} must be {requirement(fields[key])}, got {hp[key]!r}{more}") from None
         return hp
+
+    @classmethod
+    def check_heads(cls, heads: str) -> str:
+        """``heads`` if it is one of :data:`HEADS` and the algorithm runs it; else a one-line error."""
+        from fedmol.errors import FedmolError
+
+        if heads not in HEADS:
+            raise FedmolError(f"heads must be one of {', '.join(HEADS)}, got {heads!r}")
+        if heads == "private" and cls.private_heads_refusal is not None:
+            raise FedmolError(f"{cls.name}: private heads are not supported: {cls.private_heads_refusal}")
+        return heads
 
     # ---------------------------------------------------------------- server side
     def init(self, partners: list[PartnerInfo]) -> None:
@@ -233,11 +284,16 @@ class Algorithm:
 
     # helpers for subclasses
     def send(self, rnd: int, partner: PartnerInfo, width: float, **extra: Any) -> Message:
-        """The width-``width`` slice of the global model, with everything a client needs."""
+        """The width-``width`` slice of the global model, with everything a client needs (with
+        private heads: without the head, and with the run seed the partner's first head starts from)."""
         config = dict(round=rnd, pid=partner.pid, width=float(width), model=self.model_config,
                       seed=client_seed(self.seed, rnd, partner.pid),
                       hp={k: v for k, v in self.hp.items()}, **extra)
-        return Message(arrays=slicing.sub_state_dict(self.model, width), config=config)
+        arrays = slicing.sub_state_dict(self.model, width)
+        if self.heads == "private":
+            config.update(heads="private", init_seed=self.seed)
+            arrays = {k: v for k, v in arrays.items() if k not in HEAD_KEYS}
+        return Message(arrays=arrays, config=config)
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)
@@ -261,12 +317,18 @@ class Algorithm:
         """What a partner runs for a training message (the harness and a pilot site both call
         this): :meth:`client_update`, then, when the message's hyperparameters set ``dp_clip``,
         DP-FedAvg's partner-side clipping of the update (:func:`fedmol.fl.privacy.clip_update`),
-        with the norm before clipping reported as the metric ``dp_norm``."""
+        with the norm before clipping reported as the metric ``dp_norm``. With private heads
+        (``msg.config["heads"]``) the update runs on the received trunk plus the partner's own head
+        (:func:`own_head`), which is kept and left out of the reply (:func:`keep_own_head`)."""
         clip = msg.config.get("hp", {}).get("dp_clip")
         if clip is not None and not cls.supports_dp:
             from fedmol.errors import FedmolError
             raise FedmolError(f"{cls.name}: differential privacy (dp_clip) is not supported: {cls.dp_refusal}")
-        reply = cls.client_update(msg, data)
+        if msg.config.get("heads") == "private":
+            cls.check_heads("private")
+            reply = keep_own_head(cls.client_update(own_head(msg, data), data), data, msg.config["width"])
+        else:
+            reply = cls.client_update(msg, data)
         if clip is not None:
             from fedmol.fl import privacy
             reply.arrays, norm = privacy.clip_update(msg.arrays, reply.arrays, float(clip))

@@ -104,8 +104,11 @@ class RoundDriver:
     def __init__(self, algo, partners: list[PartnerInfo], transport: Transport, *, seed: int, rounds: int,
                  evaluator: Evaluator, scored: dict, select: str = "best-valid", eval_every: int = 1,
                  clients_per_round: int | None = None, min_partners: int = 0, federated_valid: bool = False,
-                 patience: int | None = None):
+                 patience: int | None = None, evaluate: Callable | None = None):
         check_schedule(rounds, eval_every, clients_per_round or None, patience, select)
+        #: how an evaluated round is scored: :func:`evaluate_widths` (the global model), or a
+        #: replacement of the same signature (private heads: each partner's trunk + own head)
+        self.evaluate = evaluate or evaluate_widths
         self.patience = patience
         self.stopped: str | None = None  # why the run ended before ``rounds`` (early stopping)
         self.local_steps = self.samples_seen = 0
@@ -237,7 +240,7 @@ class RoundDriver:
         te = time.perf_counter()
         if rnd % self.eval_every == 0 or rnd == self.rounds - 1:
             self.close_traffic(rnd)
-            scores = evaluate_widths(algo, self.widths, self.scored, self.evaluator, self.query)
+            scores = self.evaluate(algo, self.widths, self.scored, self.evaluator, self.query)
             if self.federated_valid:
                 scores["valid"] = self.validate_at_partners()
             for where, by_width in scores.items():

@@ -19,6 +19,9 @@ SGD as the local optimizer, as in the molecular GNN literature; the optimizer is
 Differential privacy (hp ``dp_clip``, ``dp_noise``, ``dp_delta``): DP-FedAvg with fixed clipping,
 :mod:`fedmol.fl.privacy` -- partners clip their update, the server averages with uniform weights
 (instead of ``n_k``) and adds Gaussian noise to the sums.
+
+Private heads (run option ``heads="private"``, :mod:`fedmol.fl.algorithm`): supported; the server
+averages the trunk only and each partner keeps its own task head.
 """
 
 from __future__ import annotations

@@ -92,6 +92,12 @@ No differential privacy: hp ``dp_clip`` is refused (``dp_refusal``), because the
 teachers are the partners' individual models, outside DP-FedAvg's noisy average
 (:mod:`fedmol.fl.privacy`).
 
+No private heads: run option ``heads="private"`` is refused (``private_heads_refusal``): the server
+distils the student from the ensemble of the partners' whole trained models, heads included (the
+teachers' outputs on the public pool); without the heads the server has no teacher output.
+Distilling trunk embeddings instead is a possible adaptation, not implemented
+(``docs/private_heads.md``).
+
 Cost (measured on a shared 2-core CPU, one torch thread, B3DB classification, 4 partners, pool
 of 2,000): ~45 ms per distillation step (batch 128) at hidden 32 / 2 layers, i.e. 9-19 s of
 distillation per round at the defaults (early stopping ended after 200-350 of the 500 steps); ~1.4 s
@@ -293,9 +299,12 @@ class FedDF(Algorithm):
     hparam_schema = FedDFHParams
     dp_refusal = ("its server step distils from every partner's own trained model (the teachers), which DP-FedAvg's "
                   "noisy average does not protect")
+    private_heads_refusal = ("its server distils from the partners' whole trained models, heads included (the "
+                             "teachers' outputs on the public pool); a head that never leaves its site gives no "
+                             "teacher output")
 
-    def __init__(self, model_config: dict, hparams: dict | None = None, seed: int = 0):
-        super().__init__(model_config, hparams, seed)
+    def __init__(self, model_config: dict, hparams: dict | None = None, seed: int = 0, heads: str = "shared"):
+        super().__init__(model_config, hparams, seed, heads)
         self.pool: PublicPool | None = None
         self.students: dict[float, nn.Module] = {}
         self.groups: tuple[float, ...] = ()

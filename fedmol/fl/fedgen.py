@@ -76,6 +76,11 @@ partner's logit against the teacher's detached probability (a Bernoulli KL up to
 
 No differential privacy: hp ``dp_clip`` is refused (``dp_refusal``): the generator is trained on
 each partner's own head and label counts, outside DP-FedAvg's noisy average (:mod:`fedmol.fl.privacy`).
+
+No private heads: run option ``heads="private"`` is refused (``private_heads_refusal``): the server
+step trains the generator against the ensemble of this round's partner heads (the teacher), so
+every head must reach the server. Computing the distillation term at the partner with its own
+head is a possible adaptation, not implemented (``docs/private_heads.md``).
 """
 
 from __future__ import annotations
@@ -232,6 +237,8 @@ class FedGen(PooledBNStats, Algorithm):
     hparam_schema = FedGenHParams
     dp_refusal = ("its server step trains the generator on every partner's own head and its label counts, which "
                   "DP-FedAvg's noisy average does not protect")
+    private_heads_refusal = ("its server trains the generator against the partners' heads (the teacher), so every "
+                             "partner's head must reach the server")
 
     def pooled_bn(self) -> bool:
         return bool(self.hp["pooled_bn"])

@@ -29,6 +29,9 @@ and fedmol's reference notes, with every assumption stated:
 Differential privacy (hp ``dp_clip``): as FjORD's (:mod:`fedmol.fl.privacy`, uniform weights and
 noise in the nested aggregation of item 4).
 
+Private heads (run option ``heads="private"``): as FjORD's -- the trunk is aggregated, each
+partner keeps its own task head.
+
 The pieces are swappable through hyperparameters (``width_sampling``, ``direction``,
 ``kd_weight``, ``kd_temperature``, ``ce_all_widths`` to add the supervised loss at every width).
 Deviation risk: the paper may weight or schedule the distillation differently; the defaults here

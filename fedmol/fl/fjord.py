@@ -58,6 +58,9 @@ Other choices:
   are not served; ``p_grid="served"`` restricts the draw to :meth:`FjORD.widths`.
 * Batches with fewer than two graphs are skipped (BatchNorm), as in
   :func:`fedmol.training.train_epoch`.
+* Private heads (run option ``heads="private"``, :mod:`fedmol.fl.algorithm`; also FedResCuE):
+  supported; the nested aggregation covers the trunk only and each partner keeps its own task
+  head (at full width, trained at its cap's slice).
 
 Differential privacy (hp ``dp_clip``; :mod:`fedmol.fl.privacy`, also for FedResCuE): DP-FedAvg on
 the nested slices -- a partner clips the update of its cap slice (weights, biases and its per-width

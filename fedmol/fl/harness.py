@@ -20,6 +20,15 @@ split (``fedmol split make --task-split``) a partner's train and validation view
 copy of the labels, NaN outside the tasks it holds (:func:`fedmol.data.splits.partner_subsets`);
 the global test and validation sets keep every task.
 
+With private heads (``RunConfig.heads == "private"``, ``docs/private_heads.md``) each partner's
+task head stays at its site (:attr:`fedmol.fl.algorithm.LocalData.head`) and the server
+aggregates the trunk only; there is no single global model, so a round is scored by
+:class:`PrivateHeadScores`: each partner's model is the federated trunk plus its own head, on the
+sets restricted to the partner's tasks. ``summary.json`` then says ``heads: "private"``; its
+``test`` / ``valid`` by width are means over partners; ``model.safetensors`` and
+``test_predictions.csv`` hold the server's model (the trunk with the never-trained initial head),
+not any partner's.
+
 Files in ``out_dir``: ``config.json`` (fully resolved), ``metrics.csv`` (one row per round; test
 and validation scores on evaluated rounds), ``summary.json`` (the reported model's ``test`` and
 ``valid`` by width, ``selected_round``, ``test_last``; ``privacy``: the DP accounting of
@@ -32,8 +41,11 @@ algorithm declares as extra disclosure, e.g. FedGen's label counts).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +55,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import fedmol
 from fedmol.data.dataset import MoleculeDataset, load_dataset
-from fedmol.data.splits import dataset_for_split, make_split, partner_subsets, read_split
+from fedmol.data.splits import dataset_for_split, make_split, mask_tasks, partner_subsets, read_split, split_tasks
 from fedmol.errors import FedmolError
 from fedmol.evaluate import Evaluator
 from fedmol.fl import privacy
@@ -53,6 +65,7 @@ from fedmol.fl.driver import Delivery, RoundDriver, check_schedule, served_width
 from fedmol.fl.registry import get_algorithm
 from fedmol.fl.selection import check_selection
 from fedmol.jsonio import write_json
+from fedmol.models import slicing
 from fedmol.numerics import numerics
 from fedmol.training import score, width_key
 
@@ -84,6 +97,7 @@ class RunConfig:
     smiles_col: str | None = None    # ... with its SMILES column,
     target_cols: str | None = None   # comma-separated label columns
     task: str | None = None          # and task type
+    heads: str = "shared"            # "shared" | "private": each partner keeps its own task head (docs/private_heads.md)
 
 
 def secondary_scores(scores: dict, metric: str) -> dict:
@@ -147,12 +161,13 @@ class InProcessTransport:
 
     def __init__(self, algo_cls, fed: Federation):
         self.algo_cls, self.fed = algo_cls, fed
+        self.round = 0  # the round under way (what private-head scoring keeps heads by)
 
     def partition_id(self, partner: PartnerInfo) -> int:
         return partner.pid
 
     def begin_round(self, rnd: int) -> None:
-        pass
+        self.round = rnd
 
     def train(self, rnd: int, sends):
         def answer(partner: PartnerInfo, msg) -> Delivery:
@@ -173,13 +188,14 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
     for what, p in (("faulty_links", cfg.faulty_links), ("lossy_links", cfg.lossy_links)):
         if not 0.0 <= float(p) <= 1.0:
             raise FedmolError(f"{what} is a probability in [0, 1], got {p}")
+    algo_cls = get_algorithm(cfg.algorithm)
+    algo_cls.check_heads(cfg.heads)
     fed = build_federation(cfg, progress)
     ds = fed.dataset
     evaluator = Evaluator(ds.task_type, ds.num_tasks)
     metric = evaluator.eval_metric
-    algo_cls = get_algorithm(cfg.algorithm)
     model_config = backbone_config(cfg.model, ds, cfg.hidden, cfg.layers, cfg.dropout)
-    algo = algo_cls(model_config, cfg.hparams, cfg.seed)
+    algo = algo_cls(model_config, cfg.hparams, cfg.seed, cfg.heads)
     if hasattr(algo, "bind_dataset"):  # the organizer tells FedDF which molecules its public pool must avoid
         algo.bind_dataset(ds.name, list(ds.smiles) if ds.info.is_custom else None, data_dir=cfg.data_dir)
     algo.init(fed.infos)
@@ -188,14 +204,19 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", resolved_config(cfg, algo, fed, dp))
-    driver = RoundDriver(algo, fed.infos, InProcessTransport(algo_cls, fed), seed=cfg.seed, rounds=cfg.rounds,
+    transport = InProcessTransport(algo_cls, fed)
+    private = PrivateHeadScores(fed, transport) if cfg.heads == "private" else None
+    driver = RoundDriver(algo, fed.infos, transport, seed=cfg.seed, rounds=cfg.rounds,
                          evaluator=evaluator, scored={"test": fed.test, "valid": fed.valid}, select=cfg.select,
-                         eval_every=cfg.eval_every, clients_per_round=cfg.clients_per_round, patience=cfg.patience)
+                         eval_every=cfg.eval_every, clients_per_round=cfg.clients_per_round, patience=cfg.patience,
+                         evaluate=private)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.fields[info]}"), disable=not progress, transient=True) as bar:
         task = bar.add_task(f"{cfg.algorithm} on {ds.name}", total=cfg.rounds, info="")
         driver.run(lambda row: bar.update(task, advance=1, info=_info(row, metric, driver.widths)))
     selected = driver.finish()
+    if private is not None:
+        private.restore(selected)
     test = driver.scores(selected, "test")
     per_partner, second = [], {}  # second: the other metrics (PR-AUC beside ROC-AUC) on the test set per width
     for p in fed.infos:
@@ -204,18 +225,86 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
             per_partner.append(unserved_entry(p.pid, p.n_train, n_valid))
             continue
         driver.query(w)
+        if private is not None:
+            per_partner.append(private.entry(algo, p, w, evaluator))
+            continue
         if w not in second:
             second[w] = secondary_scores(score(algo.eval_model(w), fed.test, evaluator, w), metric)
         per_partner.append(dict(partner=p.pid, width=w, served=True, n_train=p.n_train, n_valid=n_valid,
                                 test=test[width_key(w)], **second[w],
                                 valid=score(algo.eval_model(w), fed.local[p.pid].valid, evaluator, w)[metric]))
     extra = {"public_pool": algo.pool.report} if getattr(algo, "pool", None) is not None else {}
+    if private is not None:
+        extra["heads"] = "private"
     summary = driver.summary(dataset=ds.name, algorithm=cfg.algorithm, valid=driver.scores(selected, "valid"),
                              per_partner=per_partner, privacy=dp, t_start=t_start, **extra)
     if out is not None:
         driver.write_files(out, summary, cfg.algorithm)
     summary["history"] = driver.rows
     return summary
+
+
+class PrivateHeadScores:
+    """Scoring with private heads, where there is no single global model: a partner's model is the
+    served trunk plus its own head (:attr:`LocalData.head`; the server's head, i.e. the common
+    start, while it has none), scored on the organizer's sets restricted to the partner's tasks
+    (a task split's per-partner ``tasks``; every task without one). As the round driver's
+    ``evaluate``, a set's score at a width is the mean over the partners whose device runs that
+    width of their finite scores (NaN when none): that is what ``metrics.csv``, the round selection
+    and ``summary.json``'s ``test`` / ``valid`` by width hold. Each evaluated round's heads are kept,
+    so the selected round's come back with its trunk (:meth:`restore`)."""
+
+    def __init__(self, fed: Federation, transport: InProcessTransport):
+        self.fed, self.transport = fed, transport
+        tasks = split_tasks(fed.split, fed.dataset)
+        self.sets = [{"test": fed.test, "valid": fed.valid} if tasks is None else
+                     {"test": mask_tasks(fed.test, t), "valid": mask_tasks(fed.valid, t)}
+                     for t in (tasks or [None] * len(fed.infos))]
+        self.kept: dict[int, list] = {}
+
+    @contextmanager
+    def model(self, algo, width: float, pid: int):
+        """The served model at ``width`` with partner ``pid``'s own head in place of the server's."""
+        model, own = algo.eval_model(width), self.fed.local[pid].head
+        if own is None:
+            yield model
+            return
+        saved = {k: v.clone() for k, v in model.head.state_dict().items()}
+        model.head.load_state_dict(slicing.sub_state_dict(own, model.width))
+        try:
+            yield model
+        finally:
+            model.head.load_state_dict(saved)
+
+    def __call__(self, algo, widths, datasets: dict, evaluator: Evaluator, query) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {name: {} for name in datasets}
+        for w in widths:
+            query(w)
+            able = [p.pid for p in self.fed.infos if p.device.max_width >= w - 1e-9]
+            for name in datasets:
+                vals = []
+                for pid in able:
+                    with self.model(algo, w, pid) as m:
+                        vals.append(score(m, self.sets[pid][name], evaluator, w)[evaluator.eval_metric])
+                vals = [v for v in vals if math.isfinite(v)]
+                out[name][width_key(w)] = sum(vals) / len(vals) if vals else float("nan")
+        self.kept[self.transport.round] = [copy.deepcopy(d.head) for d in self.fed.local]
+        return out
+
+    def restore(self, rnd: int) -> None:
+        """Give every partner back its head of evaluated round ``rnd`` (the selected round)."""
+        for data, head in zip(self.fed.local, self.kept[rnd]):
+            data.head = head
+
+    def entry(self, algo, p: PartnerInfo, w: float, evaluator: Evaluator) -> dict:
+        """``per_partner`` entry of partner ``p`` at its served width ``w``: its own model on the
+        global test set restricted to its tasks and on its own validation molecules."""
+        metric, valid = evaluator.eval_metric, self.fed.local[p.pid].valid
+        with self.model(algo, w, p.pid) as m:
+            test = score(m, self.sets[p.pid]["test"], evaluator, w)
+            own_valid = score(m, valid, evaluator, w)[metric]
+        return dict(partner=p.pid, width=w, served=True, n_train=p.n_train, n_valid=len(valid), test=test[metric],
+                    **secondary_scores(test, metric), valid=own_valid)
 
 
 def _info(row: dict, metric: str, widths) -> str:

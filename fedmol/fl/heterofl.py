@@ -62,6 +62,9 @@ Other deviations and choices (written down as required):
   and the ``labelled_tasks`` mask leave the partner outside the clipped, noised update, so
   DP-FedAvg (:mod:`fedmol.fl.privacy`) would not bound what the run reveals.
 * The sBN pass's batching: see :mod:`fedmol.fl.pooled_bn`.
+* **Private heads** (run option ``heads="private"``, :mod:`fedmol.fl.algorithm`): supported. The
+  server aggregates the trunk only (the head rule has nothing to do), each partner keeps its own
+  head, and the ``labelled_tasks`` mask, which only the head rule needs, is not sent.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ from pydantic import Field
 from torch import Tensor
 
 from fedmol.errors import FedmolError
-from fedmol.fl.algorithm import Algorithm, HParams, LocalData, PartnerInfo
+from fedmol.fl.algorithm import HEAD_KEYS, Algorithm, HParams, LocalData, PartnerInfo
 from fedmol.fl.message import Message
 from fedmol.fl.pooled_bn import PooledBNStats, sbn_buffer_keys
 from fedmol.models import slicing
@@ -83,7 +86,6 @@ from fedmol.training import seed_everything
 __all__ = ["HeteroFL", "labelled_tasks", "make_optimizer"]
 
 _TOL = 1e-9
-HEAD_KEYS = ("head.weight", "head.bias")
 LABELLED = "labelled_tasks"
 
 
@@ -176,7 +178,9 @@ class HeteroFL(PooledBNStats, Algorithm):
         new = slicing.aggregate_nested(state, body)
         head_state = {k: state[k] for k in HEAD_KEYS if k in state}
         heads = [{k: m.arrays[k] for k in head_state if k in m.arrays} for m in msgs]
-        if self.hp["head_rule"] == "all":
+        if self.heads == "private":  # no head was sent: the server's stays as it is
+            pass
+        elif self.hp["head_rule"] == "all":
             new.update(slicing.aggregate_nested(head_state, [(h, 1.0) for h in heads]))
         else:
             num_tasks = self.model.num_tasks
@@ -204,6 +208,7 @@ class HeteroFL(PooledBNStats, Algorithm):
         stats = cls.local_train(model, msg, data, optimizer=lambda params: make_optimizer(params, hp))
         bn_keys = sbn_buffer_keys(model)
         arrays = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in bn_keys}
-        arrays[LABELLED] = labelled_tasks(data.train, model.num_tasks)
+        if msg.config.get("heads") != "private":  # the head rule's input; private heads have no head rule
+            arrays[LABELLED] = labelled_tasks(data.train, model.num_tasks)
         return Message(arrays=arrays, config={"width": float(msg.config["width"])},
                        metrics={"n_train": float(len(data.train)), **stats})

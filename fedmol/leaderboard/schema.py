@@ -82,6 +82,9 @@ class RunSettings(Strict):
     smiles_col: None = None
     target_cols: None = None
     task: None = None
+    #: task heads (fedmol.fl.harness.RunConfig.heads); absent in runs made before it existed. Only
+    #: "shared": a private-heads run has no single global model for a check to recompute
+    heads: Literal["shared"] = "shared"
 
 
 class AlgorithmInfo(Strict):

@@ -1,0 +1,191 @@
+"""Private heads (``RunConfig.heads="private"``, docs/private_heads.md): each partner's task head
+stays at its site, the server aggregates the trunk only, a partner's model is the federated trunk
+plus its own head. Tiny runs on the canonical Tox21 task split (4 partners, tasks disjoint)."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedmol.errors import FedmolError
+from fedmol.fl.algorithm import HEAD_KEYS, initial_model
+from fedmol.fl.harness import InProcessTransport, RunConfig, run_federated
+from fedmol.numerics import rerun_tolerance
+
+REPO = Path(__file__).resolve().parents[2]
+SPLIT = str(REPO / "data_splits" / "tox21" / "tasks" / "K4-a1-s0-disjoint.json")
+TINY = dict(split=SPLIT, rounds=2, hidden=8, layers=2, hparams={"max_local_steps": 2})
+
+pytestmark = pytest.mark.skipif(not (REPO / "data_splits" / "tox21" / "tasks").is_dir(), reason="no task splits")
+
+
+def cfg(**kw) -> RunConfig:
+    return RunConfig(**{**TINY, **kw})
+
+
+def watched_run(config: RunConfig, out):
+    """Run ``config`` with the in-process transport watched: every message sent down, every reply
+    sent up, the server's head after every aggregation, and the transport (the partners' side)."""
+    seen = dict(down=[], up=[], server_heads=[], transports=[])
+    train = InProcessTransport.train
+
+    def watched_train(self, rnd, sends):
+        seen["transports"].append(self)
+        seen["down"] += [msg for _, msg in sends]
+        answer = train(self, rnd, sends)
+
+        def record(partner, msg):
+            got = answer(partner, msg)
+            seen["up"].append(got.reply)
+            return got
+        return record
+
+    from fedmol.fl.registry import get_algorithm
+    algo_cls = get_algorithm(config.algorithm)
+    aggregate = algo_cls.aggregate
+
+    def watched_aggregate(self, rnd, replies):
+        out = aggregate(self, rnd, replies)
+        seen["server_heads"].append({k: v.detach().clone() for k, v in self.model.state_dict().items()
+                                     if k in HEAD_KEYS})
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(InProcessTransport, "train", watched_train)
+        mp.setattr(algo_cls, "aggregate", watched_aggregate)
+        summary = run_federated(config, out, progress=False)
+    return summary, seen
+
+
+def assert_no_head_left(out: Path, seen: dict) -> None:
+    """No head tensor in any upload (sent.jsonl and the replies themselves), nor in what was sent down."""
+    lines = [json.loads(line) for line in (out / "sent.jsonl").read_text().splitlines()]
+    assert any(rec["kind"] == "update" for rec in lines)  # and HeteroFL's static-BN query answers
+    sent_names = {a["name"] for rec in lines for a in rec["arrays"]}
+    assert sent_names and not sent_names & set(HEAD_KEYS)
+    assert not any(n.startswith("head.") for n in sent_names)
+    assert seen["up"] and all(r is not None and not set(r.arrays) & set(HEAD_KEYS) for r in seen["up"])
+    assert seen["down"] and all(not set(m.arrays) & set(HEAD_KEYS) for m in seen["down"])
+    assert all(m.config["heads"] == "private" for m in seen["down"])
+
+
+@pytest.fixture(scope="module")
+def fedavg_private(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fedavg-private")
+    summary, seen = watched_run(cfg(algorithm="fedavg", heads="private"), out)
+    return out, summary, seen
+
+
+def test_shared_heads_are_unchanged(tmp_path):
+    """The default (shared heads) gives the numbers recorded before private heads existed
+    (single-threaded, on the CPU kind of benchmarks/results/quick/numerics.json)."""
+    torch.set_num_threads(1)
+    s = run_federated(cfg(algorithm="fedavg"), tmp_path, progress=False)
+    recorded = json.loads((REPO / "benchmarks" / "results" / "quick" / "numerics.json").read_text())["numerics"]
+    tol, same = rerun_tolerance(recorded, 1e-9)
+    assert s["test"]["1.0"] == pytest.approx(0.5009091288963491, abs=tol)
+    assert s["valid"]["1.0"] == pytest.approx(0.5056281941607929, abs=tol)
+    assert [p["valid"] for p in s["per_partner"]] == pytest.approx(
+        [0.38276712172503075, 0.5450794530672579, 0.5263686572252994, 0.23517126148705095], abs=tol)
+    # bytes up include the reported loss metrics, whose JSON length follows the numerics
+    assert abs(s["bytes_up"] - 73219) <= (0 if same else 64) and "heads" not in s
+    assert json.loads((tmp_path / "config.json").read_text())["run"]["heads"] == "shared"
+    names = {a["name"] for line in (tmp_path / "sent.jsonl").read_text().splitlines()
+             for a in json.loads(line)["arrays"]}
+    assert set(HEAD_KEYS) <= names  # shared heads do leave the site
+
+
+def test_no_head_tensor_leaves_a_site(fedavg_private):
+    out, summary, seen = fedavg_private
+    assert_no_head_left(out, seen)
+    assert summary["heads"] == "private"
+    assert json.loads((out / "config.json").read_text())["run"]["heads"] == "private"
+
+
+def test_the_server_head_never_changes(fedavg_private):
+    out, summary, seen = fedavg_private
+    config = json.loads((out / "config.json").read_text())
+    start = initial_model(config["model"], 0).state_dict()
+    assert len(seen["server_heads"]) == 2
+    for heads in [*seen["server_heads"], load_file(str(out / "model.safetensors"))]:
+        for k in HEAD_KEYS:
+            assert torch.equal(heads[k], start[k])
+
+
+def test_each_partner_keeps_its_own_head(fedavg_private):
+    out, summary, seen = fedavg_private
+    local = seen["transports"][0].fed.local
+    config = json.loads((out / "config.json").read_text())
+    start = initial_model(config["model"], 0).head.state_dict()
+    heads = [d.head.state_dict() for d in local]
+    assert len(heads) == 4 and all(h is not None for h in heads)
+    for i, h in enumerate(heads):
+        assert not torch.equal(h["weight"], start["weight"])  # trained at its site
+        for g in heads[i + 1:]:
+            assert not torch.equal(h["weight"], g["weight"])
+
+
+def test_partners_are_scored_on_their_own_tasks(fedavg_private):
+    out, summary, seen = fedavg_private
+    split = json.loads(Path(SPLIT).read_text())
+    fed = seen["transports"][0].fed
+    names = list(fed.dataset.info.tasks)
+    for entry, part in zip(summary["per_partner"], split["partners"]):
+        own = {names.index(t) for t in part["tasks"]}
+        by_task = entry["test_by_task"]
+        assert all(math.isnan(v) for t, v in enumerate(by_task) if t not in own)
+        assert all(math.isfinite(by_task[t]) for t in own)
+        assert math.isfinite(entry["test"]) and math.isfinite(entry["valid"])
+    # the run's test score is the mean over partners of their own models' scores (the selected
+    # round's trunk with that round's heads)
+    mean = sum(e["test"] for e in summary["per_partner"]) / len(summary["per_partner"])
+    assert summary["test"]["1.0"] == pytest.approx(mean, abs=1e-12)
+
+
+@pytest.mark.parametrize("algorithm", ["fedgen", "feddf"])
+def test_teacher_algorithms_refuse_private_heads(algorithm):
+    with pytest.raises(FedmolError, match=f"^{algorithm}: private heads are not supported: .*head") as e:
+        run_federated(cfg(algorithm=algorithm, heads="private"), None, progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_heads_value_is_refused():
+    with pytest.raises(FedmolError, match="heads must be one of shared, private, got 'mine'"):
+        run_federated(cfg(heads="mine"), None, progress=False)
+
+
+def test_algorithm_cards_say_it():
+    from fedmol.cli import algorithm_card
+    assert algorithm_card("fjord")["private_heads"] == "supported"
+    assert algorithm_card("fedgen")["private_heads"].startswith("refused: its server trains the generator")
+    assert algorithm_card("feddf")["private_heads"].startswith("refused: its server distils")
+
+
+@pytest.mark.parametrize("algorithm", ["fjord", "heterofl", "fedrescue"])
+def test_nested_width_algorithms_run_with_private_heads(algorithm, tmp_path):
+    """Tiered devices: partners train their heads at narrower widths; still no head leaves a site."""
+    summary, seen = watched_run(cfg(algorithm=algorithm, heads="private", devices="tiered"), tmp_path)
+    assert_no_head_left(tmp_path, seen)
+    if algorithm == "heterofl":  # the head rule's label mask is not sent either
+        assert all("labelled_tasks" not in r.arrays for r in seen["up"])
+    assert summary["heads"] == "private"
+    assert any(math.isfinite(v) for v in summary["test"].values())
+    start = initial_model(json.loads((tmp_path / "config.json").read_text())["model"], 0).state_dict()
+    assert all(torch.equal(h[k], start[k]) for h in seen["server_heads"] for k in HEAD_KEYS)
+    served = [e for e in summary["per_partner"] if e["served"]]
+    assert served and all(math.isfinite(e["valid"]) for e in served)
+
+
+def test_cli_takes_heads_and_keeps_flower_to_shared(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedmol.cli import app
+    res = CliRunner().invoke(app, ["run", "--split", SPLIT, "--heads", "private", "--backend", "flower-sim",
+                                   "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "--heads private runs in-process only" in res.output
+    res = CliRunner().invoke(app, ["run", "-A", "feddf", "--split", SPLIT, "--heads", "private",
+                                   "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "feddf: private heads are not supported" in res.output
