@@ -473,7 +473,8 @@ def rich_table(table: pd.DataFrame, title: str = "Results", verdict: dict[tuple,
     for row in rows:
         groups.setdefault(tuple(row[:4]), []).append(row[4:])
     short = {"test@partner": "partner", "gain vs local RF": "vs local RF", "vs best local": "vs best",
-             "gain test": "vs local", "gap closed": "gap", "beat best local": "beat best"}
+             "gain test": "vs local", "gap closed": "gap", "beat best local": "beat best",
+             "PR-AUC@partner": "PR-AUC", "PR-AUC vs best local": "PR vs best"}
     for i, ((ds, metric, alpha, dev), grows) in enumerate(groups.items()):
         t = Table(title=(f"{title}\n" if i == 0 else "") + f"{ds}, test {metric}, alpha {alpha}, {dev} devices",
                   title_justify="left", box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD, pad_edge=wide)
@@ -489,6 +490,7 @@ def rich_table(table: pd.DataFrame, title: str = "Results", verdict: dict[tuple,
               "partners' local-only model of the same family / their best local model (chosen on their own "
               "validation molecules), positive = better; gap: share of the local-to-centralized gap closed; beat "
               "best: share of partners beating their best local"
+              + ("; PR-AUC / PR vs best: the same for the mean PR-AUC" if wide else "")
               + ("; ±: sample std over seeds (ddof=1)" if (table["n_seeds"] > 1).any() else "")
               + ("" if wide else "; every column: --wide or results.md"))
     return Group(*tables, legend)
