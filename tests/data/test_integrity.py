@@ -138,7 +138,7 @@ def test_a_directory_as_csv_is_not_reported_missing(tmp_path):
 
 
 @pytest.mark.parametrize("data,what", [
-    (gzip.compress(b"smiles,y\nCCO,1\n"), "is gzip-compressed, not a plain CSV table: decompress it first (gunzip)"),
+    (gzip.compress(b"smiles,y\nCCO,1\n", mtime=0), "is gzip-compressed, not a plain CSV table: decompress it first (gunzip)"),
     (b"PK\x03\x04rest", "is a ZIP archive (an Excel .xlsx workbook is one), not a plain CSV table: unpack it, or "
                         "export the sheet as CSV"),
     ("smiles,y\nCCO,1\n".encode("utf-16"), "is UTF-16 text, not a plain CSV table: save it as UTF-8"),
