@@ -140,7 +140,8 @@ class Suite:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["path"] = str(self.path)
+        shipped = Path(self.path).resolve().parent == SUITES_DIR  # a shipped suite: the same string on every machine
+        d["path"] = f"benchmarks/suites/{Path(self.path).name}" if shipped else str(self.path)
         return d
 
 
