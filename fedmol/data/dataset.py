@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch_geometric.data import Data, InMemoryDataset
 
+from fedmol.data import moleculeace
 from fedmol.data.featurize import FEATURIZER_VERSION, featurize_smiles
 from fedmol.data.registry import DatasetInfo, csv_info, get_info
 from fedmol.data.sources import cache_dir, resolve_file
@@ -204,7 +205,7 @@ def _header(text: str, sep: str) -> list[str]:
 
 def _read_frame(info: DatasetInfo, path: Path) -> pd.DataFrame:
     kind = "TSV" if info.sep == "\t" else "CSV"
-    text = _table_text(path, kind)
+    text = moleculeace.table_text(path, info.tasks) if moleculeace.is_archive(info.file) else _table_text(path, kind)
     try:
         names = _header(text, info.sep)
         df = pd.read_csv(io.StringIO(text), sep=info.sep, dtype=str, keep_default_na=False, na_values=[],

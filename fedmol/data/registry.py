@@ -55,6 +55,18 @@ class DatasetInfo:
         return d
 
 
+#: MoleculeACE 3.0.0's wheel on PyPI (MIT licence): read as a zip archive, never installed (fedmol.data.moleculeace)
+_MOLECULEACE_WHEEL = "MoleculeACE-3.0.0-py3-none-any.whl"
+_PYPI_FILES = "https://files.pythonhosted.org/packages/fb/06/3bbb140a8bb29e099a67b2f4b34b8d6dce3f41a684ca4c988c88a24ef28c/"
+_MOLECULEACE_TARGETS = (
+    "CHEMBL1862_Ki", "CHEMBL1871_Ki", "CHEMBL2034_Ki", "CHEMBL2047_EC50", "CHEMBL204_Ki", "CHEMBL2147_Ki",
+    "CHEMBL214_Ki", "CHEMBL218_EC50", "CHEMBL219_Ki", "CHEMBL228_Ki", "CHEMBL231_Ki", "CHEMBL233_Ki",
+    "CHEMBL234_Ki", "CHEMBL235_EC50", "CHEMBL236_Ki", "CHEMBL237_EC50", "CHEMBL237_Ki", "CHEMBL238_Ki",
+    "CHEMBL239_EC50", "CHEMBL244_Ki", "CHEMBL262_Ki", "CHEMBL264_Ki", "CHEMBL2835_Ki", "CHEMBL287_Ki",
+    "CHEMBL2971_Ki", "CHEMBL3979_EC50", "CHEMBL4005_Ki", "CHEMBL4203_Ki", "CHEMBL4616_EC50", "CHEMBL4792_Ki",
+)
+
+
 def _moleculenet(name, file, gz, sha, smiles, tasks, task_type, rows, description):
     url = MOLECULENET_URL + file + (".gz" if gz else "")
     return DatasetInfo(name=name, file=file, url=url, sha256=sha, smiles_col=smiles, tasks=tuple(tasks),
@@ -104,6 +116,11 @@ _ROWS = [
                 smiles_col="SMILES", tasks=("BBB+/BBB-",), task_type="classification", metric="rocauc",
                 rows=7807, sep="\t", package="B3DB", label_map={"BBB+": 1.0, "BBB-": 0.0},
                 description="B3DB blood-brain barrier permeability (BBB+ = 1), shipped by qc-b3db"),
+    DatasetInfo(name="moleculeace", file=_MOLECULEACE_WHEEL, url=_PYPI_FILES + _MOLECULEACE_WHEEL,
+                sha256="c2028c9a75281eab53d3b3e7dc11cbc8ac970d008bac4a0d3927f11ac2024bdc",
+                smiles_col="smiles", tasks=_MOLECULEACE_TARGETS, task_type="regression", metric="rmse",
+                rows=35633, description="MoleculeACE's 30 ChEMBL targets, pKi / pEC50 per target (48,714 labels), "
+                                        "read from the MoleculeACE 3.0.0 wheel (fedmol.data.moleculeace)"),
     DatasetInfo(name="b3db_regression", file="B3DB_regression.tsv", url=None,
                 sha256="1be4e33ab1fa1d99897541b6e0a9a00cd6061cf970a36dc838e640407735eba1",
                 smiles_col="SMILES", tasks=("logBB",), task_type="regression", metric="rmse",
