@@ -81,3 +81,22 @@ def test_the_readme_quick_output_is_the_committed_results():
         assert partner == f"{row['test@partner_mean']:.3f}", (alpha, method, line)
         checked += 1
     assert checked == len(table)
+
+
+def test_federation_targets_reproduce_from_the_committed_results(tmp_path):
+    """benchmarks/federation_targets.py on the committed federation results writes the committed
+    targets.json and targets.md; one number checked by hand from partner_gains.csv."""
+    src = REPO / "benchmarks" / "results" / "federation"
+    for name in ("results_per_seed.csv", "partner_gains.csv"):
+        (tmp_path / name).write_bytes((src / name).read_bytes())
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "federation_targets.py"), "--results", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((tmp_path / "targets.json").read_text()) == json.loads((src / "targets.json").read_text())
+    assert (tmp_path / "targets.md").read_text() == (src / "targets.md").read_text()
+    gains = pd.read_csv(src / "partner_gains.csv")
+    pairs = gains[(gains["dataset"] == "b3db_classification") & (gains["alpha"] == 100.0) & (gains["method"] == "fjord")]
+    setting = next(r for r in json.loads((src / "targets.json").read_text())["settings"]
+                   if r["dataset"] == "b3db_classification" and r["alpha"] == 100.0)
+    assert setting["best_federated"] == "fjord" and setting["pairs"] == len(pairs) == 16
+    assert setting["beat_best_local"] == pytest.approx(float((pairs["gain_test_vs_best_local"] > 0).mean()))
