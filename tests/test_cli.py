@@ -154,8 +154,10 @@ def test_train_split_protocols(tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "heterofl", "fjord", "fedgen", "fedrescue", "feddf"])
 def test_run_every_algorithm(tmp_path, algorithm):
+    # FedDF: a small server-side distillation budget (its full default costs ~30 s and is measured in the benches)
+    small = ["--hp", "distill_steps=20", "--hp", "eval_every=10", "--hp", "pool_size=200"] if algorithm == "feddf" else []
     res = run("run", "--algorithm", algorithm, "--dataset", "bace", "--partners", 3, "--rounds", 1, "--hidden", 16,
-              "--layers", 2, "--devices", "tiered", "--hp", "max_local_steps=2", "--out", tmp_path)
+              "--layers", 2, "--devices", "tiered", "--hp", "max_local_steps=2", *small, "--out", tmp_path)
     assert res.exit_code == 0, res.output
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["algorithm"] == algorithm and s["test"] and all(0 <= v <= 1 for v in s["test"].values())
