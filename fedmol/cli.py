@@ -529,8 +529,9 @@ def bench(
     no_references: bool = typer.Option(False, "--no-references", help="Skip the suite's references (local-only, centralized, ensembles)."),
     report_only: bool = typer.Option(False, "--report-only", help="Run nothing: rebuild tables and plots from finished runs."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: the suite's, usually 1)."),
-    workers: int = typer.Option(1, "--workers", "-j", min=1,
-                                help="Runs at a time, each in its own process (e.g. the number of cores)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1,
+                                          help="Runs at a time, each in its own process (default: the suite's "
+                                               "workers, 1 if it sets none; quick: 2)."),
     wide: bool = typer.Option(False, "--wide", help="Print every column of the results table (default: the columns "
                               "that read in 100 columns; results.md always has every column)."),
     data_dir: Optional[Path] = DataDir,

@@ -15,6 +15,7 @@ device profiles x seeds x (algorithms + references), with shared run settings::
     references = ["local-only", "centralized", "ensemble"]   # [] for none; default local-only, centralized
     reference_models = ["gnn", "rf-ecfp4", "gbt-ecfp4"]      # default gnn, rf-ecfp4
     threads = 1                          # torch intra-op threads (1: fastest on small shared CPUs)
+    workers = 2                          # runs at a time without --workers (default 1)
 
     [run]            # fedmol.fl.harness.RunConfig fields shared by every run
     partners = 4
@@ -97,7 +98,7 @@ from fedmol.jsonio import write_json
 #: where suite names are looked up (after ``./benchmarks/suites``)
 SUITES_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "suites"
 TOP_KEYS = {"name", "description", "datasets", "alphas", "devices", "faulty_links", "algorithms", "seeds", "references",
-            "reference_models", "threads", "run", "hparams", "algorithm", "reference", "models", "model"}
+            "reference_models", "threads", "workers", "run", "hparams", "algorithm", "reference", "models", "model"}
 RUN_KEYS = {f.name for f in fields(RunConfig)} - {"algorithm", "dataset", "split", "alpha", "devices", "seed",
                                                    "hparams", "data_dir"}
 REFERENCE_KEYS = {"min_epochs", "patience", "rf_jobs"}
@@ -127,6 +128,8 @@ class Suite:
     hparams: dict[str, Any] = field(default_factory=dict)
     reference: dict[str, Any] = field(default_factory=dict)
     threads: int | None = 1
+    #: runs at a time when ``fedmol bench`` is not given ``--workers`` (each in its own process)
+    workers: int = 1
     #: the backbones axis (``models``): each backbone's run settings (``[model.<name>]``) over ``run``
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -275,7 +278,7 @@ def load_suite(suite: str | Path) -> Suite:
               references=_list(doc, "references", str, where, list(DEFAULT_REFERENCES)),
               reference_models=_list(doc, "reference_models", str, where, list(DEFAULT_REFERENCE_MODELS)),
               run=run, hparams=dict(doc.get("hparams", {})), reference=ref, threads=doc.get("threads", 1),
-              models=models)
+              workers=doc.get("workers", 1), models=models)
     check_suite(s)
     return s
 
@@ -348,6 +351,8 @@ def check_suite(s: Suite) -> None:
         raise FedmolError(f"{where}: faulty_links is set both as the axis and in [run]; keep one")
     if s.threads is not None and (not isinstance(s.threads, int) or s.threads < 1):
         raise FedmolError(f"{where}: threads must be a positive integer, got {s.threads!r}")
+    if isinstance(s.workers, bool) or not isinstance(s.workers, int) or s.workers < 1:
+        raise FedmolError(f"{where}: workers must be a positive integer, got {s.workers!r}")
 
 
 def default_out(s: Suite) -> Path:
@@ -630,13 +635,14 @@ def _print_table(rep: dict, s: Suite, console: Console, wide: bool) -> None:
 
 def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_dir: str | Path | None = None,
               algorithms: list[str] | None = None, references: bool = True, report_only: bool = False,
-              threads: int | None = None, workers: int = 1, progress: bool = True,
+              threads: int | None = None, workers: int | None = None, progress: bool = True,
               console: Console | None = None, show_table: bool = True, wide: bool = False) -> dict:
     """Run (or resume) a suite, then write its tables and plots.
 
     ``algorithms``: a subset of the suite's algorithm labels; ``references=False`` skips the
     references; ``report_only``: run nothing, report the finished runs. ``threads`` overrides the
-    suite's torch thread count; ``workers`` > 1 runs the unfinished runs in that many processes.
+    suite's torch thread count; ``workers`` (default: the suite's ``workers``) > 1 runs the unfinished
+    runs in that many processes.
     Returns ``{"suite", "out", "total", "ran", "skipped", "missing",
     "seconds", "table" (pandas), "files"}``.
     """
@@ -672,7 +678,7 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
                         damaged=f" (not whole: {damage(job)}: running again)").get(state, "")
             todo.append((head, rel, job, note))
     todo.sort(key=lambda t: s.seeds.index(t[2].seed))  # seed-major: a stopped suite has whole seeds
-    workers = max(1, int(workers or 1))
+    workers = max(1, int(workers if workers is not None else s.workers))
     if todo and workers == 1:
         ran += _run_sequential(todo, s, n_threads, console, finished, progress)
     elif todo:

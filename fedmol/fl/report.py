@@ -455,6 +455,15 @@ COMPACT = ["method", "rank", "test@1.0", "test@partner", "gain test", "vs best l
            "beat best local", "served", "MB"]
 
 
+def _short_mb(cell: str) -> str:
+    """MB in the terminal: ``1480`` rather than ``1.48e+03`` (narrower, read at a glance)."""
+    try:
+        v = float(cell)
+    except ValueError:
+        return cell
+    return f"{v:.0f}" if v >= 1000 else cell
+
+
 def rich_table(table: pd.DataFrame, title: str = "Results", verdict: dict[tuple, str] | None = None,
                wide: bool = False):
     """The results as rich tables, one per dataset x alpha x devices (a renderable ``Group``), each
@@ -480,8 +489,12 @@ def rich_table(table: pd.DataFrame, title: str = "Results", verdict: dict[tuple,
                   title_justify="left", box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD, pad_edge=wide)
         for j, h in enumerate(header[4:]):
             t.add_column(short.get(h, h.replace("test@", "@")), justify="left" if j == 0 else "right")
+        mb = header[4:].index("MB") if "MB" in header[4:] else None
         for r in grows:
-            t.add_row(*[c.replace(" ± ", "±") for c in r])
+            cells = [c.replace(" ± ", "±") for c in r]
+            if mb is not None:
+                cells[mb] = _short_mb(cells[mb])
+            t.add_row(*cells)
         line = (verdict or {}).get((ds, float(alpha), dev))
         if line:
             t.caption, t.caption_justify = f"verdict: {line}", "left"

@@ -288,3 +288,21 @@ def test_parallel_workers_equal_sequential_and_faulty_rows(tmp_path):
                         "metrics.csv")
     assert len(fjord) == 1
     assert (tmp_path / "par" / "plots" / "rounds_bace_tiered-faulty0.5_a1.png").is_file()
+
+
+def test_suite_workers_is_the_default_of_bench(tmp_path, monkeypatch):
+    """``workers`` in a suite file is what ``fedmol bench`` uses without ``--workers``; a bad value is one line."""
+    seen = {}
+    monkeypatch.setattr(bench, "_run_parallel", lambda todo, s, threads, workers, *a, **k: seen.update(w=workers) or 0)
+    monkeypatch.setattr(bench, "_run_sequential", lambda *a, **k: seen.update(w=1) or 0)
+    quick = bench.load_suite("quick")
+    assert quick.workers == 2
+    bench.run_suite(quick, tmp_path / "o", show_table=False, progress=False, algorithms=["fedavg"], references=False)
+    assert seen == {"w": 2}
+    bench.run_suite(quick, tmp_path / "p", show_table=False, progress=False, algorithms=["fedavg"], references=False,
+                    workers=1)
+    assert seen == {"w": 1}
+    bad = tmp_path / "bad.toml"
+    bad.write_text((bench.SUITES_DIR / "quick.toml").read_text().replace("workers = 2", "workers = 0"))
+    with pytest.raises(FedmolError, match="workers must be a positive integer, got 0"):
+        bench.load_suite(bad)
