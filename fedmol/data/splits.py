@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 import numpy as np
 import rdkit
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedmol.data.dataset import MoleculeDataset, load_dataset
@@ -283,16 +284,42 @@ def split_tasks(split: dict, ds: MoleculeDataset) -> list[list[int]] | None:
     return [[index[t] for t in p["tasks"]] for p in split["partners"]]
 
 
-def mask_tasks(subset: MoleculeDataset, held: list[int]) -> MoleculeDataset:
-    """``subset`` with its labels NaN outside the task indices ``held``. The labels are copied (the
-    graphs and fingerprints are shared), so the dataset and its other subsets keep theirs."""
-    out = copy.copy(subset)
-    data = copy.copy(subset._data)
-    y = data.y.clone()
-    y[:, [t for t in range(y.shape[1]) if t not in set(held)]] = float("nan")
+def _with_labels(subset: MoleculeDataset, y: torch.Tensor) -> MoleculeDataset:
+    """``subset`` reading its labels from ``y`` (the stored label tensor, copied and edited); the graphs
+    and fingerprints are shared, so the dataset and its other subsets keep their labels."""
+    out, data = copy.copy(subset), copy.copy(subset._data)
     data.y = y
     out._data, out._data_list = data, None  # items cached before would carry the unmasked labels
     return out
+
+
+def _not_held(held: list[int], num_tasks: int) -> list[int]:
+    return [t for t in range(num_tasks) if t not in set(held)]
+
+
+def mask_tasks(subset: MoleculeDataset, held: list[int]) -> MoleculeDataset:
+    """``subset`` with its labels NaN outside the task indices ``held``."""
+    y = subset._data.y.clone()
+    y[:, _not_held(held, y.shape[1])] = float("nan")
+    return _with_labels(subset, y)
+
+
+def pooled_subset(split: dict, ds: MoleculeDataset, part: str) -> MoleculeDataset:
+    """Every partner's ``part`` (``"train"`` or ``"valid"``) molecules as one dataset, source rows in
+    ascending order; in a task split each molecule is labelled only on its own partner's tasks, so a
+    pooled model (the centralized reference) or a pooled validation score sees what the partners hold
+    together, never a label no partner has."""
+    pooled = ds.select_rows(sorted(int(r) for p in split["partners"] for r in p[part]))
+    tasks = split_tasks(split, ds)
+    if tasks is None:
+        return pooled
+    y = pooled._data.y.clone()
+    for k, p in enumerate(split["partners"]):
+        positions = torch.as_tensor(ds.positions(p[part]), dtype=torch.long)
+        others = torch.as_tensor(_not_held(tasks[k], y.shape[1]), dtype=torch.long)
+        if len(positions) and len(others):
+            y[positions.unsqueeze(1), others] = float("nan")
+    return _with_labels(pooled, y)
 
 
 def partner_subsets(split: dict, ds: MoleculeDataset) -> list[tuple[MoleculeDataset, MoleculeDataset]]:

@@ -18,7 +18,9 @@ Partners are never held as model copies: a client update builds its model from t
 drops it after replying, and partners' datasets are index views of one shared dataset. In a task
 split (``fedmol split make --task-split``) a partner's train and validation views carry their own
 copy of the labels, NaN outside the tasks it holds (:func:`fedmol.data.splits.partner_subsets`);
-the global test and validation sets keep every task.
+the global test set keeps every task, the pooled validation set (like the centralized reference's
+pooled training set) labels each molecule on its own partner's tasks only
+(:func:`fedmol.data.splits.pooled_subset`): selection never reads a label no partner holds.
 
 With private heads (``RunConfig.heads == "private"``, ``docs/private_heads.md``) each partner's
 task head stays at its site (:attr:`fedmol.fl.algorithm.LocalData.head`) and the server
@@ -55,7 +57,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import fedmol
 from fedmol.data.dataset import MoleculeDataset, load_dataset
-from fedmol.data.splits import dataset_for_split, make_split, mask_tasks, partner_subsets, read_split, split_tasks
+from fedmol.data.splits import (dataset_for_split, make_split, mask_tasks, partner_subsets, pooled_subset, read_split,
+                                split_tasks)
 from fedmol.errors import FedmolError
 from fedmol.evaluate import Evaluator
 from fedmol.fl import privacy
@@ -151,8 +154,7 @@ def build_federation(cfg: RunConfig, progress: bool = True) -> Federation:
                                        p_upload_loss=cfg.lossy_links or d.p_upload_loss) for d in devices]
     local = [LocalData(k, train, valid) for k, (train, valid) in enumerate(partner_subsets(split, ds))]
     infos = [PartnerInfo(k, sizes[k], devices[k]) for k in range(len(sizes))]
-    valid_rows = sorted(r for p in split["partners"] for r in p["valid"])
-    return Federation(ds, split, infos, local, ds.select_rows(split["test"]), ds.select_rows(valid_rows))
+    return Federation(ds, split, infos, local, ds.select_rows(split["test"]), pooled_subset(split, ds, "valid"))
 
 
 class InProcessTransport:

@@ -589,9 +589,11 @@ def run_reference(cfg: RunConfig, reference: str, model: str = "gnn", out_dir: s
 
 
 def pooled_train(fed: Federation):
-    """Every partner's training molecules, as one dataset (source rows in ascending order)."""
-    rows = sorted(int(r) for p in fed.split["partners"] for r in p["train"])
-    return fed.dataset.select_rows(rows)
+    """Every partner's training molecules, as one dataset (source rows in ascending order; in a task
+    split labelled only on their partner's tasks: :func:`fedmol.data.splits.pooled_subset`)."""
+    from fedmol.data.splits import pooled_subset
+
+    return pooled_subset(fed.split, fed.dataset, "train")
 
 
 def _nanmean(values) -> float:

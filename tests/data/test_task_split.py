@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from fedmol.data.dataset import load_dataset
-from fedmol.data.splits import (check_task_split, deal_tasks, make_split, partner_subsets, read_split,
+from fedmol.data.splits import (check_task_split, deal_tasks, make_split, partner_subsets, pooled_subset, read_split,
                                 verify_split, write_split)
 from fedmol.errors import DataError
 
@@ -124,8 +124,16 @@ def test_labels_are_masked_exactly(tox21, split_file):
     _check_masked(names, obj, fed.dataset, [(d.train, d.valid) for d in fed.local])
     np.testing.assert_array_equal(fed.test.labels, fed.dataset.select_rows(obj["test"]).labels)
     assert (~np.isnan(fed.test.labels)).any(axis=0).all()  # the test set keeps every task
-    valid_rows = sorted(r for p in obj["partners"] for r in p["valid"])
-    np.testing.assert_array_equal(fed.valid.labels, fed.dataset.select_rows(valid_rows).labels)
+    from fedmol.fl.references import pooled_train
+
+    for part, pooled in (("valid", fed.valid), ("train", pooled_train(fed))):  # each row: its own partner's tasks
+        rows = sorted(r for p in obj["partners"] for r in p[part])
+        expected = fed.dataset.select_rows(rows).labels.copy()
+        for p in obj["partners"]:
+            at = np.searchsorted(rows, sorted(p[part]))
+            expected[np.ix_(at, [t for t, n in enumerate(names) if n not in p["tasks"]])] = np.nan
+        np.testing.assert_array_equal(pooled.labels, expected)
+        assert np.isnan(pooled.labels).sum() > np.isnan(fed.dataset.select_rows(rows).labels).sum()
     np.testing.assert_array_equal(fed.dataset.labels, before)
     np.testing.assert_array_equal(tox21.labels, before)
     np.testing.assert_array_equal(torch.cat([tox21[i].y for i in range(40)]).numpy(), before[:40])
@@ -136,6 +144,8 @@ def test_partner_subsets_without_task_split_are_plain_views(tox21):
     train, valid = partner_subsets(split, tox21)[0]
     np.testing.assert_array_equal(train.labels, tox21.select_rows(split["partners"][0]["train"]).labels)
     assert train._data is tox21._data  # no copy without a task split
+    pooled = pooled_subset(split, tox21, "valid")
+    assert pooled._data is tox21._data and len(pooled) == sum(len(p["valid"]) for p in split["partners"])
 
 
 def test_loss_and_evaluator_ignore_masked_tasks(tox21, split_file):
