@@ -14,6 +14,13 @@ unused defaults for what the split decides (partners, alpha, ...) out. *code* is
 runs were packed from (``+``: with uncommitted changes); *date* is ``—``: the submission format records
 none. The tables fit a 1400 px window (the std on a line under the mean; long cells wrap).
 
+Each track's table ends with its **reference rows** when ``references/<track>.json`` exists next to
+the tracks file (``leaderboard/make_reference_rows.py`` computes them with :mod:`fedmol.fl.references`
+under the track's settings): local-only, best local and centralized models, shown as ``ref``, never
+ranked, never in the ties or the plot's curves (centralized and best local are horizontal lines in
+the plot). The file is validated (:func:`load_references`: schema, the track's current settings and
+seeds, mean and std of the per-seed scores); a malformed or stale one stops the build with one line.
+
 ``index.html`` is self-contained (inline CSS and JS, no network): click a column header to sort,
 or open ``index.html#sort=<table id>:<column key>:<asc|desc>`` (e.g. ``#sort=board-quick:w1.0:asc``).
 The output is deterministic: the same submissions give the same files.
@@ -26,14 +33,16 @@ import math
 import re
 import shutil
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from fedmol.errors import FedmolError
 from fedmol.evaluate import HIGHER_IS_BETTER
-from fedmol.jsonio import write_json
+from fedmol.jsonio import jsonable, write_json
 from fedmol.leaderboard.archive import Limits, Rejected, one_line
-from fedmol.leaderboard.tracks import Track, load_tracks
+from fedmol.leaderboard.tracks import Track, default_tracks_path, load_tracks
 from fedmol.stats import SIGNIFICANCE, tie_labels
 
 WIDTH_LABEL = {"1.0": "1", "0.5": "1/2", "0.25": "1/4", "0.125": "1/8", "0.0625": "1/16"}
@@ -48,7 +57,8 @@ def _slug(name: str, taken: set[str]) -> str:
     return slug
 
 
-def _stats(values: list[float], ddof: int) -> tuple[float, float, int]:
+def seed_stats(values: list[float], ddof: int) -> tuple[float, float, int]:
+    """``(mean, std with ddof, n)`` of the per-seed scores (std NaN when ``n <= ddof``)."""
     n = len(values)
     if n == 0:
         return math.nan, math.nan, 0
@@ -71,7 +81,7 @@ def summarize(rep, track: Track | None) -> dict:
             vals = [r.test[k] for r in rep.runs if r.seed == s and k in r.test]
             if len(vals) == len(splits):
                 by_seed[k][s] = float(np.mean(vals))
-        per_width[k] = _stats(list(by_seed[k].values()), ddof)
+        per_width[k] = seed_stats(list(by_seed[k].values()), ddof)
     runs = m["runs"]
     mb = float(np.mean([(r["bytes_up"] + r["bytes_down"]) / 1e6 for r in runs]))
     failures = float(np.mean([r["failures"] for r in runs]))
@@ -162,20 +172,162 @@ TIE_NOTE = (f"≈1: within seed noise of #1 (paired t-test over the track's seed
             "rows without it differ from #1 significantly")
 
 
+# -- reference rows ----------------------------------------------------------------------------------
+REFERENCES_SCHEMA = "fedmol-references/1"
+#: the track settings the reference rows depend on: a references file made for other values is stale
+REFERENCE_SETTINGS = ("dataset", "splits", "devices", "rounds", "seeds", "std_ddof", "run", "hparams")
+MAX_REFERENCES_BYTES = 4 << 20
+REFERENCE_NOTE = ("ref: a reference row, fedmol's own computation under the track's settings "
+                  "(`leaderboard/make_reference_rows.py`), not a submission and not ranked; full-width models only, "
+                  "so only the @1.0 column is filled: centralized = the pooled model's test score, local-only and "
+                  "best local = the mean over partners of each partner's own model's test score (a local GNN at its "
+                  "device's width cap; best local: per partner the family best on its own validation molecules)")
+
+
+class _RefSeed(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+    seed: StrictInt
+    test: StrictFloat
+
+
+class _RefRow(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9 ()._,-]{1,60}$")]
+    reference: Literal["local-only", "centralized", "best local"]
+    family: Annotated[str, Field(pattern=r"^[A-Za-z0-9 ()._,-]{1,60}$")]
+    model: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,40}$")] | None
+    mean: StrictFloat
+    std: StrictFloat | None
+    seeds: Annotated[list[_RefSeed], Field(min_length=1, max_length=64)]
+
+
+class _RefProvenance(BaseModel):
+    commit: Annotated[str, Field(pattern=r"^([0-9a-f]{40}|unknown)$")]
+    commit_dirty: StrictBool | None
+
+
+class _RefDoc(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+    schema_version: Literal["fedmol-references/1"]
+    track: StrictStr
+    metric: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,20}$")]
+    settings: dict[str, Any]
+    provenance: _RefProvenance
+    rows: Annotated[list[_RefRow], Field(min_length=1, max_length=16)]
+
+
+def reference_settings(track: Track) -> dict:
+    """The settings of ``track`` its reference rows are computed under (recorded in the references file)."""
+    return jsonable(track.model_dump(include=set(REFERENCE_SETTINGS)))
+
+
+def load_references(folder: str | Path, track: Track) -> list[dict]:
+    """The reference rows of ``track`` from ``folder/<track>.json`` (none when the file is absent), as
+    board rows; a malformed or stale file is a one-line :class:`FedmolError`."""
+    path = Path(folder) / f"{track.name}.json"
+    if not path.is_file():
+        return []
+    try:
+        if path.stat().st_size > MAX_REFERENCES_BYTES:
+            raise FedmolError(f"{path}: {path.stat().st_size} bytes is too large for a references file")
+        doc = _RefDoc.model_validate_json(path.read_bytes())
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "file"
+        raise FedmolError(one_line(f"{path}: invalid references file: {where}: {first['msg']}")) from None
+    except OSError as e:
+        raise FedmolError(one_line(f"cannot read the references file {path}: {e}")) from e
+    problem = _reference_problem(doc, track)
+    if problem:
+        raise FedmolError(one_line(f"{path}: {problem}"))
+    return [dict(name=r.name, kind=r.reference, algorithm=r.model or r.family, metric=doc.metric, reference=True,
+                 widths={"1.0": seed_stats([s.test for s in r.seeds], track.std_ddof)}, splits=list(track.splits),
+                 commit=doc.provenance.commit, commit_dirty=doc.provenance.commit_dirty,
+                 file=f"references/{track.name}.json") for r in doc.rows]
+
+
+def _reference_problem(doc: _RefDoc, track: Track) -> str | None:
+    """Why a parsed references file does not fit ``track`` (None: it does)."""
+    if doc.track != track.name:
+        return f"it is for track {doc.track!r}, not {track.name!r}"
+    if doc.settings != reference_settings(track):
+        return (f"it was made for other settings of track {track.name}: "
+                "rerun python leaderboard/make_reference_rows.py")
+    names = [r.name for r in doc.rows]
+    if len(set(names)) != len(names):
+        return "duplicate reference row names"
+    for r in doc.rows:
+        scores = [s.test for s in r.seeds]
+        if [s.seed for s in r.seeds] != track.seeds:
+            return f"row {r.name!r}: seeds {[s.seed for s in r.seeds]} are not the track's {track.seeds}"
+        mean, std, _ = seed_stats(scores, track.std_ddof)
+        if not (_close(mean, r.mean) and _close(std, r.std)):
+            return f"row {r.name!r}: mean/std are not those of its per-seed scores"
+    return None
+
+
+def _close(value: float, recorded: float | None) -> bool:
+    """A recomputed statistic agrees with the recorded one (NaN is recorded as null)."""
+    if not math.isfinite(value):
+        return recorded is None
+    return recorded is not None and abs(value - recorded) <= 1e-9
+
+
 def _columns(rows: list[dict]) -> list[str]:
     return sorted({k for r in rows for k in r["widths"]}, key=float, reverse=True)
 
 
 def build_board(submissions: str | Path, out: str | Path, *, tracks_file: str | Path | None = None,
-                splits_dir: str | Path | None = None, limits: Limits = Limits()) -> dict:
-    """Verify every ``*.zip`` in ``submissions`` and write the board to ``out``; returns
-    ``{"verified": n, "rejected": [(file, reason)], "tracks": {track: [row names in rank order]}}``."""
-    from fedmol.leaderboard.verification import verify
-
+                splits_dir: str | Path | None = None, references: str | Path | None = None,
+                limits: Limits = Limits()) -> dict:
+    """Verify every ``*.zip`` in ``submissions`` and write the board to ``out``, with each track's
+    reference rows from ``references/<track>.json`` when present (default: the ``references`` folder
+    next to the tracks file); returns ``{"verified": n, "rejected": [(file, reason)], "tracks": {track:
+    [row names in rank order]}, "unranked": [...], "references": {track: [reference row names]}}``."""
     submissions, out = Path(submissions), Path(out)
     if not submissions.is_dir():
         raise FedmolError(f"submissions folder not found: {submissions}")
     tracks = load_tracks(tracks_file)
+    tracks_path = Path(tracks_file) if tracks_file is not None else default_tracks_path()
+    ref_dir = Path(references) if references is not None else tracks_path.parent / "references"
+    refs = {name: load_references(ref_dir, t) for name, t in sorted(tracks.items())}  # malformed: fail first
+    rows, rejected = _verified_rows(submissions, tracks, tracks_file, splits_dir, limits)
+
+    if out.exists():
+        for sub in ("configs", "references"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for old in out.glob("*.png"):
+            old.unlink()
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        write_json(out / "configs" / f"{r['slug']}.json", r["config_doc"])
+    for name in (n for n, rs in refs.items() if rs):  # the page links the file it shows
+        (out / "references").mkdir(exist_ok=True)
+        shutil.copyfile(ref_dir / f"{name}.json", out / "references" / f"{name}.json")
+
+    ranked = {name: sorted([r for r in rows if r["status"] == "ranked" and r["track"] == name],
+                           key=lambda r: _rank_key(r, t)) for name, t in sorted(tracks.items())}
+    for name, rs in ranked.items():
+        mark_ties(rs, tracks[name])
+        if rs and refs[name] and refs[name][0]["metric"] != rs[0]["metric"]:
+            raise FedmolError(f"{ref_dir / (name + '.json')}: metric {refs[name][0]['metric']} is not the "
+                              f"submissions' {rs[0]['metric']}")
+    unranked = sorted([r for r in rows if r["status"] != "ranked" or r["track"] not in tracks],
+                      key=lambda r: (r["track"] or "", r["name"]))
+    plots = {name: _plot(out / f"{name}.png", tracks[name], rs, refs[name]) for name, rs in ranked.items() if rs}
+    (out / "README.md").write_text(_markdown(tracks, ranked, unranked, rejected, plots, refs))
+    (out / "index.html").write_text(_html(tracks, ranked, unranked, rejected, plots, refs))
+    return dict(verified=len(rows), rejected=rejected,
+                tracks={name: [r["name"] for r in rs] for name, rs in ranked.items()},
+                unranked=[r["name"] for r in unranked],
+                references={name: [r["name"] for r in rs] for name, rs in refs.items()})
+
+
+def _verified_rows(submissions: Path, tracks: dict[str, Track], tracks_file, splits_dir,
+                   limits: Limits) -> tuple[list[dict], list[tuple[str, str]]]:
+    """``(board rows of the verified submissions, [(file, why rejected)])``."""
+    from fedmol.leaderboard.verification import verify
+
     rows, rejected, taken = [], [], set()
     seen: set[tuple[str | None, str]] = set()
     for z in sorted(submissions.glob("*.zip")):
@@ -201,38 +353,17 @@ def build_board(submissions: str | Path, out: str | Path, *, tracks_file: str | 
         row["config_doc"] = _config_doc(rep, z.name)
         row["splits"] = [sp["path"] for sp in row["config_doc"]["splits"]]
         rows.append(row)
-
-    if out.exists():
-        for sub in ("configs",):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        for old in out.glob("*.png"):
-            old.unlink()
-    (out / "configs").mkdir(parents=True, exist_ok=True)
-    for r in rows:
-        write_json(out / "configs" / f"{r['slug']}.json", r["config_doc"])
-
-    ranked = {name: sorted([r for r in rows if r["status"] == "ranked" and r["track"] == name],
-                           key=lambda r: _rank_key(r, t)) for name, t in sorted(tracks.items())}
-    for name, rs in ranked.items():
-        mark_ties(rs, tracks[name])
-    unranked = sorted([r for r in rows if r["status"] != "ranked" or r["track"] not in tracks],
-                      key=lambda r: (r["track"] or "", r["name"]))
-    plots = {name: _plot(out / f"{name}.png", tracks[name], rs) for name, rs in ranked.items() if rs}
-    (out / "README.md").write_text(_markdown(tracks, ranked, unranked, rejected, plots))
-    (out / "index.html").write_text(_html(tracks, ranked, unranked, rejected, plots))
-    return dict(verified=len(rows), rejected=rejected,
-                tracks={name: [r["name"] for r in rs] for name, rs in ranked.items()},
-                unranked=[r["name"] for r in unranked])
+    return rows, rejected
 
 
 # -- plots -------------------------------------------------------------------------------------------
-def _plot(path: Path, track: Track, rows: list[dict]) -> str:
+def _plot(path: Path, track: Track, rows: list[dict], refs: list[dict] = ()) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fedmol.plotstyle import legend_outside, method_color, method_marker, width_axis
+    from fedmol.plotstyle import legend_outside, method_color, method_marker, reference_hlines, width_axis
 
     cols = _columns(rows)
     fig, ax = plt.subplots(figsize=(8.6, 4.2), dpi=100, layout="constrained")
@@ -248,6 +379,8 @@ def _plot(path: Path, track: Track, rows: list[dict]) -> str:
         # the same colour and marker as the method's in the bench plots (fedmol.plotstyle)
         ax.errorbar(xs, ys, yerr=es, marker=method_marker(r["name"]), capsize=3, label=r["name"], linewidth=1.5,
                     color=method_color(r["name"]), linestyle="-" if len(xs) > 1 else "none")
+    # the ceiling and the partners' best alone as horizontal lines (never among the ranked curves)
+    reference_hlines(ax, {r["name"]: r["widths"]["1.0"][0] for r in refs if r["kind"] in ("centralized", "best local")})
     width_axis(ax, [float(k) for k in cols], "model width")
     metric = rows[0]["metric"] if rows else ""
     ax.set_ylabel(f"test {metric} (mean ± std over seeds)")
@@ -273,9 +406,9 @@ def _track_lines(t: Track) -> list[str]:
             DATE_NOTE]
 
 
-def _md_table(rows: list[dict], ranked: bool) -> list[str]:
-    cols = _columns(rows)
-    metric = rows[0]["metric"] if rows else "metric"
+def _md_table(rows: list[dict], ranked: bool, refs: list[dict] = ()) -> list[str]:
+    cols = _columns([*rows, *refs])
+    metric = ([*rows, *refs][0]["metric"]) if rows or refs else "metric"
     head = (["#"] if ranked else []) + ["submission", "algorithm"] + [f"{metric}@{k}" for k in cols] + [
         "MB sent", "failures/run", "weights reproduce", "split (config)", "code", "date"] + (
         [] if ranked else ["track", "why unranked"])
@@ -288,10 +421,18 @@ def _md_table(rows: list[dict], ranked: bool) -> list[str]:
         if not ranked:
             cells += [r["track"] or "—", _md("; ".join(r["reasons"]))]
         lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    return lines + [_md_reference_line(r, cols) for r in refs]
 
 
-def _markdown(tracks, ranked, unranked, rejected, plots) -> str:
+def _md_reference_line(r: dict, cols: list[str]) -> str:
+    """A reference row: ``ref`` for a rank, its score at the widths it has, — where a column is a run's."""
+    cells = ["ref", _md(r["name"]), _md(r["algorithm"])]
+    cells += [_fmt(*r["widths"].get(k, (math.nan, math.nan, 0))) for k in cols]
+    cells += ["—", "—", "—", f"[{_md(_split_label(r))}]({r['file']})", f"`{_md(_code_label(r))}`", "—"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _markdown(tracks, ranked, unranked, rejected, plots, refs) -> str:
     n = sum(len(v) for v in ranked.values()) + len(unranked)
     out = ["# fedmol leaderboard", "",
            f"Built by `fedmol leaderboard build` from the archives in `leaderboard/submissions/`: {n} verified "
@@ -302,12 +443,14 @@ def _markdown(tracks, ranked, unranked, rejected, plots) -> str:
            "(checked by `fedmol leaderboard verify --rerun`). Open `index.html` for sortable tables.", ""]
     for name, t in sorted(tracks.items()):
         out += [f"## Track `{name}`: {t.title}", ""] + _track_lines(t) + [""]
-        if ranked[name]:
-            out += _md_table(ranked[name], True) + [""]
-            if name in plots:
-                out += [f"![{name}: metric per width]({plots[name]})", ""]
-        else:
+        if not ranked[name]:
             out += ["No verified submissions yet.", ""]
+        if ranked[name] or refs[name]:
+            out += _md_table(ranked[name], True, refs[name]) + [""]
+        if refs[name]:
+            out += [REFERENCE_NOTE, ""]
+        if name in plots:
+            out += [f"![{name}: metric per width]({plots[name]})", ""]
     out += ["## Unranked", "", "Verified submissions whose runs fit no track (listed apart, not ranked).", ""]
     out += (_md_table(unranked, False) if unranked else ["None."]) + [""]
     out += ["## Rejected", ""]
@@ -333,6 +476,8 @@ td.why{white-space:normal;max-width:28em;font-size:13px;color:#57606a}
 img{max-width:100%;border:1px solid #d0d7de}
 code{background:#f6f8fa;padding:0 .25em}
 .scroll{overflow-x:auto}
+tr.ref td{background:#fff8e5;font-style:italic}
+tbody.refs tr:first-child td{border-top:2px solid #8c959f}
 """
 
 JS = r"""
@@ -412,9 +557,9 @@ def _num(v: float) -> str:
     return repr(float(v)) if math.isfinite(v) else ""
 
 
-def _html_table(table_id: str, rows: list[dict], ranked: bool) -> str:
-    cols = _columns(rows)
-    metric = rows[0]["metric"] if rows else "metric"
+def _html_table(table_id: str, rows: list[dict], ranked: bool, refs: list[dict] = ()) -> str:
+    cols = _columns([*rows, *refs])
+    metric = ([*rows, *refs][0]["metric"]) if rows or refs else "metric"
     heads = []
     if ranked:
         heads.append(("rank", "#", "num"))
@@ -457,11 +602,37 @@ def _html_table(table_id: str, rows: list[dict], ranked: bool) -> str:
             why = "; ".join(r["reasons"])
             cells.append(f'<td class="why" data-value="{_e(why)}">{_e(why)}</td>')
         body.append(f'<tr data-name="{_e(r["name"])}">' + "".join(cells) + "</tr>")
+    # the reference rows in a body of their own, below: sorting reorders the first body only
+    foot = ('<tbody class="refs">\n' + "\n".join(_html_reference_row(r, cols) for r in refs) + "\n</tbody>"
+            if refs else "")
     return (f'<div class="scroll"><table class="board" id="{_e(table_id)}"><thead><tr>{th}</tr></thead>'
-            f"<tbody>\n" + "\n".join(body) + "\n</tbody></table></div>")
+            f"<tbody>\n" + "\n".join(body) + f"\n</tbody>{foot}</table></div>")
 
 
-def _html(tracks, ranked, unranked, rejected, plots) -> str:
+REFERENCE_TIP = "a reference row: fedmol's own computation under the track's settings, not a submission; not ranked"
+
+
+def _html_reference_row(r: dict, cols: list[str]) -> str:
+    """A reference row: ``ref`` for a rank, its score at the widths it has, — where a column is a run's."""
+    cells = [f'<td class="num" data-value="" title="{_e(REFERENCE_TIP)}">ref</td>',
+             f'<td class="wrap" data-value="{_e(r["name"])}">{_e(r["name"])}</td>',
+             f'<td data-value="{_e(r["algorithm"])}">{_e(r["algorithm"])}</td>']
+    for k in cols:
+        mean, std, n = r["widths"].get(k, (math.nan, math.nan, 0))
+        cells.append(f'<td class="num" data-value="{_num(mean) if n else ""}" title="n={n} seeds">'
+                     f'{_fmt_html(mean, std, n)}</td>')
+    cells += ['<td class="num" data-value="">—</td>'] * 2 + ['<td data-value="">—</td>']
+    split = _split_label(r)
+    cells.append(f'<td data-value="{_e(split)}"><a href="{_e(r["file"])}" title="the reference rows\' file: '
+                 f'per-seed and per-partner scores, settings, code and numerics">{_e(split)}</a></td>')
+    code = _code_label(r)
+    cells.append(f'<td data-value="{_e(code)}" title="fedmol commit {_e(r["commit"])}'
+                 f'{" with uncommitted changes" if r.get("commit_dirty") else ""}"><code>{_e(code)}</code></td>')
+    cells.append('<td data-value="">—</td>')
+    return f'<tr class="ref" data-name="{_e(r["name"])}">' + "".join(cells) + "</tr>"
+
+
+def _html(tracks, ranked, unranked, rejected, plots, refs) -> str:
     parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              "<title>fedmol leaderboard</title>", f"<style>{CSS}</style>", f"<script>{JS}</script>",
@@ -474,12 +645,14 @@ def _html(tracks, ranked, unranked, rejected, plots) -> str:
     for name, t in sorted(tracks.items()):
         parts.append(f'<h2 id="track-{_e(name)}">Track <code>{_e(name)}</code>: {_e(t.title)}</h2>')
         parts += [f'<p class="note">{_code(line)}</p>' for line in _track_lines(t) if line]
-        if ranked[name]:
-            parts.append(_html_table(f"board-{name}", ranked[name], True))
-            if name in plots:
-                parts.append(f'<p><img src="{_e(plots[name])}" alt="{_e(name)}: metric per width"></p>')
-        else:
+        if not ranked[name]:
             parts.append("<p>No verified submissions yet.</p>")
+        if ranked[name] or refs[name]:
+            parts.append(_html_table(f"board-{name}", ranked[name], True, refs[name]))
+        if refs[name]:
+            parts.append(f'<p class="note">{_code(REFERENCE_NOTE)}</p>')
+        if name in plots:
+            parts.append(f'<p><img src="{_e(plots[name])}" alt="{_e(name)}: metric per width"></p>')
     parts.append('<h2 id="unranked">Unranked</h2><p class="note">Verified submissions whose runs fit no track '
                  "(listed apart, not ranked).</p>")
     parts.append(_html_table("board-unranked", unranked, False) if unranked else "<p>None.</p>")

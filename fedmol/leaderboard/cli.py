@@ -111,8 +111,11 @@ def build(
     out: Path = typer.Option(..., "--out", help="Folder to write the board to."),
     tracks: Optional[Path] = TracksOpt,
     splits_dir: Optional[Path] = SplitsOpt,
+    references: Optional[Path] = typer.Option(
+        None, "--references", help="Reference rows, <track>.json per track (default: references/ next to the "
+                                   "tracks file; made by leaderboard/make_reference_rows.py)."),
 ):
-    """Verify every submission and write the board: README.md, index.html, plots, configs."""
+    """Verify every submission and write the board: README.md, index.html, plots, configs, reference rows."""
     import torch
 
     from fedmol.errors import FedmolError
@@ -120,7 +123,7 @@ def build(
 
     torch.set_num_threads(1)
     try:
-        res = build_board(submissions, out, tracks_file=tracks, splits_dir=splits_dir)
+        res = build_board(submissions, out, tracks_file=tracks, splits_dir=splits_dir, references=references)
     except FedmolError as e:
         _fail("error", str(e), 2)
     print(f"wrote {out}/README.md and {out}/index.html: {res['verified']} verified submission(s), "
