@@ -16,7 +16,7 @@ def test_datasets_lists_registry_with_availability(data_dir):
     res = run("datasets", "--json")
     assert res.exit_code == 0, res.output
     rows = {r["name"]: r for r in json.loads(res.stdout)}
-    assert len(rows) == 11
+    assert len(rows) == 12 and rows["moleculeace"]["file"] == "MoleculeACE-3.0.0-py3-none-any.whl"
     assert rows["bbbp"]["available"] and rows["bbbp"]["location"] == str(data_dir / "BBBP.csv")
     assert rows["b3db_classification"]["available"]
     table = run("datasets")

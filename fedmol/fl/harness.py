@@ -134,6 +134,9 @@ class Federation:
     local: list[LocalData]
     test: Any
     valid: Any
+    #: the test set each partner is scored on: the global test set, in a task split restricted to the
+    #: partner's own tasks (a partner is judged on its own assays)
+    partner_test: list[Any] = dataclasses.field(default_factory=list)
 
 
 def build_federation(cfg: RunConfig, progress: bool = True) -> Federation:
@@ -154,7 +157,9 @@ def build_federation(cfg: RunConfig, progress: bool = True) -> Federation:
                                        p_upload_loss=cfg.lossy_links or d.p_upload_loss) for d in devices]
     local = [LocalData(k, train, valid) for k, (train, valid) in enumerate(partner_subsets(split, ds))]
     infos = [PartnerInfo(k, sizes[k], devices[k]) for k in range(len(sizes))]
-    return Federation(ds, split, infos, local, ds.select_rows(split["test"]), pooled_subset(split, ds, "valid"))
+    test, tasks = ds.select_rows(split["test"]), split_tasks(split, ds)
+    partner_test = [test] * len(infos) if tasks is None else [mask_tasks(test, t) for t in tasks]
+    return Federation(ds, split, infos, local, test, pooled_subset(split, ds, "valid"), partner_test)
 
 
 class InProcessTransport:
@@ -230,10 +235,14 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
         if private is not None:
             per_partner.append(private.entry(algo, p, w, evaluator))
             continue
-        if w not in second:
-            second[w] = secondary_scores(score(algo.eval_model(w), fed.test, evaluator, w), metric)
+        own = fed.partner_test[p.pid]
+        key = (w, id(own))  # partners on the same width and test set share one scoring
+        if key not in second:
+            scores = score(algo.eval_model(w), own, evaluator, w)
+            second[key] = {"test": scores[metric] if own is not fed.test else test[width_key(w)],
+                           **secondary_scores(scores, metric)}
         per_partner.append(dict(partner=p.pid, width=w, served=True, n_train=p.n_train, n_valid=n_valid,
-                                test=test[width_key(w)], **second[w],
+                                **second[key],
                                 valid=score(algo.eval_model(w), fed.local[p.pid].valid, evaluator, w)[metric]))
     extra = {"public_pool": algo.pool.report} if getattr(algo, "pool", None) is not None else {}
     if private is not None:
@@ -259,9 +268,8 @@ class PrivateHeadScores:
     def __init__(self, fed: Federation, transport: InProcessTransport):
         self.fed, self.transport = fed, transport
         tasks = split_tasks(fed.split, fed.dataset)
-        self.sets = [{"test": fed.test, "valid": fed.valid} if tasks is None else
-                     {"test": mask_tasks(fed.test, t), "valid": mask_tasks(fed.valid, t)}
-                     for t in (tasks or [None] * len(fed.infos))]
+        self.sets = [{"test": fed.partner_test[k], "valid": fed.valid if tasks is None else mask_tasks(fed.valid, tasks[k])}
+                     for k in range(len(fed.infos))]
         self.kept: dict[int, list] = {}
 
     @contextmanager

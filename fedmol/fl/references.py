@@ -441,12 +441,13 @@ def ensemble_scores(fed: Federation, members: list[Fitted], evaluator: Evaluator
     valid = {width_key(w): ens_score(runnable(w), "valid", fed.valid) for w in keys}
     per_partner, test_of = [], {}
     for j, (info, data) in enumerate(zip(fed.infos, fed.local)):
-        ks = runnable(caps[j])
-        if ks not in test_of:
-            test_of[ks] = ens_scores(ks, "test", fed.test)
+        ks, own = runnable(caps[j]), fed.partner_test[j]  # "test": the same molecules, own labels
+        if (ks, id(own)) not in test_of:
+            test_of[(ks, id(own))] = ens_scores(ks, "test", own)
+        scores = test_of[(ks, id(own))]
         per_partner.append(dict(partner=info.pid, width=caps[j] if gnn else None, members=list(ks),
-                                n_train=len(data.train), n_valid=len(data.valid), test=test_of[ks][metric],
-                                **secondary_scores(test_of[ks], metric), valid=ens_score(ks, ("valid", j), data.valid)))
+                                n_train=len(data.train), n_valid=len(data.valid), test=scores[metric],
+                                **secondary_scores(scores, metric), valid=ens_score(ks, ("valid", j), data.valid)))
     sizes = [m.nbytes() for m in members]
     info_members = [dict(partner=info.pid, width=m.width, n_train=m.n_train, bytes=sizes[k],
                          test=m.score(fed.test, evaluator), valid=m.score(data.valid, evaluator))
@@ -555,10 +556,11 @@ def run_reference(cfg: RunConfig, reference: str, model: str = "gnn", out_dir: s
         t = central.scores(fed.test, evaluator)
         key = width_key(1.0)
         test, valid = {key: t[metric]}, {key: central.score(fed.valid, evaluator)}
+        own = {id(d): t if d is fed.test else central.scores(d, evaluator) for d in fed.partner_test}
         per_partner = [dict(partner=info.pid, width=central.width, n_train=len(data.train),
-                            n_valid=len(data.valid), test=t[metric], **secondary_scores(t, metric),
+                            n_valid=len(data.valid), test=own[id(mine)][metric], **secondary_scores(own[id(mine)], metric),
                             valid=central.score(data.valid, evaluator))
-                       for info, data in zip(fed.infos, fed.local)]
+                       for info, data, mine in zip(fed.infos, fed.local, fed.partner_test)]
     else:
         members = [local_model(cfg, fed, info.pid, model, **train) for info in fed.infos]
         if reference == "ensemble":
@@ -567,7 +569,7 @@ def run_reference(cfg: RunConfig, reference: str, model: str = "gnn", out_dir: s
         else:
             per_partner = []
             for m, info, data in zip(members, fed.infos, fed.local):
-                t = m.scores(fed.test, evaluator)
+                t = m.scores(fed.partner_test[info.pid], evaluator)
                 per_partner.append(dict(partner=info.pid, width=m.width, n_train=len(data.train),
                                         n_valid=len(data.valid), test=t[metric], **secondary_scores(t, metric),
                                         valid=m.score(data.valid, evaluator)))

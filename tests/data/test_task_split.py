@@ -1,6 +1,7 @@
 """Task splits: partners hold different tasks of one dataset, and see labels of their own tasks only."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -237,3 +238,15 @@ def test_short_federated_run_on_a_task_split(tmp_path):
     summary = run_federated(cfg, tmp_path / "run", progress=False)
     assert len(summary["per_partner"]) == 8 and np.isfinite(summary["test"]["1.0"])
     assert all(len(p["test_by_task"]) == 12 for p in summary["per_partner"])
+    names = list(load_dataset("tox21", progress=False).info.tasks)
+    for p, deal in zip(summary["per_partner"], read_split(split)["partners"]):  # judged on its own assays only
+        own = [v for v, n in zip(p["test_by_task"], names) if n in deal["tasks"]]
+        others = [v for v, n in zip(p["test_by_task"], names) if n not in deal["tasks"]]
+        assert own and all(v is None or math.isnan(v) for v in others)
+        assert p["test"] == pytest.approx(np.nanmean([np.nan if v is None else v for v in own]))
+    from fedmol.fl.references import local_only
+
+    ref = local_only(cfg, "gnn", tmp_path / "local", progress=False, min_epochs=1)  # the baseline: the same rule
+    scored = [{n for v, n in zip(p["test_by_task"], names) if v is not None and not math.isnan(v)}
+              for p in ref["per_partner"]]
+    assert all(s <= set(d["tasks"]) for s, d in zip(scored, read_split(split)["partners"])) and sum(map(len, scored)) > 8
