@@ -91,7 +91,8 @@ class Evaluator:
         return self._regression(y_true, y_pred, labelled)
 
     def _classification(self, y_true, y_pred, labelled) -> dict:
-        from sklearn.metrics import average_precision_score, roc_auc_score  # here: a site's training never pays its import
+        # imported here: a pilot site's process for a training message never pays this import
+        from sklearn.metrics import average_precision_score, roc_auc_score
 
         roc, pr, skipped = [], [], []
         by_task = {"rocauc": [], "prauc": []}

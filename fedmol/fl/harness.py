@@ -268,8 +268,8 @@ class PrivateHeadScores:
     def __init__(self, fed: Federation, transport: InProcessTransport):
         self.fed, self.transport = fed, transport
         tasks = split_tasks(fed.split, fed.dataset)
-        self.sets = [{"test": fed.partner_test[k], "valid": fed.valid if tasks is None else mask_tasks(fed.valid, tasks[k])}
-                     for k in range(len(fed.infos))]
+        self.sets = [{"test": own_test, "valid": fed.valid if tasks is None else mask_tasks(fed.valid, tasks[k])}
+                     for k, own_test in enumerate(fed.partner_test)]
         self.kept: dict[int, list] = {}
 
     @contextmanager

@@ -557,10 +557,11 @@ def run_reference(cfg: RunConfig, reference: str, model: str = "gnn", out_dir: s
         key = width_key(1.0)
         test, valid = {key: t[metric]}, {key: central.score(fed.valid, evaluator)}
         own = {id(d): t if d is fed.test else central.scores(d, evaluator) for d in fed.partner_test}
+        mine = [own[id(d)] for d in fed.partner_test]  # each partner's own test set (its tasks)
         per_partner = [dict(partner=info.pid, width=central.width, n_train=len(data.train),
-                            n_valid=len(data.valid), test=own[id(mine)][metric], **secondary_scores(own[id(mine)], metric),
+                            n_valid=len(data.valid), test=s[metric], **secondary_scores(s, metric),
                             valid=central.score(data.valid, evaluator))
-                       for info, data, mine in zip(fed.infos, fed.local, fed.partner_test)]
+                       for info, data, s in zip(fed.infos, fed.local, mine)]
     else:
         members = [local_model(cfg, fed, info.pid, model, **train) for info in fed.infos]
         if reference == "ensemble":
