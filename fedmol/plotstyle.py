@@ -10,7 +10,7 @@ same colour in a rounds plot, a CDF and the board.
 * A name not listed (a leaderboard submission called "my idea") gets a colour from a spare palette
   chosen by a checksum of the name: the same name, the same colour, on every machine.
 
-A board row is named like ``"fjord (reference)"``: a trailing parenthesis is ignored when the name
+A board row is named like ``"fjord (fedmol)"``: a trailing parenthesis is ignored when the name
 before it is an algorithm (never for the references, whose family is in the parenthesis).
 
 Imports nothing heavy (matplotlib is imported by the functions that draw).
@@ -63,7 +63,7 @@ def _reference(name: str) -> tuple[str, str, str] | None:
 def _algorithm_key(name: str) -> str | None:
     if name in ALGORITHM_COLORS:
         return name
-    base = re.sub(r"\s*\([^()]*\)\s*$", "", name)  # "fjord (reference)" -> "fjord"
+    base = re.sub(r"\s*\([^()]*\)\s*$", "", name)  # "fjord (fedmol)" -> "fjord"
     return base if base in ALGORITHM_COLORS else None
 
 

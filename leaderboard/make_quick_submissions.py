@@ -1,11 +1,13 @@
-"""Make the quick track's reference submissions and build the board.
+"""Make fedmol's own submissions to the quick track and build the board.
 
 For every algorithm of the harness's registry (``fedmol.fl.registry.ALGORITHMS``) and every seed
 of the ``quick`` track (``leaderboard/tracks.toml``) -- and for the FedGen variant of the standard
 suite in :data:`VARIANTS` -- one :func:`fedmol.fl.harness.run_federated`
 run with the track's settings; the runs of each algorithm are packed with
-:func:`fedmol.leaderboard.submission` into ``leaderboard/submissions/<algorithm>.zip``; then the board
-is built into ``leaderboard/board/`` from the verified submissions.
+:func:`fedmol.leaderboard.submission` into ``leaderboard/submissions/<algorithm>.zip`` as the
+submission ``"<algorithm> (fedmol)"`` (fedmol's own runs of it; the board's reference rows are
+``make_reference_rows.py``'s); then the board is built into ``leaderboard/board/`` from the
+verified submissions.
 
 Usage (from anywhere; a few minutes on one CPU core)::
 
@@ -77,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label} seed {seed}: test {s['metric']} "
                       + ", ".join(f"{k}={v:.4f}" for k, v in s["test"].items())
                       + f" ({time.perf_counter() - t0:.1f}s)", flush=True)
-        m = submit(dirs, name=f"{label} (reference)", out=out / f"{label}.zip", track=TRACK)
+        m = submit(dirs, name=f"{label} (fedmol)", out=out / f"{label}.zip", track=TRACK)
         print(f"-> {out / (label + '.zip')}: {m['status']} {'; '.join(m['unranked_reasons'])}", flush=True)
         if m["status"] != "ranked":
-            print(f"error: the reference {label} submission does not qualify for track {TRACK}", file=sys.stderr)
+            print(f"error: fedmol's {label} submission does not qualify for track {TRACK}", file=sys.stderr)
             return 1
     if tmp is not None:
         tmp.cleanup()

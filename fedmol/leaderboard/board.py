@@ -11,8 +11,9 @@ and failures are as reported by the runs (only ``verify --rerun`` checks them).
 Each row links its config page, named by the split file(s) the runs used (``K4-a0.1-s0``): the page
 leads with the split's path, sha256 and spec (the verified frozen file), and leaves the run config's
 unused defaults for what the split decides (partners, alpha, ...) out. *code* is the fedmol commit the
-runs were packed from (``+``: with uncommitted changes); *date* is ``—``: the submission format records
-none. The tables fit a 1400 px window (the std on a line under the mean; long cells wrap).
+runs were packed from (``+``: with uncommitted changes); *date* the day they were packed (the manifest's
+``created``, UTC; ``—`` for archives made before it was recorded). The tables fit a 1400 px window (the
+std on a line under the mean; long cells wrap).
 
 Each track's table ends with its **reference rows** when ``references/<track>.json`` exists next to
 the tracks file (``leaderboard/make_reference_rows.py`` computes them with :mod:`fedmol.fl.references`
@@ -91,7 +92,8 @@ def summarize(rep, track: Track | None) -> dict:
                 reasons=rep.unranked_reasons, metric=rep.metric, seeds=rep.seeds, ddof=ddof, widths=per_width,
                 by_seed=by_seed,
                 mb=mb, failures=failures, reproduced=reproduced, rescored=rescored, hparams=m["hparams"],
-                commit=m["provenance"]["commit"], commit_dirty=m["provenance"]["commit_dirty"])
+                commit=m["provenance"]["commit"], commit_dirty=m["provenance"]["commit_dirty"],
+                created=m.get("created"))
 
 
 #: the run settings a frozen split file decides (its spec), whatever the run config's defaults say
@@ -116,8 +118,8 @@ def _config_doc(rep, file: str) -> dict:
             for k in SPLIT_DECIDES:
                 config["run"].pop(k, None)
         runs.append(dict(seed=r["seed"], split=f"data_splits/{r['split']}", config=config))
-    return dict(name=rep.name, file=file, algorithm=rep.algorithm, track=rep.track, status=rep.status,
-                unranked_reasons=rep.unranked_reasons, seeds=rep.seeds, note=SPLIT_NOTE,
+    return dict(name=rep.name, file=file, created=m.get("created"), algorithm=rep.algorithm, track=rep.track,
+                status=rep.status, unranked_reasons=rep.unranked_reasons, seeds=rep.seeds, note=SPLIT_NOTE,
                 splits=[dict(path=f"data_splits/{sp['path']}", sha256=sp["sha256"], spec=specs.get(sp["path"]))
                         for sp in m["splits"]],
                 hparams=m["hparams"], provenance=m["provenance"],
@@ -135,8 +137,15 @@ def _code_label(row: dict) -> str:
     return (c[:7] if re.fullmatch(r"[0-9a-f]{40}", c) else c) + ("+" if row.get("commit_dirty") else "")
 
 
-DATE_NOTE = ("date: the submission format (fedmol-submission/1) records no date, so the column shows —; "
-             "code: the fedmol commit the runs were packed from (+: with uncommitted changes to tracked files)")
+DATE_NOTE = ("date: the day the submission was packed by fedmol leaderboard submit (UTC; — for archives made "
+             "before the format recorded it); code: the fedmol commit the runs were packed from (+: with "
+             "uncommitted changes to tracked files)")
+DATE_TIP = "the day the submission was packed (UTC)"
+
+
+def _date_label(row: dict) -> str:
+    """The day the submission was packed, ``—`` when its archive does not say (reference rows, old archives)."""
+    return row.get("created") or "—"
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
@@ -417,7 +426,7 @@ def _md_table(rows: list[dict], ranked: bool, refs: list[dict] = ()) -> list[str
         cells = ([_rank_cell(i, r)] if ranked else []) + [_md(r["name"]), r["algorithm"]]
         cells += [_fmt(*r["widths"].get(k, (math.nan, math.nan, 0))) for k in cols]
         cells += [f"{r['mb']:.3f}", f"{r['failures']:.2f}", ", ".join(r["reproduced"]) or "—",
-                  f"[{_md(_split_label(r))}](configs/{r['slug']}.json)", f"`{_md(_code_label(r))}`", "—"]
+                  f"[{_md(_split_label(r))}](configs/{r['slug']}.json)", f"`{_md(_code_label(r))}`", _date_label(r)]
         if not ranked:
             cells += [r["track"] or "—", _md("; ".join(r["reasons"]))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -471,7 +480,7 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 th{cursor:pointer;user-select:none;background:#f6f8fa;position:relative}
 th[aria-sort=ascending]::after{content:" \\25B2";font-size:.8em}
 th[aria-sort=descending]::after{content:" \\25BC";font-size:.8em}
-td.why{white-space:normal;max-width:28em;font-size:13px;color:#57606a}
+td.why{white-space:normal;max-width:28em;font-size:13px;color:#57606a;overflow-wrap:anywhere}
 .note{color:#57606a;font-size:14px}
 img{max-width:100%;border:1px solid #d0d7de}
 code{background:#f6f8fa;padding:0 .25em}
@@ -596,7 +605,7 @@ def _html_table(table_id: str, rows: list[dict], ranked: bool, refs: list[dict] 
         code = _code_label(r)
         cells.append(f'<td data-value="{_e(code)}" title="fedmol commit {_e(r.get("commit") or "unknown")}'
                      f'{" with uncommitted changes" if r.get("commit_dirty") else ""}"><code>{_e(code)}</code></td>')
-        cells.append('<td data-value="" title="the submission format records no date">—</td>')
+        cells.append(f'<td data-value="{_e(r.get("created") or "")}" title="{_e(DATE_TIP)}">{_e(_date_label(r))}</td>')
         if not ranked:
             cells.append(f'<td data-value="{_e(r["track"] or "")}">{_e(r["track"] or "—")}</td>')
             why = "; ".join(r["reasons"])

@@ -55,7 +55,7 @@ def submit(
         _fail("error", str(e), 2)
     where = f"track {m['track']}" if m["track"] else "no track"
     print(f"wrote {out}: {m['algorithm']} '{m['name']}', {len(m['runs'])} run(s), seeds {m['seeds']}, {where}, "
-          f"{m['status']}")
+          f"{m['status']}, dated {m['created']} (UTC)")
     for reason in m["unranked_reasons"]:
         print(f"  unranked: {reason}")
     print(f"check it with: fedmol leaderboard verify {out}")

@@ -1,8 +1,9 @@
 """The submission manifest (``manifest.json``): a strict, versioned pydantic schema.
 
 A manifest is untrusted input. Every model forbids extra fields and non-finite floats; every field
-is required (no defaults), so an unknown or a missing field is a validation error. Sizes that
-decide how much memory verification allocates (hidden width, layers, tasks, runs) are bounded.
+is required (no defaults) but those added after the first archives (absent there: ``created``,
+``numerics``, ...), so an unknown or a missing field is a validation error. Sizes that decide how
+much memory verification allocates (hidden width, layers, tasks, runs) are bounded.
 
 Layout of a submission archive (nothing else is allowed in it)::
 
@@ -17,9 +18,12 @@ Layout of a submission archive (nothing else is allowed in it)::
 
 from __future__ import annotations
 
+import datetime
+import re
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_serializer
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
+                      model_serializer)
 
 from fedmol.data.splits import SplitSpec
 
@@ -43,6 +47,30 @@ NonNeg = Annotated[int, Field(ge=0)]
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
 #: a split file, relative to data_splits/: "<dataset>/<name>.json" (no other characters)
 SplitPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+\.json$", max_length=200)]
+
+
+def utc_today() -> str:
+    """Today's date in UTC, ``YYYY-MM-DD``."""
+    return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+
+
+def _utc_date(value: str) -> str:
+    """``value`` if it is a calendar date ``YYYY-MM-DD`` no later than tomorrow in UTC (clock skew)."""
+    day = None
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        try:
+            day = datetime.date.fromisoformat(value)
+        except ValueError:
+            pass
+    if day is None:
+        raise ValueError(f"{value[:40]!r} is not a UTC date YYYY-MM-DD (e.g. 2026-12-03)")
+    if day > datetime.date.fromisoformat(utc_today()) + datetime.timedelta(days=1):
+        raise ValueError(f"{value!r} is in the future (UTC)")
+    return value
+
+
+#: a submission's creation day in UTC, ``YYYY-MM-DD``
+UtcDate = Annotated[StrictStr, AfterValidator(_utc_date)]
 
 
 class Strict(BaseModel):
@@ -263,6 +291,8 @@ class Provenance(Strict):
 class Manifest(Strict):
     schema_version: Literal["fedmol-submission/1"]
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._+()-]{0,79}$")]
+    #: the day ``fedmol leaderboard submit`` packed it (UTC); absent in archives made before it was recorded
+    created: UtcDate | None = None
     #: the track the runs were matched against (None: no track uses these splits)
     track: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")] | None
     status: Literal["ranked", "unranked"]

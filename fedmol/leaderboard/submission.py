@@ -30,11 +30,11 @@ from fedmol.data.featurize import FEATURIZER_VERSION
 from fedmol.data.splits import read_split
 from fedmol.errors import FedmolError
 from fedmol.jsonio import to_json
-from fedmol.leaderboard.schema import SCHEMA_VERSION, Manifest, ResolvedConfig, RoundRecord
+from fedmol.leaderboard.schema import SCHEMA_VERSION, Manifest, ResolvedConfig, RoundRecord, utc_today
 from fedmol.leaderboard.tracks import load_tracks, match_track
 
 REPO = Path(fedmol.__file__).resolve().parents[1]
-ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same runs give the same archive
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same runs and date give the same archive
 
 
 def default_splits_dir() -> Path:
@@ -187,15 +187,8 @@ def read_run(run_dir: Path, splits_dir: Path, index: dict[str, str]) -> dict:
     return dict(entry=entry, summary=summary, weights=weights, predictions=preds, dir=run_dir)
 
 
-def submit(run_dirs: list[str | Path], name: str, out: str | Path, *, track: str | None = None,
-           tracks_file: str | Path | None = None, splits_dir: str | Path | None = None) -> dict:
-    """Pack ``run_dirs`` into the archive ``out``; returns the manifest (a dict)."""
-    if not run_dirs:
-        raise FedmolError("give at least one run folder")
-    splits_dir = Path(splits_dir) if splits_dir is not None else default_splits_dir()
-    index = frozen_split_index(splits_dir)
-    runs = [read_run(Path(d), splits_dir, index) for d in run_dirs]
-    runs.sort(key=lambda r: (r["entry"]["split"], r["entry"]["seed"]))
+def _check_one_configuration(runs: list[dict]) -> None:
+    """One run per seed and split, all with the settings of the first (:func:`shared_settings`)."""
     keys = [(r["entry"]["split"], r["entry"]["seed"]) for r in runs]
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
@@ -208,6 +201,21 @@ def submit(run_dirs: list[str | Path], name: str, out: str | Path, *, track: str
             diff = sorted(k for k in set(shared) | set(other) if shared.get(k) != other.get(k))
             raise FedmolError(f"{r['dir']} differs from {first['dir']} in {', '.join(diff)}: a submission is one "
                               "method with one configuration, run with different seeds")
+
+
+def submit(run_dirs: list[str | Path], name: str, out: str | Path, *, track: str | None = None,
+           tracks_file: str | Path | None = None, splits_dir: str | Path | None = None,
+           created: str | None = None) -> dict:
+    """Pack ``run_dirs`` into the archive ``out``, dated ``created`` (``YYYY-MM-DD``, default: today in
+    UTC); returns the manifest (a dict)."""
+    if not run_dirs:
+        raise FedmolError("give at least one run folder")
+    splits_dir = Path(splits_dir) if splits_dir is not None else default_splits_dir()
+    index = frozen_split_index(splits_dir)
+    runs = [read_run(Path(d), splits_dir, index) for d in run_dirs]
+    runs.sort(key=lambda r: (r["entry"]["split"], r["entry"]["seed"]))
+    _check_one_configuration(runs)
+    first = runs[0]
     tracks = load_tracks(tracks_file)
     matched, reasons = match_track(tracks, [r["entry"] for r in runs], track)
     commit, dirty = git_commit()
@@ -224,7 +232,7 @@ def submit(run_dirs: list[str | Path], name: str, out: str | Path, *, track: str
                             predictions=dict(path=ppath, sha256=_sha(r["predictions"]),
                                              bytes=len(r["predictions"]))))
     manifest = dict(
-        schema_version=SCHEMA_VERSION, name=name, track=matched,
+        schema_version=SCHEMA_VERSION, name=name, created=created or utc_today(), track=matched,
         status="ranked" if matched is not None and not reasons else "unranked", unranked_reasons=reasons,
         algorithm=cfg0["algorithm"]["name"], dataset=summary0["dataset"], task_type=cfg0["model"]["task_type"],
         metric=summary0["metric"],

@@ -80,8 +80,8 @@ def test_every_algorithm_has_a_fixed_colour_of_its_own():
                                        "best local")}
     assert not refs & set(colors), "an algorithm is drawn in a reference's colour"
     # a board row is named after its algorithm: same colour and marker
-    assert method_color("fjord (reference)") == method_color("fjord")
-    assert method_marker("fedgen_od_cap (reference)") == method_marker("fedgen_od_cap")
+    assert method_color("fjord (fedmol)") == method_color("fjord")
+    assert method_marker("fedgen_od_cap (fedmol)") == method_marker("fedgen_od_cap")
     assert method_color("fedgen_od_cap") != method_color("fedgen")
     # any other name: a stable colour
     assert method_color("my idea") == method_color("my idea")
@@ -94,14 +94,14 @@ def test_a_method_has_one_colour_in_every_plot_and_on_the_board(tiny, saved, tmp
     entries, table, gains, folder = tiny
     report.plot_group(entries, table, folder / "plots", "t")
     report.plot_partner_cdf(gains, folder / "plots" / "cdf_t.png", "t")
-    rows = [dict(name=f"{m} (reference)", metric="rocauc", widths={"1.0": (0.6, 0.01, 3), "0.5": (0.6, 0.01, 3)})
+    rows = [dict(name=f"{m} (fedmol)", metric="rocauc", widths={"1.0": (0.6, 0.01, 3), "0.5": (0.6, 0.01, 3)})
             for m in ("fjord", "fedavg")]
     _plot(tmp_path / "board.png", Track.model_construct(name="t"), rows)
     colors = {name: _colors(fig.axes[0]) for name, fig in saved.items()}
     assert set(colors) == {"rounds_t.png", "mb_t.png", "widths_t.png", "cdf_t.png", "board.png"}
     for m in ("fedavg", "fjord"):
         seen = {colors["rounds_t.png"][f"{m} @1.0"], colors["mb_t.png"][f"{m} @1.0"],
-                colors["widths_t.png"][m], colors["cdf_t.png"][m], colors["board.png"][f"{m} (reference)"]}
+                colors["widths_t.png"][m], colors["cdf_t.png"][m], colors["board.png"][f"{m} (fedmol)"]}
         assert seen == {to_hex(method_color(m))}, m
     assert colors["rounds_t.png"]["centralized (gnn)"] == colors["cdf_t.png"]["centralized (gnn)"] == "#000000"
 
@@ -112,7 +112,7 @@ def test_round_ticks_legends_and_width_axes(tiny, saved, tmp_path):
 
     entries, table, gains, folder = tiny
     report.plot_group(entries, table, folder / "plots", "t")
-    rows = [dict(name="fjord (reference)", metric="rocauc",
+    rows = [dict(name="fjord (fedmol)", metric="rocauc",
                  widths={"1.0": (0.6, 0.01, 3), "0.5": (0.6, 0.01, 3), "0.125": (0.5, 0.01, 3)})]
     _plot(tmp_path / "board.png", Track.model_construct(name="t"), rows)
     for fig in saved.values():

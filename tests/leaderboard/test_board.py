@@ -19,12 +19,15 @@ from lb_helpers import repack
 from fedmol.leaderboard.cli import leaderboard_app
 
 
+DATED = "2026-11-30"
+
+
 @pytest.fixture(scope="module")
 def board(good_zip, fedavg_zip, unranked_zip, tracks_file, tmp_path_factory) -> Path:
     subs = tmp_path_factory.mktemp("submissions")
-    shutil.copy(good_zip, subs / "a-good.zip")
+    repack(good_zip, subs / "a-good.zip", edit_manifest=lambda m: m.update(created=DATED))
     shutil.copy(unranked_zip, subs / "b-unranked.zip")
-    shutil.copy(fedavg_zip, subs / "c-fedavg.zip")
+    repack(fedavg_zip, subs / "c-fedavg.zip", edit_manifest=lambda m: m.pop("created"))  # as made before dates
     repack(good_zip, subs / "d-tampered.zip",
            edit_manifest=lambda m: m["runs"][0]["test"].update({"1.0": 0.99}))
     (subs / "e-garbage.zip").write_bytes(b"garbage")
@@ -91,11 +94,21 @@ def test_config_shows_the_split_actually_used(board):
 
 
 def test_code_and_date_columns(board):
+    """The date a submission records (its manifest's ``created``) is shown; an archive without one shows —."""
     text = (board / "README.md").read_text()
     assert "| weights reproduce | split (config) | code | date |" in text
-    assert "records no date" in text
+    assert "date: the day the submission was packed by fedmol leaderboard submit (UTC; —" in text
     row = next(line for line in text.splitlines() if "| tiny fjord | fjord |" in line)
+    assert re.search(rf"\| `([0-9a-f]{{7}}\+?|unknown)` \| {DATED} \|$", row), row
+    row = next(line for line in text.splitlines() if "| tiny fedavg | fedavg |" in line)
     assert re.search(r"\| `([0-9a-f]{7}\+?|unknown)` \| — \|$", row), row
+    page = (board / "index.html").read_text()
+    dated = page.split('<tr data-name="tiny fjord">', 1)[1].split("</tr>", 1)[0]
+    undated = page.split('<tr data-name="tiny fedavg">', 1)[1].split("</tr>", 1)[0]
+    assert dated.endswith(f'<td data-value="{DATED}" title="the day the submission was packed (UTC)">{DATED}</td>')
+    assert undated.endswith('<td data-value="" title="the day the submission was packed (UTC)">—</td>')
+    configs = {json.loads(p.read_text())["name"]: json.loads(p.read_text()) for p in (board / "configs").glob("*")}
+    assert configs["tiny fjord"]["created"] == DATED and configs["tiny fedavg"]["created"] is None
 
 
 # -- the browser --------------------------------------------------------------------------------------

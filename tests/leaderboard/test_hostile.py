@@ -160,6 +160,21 @@ def test_missing_manifest_field(sandbox, good_zip):
     assert "runs.0.bytes_up: Field required" in rejected(p)
 
 
+@pytest.mark.parametrize("created, why", [
+    ("2026-02-30", "'2026-02-30' is not a UTC date YYYY-MM-DD (e.g. 2026-12-03)"),
+    ("2026-2-3", "'2026-2-3' is not a UTC date YYYY-MM-DD"),
+    ("20261203", "'20261203' is not a UTC date YYYY-MM-DD"),
+    ("2026-12-03T10:00:00Z", "'2026-12-03T10:00:00Z' is not a UTC date YYYY-MM-DD"),
+    ("2026-12-03\n<script>", "is not a UTC date YYYY-MM-DD"),
+    ("9999-12-31", "'9999-12-31' is in the future (UTC)"),
+    (20261203, "created: Input should be a valid string"),
+])
+def test_bad_creation_date(sandbox, good_zip, created, why):
+    p = repack(good_zip, sandbox / "date.zip", edit_manifest=lambda m: m.update(created=created))
+    line = rejected(p)
+    assert line.startswith("rejected: manifest.json does not fit the schema: created: ") and why in line, line
+
+
 def test_nan_in_manifest(sandbox, good_zip):
     p = repack(good_zip, sandbox / "nan.zip", edit_manifest=lambda m: m["runs"][0]["test"].update({"1.0": float("nan")}))
     assert "NaN is not allowed (non-finite number)" in rejected(p)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import io
 import json
+import re
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from lb_helpers import manifest, members
+from lb_helpers import manifest, members, repack
 
 from fedmol.leaderboard.cli import leaderboard_app
 
@@ -34,6 +36,9 @@ def test_manifest_has_every_field(good_zip):
     assert m["status"] == "ranked" and m["track"] == "tiny" and m["unranked_reasons"] == []
     assert m["algorithm"] == "fjord" and m["dataset"] == "b3db_classification" and m["metric"] == "rocauc"
     assert m["seeds"] == [0, 1, 2]
+    packed = datetime.date.fromisoformat(m["created"])  # the day it was packed, UTC
+    assert re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", m["created"])
+    assert 0 <= (datetime.datetime.now(datetime.timezone.utc).date() - packed).days <= 1
     prov = m["provenance"]
     assert prov["fedmol"] and prov["commit"] and prov["rdkit"] and prov["featurizer"]
     assert m["splits"] == [{"path": "b3db_classification/K4-a0.1-s0.json", "sha256": m["runs"][0]["config"]["split"]["sha256"]}]
@@ -79,6 +84,24 @@ def test_rerun_reproduces(good_zip, tracks_file):
     reran = [r for r in rep.runs if r.rerun]
     assert len(reran) == 1 and reran[0].rerun["tolerance"] == 1e-6
     assert any("rerun" in c for c in rep.checks)
+
+
+def test_cli_submit_dates_the_archive(tiny_runs, tracks_file, tmp_path):
+    out = tmp_path / "dated.zip"
+    res = CliRunner().invoke(leaderboard_app, ["submit", *map(str, tiny_runs), "--name", "dated", "--out", str(out),
+                                               "--tracks", str(tracks_file)])
+    assert res.exit_code == 0, res.output
+    created = manifest(members(out))["created"]
+    assert f"track tiny, ranked, dated {created} (UTC)" in res.stdout
+
+
+def test_archive_without_a_date_still_verifies(good_zip, tracks_file, tmp_path):
+    """``created`` was added to fedmol-submission/1 later: an archive made before it verifies as before."""
+    from fedmol.leaderboard import verify
+
+    old = repack(good_zip, tmp_path / "undated.zip", edit_manifest=lambda m: m.pop("created"))
+    rep = verify(old, tracks_file=tracks_file)
+    assert rep.status == "ranked" and rep.manifest["created"] is None
 
 
 def test_unranked_submission_verifies(unranked_zip):

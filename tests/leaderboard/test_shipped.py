@@ -1,10 +1,12 @@
-"""The shipped board: every reference submission in leaderboard/submissions/ verifies, every algorithm of
-the registry is ranked on the quick track, and leaderboard/board/ is what the build gives (rebuild it
-with ``python leaderboard/make_quick_submissions.py`` when the split, the harness or the schema change)."""
+"""The shipped board: every submission of fedmol's own runs in leaderboard/submissions/ verifies, every
+algorithm of the registry is ranked on the quick track as "<algorithm> (fedmol)", each dated, and
+leaderboard/board/ is what the build gives (rebuild it with ``python leaderboard/make_quick_submissions.py``
+when the split, the harness or the schema change)."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +28,11 @@ def test_shipped_submissions_verify_and_board_is_current(tmp_path):
     spec.loader.exec_module(maker)
     variants = maker.VARIANTS  # rows of the standard suite's FedGen variant
     assert variants == ("fedgen_od_cap",)
-    assert sorted(res["tracks"]["quick"]) == sorted(f"{a} (reference)" for a in (*ALGORITHMS, *variants))
+    assert sorted(res["tracks"]["quick"]) == sorted(f"{a} (fedmol)" for a in (*ALGORITHMS, *variants))
+    rows = [line for line in (REPO / "leaderboard" / "board" / "README.md").read_text().splitlines()
+            if " (fedmol) | " in line]
+    assert len(rows) == len(ALGORITHMS) + len(variants)
+    assert all(re.search(r"\| 20[0-9]{2}-[0-9]{2}-[0-9]{2} \|$", line) for line in rows), "a shipped row has no date"
     for name in ("README.md", "index.html"):
         assert (tmp_path / "board" / name).read_text() == (REPO / "leaderboard" / "board" / name).read_text(), (
             f"leaderboard/board/{name} is stale: rebuild with fedmol leaderboard build "
