@@ -7,7 +7,10 @@ run with the track's settings; the runs of each algorithm are packed with
 :func:`fedmol.leaderboard.submission` into ``leaderboard/submissions/<algorithm>.zip`` as the
 submission ``"<algorithm> (fedmol)"`` (fedmol's own runs of it; the board's reference rows are
 ``make_reference_rows.py``'s); then the board is built into ``leaderboard/board/`` from the
-verified submissions.
+verified submissions. The archives are packed in a temporary folder and moved into place only when all
+are packed: one written into the checkout would mark the next ones as packed from modified code (``+``).
+The scores reproduce to float noise on the CPU kind that made them (``provenance.numerics``); on
+another kind training grows last-bit differences (up to ``fedmol.numerics.CROSS_MACHINE_TOL``).
 
 Usage (from anywhere; a few minutes on one CPU core)::
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -40,9 +44,28 @@ HPARAMS: dict[str, dict] = {
 VARIANTS = ("fedgen_od_cap",)
 
 
+def run_label(label: str, algo: str, extra: dict, track, runs_root: Path) -> list[Path]:
+    """Run ``label`` (algorithm ``algo`` with ``extra`` hyperparameters) on every split and seed of ``track``."""
+    from fedmol.fl.harness import RunConfig, run_federated
+
+    dirs = []
+    for split in track.splits:
+        for seed in track.seeds:
+            t0 = time.perf_counter()
+            cfg = RunConfig(algorithm=algo, split=f"data_splits/{split}", devices=track.devices,
+                            rounds=track.rounds, seed=seed, **track.run,
+                            hparams={**track.hparams, **HPARAMS.get(algo, {}), **extra})
+            d = runs_root / label / f"{Path(split).stem}-seed{seed}"
+            s = run_federated(cfg, d, progress=False)
+            dirs.append(d)
+            print(f"{label} seed {seed}: test {s['metric']} "
+                  + ", ".join(f"{k}={v:.4f}" for k, v in s["test"].items())
+                  + f" ({time.perf_counter() - t0:.1f}s)", flush=True)
+    return dirs
+
+
 def main(argv: list[str] | None = None) -> int:
     from fedmol.fl.bench import load_suite
-    from fedmol.fl.harness import RunConfig, run_federated
     from fedmol.fl.registry import ALGORITHMS
     from fedmol.leaderboard import build_board, load_tracks, submit
 
@@ -62,28 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     tmp = None if args.runs_dir else tempfile.TemporaryDirectory(prefix="fedmol-quick-")
     runs_root = Path(args.runs_dir or tmp.name)
+    stage = tempfile.TemporaryDirectory(prefix="fedmol-quick-archives-")
     t_all = time.perf_counter()
     variants = {a.label: (a.base, a.hparams) for a in load_suite("standard").algorithms if a.label in VARIANTS}
     for label in [a.strip() for a in args.algorithms.split(",") if a.strip()]:
         algo, extra = variants.get(label, (label, {}))
-        dirs = []
-        for split in track.splits:
-            for seed in track.seeds:
-                t0 = time.perf_counter()
-                cfg = RunConfig(algorithm=algo, split=f"data_splits/{split}", devices=track.devices,
-                                rounds=track.rounds, seed=seed, **track.run,
-                                hparams={**track.hparams, **HPARAMS.get(algo, {}), **extra})
-                d = runs_root / label / f"{Path(split).stem}-seed{seed}"
-                s = run_federated(cfg, d, progress=False)
-                dirs.append(d)
-                print(f"{label} seed {seed}: test {s['metric']} "
-                      + ", ".join(f"{k}={v:.4f}" for k, v in s["test"].items())
-                      + f" ({time.perf_counter() - t0:.1f}s)", flush=True)
-        m = submit(dirs, name=f"{label} (fedmol)", out=out / f"{label}.zip", track=TRACK)
+        dirs = run_label(label, algo, extra, track, runs_root)
+        m = submit(dirs, name=f"{label} (fedmol)", out=Path(stage.name) / f"{label}.zip", track=TRACK)
         print(f"-> {out / (label + '.zip')}: {m['status']} {'; '.join(m['unranked_reasons'])}", flush=True)
         if m["status"] != "ranked":
             print(f"error: fedmol's {label} submission does not qualify for track {TRACK}", file=sys.stderr)
             return 1
+    for z in sorted(Path(stage.name).glob("*.zip")):  # every archive packed from the same (clean) checkout
+        shutil.move(str(z), str(out / z.name))
+    stage.cleanup()
     if tmp is not None:
         tmp.cleanup()
     if not args.no_board:
