@@ -24,7 +24,6 @@ incompatible sender with an error that names both (:func:`check_compatible`).
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import Any
 
@@ -45,9 +44,6 @@ MESSAGE_TYPES = {HELLO: "query.hello", TRAIN: "train", QUERY: "query", VALIDATE:
 
 #: dtypes a tensor on the wire may have (nothing that can hold text or objects)
 ALLOWED_DTYPES = {"bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64"}
-
-#: testing hook (refusal path only): pretend to run this fedmol version
-VERSION_OVERRIDE_ENV = "FEDMOL_PILOT_FAKE_VERSION"
 
 
 class PilotError(FedmolError):
@@ -84,7 +80,7 @@ def local_versions() -> dict[str, str]:
     """This process's fedmol, featurizer, protocol and code versions."""
     from fedmol.data.featurize import FEATURIZER_VERSION
 
-    return {"fedmol-version": os.environ.get(VERSION_OVERRIDE_ENV) or fedmol.__version__,
+    return {"fedmol-version": fedmol.__version__,
             "featurizer-version": FEATURIZER_VERSION, "protocol": PROTOCOL, "code": code_fingerprint()}
 
 

@@ -1,7 +1,8 @@
 """``fedmol pilot demo`` with real Flower processes on loopback (SuperLink, SuperNodes, ``flwr run``).
 
-Two federations run here (each costs about a minute on a loaded 2-core machine: Flower starts a
-ClientApp process for every message):
+Two federations (each a minute or two on a loaded 2-core machine: Flower starts a ClientApp process
+for every message) run in the background while the rest of the suite runs (tests/pilot/federations.py,
+started by tests/conftest.py); the tests here read what they left:
 
 * **TLS + SuperNode authentication**, FedAvg on the tiny bace split, two extra sites that must
   be refused (a CSV without the SMILES column; a fedmol version that does not match), and the
@@ -22,15 +23,15 @@ import base64
 import csv
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 from fedmol.fl.harness import run_federated
 from fedmol.pilot.demo import run_demo
 from fedmol.pilot.processes import group_members
+from federations import FAKE_VERSION
 from pilot_common import assert_parity, tiny
-
-FAKE_VERSION = "0.0.9"
 
 
 def no_processes_left(out):
@@ -49,21 +50,10 @@ def no_processes_left(out):
 
 
 @pytest.fixture(scope="module")
-def tls_run(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("tls")
-    bad_csv = root / "site-b" / "compounds.csv"
-    bad_csv.parent.mkdir()
-    bad_csv.write_text("mol,Class\nCC(C)Oc1ccc(cc1)C(=O)N,1\nCCN,0\n")
-    extra = [dict(name="bad-csv", node_config={"partition-id": 2, "csv": str(bad_csv), "smiles-col": "smiles",
-                                                 "target-cols": "Class", "task": "classification"}),
-             dict(name="old-version", node_config={"partition-id": 3, "csv": str(bad_csv), "smiles-col": "mol",
-                                                     "target-cols": "Class", "task": "classification"},
-                  env={"FEDMOL_PILOT_FAKE_VERSION": FAKE_VERSION})]
-    cfg = tiny(algorithm="fedavg")
-    pilot = run_demo(cfg, root / "pilot-run", round_timeout=120, connect_timeout=120, record_inbox=True,
-                     extra_sites=extra, log=lambda m: None)
-    harness = run_federated(cfg, root / "harness-run", progress=False)
-    return root / "pilot-run", pilot, harness
+def tls_run(federation):
+    """TLS demo with two sites to refuse, and ``run_federated`` on its config (tests/pilot/federations.py)."""
+    r = federation("tls_demo")
+    return Path(r["out"]), r["pilot"], r["harness"]
 
 
 def test_tls_demo_end_to_end(tls_run):
@@ -138,19 +128,10 @@ def test_sites_audit_what_they_sent(tls_run):
 
 
 @pytest.fixture(scope="module")
-def killed_run(tmp_path_factory, data_dir):
-    out = tmp_path_factory.mktemp("killed") / "run"
-
-    def kill_partner_1_mid_round_then_restart_it(pilot):
-        if "1" not in pilot.killed and "Receiving: train message" in pilot.sites["1"]["proc"].log.read_text(
-                errors="replace"):
-            pilot.kill_site("1")
-            # the machine comes back: a new SuperNode process (a new node id) with the same node config
-            pilot.add_site("1-restarted", pilot.sites["1"]["node_config"])
-
-    s = run_demo(tiny(rounds=2), out, insecure=True, round_timeout=45, connect_timeout=120,
-                 on_poll=kill_partner_1_mid_round_then_restart_it, log=lambda m: None)
-    return out, s
+def killed_run(federation):
+    """Partner 1 killed mid-round 0 and restarted (tests/pilot/federations.py)."""
+    r = federation("killed_demo")
+    return Path(r["out"]), r["summary"]
 
 
 def test_killed_node_round_closes_at_deadline_and_the_restarted_site_rejoins(killed_run):

@@ -5,7 +5,8 @@ teams: ``fedmol pilot certs`` makes the CA, the SuperLink certificate and one fo
 ``fedmol pilot coordinator pilot.toml --certs pki`` (TLS, SuperNode authentication with the
 partners' registered public keys) and two ``fedmol pilot partner --certs pki/partner-<k>`` processes
 with their own BBBP CSVs; the partners are stopped with SIGINT (Ctrl-C) once the coordinator is
-done. About a minute on a loaded 2-core machine (Flower starts a ClientApp process per message).
+done. About two minutes on a loaded 2-core machine (Flower starts a ClientApp process per message),
+run in the background while the rest of the suite runs (tests/pilot/federations.py).
 
 The rest is fast and in-process: the partner's local CSV check (``--check-only``), the pilot
 TOML's one-line errors, and the minimum-partners rule (through :class:`LocalLink`, the same
@@ -16,116 +17,23 @@ real processes with ``--insecure`` (one partner of two connects).
 import csv
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import tomllib
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from fedmol.pilot.cli import pilot_app
-from fedmol.pilot.processes import free_port, group_members
+from fedmol.pilot.processes import group_members
+from federations import COLS, make_csvs, pilot_toml, run_federation
 
 runner = CliRunner()
-CLI = [sys.executable, "-m", "fedmol.cli", "pilot"]
-COLS = ["--smiles-col", "smiles", "--target-cols", "p_np", "--task", "classification"]
 
 
 @pytest.fixture(scope="module")
 def csvs(tmp_path_factory, data_dir):
     """Two sites' CSVs (50 BBBP rows each) and the coordinator's test CSV (20 positive, 20 negative)."""
-    root = tmp_path_factory.mktemp("csvs")
-    df = pd.read_csv(data_dir / "BBBP.csv")[["smiles", "p_np"]].sample(frac=1.0, random_state=0)
-    sites = [df.iloc[0:50], df.iloc[50:100]]
-    rest = df.iloc[100:]
-    test = pd.concat([rest[rest.p_np == 1].iloc[:20], rest[rest.p_np == 0].iloc[:20]])
-    paths = {}
-    for k, part in enumerate(sites):
-        paths[k] = root / f"site{k}.csv"
-        part.to_csv(paths[k], index=False)
-    paths["test"] = root / "test.csv"
-    test.to_csv(paths["test"], index=False)
-    held = set(test.smiles)  # BBBP repeats some SMILES: keep only those the coordinator does not hold itself
-    paths["smiles"] = [s for part in sites for s in part.smiles if len(s) >= 8 and s not in held]
-    return paths
-
-
-def pilot_toml(path: Path, test_csv: Path | None, **pilot) -> Path:
-    settings = dict(name="bbbp-test", algorithm="fedavg", rounds=2, partners=2, min_partners=2, round_deadline=120,
-                    connect_timeout=120, threads=1)
-    settings.update(pilot)
-    lines = ["[pilot]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-    lines += ["[model]", "hidden = 16", "layers = 2", "[hparams]", "max_local_steps = 2",
-              "[dataset]", 'task = "classification"', 'target_cols = ["p_np"]', 'smiles_col = "smiles"']
-    if test_csv is not None:
-        lines.append(f"test_csv = {json.dumps(str(test_csv))}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def start(argv: list[str], log: Path, cwd: Path) -> subprocess.Popen:
-    fh = open(log, "wb")
-    return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
-                            start_new_session=True)
-
-
-def wait_for_text(log: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if text in log.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"exited with {proc.returncode} before printing {text!r}:\n{log.read_text()}")
-        time.sleep(0.3)
-    raise AssertionError(f"{text!r} not printed within {timeout} s:\n{log.read_text()}")
-
-
-def end_all(procs: list[subprocess.Popen]) -> None:
-    """Safety net: end whatever a failed test left (each process leads its own group)."""
-    for p in procs:
-        if p.poll() is None or group_members(p.pid):
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        p.wait(timeout=30)
-
-
-def run_federation(root: Path, csvs: dict, *, insecure: bool, partners: list[int], **pilot) -> dict:
-    """``fedmol pilot coordinator`` + one ``fedmol pilot partner`` per entry of ``partners``; SIGINT ends them."""
-    if not insecure:
-        r = runner.invoke(pilot_app, ["certs", "--out", str(root / "pki"), "--partners", "2"])
-        assert r.exit_code == 0, r.output
-    toml = pilot_toml(root / "pilot.toml", csvs["test"], **pilot)
-    port = free_port()
-    security = ["--insecure"] if insecure else ["--certs", str(root / "pki")]
-    procs = []
-    try:
-        coord = start(CLI + ["coordinator", str(toml), "--out", str(root / "run"), "--address", f"127.0.0.1:{port}",
-                             *security], root / "coordinator.out", root)
-        procs.append(coord)
-        wait_for_text(root / "coordinator.out", "SuperLink listening", coord, timeout=180)
-        sites = []
-        for k in partners:
-            security = ["--insecure", "--partition-id", str(k)] if insecure else ["--certs", str(root / "pki" / f"partner-{k}")]
-            p = start(CLI + ["partner", "--superlink", f"127.0.0.1:{port}", "--csv", str(csvs[k]), *COLS,
-                             "--width-cap", "1.0", "--home", str(root / f"site{k}"), "--threads", "1", *security],
-                      root / f"partner{k}.out", root)
-            procs.append(p)
-            sites.append(p)
-        coord.wait(timeout=400)
-        for p in sites:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)  # Ctrl-C
-        for p in sites:
-            p.wait(timeout=60)
-    finally:
-        end_all(procs)
-    return dict(root=root, out=root / "run", coordinator=coord, partners=dict(zip(partners, sites)))
+    return make_csvs(tmp_path_factory.mktemp("csvs"), data_dir)
 
 
 def no_processes_left(records: Path) -> None:
@@ -136,14 +44,16 @@ def no_processes_left(records: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tls_pilot(tmp_path_factory, csvs):
-    return run_federation(tmp_path_factory.mktemp("tls"), csvs, insecure=False, partners=[0, 1])
+def tls_pilot(federation):
+    """The TLS pilot of two partners (tests/pilot/federations.py): its folders, CSVs and exit codes."""
+    r = federation("tls_cli_pilot")
+    return dict(r, root=Path(r["root"]), out=Path(r["out"]))
 
 
 def test_tls_pilot_end_to_end(tls_pilot):
     root, out = tls_pilot["root"], tls_pilot["out"]
     said = (root / "coordinator.out").read_text()
-    assert tls_pilot["coordinator"].returncode == 0, said
+    assert tls_pilot["coordinator"] == 0, said
     assert "TLS, SuperNode authentication" in said and "registered partner-0.pub" in said
     assert "round 1 (2/2): 2 partner(s) replied" in said and "0 round(s) skipped" in said
     for name in ("config.json", "metrics.csv", "summary.json", "model.safetensors", "test_predictions.csv",
@@ -168,15 +78,15 @@ def test_tls_pilot_end_to_end(tls_pilot):
     assert "https://127.0.0.1" in link_log and "RegisterNode" in link_log
 
 
-def test_partners_keep_their_molecules_audit_and_stop_on_ctrl_c(tls_pilot, csvs):
-    root, out = tls_pilot["root"], tls_pilot["out"]
-    for k, proc in tls_pilot["partners"].items():
+def test_partners_keep_their_molecules_audit_and_stop_on_ctrl_c(tls_pilot):
+    root, out, csvs = tls_pilot["root"], tls_pilot["out"], tls_pilot["csvs"]
+    for k, returncode in tls_pilot["partners"].items():
         said = (root / f"partner{k}.out").read_text()
-        assert proc.returncode == 0, said
+        assert returncode == 0, said
         assert "50 rows -> " in said and "SuperNode started" in said and "stopped (SIGINT)" in said
         site = root / f"site{k}"
         nc = tomllib.loads((site / "site.toml").read_text())
-        assert nc["partition-id"] == k and nc["csv"] == str(csvs[k]) and nc["width-cap"] == 1.0
+        assert nc["partition-id"] == int(k) and nc["csv"] == csvs[k] and nc["width-cap"] == 1.0
         audit = [json.loads(x) for x in (site / "audit" / "audit.jsonl").read_text().splitlines()]
         assert [(a["kind"], a["direction"]) for a in audit] == [
             ("hello", "received"), ("hello", "sent"), ("train", "received"), ("train", "sent"),
@@ -288,13 +198,13 @@ def test_min_partners_skips_rounds_with_a_reason(tmp_path, csvs):
 def test_insecure_pilot_with_a_missing_partner_skips_rounds(tmp_path, csvs):
     fed = run_federation(tmp_path, csvs, insecure=True, partners=[0], connect_timeout=10)
     said = (tmp_path / "coordinator.out").read_text()
-    assert fed["coordinator"].returncode == 0, said
+    assert fed["coordinator"] == 0, said
     assert "INSECURE" in said and "2 round(s) skipped" in said
     rows = list(csv.DictReader(open(fed["out"] / "metrics.csv")))
     assert [(r["participants"], r["aggregated"]) for r in rows] == [("1", "0"), ("1", "0")]
     assert "fewer than min-partners 2" in rows[0]["skipped_reason"]
     assert "http://127.0.0.1" in (fed["out"] / "pilot" / "logs" / "superlink.log").read_text()
-    assert fed["partners"][0].returncode == 0
+    assert fed["partners"]["0"] == 0
     no_processes_left(fed["out"] / "pilot" / "processes.json")
     no_processes_left(tmp_path / "site0" / "processes.json")
 
