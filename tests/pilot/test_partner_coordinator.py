@@ -10,13 +10,12 @@ run in the background while the rest of the suite runs (tests/pilot/federations.
 
 The rest is fast and in-process: the partner's local CSV check (``--check-only``), the pilot
 TOML's one-line errors, and the minimum-partners rule (through :class:`LocalLink`, the same
-coordinator code the ServerApp runs). ``FEDMOL_PILOT_FULL=1`` adds the minimum-partners rule over
+coordinator code the ServerApp runs). ``pytest -m slow`` adds the minimum-partners rule over
 real processes with ``--insecure`` (one partner of two connects).
 """
 
 import csv
 import json
-import os
 import tomllib
 from pathlib import Path
 
@@ -192,11 +191,10 @@ def test_min_partners_skips_rounds_with_a_reason(tmp_path, csvs):
     assert [(r["aggregated"], r["skipped_reason"]) for r in rows] == [("1", ""), ("1", "")]
 
 
-@pytest.mark.skipif(os.environ.get("FEDMOL_PILOT_FULL") != "1",
-                    reason="the min-partners rule over real --insecure processes: set FEDMOL_PILOT_FULL=1 "
-                           "(the rule itself always runs in-process)")
+@pytest.mark.slow  # the rule itself always runs in-process (above)
 def test_insecure_pilot_with_a_missing_partner_skips_rounds(tmp_path, csvs):
     fed = run_federation(tmp_path, csvs, insecure=True, partners=[0], connect_timeout=10)
+    fed["out"] = Path(fed["out"])
     said = (tmp_path / "coordinator.out").read_text()
     assert fed["coordinator"] == 0, said
     assert "INSECURE" in said and "2 round(s) skipped" in said
