@@ -81,51 +81,68 @@ def train_centralized(ds: MoleculeDataset, out_dir: str | Path | None = None, mo
     train_idx, valid_idx, test_idx = centralized_split(ds, split_protocol, progress)
     train, valid, test = (ds.index_select(torch.as_tensor(i)) for i in (train_idx, valid_idx, test_idx))
     evaluator = Evaluator(ds.task_type, ds.num_tasks)
-    metric = evaluator.eval_metric
     net = build(model, ds.num_tasks, hidden=hidden, layers=layers, width=width, task_type=ds.task_type,
                 dropout=dropout).to(dev)
+    if checkpoint is None and out_dir is not None:
+        checkpoint = Path(out_dir) / "checkpoint"
+    checkpoint = None if checkpoint is None else Path(checkpoint)
+    fingerprint = dict(dataset=ds.name, source_sha256=ds.source_sha256, rows=len(ds), model=net.config,
+                       split_protocol=split_protocol, device=dev.type)
+    res = _fit_with_progress(net, train, valid, evaluator, f"{ds.name} {model} w={width}", progress,
+                             seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, patience=patience or None,
+                             test=test, checkpoint=checkpoint, fingerprint=fingerprint)
+    config = dict(model=net.config, seed=seed, epochs=epochs, patience=patience or None, batch_size=batch_size, lr=lr,
+                  optimizer="adam", split=f"scaffold 80/10/10, protocol {split_protocol}", device=str(dev),
+                  source_sha256=ds.source_sha256)
+    summary = _summary(ds, net, res, evaluator, width_key(width), (train, valid, test), config, t0)
+    if out_dir is not None:
+        _write_run(Path(out_dir), net, summary)
+    if checkpoint is not None:
+        shutil.rmtree(checkpoint, ignore_errors=True)  # complete: nothing left to resume
+    return summary
+
+
+def _fit_with_progress(net, train, valid, evaluator: Evaluator, label: str, progress: bool, **fit_args) -> dict:
+    """:func:`fedmol.training.fit` under a progress bar that starts where a checkpoint left off."""
+    metric, checkpoint = evaluator.eval_metric, fit_args["checkpoint"]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.fields[info]}"), disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"{ds.name} {model} w={width}", total=epochs, info="")
+        task = bar.add_task(label, total=fit_args["epochs"], info="")
 
         def on_epoch(epoch, stats, v, best):
             bar.update(task, completed=epoch + 1,
                        info=f"loss {stats['loss']:.3f} valid {metric} {v:.3f} best {best:.3f}")
 
-        if checkpoint is None and out_dir is not None:
-            checkpoint = Path(out_dir) / "checkpoint"
-        checkpoint = None if checkpoint is None else Path(checkpoint)
         saved = ckpt.read_meta(checkpoint) if checkpoint is not None else None
         if saved is not None:  # fit checks that it is this run's before resuming
             bar.update(task, completed=saved["epoch"] + 1, info=f"resuming after epoch {saved['epoch']}")
-        fingerprint = dict(dataset=ds.name, source_sha256=ds.source_sha256, rows=len(ds), model=net.config,
-                           split_protocol=split_protocol, device=dev.type)
-        res = fit(net, train, valid, evaluator, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
-                  patience=patience or None, on_epoch=on_epoch, test=test,
-                  checkpoint=checkpoint, fingerprint=fingerprint)
-    best, best_epoch, history = res["valid"], res["best_epoch"], res["history"]
-    key = width_key(width)
-    scores = dict(test={key: score(net, test, evaluator)[metric]}, valid={key: best})
-    summary = dict(
+        return fit(net, train, valid, evaluator, on_epoch=on_epoch, **fit_args)
+
+
+def _summary(ds: MoleculeDataset, net, res: dict, evaluator: Evaluator, key: str, sets: tuple, config: dict,
+             t0: float) -> dict:
+    """``summary.json`` of the trained model ``net`` (``res``: what :func:`fedmol.training.fit` returned;
+    ``sets``: train, valid, test; ``key``: the model's width key); see the module docstring."""
+    train, valid, test = sets
+    metric, history = evaluator.eval_metric, res["history"]
+    scores = dict(test={key: score(net, test, evaluator)[metric]}, valid={key: res["valid"]})
+    return dict(
         dataset=ds.name, metric=metric, **scores,
         test_last={key: history[-1]["test"]} if history else {},
-        seconds=round(time.perf_counter() - t0 + res["elapsed_before"], 2), best_epoch=best_epoch,
+        seconds=round(time.perf_counter() - t0 + res["elapsed_before"], 2), best_epoch=res["best_epoch"],
         last_epoch=len(history) - 1, epochs_run=len(history), resumed_from_epoch=res["resumed_from"],
         sizes=dict(train=len(train), valid=len(valid), test=len(test)),
-        config=dict(model=net.config, seed=seed, epochs=epochs, patience=patience or None, batch_size=batch_size, lr=lr,
-                    optimizer="adam", split=f"scaffold 80/10/10, protocol {split_protocol}", device=str(dev),
-                    source_sha256=ds.source_sha256),
+        config=config,
         history=history,
         # an undefined test or valid metric is never silent: which one, and why (e.g. one class only)
         warnings=evaluator.undefined_warnings(scores, {"test": test.labels, "valid": valid.labels}),
     )
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        save_safetensors(weights, str(out / "model.safetensors"),
-                         metadata={"config": to_json(net.config)})
-        write_json(out / "summary.json", summary)
-    if checkpoint is not None:
-        shutil.rmtree(checkpoint, ignore_errors=True)  # complete: nothing left to resume
-    return summary
+
+
+def _write_run(out: Path, net, summary: dict) -> None:
+    """``model.safetensors`` (the kept weights) and ``summary.json`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_safetensors(weights, str(out / "model.safetensors"),
+                     metadata={"config": to_json(net.config)})
+    write_json(out / "summary.json", summary)

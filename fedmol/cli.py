@@ -440,13 +440,10 @@ def run(
     task: Optional[str] = TaskOpt, data_dir: Optional[Path] = DataDir,
 ):
     """Run one federated experiment and write config.json, metrics.csv, summary.json, model.safetensors."""
-    from fedmol.fl.harness import RunConfig, run_federated
-    from fedmol.fl.selection import FELL_BACK
-
-    hparams = parse_hparams(hp)
-    hparams.update({k: v for k, v in (("dp_clip", dp_clip), ("dp_noise", dp_noise), ("dp_delta", dp_delta))
-                    if v is not None})
     from fedmol.cli_common import check_run_inputs
+    from fedmol.fl.harness import RunConfig
+
+    hparams = _run_hparams(hp, dp_clip, dp_noise, dp_delta)
     check_run_inputs(algorithm, hparams, seed, out, devices, split)  # each mistake one line, before any data is read
     cfg = RunConfig(algorithm=algorithm, dataset=dataset, split=str(split) if split else None, partners=partners,
                     alpha=alpha, quantity_skew=quantity_skew, devices=devices, rounds=rounds, seed=seed,
@@ -455,18 +452,39 @@ def run(
                     lossy_links=lossy_links, hparams=hparams, data_dir=str(data_dir) if data_dir else None,
                     csv=str(csv) if csv else None, smiles_col=smiles_col, target_cols=target_cols, task=task,
                     heads=heads)
-    if heads != "shared" and backend != "inprocess":
-        raise FedmolError(f"--heads {heads} runs in-process only (--backend inprocess), not over {backend}")
+    s = _run_on_backend(cfg, out, backend, threads, client_cpus)
+    _print_run_summary(cfg, s, out)
+
+
+def _run_hparams(hp: list[str], dp_clip, dp_noise, dp_delta) -> dict:
+    """The ``--hp KEY=VALUE`` hyperparameters, with the ``--dp-*`` options that were given."""
+    hparams = parse_hparams(hp)
+    hparams.update({k: v for k, v in (("dp_clip", dp_clip), ("dp_noise", dp_noise), ("dp_delta", dp_delta))
+                    if v is not None})
+    return hparams
+
+
+def _run_on_backend(cfg, out: Path, backend: str, threads: int, client_cpus: int) -> dict:
+    """Run ``cfg`` in-process or on Flower's simulation engine; returns its summary."""
+    from fedmol.fl.harness import run_federated
+
+    if cfg.heads != "shared" and backend != "inprocess":
+        raise FedmolError(f"--heads {cfg.heads} runs in-process only (--backend inprocess), not over {backend}")
     import torch
     torch.set_num_threads(threads)
     if backend == "inprocess":
-        s = run_federated(cfg, out)
-    elif backend == "flower-sim":
+        return run_federated(cfg, out)
+    if backend == "flower-sim":
         from fedmol.pilot.simulation import run_flower_sim
-        s = run_flower_sim(cfg, out, client_cpus=client_cpus, threads=threads, log=console.print)
-    else:
-        raise FedmolError(f"unknown --backend {backend!r}: inprocess | flower-sim")
-    console.print(results_table(f"{algorithm} on {s['dataset']} ({s['rounds']} rounds, {s['seconds']:.0f} s)", s))
+        return run_flower_sim(cfg, out, client_cpus=client_cpus, threads=threads, log=console.print)
+    raise FedmolError(f"unknown --backend {backend!r}: inprocess | flower-sim")
+
+
+def _print_run_summary(cfg, s: dict, out: Path) -> None:
+    """The results table, warnings, the reported round, why the run stopped, and its costs."""
+    from fedmol.fl.selection import FELL_BACK
+
+    console.print(results_table(f"{cfg.algorithm} on {s['dataset']} ({s['rounds']} rounds, {s['seconds']:.0f} s)", s))
     _warn(undefined_metric_warnings(cfg, s, out) + below_chance_warnings(s))
     if s.get("selected_round") is not None:
         fell_back = str(s.get("selection", "")).partition(FELL_BACK)[2]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,45 @@ def _evaluated(epoch: int, epochs: int, round_epochs: int | None, eval_every: in
     return last_of_round == 0 and (rnd - 1) % int(eval_every) == 0
 
 
+@dataclass
+class FitProgress:
+    """Where :func:`fit` stands: the epochs' history and the best evaluated epoch so far."""
+
+    best: float = float("nan")          # its validation metric
+    best_state: dict | None = None      # its weights (cloned)
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)  # {"epoch", "loss", "valid"[, "test"]} per epoch
+    elapsed_before: float = 0.0         # seconds spent by earlier, interrupted processes
+
+    @classmethod
+    def restored(cls, saved: dict | None) -> "FitProgress":
+        """The progress of a checkpoint :func:`fedmol.checkpoint.load` restored (a fresh one when none was)."""
+        if not saved:
+            return cls()
+        return cls(best=saved["best"], best_state=saved["best_state"], best_epoch=saved["best_epoch"],
+                   history=saved["history"], elapsed_before=saved["elapsed"])
+
+    def patience_spent(self, patience: int | None) -> bool:
+        """Whether ``patience`` epochs have passed since the best one, counted at an evaluated epoch."""
+        h = self.history
+        return bool(patience is not None and h and h[-1]["valid"] is not None
+                    and h[-1]["epoch"] - self.best_epoch >= patience)
+
+    def record(self, model, epoch: int, loss: float, evaluator: Evaluator, evaluated: bool, valid, test) -> float:
+        """Add ``epoch`` to the history, when ``evaluated`` scored on ``valid`` and ``test`` (for the record),
+        and keep ``model``'s weights when it is the best; returns the validation metric (NaN when not evaluated)."""
+        metric = evaluator.eval_metric
+        v = score(model, valid, evaluator)[metric] if evaluated and len(valid) else float("nan")
+        self.history.append({"epoch": epoch, "loss": loss, "valid": v if evaluated else None})
+        if test is not None and evaluated:
+            self.history[-1]["test"] = score(model, test, evaluator)[metric] if len(test) else float("nan")
+        if evaluated and (self.best_state is None or Evaluator.better(metric, v, self.best)
+                          or (np.isnan(v) and np.isnan(self.best))):
+            self.best, self.best_epoch = v, epoch
+            self.best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        return v
+
+
 def fit(model, train, valid, evaluator: Evaluator, *, seed: int, epochs: int, lr: float = 1e-3,
         weight_decay: float = 0.0, batch_size: int = 32, clip: float | None = None, max_steps: int | None = None,
         patience: int | None = None, on_epoch: Callable | None = None, test=None,
@@ -179,45 +219,34 @@ def fit(model, train, valid, evaluator: Evaluator, *, seed: int, epochs: int, lr
     fresh), "elapsed_before": seconds spent by earlier, interrupted processes}``; the model is left
     in eval mode.
     """
-    metric = evaluator.eval_metric
     seed_everything(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loader = make_loader(train, int(batch_size), shuffle=True, seed=seed)
-    best, best_state, best_epoch, history, elapsed_before = float("nan"), None, -1, [], 0.0
+    progress = FitProgress()
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         fingerprint = dict(fingerprint or {}, seed=seed, epochs=int(epochs), lr=lr, weight_decay=weight_decay,
                            batch_size=int(batch_size), clip=clip, max_steps=max_steps, patience=patience,
                            **({"round_epochs": int(round_epochs), "eval_every": int(eval_every)} if round_epochs else {}))
-        restored = ckpt.load(checkpoint, fingerprint, model, opt, loader.generator)
-        if restored:
-            best, best_state, best_epoch = restored["best"], restored["best_state"], restored["best_epoch"]
-            history, elapsed_before = restored["history"], restored["elapsed"]
-    resumed_from, t0 = len(history), time.perf_counter()
-    for epoch in range(len(history), int(epochs)):
-        if (patience is not None and history and history[-1]["valid"] is not None
-                and history[-1]["epoch"] - best_epoch >= patience):
+        progress = FitProgress.restored(ckpt.load(checkpoint, fingerprint, model, opt, loader.generator))
+    resumed_from, t0 = len(progress.history), time.perf_counter()
+    for epoch in range(len(progress.history), int(epochs)):
+        if progress.patience_spent(patience):
             break  # early stopping after an evaluated epoch (also for a resumed run that had met the rule)
         if round_epochs and epoch and epoch % int(round_epochs) == 0:
             opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         stats = train_epoch(model, loader, opt, max_steps=max_steps, clip=clip)
         evaluated = _evaluated(epoch, int(epochs), round_epochs, eval_every)
-        v = score(model, valid, evaluator)[metric] if evaluated and len(valid) else float("nan")
-        history.append({"epoch": epoch, "loss": stats["loss"], "valid": v if evaluated else None})
-        if test is not None and evaluated:
-            history[-1]["test"] = score(model, test, evaluator)[metric] if len(test) else float("nan")
-        if evaluated and (best_state is None or Evaluator.better(metric, v, best) or (np.isnan(v) and np.isnan(best))):
-            best, best_epoch = v, epoch
-            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        v = progress.record(model, epoch, stats["loss"], evaluator, evaluated, valid, test)
         if on_epoch is not None:
-            on_epoch(epoch, stats, v, best)
+            on_epoch(epoch, stats, v, progress.best)
         if checkpoint is not None:
-            ckpt.save(checkpoint, fingerprint=fingerprint, epoch=epoch, model=model, best_state=best_state,
-                      best=best, best_epoch=best_epoch, history=history,
-                      elapsed=elapsed_before + time.perf_counter() - t0, optimizer=opt,
+            ckpt.save(checkpoint, fingerprint=fingerprint, epoch=epoch, model=model, best_state=progress.best_state,
+                      best=progress.best, best_epoch=progress.best_epoch, history=progress.history,
+                      elapsed=progress.elapsed_before + time.perf_counter() - t0, optimizer=opt,
                       loader_generator=loader.generator)
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if progress.best_state is not None:
+        model.load_state_dict(progress.best_state)
     model.eval()
-    return dict(valid=best, best_epoch=best_epoch, epochs_run=len(history), history=history,
-                resumed_from=resumed_from, elapsed_before=elapsed_before)
+    return dict(valid=progress.best, best_epoch=progress.best_epoch, epochs_run=len(progress.history),
+                history=progress.history, resumed_from=resumed_from, elapsed_before=progress.elapsed_before)

@@ -358,48 +358,76 @@ def load_dataset(name_or_csv: str | None = None, *, csv: str | Path | None = Non
     info = resolve_info(name_or_csv, csv=csv, smiles_col=smiles_col, target_cols=target_cols, task=task)
     path, sha = resolve_file(info, data_dir, progress=progress)
     folder = cache_dir() / "processed" / _cache_key(info, sha)
-    if use_cache and (folder / "meta.json").is_file() and (folder / "graphs.safetensors").is_file():
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-            tensors = load_file(str(folder / "graphs.safetensors"))
-            report = FeaturizationReport(**meta["report"])
-            return _build(info, tensors, meta["smiles"], report, sha, path, str(folder))
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
-            pass  # a damaged cache entry is rebuilt below
+    cached = _load_cached(info, folder, sha, path) if use_cache else None
+    if cached is not None:
+        return cached
     all_smiles, y, label_reasons = read_table_checked(info, path)
     feats = featurize_smiles(all_smiles, n_jobs=n_jobs, progress=progress, desc=f"featurizing {info.name}")
-    reasons = list(feats.reasons)
-    for i, why in label_reasons.items():  # a non-finite label makes the row invalid, molecule or not
-        reasons[i] = why if reasons[i] is None else f"{reasons[i]}; {why}"
-    valid = np.fromiter((r is None for r in reasons), dtype=bool, count=len(reasons))
-    valid_idx = np.flatnonzero(valid)
-    invalid_rows = [{"row": int(i), "smiles": "" if not isinstance(all_smiles[i], str) else all_smiles[i],
-                     "reason": reasons[i]} for i in np.flatnonzero(~valid)]
+    rows = _row_validity(all_smiles, feats.reasons, label_reasons)
+    valid_idx = rows.valid_idx
     if valid_idx.size == 0:
-        listed = None
-        if use_cache:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                write_invalid_csv(folder / "invalid_rows.csv", invalid_rows)
-                listed = folder / "invalid_rows.csv"
-            except OSError:
-                listed = None
-        raise NoValidMolecule(path, invalid_rows, listed)
+        raise NoValidMolecule(path, rows.invalid_rows, _list_invalid_rows(folder, rows.invalid_rows) if use_cache
+                              else None)
     unlabeled_tasks = [t for j, t in enumerate(info.tasks) if np.isnan(y[valid_idx, j]).all()]
     if unlabeled_tasks:
         raise DataError(f"{path}: target column(s) {unlabeled_tasks} hold no label on any valid molecule "
-                        f"(only on the {len(invalid_rows)} invalid row(s)): nothing to train or evaluate on")
+                        f"(only on the {len(rows.invalid_rows)} invalid row(s)): nothing to train or evaluate on")
     smiles = [all_smiles[i] for i in valid_idx]
-    seen: set[str] = set()
-    duplicates = 0
-    for s in smiles:
-        duplicates += s in seen
-        seen.add(s)
     yv = y[valid_idx]
-    report = FeaturizationReport(rows=len(all_smiles), valid=int(valid_idx.size), invalid=len(invalid_rows),
-                                 duplicates=duplicates, unlabeled=int(np.isnan(yv).all(axis=1).sum()),
-                                 invalid_rows=invalid_rows, invalid_labels=len(label_reasons))
-    tensors = {
+    report = FeaturizationReport(rows=len(all_smiles), valid=int(valid_idx.size), invalid=len(rows.invalid_rows),
+                                 duplicates=len(smiles) - len(set(smiles)),
+                                 unlabeled=int(np.isnan(yv).all(axis=1).sum()),
+                                 invalid_rows=rows.invalid_rows, invalid_labels=len(label_reasons))
+    tensors = _graph_tensors(feats, yv, valid_idx)
+    cache_path = _save_tensors(folder, tensors, smiles, report, info, sha, path) if use_cache else None
+    return _build(info, tensors, smiles, report, sha, path, cache_path)
+
+
+def _load_cached(info: DatasetInfo, folder: Path, sha: str, path: Path) -> MoleculeDataset | None:
+    """The dataset cached in ``folder``, or None when it is absent or damaged (then it is rebuilt)."""
+    if not ((folder / "meta.json").is_file() and (folder / "graphs.safetensors").is_file()):
+        return None
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        tensors = load_file(str(folder / "graphs.safetensors"))
+        report = FeaturizationReport(**meta["report"])
+        return _build(info, tensors, meta["smiles"], report, sha, path, str(folder))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        return None
+
+
+@dataclass
+class _RowValidity:
+    #: positions of the rows with a valid molecule and finite labels, ascending
+    valid_idx: np.ndarray
+    #: ``{"row", "smiles", "reason"}`` of every other row
+    invalid_rows: list[dict]
+
+
+def _row_validity(all_smiles: list, mol_reasons, label_reasons: dict[int, str]) -> _RowValidity:
+    """Which rows are valid: a non-finite label makes the row invalid, molecule or not."""
+    reasons = list(mol_reasons)
+    for i, why in label_reasons.items():
+        reasons[i] = why if reasons[i] is None else f"{reasons[i]}; {why}"
+    valid = np.fromiter((r is None for r in reasons), dtype=bool, count=len(reasons))
+    invalid_rows = [{"row": int(i), "smiles": "" if not isinstance(all_smiles[i], str) else all_smiles[i],
+                     "reason": reasons[i]} for i in np.flatnonzero(~valid)]
+    return _RowValidity(np.flatnonzero(valid), invalid_rows)
+
+
+def _list_invalid_rows(folder: Path, invalid_rows: list[dict]) -> Path | None:
+    """``invalid_rows.csv`` written in the cache folder, or None when it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_invalid_csv(folder / "invalid_rows.csv", invalid_rows)
+        return folder / "invalid_rows.csv"
+    except OSError:
+        return None
+
+
+def _graph_tensors(feats, yv: np.ndarray, valid_idx: np.ndarray) -> dict[str, torch.Tensor]:
+    """The valid molecules' graphs, labels and rows as the tensors cached and loaded by :func:`_build`."""
+    return {
         "x": torch.from_numpy(np.ascontiguousarray(feats.x, dtype=np.int64)),
         "edge_index": torch.from_numpy(np.ascontiguousarray(feats.edge_index, dtype=np.int64)),
         "edge_attr": torch.from_numpy(np.ascontiguousarray(feats.edge_attr, dtype=np.int64)),
@@ -408,15 +436,16 @@ def load_dataset(name_or_csv: str | None = None, *, csv: str | Path | None = Non
         "num_nodes": torch.from_numpy(np.asarray(feats.num_nodes, dtype=np.int64)[valid_idx]),
         "num_edges": torch.from_numpy(np.asarray(feats.num_edges, dtype=np.int64)[valid_idx]),
     }
-    cache_path = None
-    if use_cache:
-        try:
-            data = Data(**{k: tensors[k] for k in ("x", "edge_index", "edge_attr", "y", "row")})
-            _save(folder, data, tensors["num_nodes"], tensors["num_edges"], smiles, report, info, sha, path)
-            cache_path = str(folder)
-        except OSError:
-            cache_path = None  # read-only cache: still usable, just not cached
-    return _build(info, tensors, smiles, report, sha, path, cache_path)
+
+
+def _save_tensors(folder: Path, tensors: dict, smiles, report, info, sha, path) -> str | None:
+    """The cache folder once ``tensors`` are saved in it; None for a read-only cache (still usable, just not cached)."""
+    try:
+        data = Data(**{k: tensors[k] for k in ("x", "edge_index", "edge_attr", "y", "row")})
+        _save(folder, data, tensors["num_nodes"], tensors["num_edges"], smiles, report, info, sha, path)
+        return str(folder)
+    except OSError:
+        return None
 
 
 def resolve_info(name_or_csv: str | None = None, *, csv=None, smiles_col=None, target_cols=None,

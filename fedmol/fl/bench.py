@@ -657,32 +657,9 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "suite.json", s.to_dict())
     n_threads = threads if threads is not None else s.threads
-    ran = skipped = missing = 0
-    finished, todo = [], []
-    width = len(str(len(jobs)))
-    for i, job in enumerate(jobs, 1):
-        rel = job.path.relative_to(out / "runs")
-        state = status(job, s)
-        head = f"[{i:>{width}}/{len(jobs)}]"
-        if state == "done":
-            skipped += 1
-            finished.append(job)
-            console.print(f"{head} skip  {rel} (finished)", highlight=False, soft_wrap=True)
-        elif report_only:
-            missing += 1
-            why = dict(stale="finished with another configuration", damaged=f"not whole: {damage(job)}").get(
-                state, "not run")
-            console.print(f"{head} --    {rel} ({why}: left out)", highlight=False, soft_wrap=True)
-        else:
-            note = dict(stale=" (configuration changed: running again)",
-                        damaged=f" (not whole: {damage(job)}: running again)").get(state, "")
-            todo.append((head, rel, job, note))
-    todo.sort(key=lambda t: s.seeds.index(t[2].seed))  # seed-major: a stopped suite has whole seeds
-    workers = max(1, int(workers if workers is not None else s.workers))
-    if todo and workers == 1:
-        ran += _run_sequential(todo, s, n_threads, console, finished, progress)
-    elif todo:
-        ran += _run_parallel(todo, s, n_threads, workers, console, finished)
+    triage = _triage(jobs, s, out, report_only, console)
+    finished = list(triage.finished)
+    ran = _run_todo(triage.todo, s, n_threads, workers, console, finished, progress)
     if ran:  # the CPU numerics the runs were made with: a rerun on another CPU kind agrees only to ~1e-2
         from fedmol.numerics import numerics, numerics_id
 
@@ -693,8 +670,54 @@ def run_suite(suite: str | Path | Suite, out: str | Path | None = None, *, data_
     seconds = round(time.perf_counter() - t0, 1)
     if show_table and not rep["table"].empty:
         _print_table(rep, s, console, wide)
+    skipped, missing = len(triage.finished), triage.missing
     console.print(f"{ran} run, {skipped} skipped" + (f", {missing} left out" if missing else "")
                   + f" in {seconds:.0f} s -> {out / 'results.md'}", highlight=False, soft_wrap=True)
     return dict(suite=s.name, out=out, total=len(jobs), ran=ran, skipped=skipped, missing=missing, seconds=seconds,
                 table=rep["table"], files=rep["files"])
+
+
+@dataclass
+class Triage:
+    """A suite's planned jobs by what this call does with them."""
+
+    finished: list[Job] = field(default_factory=list)  # finished with this configuration and whole: skipped
+    todo: list[tuple] = field(default_factory=list)    # (progress head, run folder, job, why it runs again or "")
+    missing: int = 0                                   # not finished, left out of a report-only call
+
+
+def _triage(jobs: list[Job], s: Suite, out: Path, report_only: bool, console: Console) -> Triage:
+    """Sort ``jobs`` by their :func:`status`, with one line each for those that will not run."""
+    triage = Triage()
+    width = len(str(len(jobs)))
+    for i, job in enumerate(jobs, 1):
+        rel = job.path.relative_to(out / "runs")
+        state = status(job, s)
+        head = f"[{i:>{width}}/{len(jobs)}]"
+        if state == "done":
+            triage.finished.append(job)
+            console.print(f"{head} skip  {rel} (finished)", highlight=False, soft_wrap=True)
+        elif report_only:
+            triage.missing += 1
+            why = dict(stale="finished with another configuration", damaged=f"not whole: {damage(job)}").get(
+                state, "not run")
+            console.print(f"{head} --    {rel} ({why}: left out)", highlight=False, soft_wrap=True)
+        else:
+            note = dict(stale=" (configuration changed: running again)",
+                        damaged=f" (not whole: {damage(job)}: running again)").get(state, "")
+            triage.todo.append((head, rel, job, note))
+    return triage
+
+
+def _run_todo(todo: list, s: Suite, threads: int | None, workers: int | None, console: Console, finished: list,
+              progress: bool) -> int:
+    """Run ``todo`` seed-major (a stopped suite has whole seeds), in this process or in ``workers``
+    (default: the suite's) processes; returns how many ran."""
+    todo = sorted(todo, key=lambda t: s.seeds.index(t[2].seed))
+    workers = max(1, int(workers if workers is not None else s.workers))
+    if todo and workers == 1:
+        return _run_sequential(todo, s, threads, console, finished, progress)
+    if todo:
+        return _run_parallel(todo, s, threads, workers, console, finished)
+    return 0
 

@@ -12,7 +12,7 @@ partner and how its answer comes back) and in how they start and end a run. A ro
 3. the transport delivers the messages (in-process, a partner trains when its answer is read;
    over Flower, all messages go out at once and the answers are awaited until the deadline). Then,
    partner by partner: a simulated drop mid-round (``p_drop``), a transport failure (no answer, an
-   error, an answer that does not fit the model), else :func:`accept_reply` (NaN/inf rejection,
+   error, an answer that does not fit the model), else :func:`screen_reply` (NaN/inf rejection,
    then faulty links: ``p_upload_loss``, ``p_truncate``). Every failure is logged with its reason;
 4. ``algorithm.aggregate`` over the replies that arrived, then ``server_step`` (a round with fewer
    usable replies than ``min_partners`` is not aggregated, when a minimum is set);
@@ -33,7 +33,7 @@ from __future__ import annotations
 import csv
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -47,6 +47,18 @@ from fedmol.jsonio import to_json, write_json
 from fedmol.models import slicing
 from fedmol.safetensors_io import save_safetensors
 from fedmol.training import predict, score, width_key
+
+
+@dataclass
+class RoundReplies:
+    """What one round's training messages brought back."""
+
+    replies: list[tuple[PartnerInfo, Message]] = field(default_factory=list)  # accepted, for aggregation
+    failures: list[str] = field(default_factory=list)   # "partner <id>: <reason>"
+    truncated: list[str] = field(default_factory=list)  # accepted replies cut at a narrower width
+    bytes_up: int = 0                                   # of the accepted replies
+    client_seconds: float = 0.0  # the slowest answering partner's compute time on its device (seconds / speed)
+    client_total: float = 0.0    # the answering partners' compute time, summed
 
 
 @dataclass
@@ -189,73 +201,114 @@ class RoundDriver:
         return {k.split("_", 1)[0] for k in row if k.startswith(("test_", "valid_")) and "@" in k}
 
     def run_round(self, rnd: int) -> dict:
-        algo, rng, name = self.algo, self.rng, self.transport.partition_id
         t0 = time.perf_counter()
         self.transport.begin_round(rnd)
+        online = self._sample_online()
+        sends, down = self._configure(rnd, online)
+        got = self._collect(rnd, sends)
+        for _, reply in got.replies:  # the local work the aggregated updates cost
+            self.local_steps += int(reply.metrics.get("steps", 0))
+            self.samples_seen += int(reply.metrics.get("samples", 0))
+        ts = time.perf_counter()
+        agg, skipped = self._aggregate(rnd, got.replies)
+        server_time = time.perf_counter() - ts
+        self.bytes_up, self.bytes_down = self.bytes_up + got.bytes_up, self.bytes_down + down
+        row = self._round_row(rnd, len(online) - len(sends), down, got, skipped)
+        te = time.perf_counter()
+        failures = got.failures
+        if rnd % self.eval_every == 0 or rnd == self.rounds - 1:
+            failures = self._add_evaluation(rnd, row, failures)
+        self.failures += len(failures)
+        self.rows.append(close_row(row, te, t0, got.client_total, server_time, agg))
+        return row
+
+    def _sample_online(self) -> list[PartnerInfo]:
+        """The partners online this round (each with its device's ``p_online``), at most ``clients_per_round``."""
+        rng = self.rng
         online = [p for p in self.partners if rng.random() < p.device.p_online]
         if self.clients_per_round is not None and len(online) > self.clients_per_round:
             pick = rng.choice(len(online), self.clients_per_round, replace=False)
             online = [online[i] for i in sorted(pick)]
+        return online
+
+    def _configure(self, rnd: int, online: list[PartnerInfo]) -> tuple[list[tuple[PartnerInfo, Message]], int]:
+        """``(the training messages of the partners that take part, their bytes)``."""
         sends, down = [], 0
         for p in online:
-            msg = algo.configure(rnd, p)
+            msg = self.algo.configure(rnd, p)
             if msg is not None:
                 down += msg.nbytes()
                 sends.append((p, msg))
+        return sends, down
+
+    def _collect(self, rnd: int, sends: list[tuple[PartnerInfo, Message]]) -> RoundReplies:
+        """Deliver the messages and screen what comes back (:func:`screen_reply`); accepted replies are logged
+        in :attr:`sent`."""
+        rng, name = self.rng, self.transport.partition_id
         answer = self.transport.train(rnd, sends)
-        replies, failures, truncated, up, client_time, client_total = [], [], [], 0, 0.0, 0.0
+        got = RoundReplies()
         for p, msg in sends:
             if rng.random() < p.device.p_drop:
-                failures.append(f"partner {name(p)}: dropped out mid-round")
+                got.failures.append(f"partner {name(p)}: dropped out mid-round")
                 continue
-            got = answer(p, msg)
-            if got.seconds is not None:
-                client_total += got.seconds
-                client_time = max(client_time, got.seconds / p.device.speed)
-            if got.reply is None:
-                failures.append(f"partner {name(p)}: {got.reason}")
+            delivery = answer(p, msg)
+            if delivery.seconds is not None:
+                got.client_total += delivery.seconds
+                got.client_seconds = max(got.client_seconds, delivery.seconds / p.device.speed)
+            if delivery.reply is None:
+                got.failures.append(f"partner {name(p)}: {delivery.reason}")
                 continue
-            up += accept_reply(algo, p, name(p), rnd, msg, got.reply, rng, self.spec, replies, failures, truncated,
-                               self.sent)
-        for _, reply in replies:  # the local work the aggregated updates cost
-            self.local_steps += int(reply.metrics.get("steps", 0))
-            self.samples_seen += int(reply.metrics.get("samples", 0))
-        ts = time.perf_counter()
-        skipped = ""
-        if len(replies) < self.min_partners:  # too few partners: the algorithm sees no update, the model stays
+            failure, cut = screen_reply(self.algo, p.device, msg, delivery.reply, rng, self.spec)
+            if failure:
+                got.failures.append(f"partner {name(p)}: {failure}")
+                continue
+            if cut:
+                got.truncated.append(f"partner {name(p)}: {cut}")
+            got.replies.append((p, delivery.reply))
+            self.sent.append(sent_record(rnd, name(p), delivery.reply, self.algo))
+            got.bytes_up += delivery.reply.nbytes()
+        return got
+
+    def _aggregate(self, rnd: int, replies: list[tuple[PartnerInfo, Message]]) -> tuple[dict, str]:
+        """``(the algorithm's server metrics, why the round was not aggregated or "")``; with fewer replies than
+        ``min_partners`` the algorithm sees no update and the model stays."""
+        if len(replies) < self.min_partners:
             skipped = (f"{len(replies)} usable repl{'y' if len(replies) == 1 else 'ies'} by the deadline, fewer "
                        f"than min-partners {self.min_partners}: not aggregated, global model unchanged")
-            agg = algo.aggregate(rnd, [])
-        else:
-            agg = algo.aggregate(rnd, replies)
-            agg.update(algo.server_step(rnd))
-        server_time = time.perf_counter() - ts
-        self.bytes_up, self.bytes_down = self.bytes_up + up, self.bytes_down + down
-        row = dict(round=rnd, participants=len(replies), partner_ids=";".join(str(name(p)) for p, _ in replies),
-                   sat_out=len(online) - len(sends), failures=len(failures), failure_reasons=" | ".join(failures), truncated=len(truncated),
-                   truncations=" | ".join(truncated), bytes_up=up, bytes_down=down,
-                   sim_client_seconds=round(client_time, 4))
+            return self.algo.aggregate(rnd, []), skipped
+        agg = self.algo.aggregate(rnd, replies)
+        agg.update(self.algo.server_step(rnd))
+        return agg, ""
+
+    def _round_row(self, rnd: int, sat_out: int, down: int, got: RoundReplies, skipped: str) -> dict:
+        """The round's ``metrics.csv`` row before evaluation and timings."""
+        name = self.transport.partition_id
+        row = dict(round=rnd, participants=len(got.replies), partner_ids=";".join(str(name(p)) for p, _ in got.replies),
+                   sat_out=sat_out, failures=len(got.failures), failure_reasons=" | ".join(got.failures),
+                   truncated=len(got.truncated), truncations=" | ".join(got.truncated), bytes_up=got.bytes_up,
+                   bytes_down=down, sim_client_seconds=round(got.client_seconds, 4))
         if self.min_partners:
             row.update(aggregated=int(not skipped), skipped_reason=skipped)
-        te = time.perf_counter()
-        if rnd % self.eval_every == 0 or rnd == self.rounds - 1:
-            self.close_traffic(rnd)
-            scores = self.evaluate(algo, self.widths, self.scored, self.evaluator, self.query)
-            if self.federated_valid:
-                scores["valid"] = self.validate_at_partners()
-            for where, by_width in scores.items():
-                row.update({f"{where}_{self.metric}@{w}": v for w, v in by_width.items()})
-            if "valid" in scores:
-                self.selector.observe(rnd, scores["valid"], algo)
-            t = self.close_traffic(rnd)  # evaluation queries are real traffic too
-            row["bytes_down"] += t["down"]
-            row["bytes_up"] += t["up"]
-            if t["failures"]:
-                failures += t["failures"]
-                row.update(failures=len(failures), failure_reasons=" | ".join(failures))
-        self.failures += len(failures)
-        self.rows.append(close_row(row, te, t0, client_total, server_time, agg))
         return row
+
+    def _add_evaluation(self, rnd: int, row: dict, failures: list[str]) -> list[str]:
+        """Score the global model into ``row``, with the evaluation's traffic; returns the round's failures,
+        the evaluation's included."""
+        self.close_traffic(rnd)
+        scores = self.evaluate(self.algo, self.widths, self.scored, self.evaluator, self.query)
+        if self.federated_valid:
+            scores["valid"] = self.validate_at_partners()
+        for where, by_width in scores.items():
+            row.update({f"{where}_{self.metric}@{w}": v for w, v in by_width.items()})
+        if "valid" in scores:
+            self.selector.observe(rnd, scores["valid"], self.algo)
+        t = self.close_traffic(rnd)  # evaluation queries are real traffic too
+        row["bytes_down"] += t["down"]
+        row["bytes_up"] += t["up"]
+        if t["failures"]:
+            failures = failures + t["failures"]
+            row.update(failures=len(failures), failure_reasons=" | ".join(failures))
+        return failures
 
     # ------------------------------------------------------------------------------ the end
     def finish(self) -> int:
@@ -323,22 +376,6 @@ def close_row(row: dict, t_eval: float, t_round: float, client_total: float, ser
     row["seconds"] = round(time.perf_counter() - t_round, 4)
     row.update({f"server_{k}": v for k, v in agg.items()})
     return row
-
-
-def accept_reply(algo, p, name, rnd: int, msg, reply, rng, spec, replies: list, failures: list, truncated: list,
-                 sent: list) -> int:
-    """A delivered reply: :func:`screen_reply`, then the reply is logged as a failure, or taken
-    (with its truncation, if any) into ``replies`` and ``sent``. Returns the bytes that count as
-    uploaded."""
-    failure, cut = screen_reply(algo, p.device, msg, reply, rng, spec)
-    if failure:
-        failures.append(f"partner {name}: {failure}")
-        return 0
-    if cut:
-        truncated.append(f"partner {name}: {cut}")
-    replies.append((p, reply))
-    sent.append(sent_record(rnd, name, reply, algo))
-    return reply.nbytes()
 
 
 def screen_reply(algo, device, msg, reply, rng, spec) -> tuple[str | None, str | None]:

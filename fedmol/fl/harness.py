@@ -190,22 +190,13 @@ class InProcessTransport:
 
 def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     t_start = time.perf_counter()
-    check_selection(cfg.select)
-    check_schedule(cfg.rounds, cfg.eval_every, cfg.clients_per_round, cfg.patience, cfg.select)
-    for what, p in (("faulty_links", cfg.faulty_links), ("lossy_links", cfg.lossy_links)):
-        if not 0.0 <= float(p) <= 1.0:
-            raise FedmolError(f"{what} is a probability in [0, 1], got {p}")
+    _check_run_settings(cfg)
     algo_cls = get_algorithm(cfg.algorithm)
     algo_cls.check_heads(cfg.heads)
     fed = build_federation(cfg, progress)
     ds = fed.dataset
     evaluator = Evaluator(ds.task_type, ds.num_tasks)
-    metric = evaluator.eval_metric
-    model_config = backbone_config(cfg.model, ds, cfg.hidden, cfg.layers, cfg.dropout)
-    algo = algo_cls(model_config, cfg.hparams, cfg.seed, cfg.heads)
-    if hasattr(algo, "bind_dataset"):  # the organizer tells FedDF which molecules its public pool must avoid
-        algo.bind_dataset(ds.name, list(ds.smiles) if ds.info.is_custom else None, data_dir=cfg.data_dir)
-    algo.init(fed.infos)
+    algo = _initialised_algorithm(algo_cls, cfg, fed)
     dp = privacy.account(algo.hp, [p.device.p_online for p in fed.infos], cfg.clients_per_round, cfg.rounds)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -217,14 +208,56 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
                          evaluator=evaluator, scored={"test": fed.test, "valid": fed.valid}, select=cfg.select,
                          eval_every=cfg.eval_every, clients_per_round=cfg.clients_per_round, patience=cfg.patience,
                          evaluate=private)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.fields[info]}"), disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"{cfg.algorithm} on {ds.name}", total=cfg.rounds, info="")
-        driver.run(lambda row: bar.update(task, advance=1, info=_info(row, metric, driver.widths)))
+    _run_rounds(driver, f"{cfg.algorithm} on {ds.name}", cfg.rounds, progress)
     selected = driver.finish()
     if private is not None:
         private.restore(selected)
-    test = driver.scores(selected, "test")
+    per_partner = per_partner_results(driver, algo, fed, evaluator, private, driver.scores(selected, "test"))
+    extra = {"public_pool": algo.pool.report} if getattr(algo, "pool", None) is not None else {}
+    if private is not None:
+        extra["heads"] = "private"
+    summary = driver.summary(dataset=ds.name, algorithm=cfg.algorithm, valid=driver.scores(selected, "valid"),
+                             per_partner=per_partner, privacy=dp, t_start=t_start, **extra)
+    if out is not None:
+        driver.write_files(out, summary, cfg.algorithm)
+    summary["history"] = driver.rows
+    return summary
+
+
+def _check_run_settings(cfg: RunConfig) -> None:
+    """The selection rule, the schedule and the link probabilities make sense (else a one-line error)."""
+    check_selection(cfg.select)
+    check_schedule(cfg.rounds, cfg.eval_every, cfg.clients_per_round, cfg.patience, cfg.select)
+    for what, p in (("faulty_links", cfg.faulty_links), ("lossy_links", cfg.lossy_links)):
+        if not 0.0 <= float(p) <= 1.0:
+            raise FedmolError(f"{what} is a probability in [0, 1], got {p}")
+
+
+def _initialised_algorithm(algo_cls, cfg: RunConfig, fed: Federation):
+    """The run's algorithm on its backbone, initialised on the federation's partners."""
+    ds = fed.dataset
+    model_config = backbone_config(cfg.model, ds, cfg.hidden, cfg.layers, cfg.dropout)
+    algo = algo_cls(model_config, cfg.hparams, cfg.seed, cfg.heads)
+    if hasattr(algo, "bind_dataset"):  # the organizer tells FedDF which molecules its public pool must avoid
+        algo.bind_dataset(ds.name, list(ds.smiles) if ds.info.is_custom else None, data_dir=cfg.data_dir)
+    algo.init(fed.infos)
+    return algo
+
+
+def _run_rounds(driver: RoundDriver, label: str, rounds: int, progress: bool) -> None:
+    """All the driver's rounds, under a progress bar (when ``progress``)."""
+    metric = driver.metric
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[info]}"), disable=not progress, transient=True) as bar:
+        task = bar.add_task(label, total=rounds, info="")
+        driver.run(lambda row: bar.update(task, advance=1, info=_info(row, metric, driver.widths)))
+
+
+def per_partner_results(driver: RoundDriver, algo, fed: Federation, evaluator: Evaluator,
+                        private: PrivateHeadScores | None, test: dict[str, float]) -> list[dict]:
+    """``summary.json``'s ``per_partner``: each partner's model at its served width scored on its test set and
+    its own validation molecules (``test``: the reported model's global test scores by width key)."""
+    metric = evaluator.eval_metric
     per_partner, second = [], {}  # second: the other metrics (PR-AUC beside ROC-AUC) on the test set per width
     for p in fed.infos:
         w, n_valid = served_width(driver.widths, p.device.max_width), len(fed.local[p.pid].valid)
@@ -244,15 +277,7 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
         per_partner.append(dict(partner=p.pid, width=w, served=True, n_train=p.n_train, n_valid=n_valid,
                                 **second[key],
                                 valid=score(algo.eval_model(w), fed.local[p.pid].valid, evaluator, w)[metric]))
-    extra = {"public_pool": algo.pool.report} if getattr(algo, "pool", None) is not None else {}
-    if private is not None:
-        extra["heads"] = "private"
-    summary = driver.summary(dataset=ds.name, algorithm=cfg.algorithm, valid=driver.scores(selected, "valid"),
-                             per_partner=per_partner, privacy=dp, t_start=t_start, **extra)
-    if out is not None:
-        driver.write_files(out, summary, cfg.algorithm)
-    summary["history"] = driver.rows
-    return summary
+    return per_partner
 
 
 class PrivateHeadScores:

@@ -544,18 +544,35 @@ def _reported_point(entries: list[dict], table: pd.DataFrame, method: str, width
     return float(np.mean(rounds)), float(row[col].iloc[0])
 
 
+#: the x axis of the curve plots: ``{plot kind: (metrics column, label)}``
+_CURVE_AXES = {"rounds": ("round", "round"), "mb": ("mb", "MB communicated (down + up, cumulative)")}
+
+
 def plot_group(entries: list[dict], table: pd.DataFrame, folder: Path, tag: str) -> list[Path]:
     """The three plots of one dataset x alpha x devices group."""
-    from matplotlib.figure import Figure
-
     folder.mkdir(parents=True, exist_ok=True)
     metric = entries[0]["summary"]["metric"]
     title = f"{entries[0]['dataset']}, {entries[0]['devices']} devices, alpha {entries[0]['alpha']:g}"
+    refs = _reference_scores(table)
+    curves = _method_curves(entries, metric)
+    files = [_plot_curves(kind, curves, entries, table, refs, f"test {metric}", title, folder / f"{kind}_{tag}.png")
+             for kind in _CURVE_AXES]
+    files.append(_plot_widths(table, refs, f"reported test {metric}", title, folder / f"widths_{tag}.png"))
+    return files
+
+
+def _reference_scores(table: pd.DataFrame) -> dict[str, float]:
+    """``{reference method: its score}``: centralized at width 1, the others averaged over the partners."""
     refs = {}
     for _, r in table.iterrows():
         if r["kind"] == "reference":
             key = "test@1.0_mean" if r["method"].startswith("centralized") else "test@partner_mean"
             refs[r["method"]] = r.get(key, np.nan)
+    return refs
+
+
+def _method_curves(entries: list[dict], metric: str) -> dict[str, tuple[pd.DataFrame, str]]:
+    """``{federated method: (its test metric per round, mean over seeds; the width it is read at)}``."""
     methods = list(dict.fromkeys(e["method"] for e in entries if e["kind"] == "federated"))
     curves = {}
     for m in methods:
@@ -564,34 +581,53 @@ def plot_group(entries: list[dict], table: pd.DataFrame, folder: Path, tag: str)
         if frames:
             curves[m] = (pd.concat(frames).groupby("round").mean(numeric_only=True).reset_index(),
                          frames[0].attrs.get("width", "1.0"))
-    files = []
-    for kind, x, xlabel in (("rounds", "round", "round"), ("mb", "mb", "MB communicated (down + up, cumulative)")):
-        fig = Figure(figsize=(8.6, 4.2), layout="constrained")
-        ax = fig.subplots()
-        stars = False
-        for m, (c, w) in curves.items():
-            ax.plot(c[x], c["value"], marker=method_marker(m), ms=4, lw=1.4, color=method_color(m), label=f"{m} @{w}",
-                    zorder=2)
-            if kind == "rounds" and (pt := _reported_point(entries, table, m, w)):
-                ax.plot(*pt, marker="*", ms=13, color=method_color(m), markeredgecolor="black", ls="none", zorder=3)
-                stars = True
-        if stars:
-            ax.plot([], [], marker="*", ms=11, color="white", markeredgecolor="black", ls="none",
-                    label="reported round (model selection's\npick, mean over seeds) and its score")
-        _ref_lines(ax, refs)
-        if kind == "rounds":
-            round_axis(ax, xlabel)
-        else:
-            ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"test {metric}")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        legend_outside(ax)
-        p = folder / f"{kind}_{tag}.png"
-        fig.savefig(p, dpi=110)
-        files.append(p)
+    return curves
+
+
+def _new_axes():
+    """A figure of the report's size and its one axes."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(8.6, 4.2), layout="constrained")
-    ax = fig.subplots()
+    return fig, fig.subplots()
+
+
+def _save_plot(fig, ax, ylabel: str, title: str, path: Path) -> Path:
+    """Label, title, grid and legend ``ax``, and save ``fig`` as ``path``."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    legend_outside(ax)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _plot_curves(kind: str, curves: dict, entries: list[dict], table: pd.DataFrame, refs: dict[str, float],
+                 ylabel: str, title: str, path: Path) -> Path:
+    """Each method's test metric against rounds (with its reported round starred) or against MB communicated."""
+    x, xlabel = _CURVE_AXES[kind]
+    fig, ax = _new_axes()
+    stars = False
+    for m, (c, w) in curves.items():
+        ax.plot(c[x], c["value"], marker=method_marker(m), ms=4, lw=1.4, color=method_color(m), label=f"{m} @{w}",
+                zorder=2)
+        if kind == "rounds" and (pt := _reported_point(entries, table, m, w)):
+            ax.plot(*pt, marker="*", ms=13, color=method_color(m), markeredgecolor="black", ls="none", zorder=3)
+            stars = True
+    if stars:
+        ax.plot([], [], marker="*", ms=11, color="white", markeredgecolor="black", ls="none",
+                label="reported round (model selection's\npick, mean over seeds) and its score")
+    _ref_lines(ax, refs)
+    if kind == "rounds":
+        round_axis(ax, xlabel)
+    else:
+        ax.set_xlabel(xlabel)
+    return _save_plot(fig, ax, ylabel, title, path)
+
+
+def _plot_widths(table: pd.DataFrame, refs: dict[str, float], ylabel: str, title: str, path: Path) -> Path:
+    """Each method's reported test metric (mean +- std over seeds) against the width it is served at."""
+    fig, ax = _new_axes()
     wcols = [c[: -len("_mean")] for c in table.columns if c.startswith("test@") and c.endswith("_mean")
              and c != "test@partner_mean"]
     for _, r in table.iterrows():
@@ -608,29 +644,19 @@ def plot_group(entries: list[dict], table: pd.DataFrame, folder: Path, tag: str)
                     ls=reference_linestyle(r["method"]), color=method_color(r["method"]), zorder=2)
     _ref_lines(ax, {k: v for k, v in refs.items() if k.startswith("centralized")})
     width_axis(ax, [float(c.split("@")[1]) for c in wcols])
-    ax.set_ylabel(f"reported test {metric}")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    legend_outside(ax)
-    p = folder / f"widths_{tag}.png"
-    fig.savefig(p, dpi=110)
-    files.append(p)
-    return files
+    return _save_plot(fig, ax, ylabel, title, path)
 
 
 def plot_partner_cdf(gains: pd.DataFrame, path: Path, title: str) -> list[Path]:
     """MELLODDY's CDF of per-partner deltas: for each method (federated runs and ensembles), the
     share of partner x seed pairs whose test gain over their best local model is <= x; a curve
     right of 0 is a method that pays its partners. Nothing is drawn without gains."""
-    from matplotlib.figure import Figure
-
     d = gains.dropna(subset=["gain_test_vs_best_local"])
     d = d[~d["method"].astype(str).str.startswith(("local-only", BEST_LOCAL))]
     if d.empty:
         return []
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(8.6, 4.2), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _new_axes()
     for i, (method, g) in enumerate(d.groupby("method", sort=False)):
         x = np.sort(g["gain_test_vs_best_local"].to_numpy(dtype=float))
         ref = is_reference(method)  # references: dashed (pooled) / dash-dotted (one-shot ensembles)
@@ -638,12 +664,7 @@ def plot_partner_cdf(gains: pd.DataFrame, path: Path, title: str) -> list[Path]:
                 ls=reference_linestyle(method), color=method_color(method), lw=1.6 if ref else 1.3, zorder=2)
     ax.axvline(0.0, color="black", lw=1, ls=":")
     ax.set_xlabel("test gain over the partner's best local model (per partner and seed)")
-    ax.set_ylabel("share of partners")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    legend_outside(ax)
-    fig.savefig(path, dpi=110)
-    return [path]
+    return [_save_plot(fig, ax, "share of partners", title, path)]
 
 
 # ---------------------------------------------------------------------------------------- everything

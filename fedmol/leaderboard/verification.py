@@ -297,31 +297,46 @@ def _bound_hparams(hp: dict) -> None:
 
 def _verify_run(r, m: Manifest, members: dict[str, bytes], split_path: Path, split_obj: dict,
                 evaluator_cache: dict) -> RunCheck:
-    import torch
-
-    from fedmol.evaluate import Evaluator
-    from fedmol.fl.devices import PROFILE_NAMES
-    from fedmol.fl.harness import RunConfig, backbone_config, build_federation
-    from fedmol.fl.registry import get_algorithm
-    from fedmol.models import build
-    from fedmol.training import predict
-
     c = r.config
     tag = f"run {r.id} (seed {r.seed})"
+    fed = _rebuild_federation(c, split_path, tag)
+    _check_federation(fed, c, m, split_obj, tag)
+    algo_cls, algo = _build_algorithm(c, fed, tag)
+    widths = _check_resolved(algo_cls, algo, c, tag)
+    tensors = _check_weights(r.weights.path, members[r.weights.path], algo.state(), c.algorithm.name)
+    preds, rescored = _rescore_predictions(r, m, members[r.predictions.path], fed, widths, evaluator_cache)
+    _check_partner_results(r, c, widths)
+    reproducible = weight_widths(algo_cls, widths, float(c.model.width))
+    worst = _reproduce_predictions(r, tensors, fed.test, reproducible, preds)
+    rep = sorted((_width_key(w) for w in reproducible), key=float, reverse=True)
+    only = sorted((k for k in preds if k not in rep), key=float, reverse=True)
+    return RunCheck(id=r.id, seed=r.seed, split=r.split, test=rescored, reproduced_widths=rep,
+                    rescored_only_widths=only, max_abs_diff=worst)
+
+
+def _rebuild_federation(c, split_path: Path, tag: str):
+    """The federation the harness builds from the frozen split and the run's config."""
+    from fedmol.fl.devices import PROFILE_NAMES
+    from fedmol.fl.harness import RunConfig, build_federation
+
     if c.run.devices not in PROFILE_NAMES:
         raise Rejected(f"{tag}: device profile {c.run.devices!r} is not built in ({', '.join(PROFILE_NAMES)}): "
                        "only built-in profiles can be verified")
     _bound_hparams(c.run.hparams)
     try:
         cfg = RunConfig(**{**c.run.model_dump(), "split": str(split_path), "data_dir": None})
-        fed = build_federation(cfg, progress=False)
+        return build_federation(cfg, progress=False)
     except FedmolError as e:
         raise Rejected(f"{tag}: cannot rebuild the federation from the frozen split: {e}") from e
+
+
+def _check_federation(fed, c, m: Manifest, split_obj: dict, tag: str) -> None:
+    """The rebuilt federation's dataset, split and partners are the ones the config declares."""
+    from fedmol.data.splits import SplitSpec
+
     ds = fed.dataset
     if ds.name != m.dataset or ds.task_type != m.task_type:
         raise Rejected(f"{tag}: the frozen split's dataset is {ds.name} ({ds.task_type}), not {m.dataset}")
-    from fedmol.data.splits import SplitSpec
-
     if SplitSpec.model_validate(split_obj["spec"]).model_dump() != c.split.spec.model_dump():
         raise Rejected(f"{tag}: its config's split spec is not the frozen file's")
     if c.split.partners != len(split_obj["partners"]) or c.split.test != len(split_obj["test"]):
@@ -331,14 +346,24 @@ def _verify_run(r, m: Manifest, members: dict[str, bytes], split_path: Path, spl
     if _norm(partners) != _norm([p.model_dump() for p in c.partners]):
         raise Rejected(f"{tag}: its partners (sizes or device profiles) are not those the split and seed give")
 
-    # the algorithm, as the harness builds it
+
+def _build_algorithm(c, fed, tag: str):
+    """``(algorithm class, algorithm initialised on the federation's partners)``, as the harness builds them."""
+    from fedmol.fl.harness import backbone_config
+    from fedmol.fl.registry import get_algorithm
+
     try:
         algo_cls = get_algorithm(c.run.algorithm)
-        base = backbone_config(c.run.model, ds, c.run.hidden, c.run.layers, c.run.dropout)
+        base = backbone_config(c.run.model, fed.dataset, c.run.hidden, c.run.layers, c.run.dropout)
         algo = algo_cls(base, dict(c.run.hparams), c.run.seed)
         algo.init(fed.infos)
     except (FedmolError, ValueError, TypeError, KeyError) as e:
         raise Rejected(f"{tag}: the algorithm cannot be built from the manifest's config: {e}") from e
+    return algo_cls, algo
+
+
+def _check_resolved(algo_cls, algo, c, tag: str) -> list[float]:
+    """The algorithm resolves to the declared hyperparameters, norm, backbone and widths; returns its widths."""
     # hyperparameters added after a submission was made resolve to behaviour-neutral defaults
     defaults = {**algo_cls.base_defaults, **algo_cls.defaults}
     later = ADDED_LATER["*"] + ADDED_LATER.get(algo_cls.name, ())
@@ -350,42 +375,48 @@ def _verify_run(r, m: Manifest, members: dict[str, bytes], split_path: Path, spl
     widths = [float(w) for w in algo.widths()]
     if sorted(widths, reverse=True) != [float(w) for w in sorted(c.widths, reverse=True)]:
         raise Rejected(f"{tag}: widths {c.widths} are not the ones {algo_cls.name} serves here ({widths})")
-    expected = algo.state()
+    return widths
 
-    # the weights
-    tensors, meta = load_safetensors(members[r.weights.path], r.weights.path)
+
+def _check_weights(path: str, data: bytes, expected: dict, algorithm: str) -> dict:
+    """The shipped tensors, which must be exactly ``expected``'s names, shapes and dtypes."""
+    tensors, meta = load_safetensors(data, path)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing:
-        raise Rejected(f"{r.weights.path}: lacks tensor {missing[0]!r} of the declared model ({len(missing)} missing)")
+        raise Rejected(f"{path}: lacks tensor {missing[0]!r} of the declared model ({len(missing)} missing)")
     if unexpected:
-        raise Rejected(f"{r.weights.path}: tensor {unexpected[0]!r} is not part of the declared model")
+        raise Rejected(f"{path}: tensor {unexpected[0]!r} is not part of the declared model")
     for k, t in expected.items():
         got = tensors[k]
         if tuple(got.shape) != tuple(t.shape):
-            raise Rejected(f"{r.weights.path}: tensor {k!r} has shape {list(got.shape)} but the declared model "
+            raise Rejected(f"{path}: tensor {k!r} has shape {list(got.shape)} but the declared model "
                            f"needs {list(t.shape)}")
         if got.dtype != t.dtype:
-            raise Rejected(f"{r.weights.path}: tensor {k!r} has dtype {got.dtype} but the declared model needs "
+            raise Rejected(f"{path}: tensor {k!r} has dtype {got.dtype} but the declared model needs "
                            f"{t.dtype}")
-    if "algorithm" in meta and meta["algorithm"] != c.algorithm.name:
-        raise Rejected(f"{r.weights.path}: its metadata names algorithm {meta['algorithm'][:40]!r}")
+    if "algorithm" in meta and meta["algorithm"] != algorithm:
+        raise Rejected(f"{path}: its metadata names algorithm {meta['algorithm'][:40]!r}")
+    return tensors
 
-    # predictions re-score to the claimed metrics
-    test_rows = fed.test.rows
+
+def _rescore_predictions(r, m: Manifest, data: bytes, fed, widths: list[float],
+                         evaluator_cache: dict) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """``(shipped predictions, their scores)`` by width key; each score must be the claimed test metric."""
+    from fedmol.evaluate import Evaluator
     from fedmol.fl.driver import task_names
-    preds = _parse_predictions(members[r.predictions.path], r.predictions.path, task_names(fed.test, ds.num_tasks),
-                               ds.task_type, widths, test_rows)
-    key = (ds.task_type, ds.num_tasks)
-    evaluator = evaluator_cache.setdefault(key, Evaluator(ds.task_type, ds.num_tasks))
-    y_true = fed.test.labels
+
+    ds = fed.dataset
+    preds = _parse_predictions(data, r.predictions.path, task_names(fed.test, ds.num_tasks),
+                               ds.task_type, widths, fed.test.rows)
+    evaluator = evaluator_cache.setdefault((ds.task_type, ds.num_tasks), Evaluator(ds.task_type, ds.num_tasks))
     metric = evaluator.eval_metric
     if metric != m.metric:
         raise Rejected(f"the manifest's metric {m.metric} is not the Evaluator's {metric}")
     rescored = {}
     for k in sorted(preds):
         try:
-            v = evaluator.eval({"y_true": y_true, "y_pred": preds[k]})[metric]
+            v = evaluator.eval({"y_true": fed.test.labels, "y_pred": preds[k]})[metric]
         except FedmolError as e:
             raise Rejected(f"{r.predictions.path}: cannot be scored at width {k}: {e}") from e
         claimed = r.test[k]
@@ -393,30 +424,34 @@ def _verify_run(r, m: Manifest, members: dict[str, bytes], split_path: Path, spl
             raise Rejected(f"run {r.id}: claimed test {metric}@{k} = {claimed!r} but the shipped predictions score "
                            f"{v!r}")
         rescored[k] = v
-    _check_partner_results(r, c, widths)
+    return preds, rescored
 
-    # the weights reproduce the predictions where the saved state is the evaluated model
-    model = build(**c.model.model_dump())
+
+def _reproduce_predictions(r, tensors: dict, test, reproducible: list[float], preds: dict[str, np.ndarray]) -> float:
+    """The declared backbone with the shipped weights reproduces the shipped predictions at the
+    ``reproducible`` widths; returns the largest absolute difference."""
+    import torch
+
+    from fedmol.models import build
+    from fedmol.training import predict
+
+    model = build(**r.config.model.model_dump())
     own = model.state_dict()
     try:
         model.load_state_dict({k: tensors[k] for k in own}, strict=True)
     except (RuntimeError, KeyError) as e:
         raise Rejected(f"{r.weights.path}: does not load into the declared backbone: {one_line(e)}") from e
-    reproducible = weight_widths(algo_cls, widths, float(c.model.width))
     worst = 0.0
     with torch.no_grad():
         for w in reproducible:
             k = _width_key(w)
-            _, p = predict(model, fed.test, w)
+            _, p = predict(model, test, w)
             diff = float(np.max(np.abs(p.astype(np.float64) - preds[k]))) if len(p) else 0.0
             if not diff <= TOL_WEIGHTS:
                 raise Rejected(f"run {r.id}: the shipped weights do not reproduce the shipped predictions at width "
                                f"{k} (max abs diff {diff:.3g} > {TOL_WEIGHTS:g})")
             worst = max(worst, diff)
-    rep = sorted((_width_key(w) for w in reproducible), key=float, reverse=True)
-    only = sorted((k for k in preds if k not in rep), key=float, reverse=True)
-    return RunCheck(id=r.id, seed=r.seed, split=r.split, test=rescored, reproduced_widths=rep,
-                    rescored_only_widths=only, max_abs_diff=worst)
+    return worst
 
 
 def _rerun(r, split_path: Path, progress: bool, numerics: dict | None = None) -> dict:

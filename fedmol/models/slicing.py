@@ -527,14 +527,7 @@ def aggregate_nested(
     ``noise_std=0`` is uniform averaging without noise.
     """
     updates = list(updates)
-    for _, w in updates:
-        if not (float(w) >= 0.0):
-            raise ValueError(f"aggregation weights must be >= 0, got {w}")
-    if noise_std is not None:
-        if not (float(noise_std) >= 0.0):
-            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
-        if any(float(w) != 1.0 for _, w in updates):
-            raise ValueError("noise is added to sums over holders: every aggregation weight must be 1")
+    _check_aggregation_weights([w for _, w in updates], noise_std)
     out: dict[str, Tensor] = {}
     for key, old in global_state.items():
         old = old.detach()
@@ -542,33 +535,62 @@ def aggregate_nested(
         if not senders:
             out[key] = old.clone()
             continue
-        for t, _ in senders:
-            if t.dim() != old.dim() or any(a > b for a, b in zip(t.shape, old.shape)):
-                raise ValueError(
-                    f"{key}: update of shape {tuple(t.shape)} does not fit the global "
-                    f"tensor {tuple(old.shape)}"
-                )
+        _check_blocks_fit(key, old, senders)
         if not old.is_floating_point():
-            new = old.clone()
-            covered = torch.zeros(old.shape, dtype=torch.bool, device=old.device)
-            for t, _ in senders:
-                block = tuple(slice(0, n) for n in t.shape)
-                t = t.to(old.device, old.dtype)
-                new[block] = torch.where(covered[block], torch.maximum(new[block], t), t)
-                covered[block] = True
-            out[key] = new
-            continue
-        acc = torch.zeros(old.shape, dtype=torch.float64, device=old.device)
-        wsum = torch.zeros(old.shape, dtype=torch.float64, device=old.device)
-        for t, w in senders:
-            block = tuple(slice(0, n) for n in t.shape)
-            acc[block] += w * t.detach().to(old.device, torch.float64)
-            wsum[block] += w
-        if noise_std:
-            acc += float(noise_std) * torch.randn(old.shape, generator=generator, dtype=torch.float64).to(old.device)
-        mean = acc / wsum.clamp_min(1e-300)
-        out[key] = torch.where(wsum > 0, mean, old.to(torch.float64)).to(old.dtype)
+            out[key] = _nested_max(old, senders)
+        else:
+            out[key] = _nested_mean(old, senders, noise_std, generator)
     return out
+
+
+def _check_aggregation_weights(weights: list, noise_std: float | None) -> None:
+    """Weights are >= 0, and all 1 when noise is added (:func:`aggregate_nested`)."""
+    for w in weights:
+        if not (float(w) >= 0.0):
+            raise ValueError(f"aggregation weights must be >= 0, got {w}")
+    if noise_std is not None:
+        if not (float(noise_std) >= 0.0):
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        if any(float(w) != 1.0 for w in weights):
+            raise ValueError("noise is added to sums over holders: every aggregation weight must be 1")
+
+
+def _check_blocks_fit(key: str, old: Tensor, senders: list[tuple[Tensor, float]]) -> None:
+    """Every sent tensor is a leading block of the global tensor ``old``."""
+    for t, _ in senders:
+        if t.dim() != old.dim() or any(a > b for a, b in zip(t.shape, old.shape)):
+            raise ValueError(
+                f"{key}: update of shape {tuple(t.shape)} does not fit the global "
+                f"tensor {tuple(old.shape)}"
+            )
+
+
+def _nested_max(old: Tensor, senders: list[tuple[Tensor, float]]) -> Tensor:
+    """A non-float tensor: each covered coordinate is the maximum of its senders' values."""
+    new = old.clone()
+    covered = torch.zeros(old.shape, dtype=torch.bool, device=old.device)
+    for t, _ in senders:
+        block = tuple(slice(0, n) for n in t.shape)
+        t = t.to(old.device, old.dtype)
+        new[block] = torch.where(covered[block], torch.maximum(new[block], t), t)
+        covered[block] = True
+    return new
+
+
+def _nested_mean(old: Tensor, senders: list[tuple[Tensor, float]], noise_std: float | None,
+                 generator: torch.Generator | None) -> Tensor:
+    """A float tensor: each covered coordinate is the weighted mean of its senders' values (in float64,
+    with noise on the sum when ``noise_std``); the others keep their old value."""
+    acc = torch.zeros(old.shape, dtype=torch.float64, device=old.device)
+    wsum = torch.zeros(old.shape, dtype=torch.float64, device=old.device)
+    for t, w in senders:
+        block = tuple(slice(0, n) for n in t.shape)
+        acc[block] += w * t.detach().to(old.device, torch.float64)
+        wsum[block] += w
+    if noise_std:
+        acc += float(noise_std) * torch.randn(old.shape, generator=generator, dtype=torch.float64).to(old.device)
+    mean = acc / wsum.clamp_min(1e-300)
+    return torch.where(wsum > 0, mean, old.to(torch.float64)).to(old.dtype)
 
 
 def count(
