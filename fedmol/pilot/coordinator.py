@@ -323,156 +323,267 @@ def run_coordinator(link: Link, s: PilotSettings, log=print) -> dict:
 
 
 def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
-    from fedmol.evaluate import Evaluator
-    from fedmol.fl import privacy
-    from fedmol.fl.algorithm import PartnerInfo
-    from fedmol.fl.devices import assign_devices
-    from fedmol.fl.driver import RoundDriver, served_width, unserved_entry
     from fedmol.fl.registry import get_algorithm
     from fedmol.fl.selection import check_selection
-    from fedmol.models import slicing
-    from fedmol.training import score, width_key
 
     if s.threads > 0:
         torch.set_num_threads(s.threads)
     t_start = time.perf_counter()
     check_selection(s.select)
+    data = _organizer_data(s)
+    algo_cls = get_algorithm(s.algorithm)
+    name = algo_cls.name or s.algorithm
+    admission = _admit_nodes(link, s, data, name, log)
+    write_json(out / "nodes.json", admission.report)
+    if not admission.accepted:
+        raise PilotError("no partner joined the federation: " +
+                         " | ".join(f"node {e['node_id']}: {e.get('reason')}" for e in admission.report))
+    partners = _make_partners(admission.accepted, s)
+    algo, dp = _start_algorithm(algo_cls, s, data.ds, partners)
+    write_json(out / "config.json", _resolved(s, algo, data.ds, data.test, data.split, partners, admission.report, dp))
+    transport = LinkTransport(link, partners, algo, name, s.round_timeout,
+                              rejoin=dict(ds=data.ds, split=data.split, known=set(admission.node_ids), log=log))
+    driver = _round_driver(algo, partners, transport, data, s)
+    driver.run(_progress_writer(out, log))
+    selected = driver.finish()
+    test_scores = driver.scores(selected, "test")
+    validation = _validate_at_partners(transport, driver, partners, data, test_scores, s.rounds)
+    valid, valid_kind = _reported_valid(driver, selected, data, validation.per_partner)
+    summary = driver.summary(
+        dataset=data.ds.name, algorithm=s.algorithm, valid=valid, per_partner=validation.per_partner, privacy=dp,
+        t_start=t_start, backend="flower", valid_kind=valid_kind, test_source=_test_source(s), partners=len(partners),
+        refused=[e for e in admission.report if e["status"] != "accepted"], node_events=transport.events,
+        validation_failures=validation.failures)
+    if transport.events:
+        write_json(out / "nodes.json", admission.report + transport.events)
+    driver.write_files(out, summary, s.algorithm)
+    log(_done_line(test_scores, valid, driver.metric, selected, s))
+    summary["history"] = driver.rows
+    return summary
+
+
+@dataclass
+class OrganizerData:
+    """What the organizer holds: the dataset (or only the :class:`Schema`), the global test set, the
+    split file, and the sets the coordinator scores itself (``scored``)."""
+
+    ds: object
+    test: object | None
+    split: dict | None
+    evaluator: object
+    scored: dict
+    federated_valid: bool  # the partners score the model on their own validation molecules every round
+
+
+def _organizer_data(s: PilotSettings) -> OrganizerData:
+    from fedmol.evaluate import Evaluator
+
     ds, test, split = load_test_set(s)
     evaluator = Evaluator(ds.task_type, ds.num_tasks)
-    metric = evaluator.eval_metric
     scored = {} if test is None else {"test": test}
     if split is not None:  # the organizer's split file lists the partners' validation rows (as the harness)
         scored["valid"] = ds.select_rows(sorted(r for p in split["partners"] for r in p["valid"]))
     # otherwise the partners score the model on their own validation molecules (only the scores leave them)
     federated_valid = split is None and (s.select == "best-valid" or test is None)
-    algo_cls = get_algorithm(s.algorithm)
-    name = algo_cls.name or s.algorithm
+    return OrganizerData(ds, test, split, evaluator, scored, federated_valid)
 
-    # -- partners -------------------------------------------------------------------------------
+
+@dataclass
+class Admission:
+    """The nodes greeted at the start and what became of them."""
+
+    node_ids: list[int]
+    report: list[dict] = field(default_factory=list)  # one entry per node: nodes.json
+    accepted: dict[int, tuple[int, Reply]] = field(default_factory=dict)  # partition id -> (node id, hello reply)
+
+
+def _admit_nodes(link: Link, s: PilotSettings, data: OrganizerData, algorithm: str, log) -> Admission:
+    """Wait for the expected nodes, greet them and accept or refuse each (with its reason)."""
     node_ids = wait_for_nodes(link, s.partners, s.connect_timeout)
     log(f"[fedmol pilot] {len(node_ids)} node(s) connected (expected {s.partners})")
     if not node_ids:
         raise PilotError(f"no partner node connected within {s.connect_timeout:g} s")
-    replies = greet(link, node_ids, ds, name, s.round_timeout, "hello")
+    replies = greet(link, node_ids, data.ds, algorithm, s.round_timeout, "hello")
+    claimed = _claimed_partitions(node_ids, replies)
+    admission = Admission(node_ids)
+    for n in node_ids:
+        entry, r = _judge_hello(n, replies[n], claimed, data.split)
+        if r.ok:
+            admission.accepted[entry["partition_id"]] = (n, r)
+        else:
+            entry["reason"] = r.reason
+            log(f"[fedmol pilot] node {n} refused: {r.reason}")
+        admission.report.append(entry)
+    return admission
+
+
+def _claimed_partitions(node_ids: list[int], replies: dict[int, Reply]) -> dict[int, list[int]]:
+    """Partition id -> the nodes whose hello claims it."""
     claimed: dict[int, list[int]] = {}
     for n in node_ids:
         if replies[n].ok:
             claimed.setdefault(int(replies[n].meta["partition-id"]), []).append(n)
-    nodes_report, accepted = [], {}
-    for n in node_ids:
-        r = replies[n]
-        entry = {"node_id": n, "status": "refused"}
-        if r.ok:
-            pid = int(r.meta["partition-id"])
-            entry.update(partition_id=pid, n_train=int(r.msg.metrics["n_train"]), n_valid=int(r.msg.metrics["n_valid"]),
-                         width_cap=float(r.msg.metrics["width_cap"]), source=r.msg.config.get("source"),
-                         versions={k: r.meta.get(k) for k in ("fedmol-version", "featurizer-version", "protocol", "code")})
-            if len(claimed[pid]) > 1:
-                r = Reply(False, reason=f"partition-id {pid} is claimed by several nodes {claimed[pid]}: all refused")
-            elif _other_split(r, split):
-                r = Reply(False, reason=_other_split(r, split))
-            elif entry["n_train"] < 1:
-                r = Reply(False, reason="it has no training molecule")
-            else:
-                accepted[pid] = (n, r)
-                entry["status"] = "accepted"
-        if not r.ok:
-            entry["reason"] = r.reason
-            log(f"[fedmol pilot] node {n} refused: {r.reason}")
-        nodes_report.append(entry)
-    write_json(out / "nodes.json", nodes_report)
-    if not accepted:
-        raise PilotError("no partner joined the federation: " +
-                         " | ".join(f"node {e['node_id']}: {e.get('reason')}" for e in nodes_report))
-    pids = sorted(accepted)
-    sizes = [int(accepted[p][1].msg.metrics["n_train"]) for p in pids]
+    return claimed
+
+
+def _judge_hello(node_id: int, r: Reply, claimed: dict[int, list[int]], split) -> tuple[dict, Reply]:
+    """A node's ``nodes.json`` entry and its hello reply, or a refusal that says why."""
+    entry = {"node_id": node_id, "status": "refused"}
+    if not r.ok:
+        return entry, r
+    partition_id = int(r.meta["partition-id"])
+    entry.update(partition_id=partition_id, n_train=int(r.msg.metrics["n_train"]),
+                 n_valid=int(r.msg.metrics["n_valid"]), width_cap=float(r.msg.metrics["width_cap"]),
+                 source=r.msg.config.get("source"),
+                 versions={k: r.meta.get(k) for k in ("fedmol-version", "featurizer-version", "protocol", "code")})
+    if len(claimed[partition_id]) > 1:
+        return entry, Reply(False, reason=f"partition-id {partition_id} is claimed by several nodes "
+                                          f"{claimed[partition_id]}: all refused")
+    other_split = _other_split(r, split)
+    if other_split:
+        return entry, Reply(False, reason=other_split)
+    if entry["n_train"] < 1:
+        return entry, Reply(False, reason="it has no training molecule")
+    entry["status"] = "accepted"
+    return entry, r
+
+
+def _make_partners(accepted: dict[int, tuple[int, Reply]], s: PilotSettings) -> list[Partner]:
+    """The accepted nodes in partition-id order, with the harness's device draw capped at each node's width."""
+    from fedmol.fl.algorithm import PartnerInfo
+    from fedmol.fl.devices import assign_devices
+
+    partition_ids = sorted(accepted)
+    facts = [accepted[p][1].msg.metrics for p in partition_ids]
+    sizes = [int(f["n_train"]) for f in facts]
     devices = assign_devices(s.devices, sizes, s.seed)
-    devices = [dataclasses.replace(d, max_width=float(accepted[p][1].msg.metrics["width_cap"]))
-               for d, p in zip(devices, pids)]
+    devices = [dataclasses.replace(d, max_width=float(f["width_cap"])) for d, f in zip(devices, facts)]
     if s.faulty_links or s.lossy_links:
         devices = [dataclasses.replace(d, p_truncate=s.faulty_links or d.p_truncate,
                                        p_upload_loss=s.lossy_links or d.p_upload_loss) for d in devices]
-    partners = [Partner(accepted[p][0], p, PartnerInfo(i, sizes[i], devices[i]),
-                        int(accepted[p][1].msg.metrics["n_valid"]), devices[i].max_width)
-                for i, p in enumerate(pids)]
+    return [Partner(accepted[p][0], p, PartnerInfo(i, sizes[i], devices[i]), int(facts[i]["n_valid"]),
+                    devices[i].max_width) for i, p in enumerate(partition_ids)]
 
-    # -- algorithm and rounds (the harness's RoundDriver, over the network) -----------------------
-    from fedmol.fl.harness import backbone_config, secondary_scores
-    model_config = backbone_config(s.model, ds, s.hidden, s.layers, s.dropout)
-    algo = algo_cls(model_config, s.hparams, s.seed)
+
+def _start_algorithm(algo_cls, s: PilotSettings, ds, partners: list[Partner]):
+    """``(algorithm, privacy accounting)``: the algorithm on the run's backbone, initialised for ``partners``."""
+    from fedmol.fl import privacy
+    from fedmol.fl.harness import backbone_config
+
+    algo = algo_cls(backbone_config(s.model, ds, s.hidden, s.layers, s.dropout), s.hparams, s.seed)
     algo.init([pt.info for pt in partners])
     dp = privacy.account(algo.hp, [pt.info.device.p_online for pt in partners], s.clients_per_round or None,
                          s.rounds)
-    write_json(out / "config.json", _resolved(s, algo, ds, test, split, partners, nodes_report, dp))
-    transport = LinkTransport(link, partners, algo, name, s.round_timeout,
-                              rejoin=dict(ds=ds, split=split, known=set(node_ids), log=log))
-    driver = RoundDriver(algo, [pt.info for pt in partners], transport, seed=s.seed, rounds=s.rounds,
-                         evaluator=evaluator, scored=scored, select=s.select, eval_every=s.eval_every,
-                         clients_per_round=s.clients_per_round or None, min_partners=s.min_partners,
-                         federated_valid=federated_valid)
+    return algo, dp
 
+
+def _round_driver(algo, partners: list[Partner], transport: LinkTransport, data: OrganizerData, s: PilotSettings):
+    """The harness's :class:`~fedmol.fl.driver.RoundDriver`, over the network."""
+    from fedmol.fl.driver import RoundDriver
+
+    return RoundDriver(algo, [pt.info for pt in partners], transport, seed=s.seed, rounds=s.rounds,
+                       evaluator=data.evaluator, scored=data.scored, select=s.select, eval_every=s.eval_every,
+                       clients_per_round=s.clients_per_round or None, min_partners=s.min_partners,
+                       federated_valid=data.federated_valid)
+
+
+def _progress_writer(out: Path, log):
+    """What the driver calls with each closed round: a log line and a line of ``progress.jsonl``."""
     def on_round(row: dict) -> None:
         log(f"[fedmol pilot] {round_line(row)}")
         with open(out / "progress.jsonl", "a") as f:
             f.write(to_json(row) + "\n")
+    return on_round
 
-    driver.run(on_round)
-    selected = driver.finish()
-    test_scores = driver.scores(selected, "test")
 
-    # -- validation at the partners ---------------------------------------------------------------
-    widths = driver.widths
-    served = {pt.node_id: served_width(widths, pt.width_cap) for pt in partners}
-    needed = sorted({w for w in served.values() if w is not None}, reverse=True)
-    vmsgs, second = {}, {}  # second: PR-AUC beside ROC-AUC (and per task) on the test set, as fedmol run
-    for w in needed:
-        driver.query(w)
-        vmsgs[w] = Message(arrays=slicing.sub_state_dict(algo.eval_model(w), w),
-                           config={"width": float(w), "model": algo.model_config, "purpose": "validate"})
-        second[w] = secondary_scores(score(algo.eval_model(w), test, evaluator, w), metric) if test is not None else {}
-    targets = [pt for pt in partners if pt.node_id not in transport.unresponsive and served[pt.node_id] is not None]
-    got = link.exchange(VALIDATE, {pt.node_id: (vmsgs[served[pt.node_id]],
-                                                _meta(VALIDATE, s.rounds, name)) for pt in targets},
-                        "validate", s.round_timeout)
-    per_partner, valid_failures = [], list(driver.close_traffic(s.rounds)["failures"])
+@dataclass
+class PartnerValidation:
+    """The end of the run at the partners: one ``per_partner`` summary entry each, and what failed."""
+
+    per_partner: list[dict]
+    failures: list[str]
+
+
+def _validate_at_partners(transport: LinkTransport, driver, partners: list[Partner], data: OrganizerData,
+                         test_scores: dict, rnd: int) -> PartnerValidation:
+    """Each partner scores the reported model at its served width on its own validation molecules."""
+    from fedmol.fl.driver import served_width, unserved_entry
+
+    served = {pt.node_id: served_width(driver.widths, pt.width_cap) for pt in partners}
+    models = _served_models(driver, sorted({w for w in served.values() if w is not None}, reverse=True), data)
+    got = transport.validate_served(rnd, {pt.node_id: models[served[pt.node_id]][0] for pt in partners
+                                          if served[pt.node_id] is not None})
+    result = PartnerValidation([], list(driver.close_traffic(rnd)["failures"]))
     for pt in partners:
         w = served[pt.node_id]
         if w is None:
-            per_partner.append(unserved_entry(pt.partition_id, pt.info.n_train, pt.n_valid))
+            result.per_partner.append(unserved_entry(pt.partition_id, pt.info.n_train, pt.n_valid))
             continue
         r = got.get(pt.node_id) or Reply(False, reason="not asked: it missed the last deadline")
-        entry = dict(partner=pt.partition_id, width=w, served=True, n_train=pt.info.n_train, n_valid=pt.n_valid,
-                     test=test_scores.get(width_key(w), float("nan")), **second[w],
-                     valid=float(r.msg.metrics["valid"]) if r.ok else float("nan"))
+        result.per_partner.append(_served_entry(pt, w, r, test_scores, models[w][1]))
         if not r.ok:
-            entry["valid_error"] = r.reason
-            valid_failures.append(f"partner {pt.partition_id}: validation failed: {r.reason}")
-        per_partner.append(entry)
-    if "valid" in scored:  # the organizer holds the pooled validation molecules (a split file): as `fedmol run`
-        valid = driver.scores(selected, "valid")
-        valid_kind = "the selected round's model on the pooled validation molecules of every partner (as fedmol run)"
-    else:  # a pilot: only the partners' own scores left them
-        valid, valid_kind = {}, "n_valid-weighted mean of the partners' own validation scores at their served width"
-        for w in widths:
-            vals = [(e["n_valid"], e["valid"]) for e in per_partner
-                    if e["width"] == w and math.isfinite(e["valid"]) and e["n_valid"] > 0]
-            if vals:
-                valid[width_key(w)] = sum(n * v for n, v in vals) / sum(n for n, _ in vals)
-    summary = driver.summary(
-        dataset=ds.name, algorithm=s.algorithm, valid=valid, per_partner=per_partner, privacy=dp, t_start=t_start,
-        backend="flower", valid_kind=valid_kind,
-        test_source=_test_source(s),
-        partners=len(partners), refused=[e for e in nodes_report if e["status"] != "accepted"],
-        node_events=transport.events, validation_failures=valid_failures)
-    if transport.events:
-        write_json(out / "nodes.json", nodes_report + transport.events)
-    driver.write_files(out, summary, s.algorithm)
+            result.failures.append(f"partner {pt.partition_id}: validation failed: {r.reason}")
+    return result
+
+
+def _served_models(driver, widths: list[float], data: OrganizerData) -> dict[float, tuple[Message, dict]]:
+    """Width -> (the reported model at that width to validate, its secondary test scores: PR-AUC beside
+    ROC-AUC, and per task, as ``fedmol run``)."""
+    from fedmol.fl.harness import secondary_scores
+    from fedmol.models import slicing
+    from fedmol.training import score
+
+    algo, models = driver.algo, {}
+    for w in widths:
+        driver.query(w)
+        msg = Message(arrays=slicing.sub_state_dict(algo.eval_model(w), w),
+                      config={"width": float(w), "model": algo.model_config, "purpose": "validate"})
+        second = (secondary_scores(score(algo.eval_model(w), data.test, data.evaluator, w), driver.metric)
+                  if data.test is not None else {})
+        models[w] = (msg, second)
+    return models
+
+
+def _served_entry(pt: Partner, width: float, r: Reply, test_scores: dict, second: dict) -> dict:
+    """A served partner's ``per_partner`` entry: its validation score, or why there is none."""
+    from fedmol.training import width_key
+
+    entry = dict(partner=pt.partition_id, width=width, served=True, n_train=pt.info.n_train, n_valid=pt.n_valid,
+                 test=test_scores.get(width_key(width), float("nan")), **second,
+                 valid=float(r.msg.metrics["valid"]) if r.ok else float("nan"))
+    if not r.ok:
+        entry["valid_error"] = r.reason
+    return entry
+
+
+def _reported_valid(driver, selected: int, data: OrganizerData, per_partner: list[dict]) -> tuple[dict, str]:
+    """The summary's ``valid`` scores and what they are."""
+    if "valid" in data.scored:  # the organizer holds the pooled validation molecules (a split file): as `fedmol run`
+        return (driver.scores(selected, "valid"),
+                "the selected round's model on the pooled validation molecules of every partner (as fedmol run)")
+    # a pilot: only the partners' own scores left them
+    return (_weighted_valid(driver.widths, per_partner),
+            "n_valid-weighted mean of the partners' own validation scores at their served width")
+
+
+def _weighted_valid(widths, per_partner: list[dict]) -> dict[str, float]:
+    """Width key -> the n_valid-weighted mean of the partners' finite validation scores at that width."""
+    from fedmol.training import width_key
+
+    valid = {}
+    for w in widths:
+        vals = [(e["n_valid"], e["valid"]) for e in per_partner
+                if e["width"] == w and math.isfinite(e["valid"]) and e["n_valid"] > 0]
+        if vals:
+            valid[width_key(w)] = sum(n * v for n, v in vals) / sum(n for n, _ in vals)
+    return valid
+
+
+def _done_line(test_scores: dict, valid: dict, metric: str, selected: int, s: PilotSettings) -> str:
     shown = test_scores or valid
-    log(f"[fedmol pilot] done: {'test' if test_scores else 'partners valid'} {metric} "
-        + ", ".join(f"@{k} {v:.4f}" for k, v in shown.items())
-        + (f" (round {selected}, {s.select})" if selected != s.rounds - 1 else ""))
-    summary["history"] = driver.rows
-    return summary
+    return (f"[fedmol pilot] done: {'test' if test_scores else 'partners valid'} {metric} "
+            + ", ".join(f"@{k} {v:.4f}" for k, v in shown.items())
+            + (f" (round {selected}, {s.select})" if selected != s.rounds - 1 else ""))
 
 
 class LinkTransport:
@@ -517,17 +628,17 @@ class LinkTransport:
             r, event = replies[n], {"round": rnd, "node_id": n, "status": "refused"}
             reason = None if r.ok else r.reason
             if r.ok:
-                pid = int(r.meta["partition-id"])
-                pt = by_partition.get(pid)
-                event["partition_id"] = pid
+                partition_id = int(r.meta["partition-id"])
+                pt = by_partition.get(partition_id)
+                event["partition_id"] = partition_id
                 n_train, cap = int(r.msg.metrics["n_train"]), float(r.msg.metrics["width_cap"])
                 if pt is None:
-                    reason = (f"partition-id {pid} is not a partner of this run: the partners are fixed when the run "
-                              "starts")
+                    reason = (f"partition-id {partition_id} is not a partner of this run: the partners are fixed "
+                              "when the run starts")
                 elif pt.node_id in listed and pt.node_id not in missed:
-                    reason = f"partition-id {pid} is served by node {pt.node_id}, which is still connected"
+                    reason = f"partition-id {partition_id} is served by node {pt.node_id}, which is still connected"
                 elif n_train != pt.info.n_train or abs(cap - pt.width_cap) > 1e-9:
-                    reason = (f"it has {n_train} training molecules and width-cap {cap:g}, partner {pid} had "
+                    reason = (f"it has {n_train} training molecules and width-cap {cap:g}, partner {partition_id} had "
                               f"{pt.info.n_train} and {pt.width_cap:g}")
                 else:
                     reason = _other_split(r, self.rejoin["split"])
@@ -558,6 +669,12 @@ class LinkTransport:
             bad = _check_reply(r.msg, state, partner.n_train)  # a reply from the network may not even fit the model
             return Delivery(None if bad else r.msg, bad or "", float(r.meta.get("seconds", 0.0)))
         return answer
+
+    def validate_served(self, rnd: int, models: dict[int, Message]) -> dict[int, Reply]:
+        """The end of the run: each reachable node validates its model (node id -> the model at its served width)."""
+        sends = {node: (msg, _meta(VALIDATE, rnd, self.algorithm)) for node, msg in models.items()
+                 if node not in self.unresponsive}
+        return self.link.exchange(VALIDATE, sends, "validate", self.timeout)
 
     def query(self, rnd: int, width: float, q: Message):
         return self._ask(QUERY, rnd, width, q, list(self.by_index.values()))

@@ -120,11 +120,13 @@ def run_demo(cfg: RunConfig, out: str | Path, *, insecure: bool = False, node_au
     return summary
 
 
-def round_reporter(progress: Path, log):
+def round_reporter(progress: Path, log, describe=None):
     """A callable that logs the rounds the coordinator has closed since its last call (the lines of
-    ``progress.jsonl``; a line still being written waits for the next call)."""
+    ``progress.jsonl``, each as ``describe(row)``, by default the coordinator's round line; a line
+    still being written waits for the next call)."""
     from fedmol.pilot.coordinator import round_line
 
+    describe = describe or round_line
     shown = 0
 
     def report() -> None:
@@ -136,7 +138,7 @@ def round_reporter(progress: Path, log):
                 row = json.loads(line)
             except json.JSONDecodeError:
                 return
-            log(round_line(row))
+            log(describe(row))
             shown += 1
     return report
 

@@ -21,12 +21,18 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fedmol
 from fedmol.errors import FedmolError
 from fedmol.jsonio import write_json
 from fedmol.pilot.records import PilotError
+
+if TYPE_CHECKING:
+    from fedmol.pilot.processes import Processes
 
 DEFAULT_ADDRESS = "0.0.0.0:9092"
 
@@ -55,11 +61,34 @@ def run_coordinator_pilot(plan, out: str | Path, *, certs: str | Path | None = N
                           insecure: bool = False, node_auth: bool = True, address: str = DEFAULT_ADDRESS,
                           run_timeout: float | None = None, log=print) -> dict:
     """Run ``plan`` (a :class:`~fedmol.pilot.plan.PilotPlan`) as the coordinator; return the summary."""
-    from fedmol.data.dataset import load_dataset
     from fedmol.pilot.demo import read_results
     from fedmol.pilot.loopback import LoopbackPilot
 
     host, port = parse_address(address)
+    certs = coordinator_certs(certs, insecure)
+    pubs = partner_keys(certs, Path(keys).expanduser().resolve() if keys else None) if (node_auth and not insecure) \
+        else []
+    out = Path(out).resolve()
+    s = plan.settings(out)
+    _log_test_set(plan, s, log)
+    work = _prepare_out(out, plan)
+    if run_timeout is None:  # a bound on a run that no longer progresses, generous for real deadlines
+        run_timeout = s.connect_timeout + s.round_timeout * (2 * s.rounds + 4) * 2 + 600
+    with LoopbackPilot(work, insecure=insecure, node_auth=bool(pubs), certs_dir=certs, threads=s.threads,
+                       host=host, port=port, require_certs=True) as pilot:
+        pilot.start_superlink()
+        log(f"SuperLink listening on {host}:{port} ({'INSECURE: no TLS' if insecure else 'TLS'}"
+            f"{', SuperNode authentication' if pubs else ', no SuperNode authentication'}); "
+            f"partners connect to <this machine>:{port}")
+        for pub in pubs:
+            node = pilot.register_key(pub)
+            log(f"registered {pub.name}" + (f" (node {node})" if node else ""))
+        end = _follow_run(pilot, s, out, run_timeout, log)
+    return read_results(out, work, end.status, end.run_id, end.run_log, pilot.procs.leftovers())
+
+
+def coordinator_certs(certs: str | Path | None, insecure: bool) -> Path | None:
+    """The coordinator's certificate folder (None with ``insecure``), checked for its CA, certificate and key."""
     if insecure and certs:
         raise FedmolError("--insecure and --certs exclude each other")
     if not insecure and certs is None:
@@ -71,10 +100,13 @@ def run_coordinator_pilot(plan, out: str | Path, *, certs: str | Path | None = N
         if missing:
             raise FedmolError(f"{certs}: missing {', '.join(missing)}: make the certificates with `fedmol pilot certs "
                               f"--out {certs} --host <this machine's public name> --partners K`")
-    pubs = partner_keys(certs, Path(keys).expanduser().resolve() if keys else None) if (node_auth and not insecure) \
-        else []
-    out = Path(out).resolve()
-    s = plan.settings(out)
+    return certs
+
+
+def _log_test_set(plan, s, log) -> None:
+    """Say what the coordinator scores on: its test CSV (featurized here), or the partners' own scores."""
+    from fedmol.data.dataset import load_dataset
+
     d = plan.doc.dataset
     if s.test_csv:
         test = load_dataset(csv=s.test_csv, smiles_col=s.smiles_col, target_cols=s.target_cols, task=s.task,
@@ -84,54 +116,64 @@ def run_coordinator_pilot(plan, out: str | Path, *, certs: str | Path | None = N
     else:
         log(f"no test set: the partners' own validation scores are the metric ({d.task} on "
             f"{', '.join(d.target_cols)})")
+
+
+def _prepare_out(out: Path, plan) -> Path:
+    """The output folder without a previous run's results, and its ``pilot/`` work folder with the plan."""
     work = out / "pilot"
     work.mkdir(parents=True, exist_ok=True)
     for stale in ("summary.json", "pilot_error.json", "progress.jsonl", "inbox.jsonl", "nodes.json"):
         (out / stale).unlink(missing_ok=True)
     (work / "pilot.toml").write_text(plan.path.read_text())
-    if run_timeout is None:  # a bound on a run that no longer progresses, generous for real deadlines
-        run_timeout = s.connect_timeout + s.round_timeout * (2 * s.rounds + 4) * 2 + 600
-    shown = {"rounds": 0, "nodes": False}
+    return work
 
-    def progress(_pilot) -> None:
-        nodes = out / "nodes.json"
-        if not shown["nodes"] and nodes.is_file():
-            shown["nodes"] = True
+
+@dataclass
+class RunEnd:
+    """How the submitted run ended: its id, its status, and its log when it did not complete."""
+
+    run_id: str
+    status: str
+    run_log: str
+
+
+def _follow_run(pilot, s, out: Path, run_timeout: float, log) -> RunEnd:
+    """Submit the run and log the partners and the rounds as they come, until it ends."""
+    progress = _progress_reporter(out, s.rounds, log)
+    run_id = pilot.submit(s)
+    log(f"run {run_id} submitted: {s.algorithm}, {s.rounds} rounds, waiting up to {s.connect_timeout:g} s "
+        f"for {s.partners} partner(s)")
+    status = pilot.wait(run_id, run_timeout, on_poll=progress,
+                        done=lambda: any((out / f).is_file() for f in ("summary.json", "pilot_error.json")))
+    progress(pilot)
+    log(f"run {run_id} {status}; stopping the SuperLink")
+    return RunEnd(run_id, status, pilot.run_log(run_id) if status != "finished:completed" else "")
+
+
+def _progress_reporter(out: Path, rounds: int, log):
+    """A callable that logs what the run has written since its last call: the nodes accepted or
+    refused (``nodes.json``, once it is there) and the rounds closed (``progress.jsonl``)."""
+    from fedmol.pilot.demo import round_reporter
+
+    nodes, shown = out / "nodes.json", False
+    show_rounds = round_reporter(out / "progress.jsonl", log, describe=lambda row: round_line(row, rounds))
+
+    def report(_pilot=None) -> None:
+        nonlocal shown
+        if not shown and nodes.is_file():
+            shown = True
             for e in json.loads(nodes.read_text()):
-                if e["status"] == "accepted":
-                    log(f"partner {e['partition_id']} joined (node {e['node_id']}): {e['n_train']} training, "
-                        f"{e['n_valid']} validation molecules, width cap {e['width_cap']:g}")
-                else:
-                    log(f"node {e['node_id']} REFUSED: {e.get('reason')}")
-        prog = out / "progress.jsonl"
-        if prog.is_file():
-            lines = prog.read_text().splitlines()
-            for line in lines[shown["rounds"]:]:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line being written: read it next time
-                    break
-                shown["rounds"] += 1
-                log(round_line(row, s.rounds))
+                log(_node_line(e))
+        show_rounds()
+    return report
 
-    with LoopbackPilot(work, insecure=insecure, node_auth=bool(pubs), certs_dir=certs, threads=s.threads,
-                       host=host, port=port, require_certs=True) as pilot:
-        pilot.start_superlink()
-        log(f"SuperLink listening on {host}:{port} ({'INSECURE: no TLS' if insecure else 'TLS'}"
-            f"{', SuperNode authentication' if pubs else ', no SuperNode authentication'}); "
-            f"partners connect to <this machine>:{port}")
-        for pub in pubs:
-            node = pilot.register_key(pub)
-            log(f"registered {pub.name}" + (f" (node {node})" if node else ""))
-        run_id = pilot.submit(s)
-        log(f"run {run_id} submitted: {s.algorithm}, {s.rounds} rounds, waiting up to {s.connect_timeout:g} s "
-            f"for {s.partners} partner(s)")
-        status = pilot.wait(run_id, run_timeout, on_poll=progress,
-                            done=lambda: any((out / f).is_file() for f in ("summary.json", "pilot_error.json")))
-        progress(pilot)
-        log(f"run {run_id} {status}; stopping the SuperLink")
-        run_log = pilot.run_log(run_id) if status != "finished:completed" else ""
-    return read_results(out, work, status, run_id, run_log, pilot.procs.leftovers())
+
+def _node_line(e: dict) -> str:
+    """A ``nodes.json`` entry as a line."""
+    if e["status"] == "accepted":
+        return (f"partner {e['partition_id']} joined (node {e['node_id']}): {e['n_train']} training, "
+                f"{e['n_valid']} validation molecules, width cap {e['width_cap']:g}")
+    return f"node {e['node_id']} REFUSED: {e.get('reason')}"
 
 
 def round_line(row: dict, rounds: int) -> str:
@@ -231,83 +273,147 @@ def run_partner(superlink: str, nc: dict, home: Path, *, ca: Path | None, node_k
     :data:`NOT_ACTIVATED`) is started again after ``backoff[0]`` seconds, doubling up to
     ``backoff[1]``, for at most ``wait`` seconds in all; then a one-line error says what to check."""
     from fedmol.pilot.config import write_toml
-    from fedmol.pilot.processes import Processes, flower_bin, free_port, log_tail
+    from fedmol.pilot.processes import Processes, log_tail
 
     parse_address(superlink, "--superlink")
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
-    toml = write_toml(home / "site.toml", nc)
+    argv = _supernode_argv(superlink, write_toml(home / "site.toml", nc), ca, node_key, insecure)
+    env = _supernode_env(home, nc)
+    (home / "flwr").mkdir(exist_ok=True)
+    procs = Processes(home / "logs")
+    stop = _StopSignals()
+    stop.install()
+    try:
+        proc, code = _SupernodeRetries(procs, argv, env, stop, superlink=superlink, nc=nc, insecure=insecure,
+                                      node_key=node_key, log=log, echo=echo, poll=poll, wait=wait,
+                                      backoff=backoff).run(home / "logs" / "supernode.log")
+    finally:
+        procs.stop_all()
+        stop.restore()
+        write_json(home / "processes.json", dict(processes=procs.records(), leftovers=procs.leftovers()))
+    if stop.signum is not None:
+        log(f"stopped ({signal.Signals(stop.signum).name}): the SuperNode and its ClientApps have ended")
+        return 0
+    if code:
+        raise PilotError(f"the SuperNode exited with code {code}; its log {proc.log} ends with:\n{log_tail(proc.log)}")
+    return 0
+
+
+def _supernode_argv(superlink: str, toml: Path, ca: Path | None, node_key: Path | None, insecure: bool) -> list[str]:
+    """``flower-supernode``'s command line: the node config ``toml``, TLS (or not) and the node key."""
+    from fedmol.pilot.processes import flower_bin, free_port
+
     argv = [flower_bin("flower-supernode"), "--superlink", superlink, "--node-config", str(toml),
             "--host", "127.0.0.1", "--port", str(free_port("127.0.0.1"))]
     if insecure:
-        argv.append("--insecure")
-    else:
-        argv += ["--root-certificates", str(ca)]
-        if node_key is not None:
-            argv += ["--auth-supernode-private-key", str(node_key)]
+        return argv + ["--insecure"]
+    argv += ["--root-certificates", str(ca)]
+    if node_key is not None:
+        argv += ["--auth-supernode-private-key", str(node_key)]
+    return argv
+
+
+def _supernode_env(home: Path, nc: dict) -> dict[str, str]:
+    """The SuperNode's environment: its Flower home, this fedmol first on the path, the site's threads."""
     here = str(Path(fedmol.__file__).resolve().parents[1])
     paths = [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != here]
     env = {"FLWR_HOME": str(home / "flwr"), "PYTHONPATH": os.pathsep.join(paths),
            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.25"}
     if int(nc.get("threads", 0)) > 0:
         env.update(OMP_NUM_THREADS=str(nc["threads"]), MKL_NUM_THREADS=str(nc["threads"]))
-    (home / "flwr").mkdir(exist_ok=True)
-    procs = Processes(home / "logs")
-    stop: dict = {"sig": None}
+    return env
 
-    def on_signal(signum, _frame):
-        stop["sig"] = signum
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    t0, delay, attempt = time.monotonic(), float(backoff[0]), 0
-    try:
+class _StopSignals:
+    """SIGINT and SIGTERM recorded in ``signum`` (the latest one) between :meth:`install` and :meth:`restore`."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def install(self) -> None:
+        self.previous = {sig: signal.signal(sig, self.record) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def record(self, signum, _frame) -> None:
+        self.signum = signum
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class _SupernodeRetries:
+    """Runs the SuperNode, echoing its log, until it exits or a stop signal comes; while the coordinator
+    has not accepted it (:data:`NOT_ACTIVATED`), starts it again with backoff for at most ``wait`` seconds."""
+
+    procs: Processes
+    argv: list[str]
+    env: dict[str, str]
+    stop: _StopSignals
+    superlink: str
+    nc: dict
+    insecure: bool
+    node_key: Path | None
+    log: Callable[[str], None]
+    echo: Callable[[str], None]
+    poll: float
+    wait: float
+    backoff: tuple[float, float]
+
+    def run(self, log_path: Path):
+        """``(the last SuperNode process, its exit code)``: None when a stop signal came before it exited."""
+        t0, delay, attempt = time.monotonic(), float(self.backoff[0]), 0
         while True:
             attempt += 1
-            start = _size(home / "logs" / "supernode.log")
-            proc = procs.start("supernode", argv, env=env)
-            if attempt == 1:
-                key_note = f", node key {node_key}" if node_key else ""
-                log(f"SuperNode started (pid {proc.pid}) for partner {nc['partition-id']}, connecting to {superlink} "
-                    f"({'INSECURE: no TLS' if insecure else 'TLS'}{key_note}); "
-                    f"log {proc.log}, audit log {Path(nc['audit-dir']) / 'audit.jsonl'}; Ctrl-C stops it")
-            else:
-                log(f"SuperNode started again (pid {proc.pid}, attempt {attempt})")
-            offset = start
-            while proc.alive() and stop["sig"] is None:
-                offset = _echo_new(proc.log, offset, echo)
-                time.sleep(poll)
-            _echo_new(proc.log, offset, echo)
+            start = _size(log_path)
+            proc = self.follow(attempt, start)
             code = proc.popen.poll()
-            if stop["sig"] is not None or not code or NOT_ACTIVATED not in _read_from(proc.log, start):
-                break
+            if self.stop.signum is not None or not code or NOT_ACTIVATED not in _read_from(proc.log, start):
+                return proc, code
             waited = time.monotonic() - t0
-            if waited + delay > wait:
-                raise PilotError(
-                    f"the coordinator at {superlink} did not accept this site's SuperNode in {waited:.0f} s "
-                    f"({attempt} attempts, '{NOT_ACTIVATED}'): check that the coordinator is running (fedmol pilot "
-                    f"coordinator) and registered this site's public key "
-                    f"({str(node_key) + '.pub' if node_key else 'none: it must run --no-node-auth'}), that "
-                    f"--superlink is its address and port and the firewall lets it through, and that --certs is "
-                    f"this pilot's folder (its ca.pem); the SuperNode's log: {proc.log}")
-            log(f"the coordinator has not accepted this site yet ('{NOT_ACTIVATED}': its key is not registered "
-                f"yet, or it is not up): trying again in {delay:.0f} s (giving up after {wait:.0f} s)")
-            end = time.monotonic() + delay
-            while time.monotonic() < end and stop["sig"] is None:
-                time.sleep(min(poll, max(0.0, end - time.monotonic())))
-            if stop["sig"] is not None:
-                break
-            delay = min(delay * 2, float(backoff[1]))
-    finally:
-        procs.stop_all()
-        for sig, h in previous.items():
-            signal.signal(sig, h)
-        write_json(home / "processes.json", dict(processes=procs.records(), leftovers=procs.leftovers()))
-    if stop["sig"] is not None:
-        log(f"stopped ({signal.Signals(stop['sig']).name}): the SuperNode and its ClientApps have ended")
-        return 0
-    if code:
-        raise PilotError(f"the SuperNode exited with code {code}; its log {proc.log} ends with:\n{log_tail(proc.log)}")
-    return 0
+            if waited + delay > self.wait:
+                raise PilotError(self.not_accepted(waited, attempt, proc.log))
+            self.log(f"the coordinator has not accepted this site yet ('{NOT_ACTIVATED}': its key is not registered "
+                     f"yet, or it is not up): trying again in {delay:.0f} s (giving up after {self.wait:.0f} s)")
+            if not self.pause(delay):
+                return proc, code
+            delay = min(delay * 2, float(self.backoff[1]))
+
+    def follow(self, attempt: int, offset: int):
+        """Start the SuperNode; echo its log from ``offset`` until it exits or a stop signal comes."""
+        proc = self.procs.start("supernode", self.argv, env=self.env)
+        self.log(self.started_line(proc, attempt))
+        while proc.alive() and self.stop.signum is None:
+            offset = _echo_new(proc.log, offset, self.echo)
+            time.sleep(self.poll)
+        _echo_new(proc.log, offset, self.echo)
+        return proc
+
+    def started_line(self, proc, attempt: int) -> str:
+        if attempt > 1:
+            return f"SuperNode started again (pid {proc.pid}, attempt {attempt})"
+        key_note = f", node key {self.node_key}" if self.node_key else ""
+        return (f"SuperNode started (pid {proc.pid}) for partner {self.nc['partition-id']}, connecting to "
+                f"{self.superlink} ({'INSECURE: no TLS' if self.insecure else 'TLS'}{key_note}); "
+                f"log {proc.log}, audit log {Path(self.nc['audit-dir']) / 'audit.jsonl'}; Ctrl-C stops it")
+
+    def not_accepted(self, waited: float, attempts: int, supernode_log: Path) -> str:
+        """The one-line error of a site the coordinator never accepted: what to check."""
+        key = str(self.node_key) + ".pub" if self.node_key else "none: it must run --no-node-auth"
+        return (f"the coordinator at {self.superlink} did not accept this site's SuperNode in {waited:.0f} s "
+                f"({attempts} attempts, '{NOT_ACTIVATED}'): check that the coordinator is running (fedmol pilot "
+                f"coordinator) and registered this site's public key ({key}), that --superlink is its address and "
+                f"port and the firewall lets it through, and that --certs is this pilot's folder (its ca.pem); "
+                f"the SuperNode's log: {supernode_log}")
+
+    def pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` unless a stop signal comes first (then False)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and self.stop.signum is None:
+            time.sleep(min(self.poll, max(0.0, end - time.monotonic())))
+        return self.stop.signum is None
 
 
 def _size(path: Path) -> int:
