@@ -45,7 +45,6 @@ plot and on the leaderboard (:func:`fedmol.plotstyle.method_color`); legends sit
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
