@@ -92,6 +92,11 @@ class BackgroundFederations:
 _background: BackgroundFederations | None = None
 
 
+def pytest_collection_modifyitems(items):
+    """The tests that read a background federation run last: the in-process tests fill the wait."""
+    items.sort(key=lambda item: any(f in FEDERATION_FIXTURES for f in getattr(item, "fixturenames", ())))
+
+
 def pytest_collection_finish(session):
     global _background
     names = {FEDERATION_FIXTURES[f] for item in session.items for f in getattr(item, "fixturenames", ())

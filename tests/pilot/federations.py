@@ -3,8 +3,9 @@
 Each costs one to three minutes, mostly waiting on processes (Flower starts a ClientApp process per
 message; a killed site's round closes at its deadline). ``tests/conftest.py`` starts the ones the
 selected tests need, as soon as collection ends, in chains run side by side (a chain runs its
-federations one after the other), and the fixtures of test_demo.py, test_partner_coordinator.py and
-test_simulation.py wait for their results. The federations themselves are unchanged: real
+federations one after the other) at a lower priority, and moves the tests that read them to the end of
+the run (test_demo.py, test_partner_coordinator.py and test_simulation.py: their fixtures wait for the
+results). The federations themselves are unchanged: real
 SuperLink, SuperNode, ClientApp and ServerApp processes, or Flower's simulation engine.
 
 ``python tests/pilot/federations.py ROOT NAME [NAME ...]`` runs the NAMEd federations in order, each
@@ -225,6 +226,7 @@ def main(root: Path, names: list[str]) -> None:
     import torch
 
     torch.set_num_threads(1)
+    os.nice(10)  # the in-process tests first: the federations (and every process they start) fill the idle core
     signal.signal(signal.SIGTERM, _stop)
     for name in names:
         where = root / name
