@@ -314,7 +314,7 @@ def _parse(smiles) -> tuple[Chem.Mol, str]:
     inner = _WHITESPACE.search(smiles)
     if inner is not None and not _is_cxsmiles_tail(smiles[inner.end():]):
         head = smiles[: inner.start()]
-        raise InvalidSmiles(f"whitespace inside the SMILES (after {_one_line(head)[:60]!r}): RDKit would read "
+        raise InvalidSmiles(f"whitespace inside the SMILES (after '{_one_line(head)[:60]}'): RDKit would read "
                             "only the part before it and take the rest as a name")
     try:
         mol = Chem.MolFromSmiles(smiles)

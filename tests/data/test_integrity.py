@@ -49,6 +49,8 @@ def test_surrounding_whitespace_and_cxsmiles_stay_valid():
     feats = featurize_smiles(["CCO", "CC O", " CCO "], n_jobs=1, progress=False)
     assert feats.valid.tolist() == [True, False, True] and feats.reasons[1] == "whitespace inside the SMILES " \
         "(after 'CC'): RDKit would read only the part before it and take the rest as a name"
+    stereo = featurize_smiles(["F/C=C\\F x"], n_jobs=1, progress=False)  # the SMILES as written, not its repr
+    assert stereo.reasons[0].startswith("whitespace inside the SMILES (after 'F/C=C\\F'): ")
 
 
 def test_partner_csv_with_internal_whitespace_lists_the_rows(tmp_path):
