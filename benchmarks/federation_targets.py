@@ -47,8 +47,11 @@ def _best(rows: pd.DataFrame, kind: str, prefix: str = "") -> str | None:
     everyone = served[served >= 1.0].index
     r = r[r["method"].isin(everyone)] if len(everyone) else r
     v = r.groupby("method", sort=False)["valid@partner"].mean()
-    higher = bool(r["metric"].iloc[0] in ("rocauc", "prauc"))
-    return str(v.idxmax() if higher else v.idxmin())
+    return str(v.idxmax() if _higher_is_better(r["metric"].iloc[0]) else v.idxmin())
+
+
+def _higher_is_better(metric: str) -> bool:
+    return metric in ("rocauc", "prauc")
 
 
 def _share_beating_best_local(gains: pd.DataFrame) -> tuple[float, int]:
@@ -81,8 +84,10 @@ def setting_row(per_seed: pd.DataFrame, gains: pd.DataFrame) -> dict:
     if ens is not None:
         e = per_seed[per_seed["method"] == ens].set_index("seed")
         seeds = sorted(set(e.index) & set(mine.index))
+        sign = 1.0 if _higher_is_better(first["metric"]) else -1.0
+        diff = mine.loc[seeds, "test@partner"] - e.loc[seeds, "test@partner"]
         row.update(best_ensemble=ens, ensemble_test=float(e["test@partner"].mean()),
-                   fed_minus_ensemble=float((mine.loc[seeds, "test@partner"] - e.loc[seeds, "test@partner"]).mean()),
+                   fed_gain_vs_ensemble=float(sign * diff.mean()),
                    vs_ensemble_p=paired_pvalue(list(mine.loc[seeds, "test@partner"]),
                                                list(e.loc[seeds, "test@partner"])) if len(seeds) >= 2 else math.nan,
                    ensemble_mb=float(e["mb"].mean()))
@@ -114,7 +119,7 @@ def _met(v) -> str:
 def markdown(rows: list[dict]) -> str:
     head = ("| dataset | alpha | best federated (on validation) | test@partner | best local | vs best local | "
             "beat best local | target | met | Wilcoxon p | gap closed | target | met | best ensemble | "
-            "ensemble | fed - ensemble | p (seeds) | MB fed / ensemble |")
+            "ensemble | fed vs ensemble | p (seeds) | MB fed / ensemble |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append("| " + " | ".join([
@@ -123,7 +128,7 @@ def markdown(rows: list[dict]) -> str:
             _f(r.get("beat_best_local"), ".0%") + f" of {r.get('pairs', 0)}", _f(r.get("share_target"), ".0%"),
             _met(r.get("share_met")), _f(r.get("wilcoxon_p"), ".2g"), _f(r.get("gap_closed"), ".0%"),
             _f(r.get("gap_target"), ".0%"), _met(r.get("gap_met")), str(r.get("best_ensemble", "")),
-            _f(r.get("ensemble_test")), _f(r.get("fed_minus_ensemble"), "+.3f"), _f(r.get("vs_ensemble_p"), ".2g"),
+            _f(r.get("ensemble_test")), _f(r.get("fed_gain_vs_ensemble"), "+.3f"), _f(r.get("vs_ensemble_p"), ".2g"),
             f"{_f(r.get('mb'), '.3g')} / {_f(r.get('ensemble_mb'), '.3g')}"]) + " |")
     notes = [
         "# Federation suite: the targets of issue 17",
@@ -133,7 +138,8 @@ def markdown(rows: list[dict]) -> str:
         "(never test), among those that serve every partner a model.",
         "beat best local: share of partner x seed pairs whose test score beats the partner's best local model "
         "(a partner the method serves no model counts as not beating it); Wilcoxon p: signed-rank test of the "
-        "per-partner gains over the best local (served pairs); gap closed: (fed - local) / (central - local), same "
+        "per-partner gains over the best local (served pairs); vs best local, fed vs ensemble: positive = the federated "
+        "model is better (for RMSE: lower); gap closed: (fed - local) / (central - local), same "
         f"family, mean over seeds; p (seeds): paired t-test over seeds (tie when >= {SIGNIFICANCE}).",
         "",
     ]
