@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import statistics
@@ -101,12 +100,13 @@ def training_epoch(ds, batch_size: int, name: str, **kw):
 def fjord_runs(dataset: str, rounds: int, repeats: int) -> dict:
     """Wall time of a short FjORD MLP run, old vs new ``make_loader`` (alternating), and whether the
     two give the same results."""
-    from fedmol.fl.harness import RunConfig, run_federated
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import run_federated
 
     cfg = RunConfig(algorithm="fjord", dataset=dataset, partners=8, devices="tiered", rounds=rounds, model="mlp",
                     hidden=300, layers=2, hparams={"max_local_steps": 20, "batch_size": 32, "lr": 1e-3})
     secs, results = {p: [] for p in PATHS}, {}
-    run_federated(dataclasses.replace(cfg, rounds=1), None, progress=False)  # warm-up (split, caches), not timed
+    run_federated(cfg.replace(rounds=1), None, progress=False)  # warm-up (split, caches), not timed
     for _ in range(repeats):
         for which in PATHS:
             with loader_path(which):

@@ -25,7 +25,8 @@ OUT = Path(__file__).resolve().parent / "results" / "converged_budget.json"
 
 def main(argv: list[str] | None = None) -> int:
     from fedmol.fl.bench import load_suite
-    from fedmol.fl.harness import RunConfig, build_federation, run_federated
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import build_federation, run_federated
     from fedmol.fl.references import federated_gain, local_only
     from fedmol.jsonio import write_json
 

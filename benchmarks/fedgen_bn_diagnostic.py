@@ -32,7 +32,8 @@ import torch
 from safetensors.torch import load_file
 
 from fedmol.evaluate import Evaluator
-from fedmol.fl.harness import RunConfig, build_federation
+from fedmol.config import RunConfig
+from fedmol.fl.harness import build_federation
 from fedmol.jsonio import write_json
 from fedmol.models import build, slicing
 from fedmol.models.slicing import SliceBatchNorm

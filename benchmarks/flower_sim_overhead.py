@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from fedmol.fl.harness import RunConfig, run_federated
+from fedmol.config import RunConfig
+
+from fedmol.fl.harness import run_federated
 from fedmol.jsonio import write_json
 from fedmol.pilot.simulation import run_flower_sim
 

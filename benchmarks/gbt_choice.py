@@ -58,7 +58,8 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
 from fedmol.evaluate import Evaluator  # noqa: E402
-from fedmol.fl.harness import RunConfig, build_federation  # noqa: E402
+from fedmol.config import RunConfig
+from fedmol.fl.harness import build_federation  # noqa: E402
 from fedmol.fl.references import Forest, fingerprints, labels_of, pooled_train  # noqa: E402
 from fedmol.jsonio import write_json  # noqa: E402
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-from fedmol.fl.harness import RunConfig, run_federated
+from fedmol.config import RunConfig
+
+from fedmol.fl.harness import run_federated
 from fedmol.jsonio import write_json
 
 

@@ -15,7 +15,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fedmol.cli_common import console, err, friendly, parse_hparams, results_table  # noqa: F401
+from fedmol.cli_common import (console, err, friendly, parse_hparams, results_table,  # noqa: F401
+                               run_option, with_run_settings)
 from fedmol.errors import FedmolError
 from fedmol.jsonio import to_json, write_json
 
@@ -33,11 +34,11 @@ app.add_typer(pilot_app, name="pilot")
 
 
 # shared options -----------------------------------------------------------------------------------
-DataDir = typer.Option(None, "--data-dir", help="Folder holding the dataset files (else $FEDMOL_DATA_DIR).")
-CsvOpt = typer.Option(None, "--csv", help="Your own CSV/TSV instead of a registry dataset.")
-SmilesCol = typer.Option(None, "--smiles-col", help="SMILES column of --csv.")
-TargetCols = typer.Option(None, "--target-cols", help="Comma-separated label columns of --csv.")
-TaskOpt = typer.Option(None, "--task", help="classification | regression (for --csv).")
+DataDir = run_option("data_dir")
+CsvOpt = run_option("csv")
+SmilesCol = run_option("smiles_col")
+TargetCols = run_option("target_cols")
+TaskOpt = run_option("task")
 Jobs = typer.Option(None, "--jobs", "-j", help="Worker processes for featurization (default: all cores).")
 
 
@@ -398,33 +399,17 @@ def train(
 # run ---------------------------------------------------------------------------------------------------
 
 
+#: the run settings ``fedmol run`` takes as options (fedmol.config.RunConfig declares them)
+RUN_OPTIONS = ("algorithm", "dataset", "split", "partners", "alpha", "quantity_skew", "devices", "rounds", "seed",
+               "model", "hidden", "layers", "dropout", "clients_per_round", "eval_every", "select", "patience",
+               "faulty_links", "lossy_links", "heads", "csv", "smiles_col", "target_cols", "task", "data_dir")
+
+
 @app.command()
 @friendly
+@with_run_settings(*RUN_OPTIONS)
 def run(
-    algorithm: str = typer.Option("fedavg", "--algorithm", "-A", help="fedavg | feddf | heterofl | fjord | fedgen | fedrescue"),
-    dataset: Optional[str] = typer.Option("b3db_classification", "--dataset", "-d", help="Registry dataset name."),
-    split: Optional[Path] = typer.Option(None, "--split", help="A frozen split file (overrides --dataset/--partners/--alpha)."),
-    partners: int = typer.Option(8, "--partners", "-k"),
-    alpha: float = typer.Option(1.0, "--alpha", "-a"),
-    quantity_skew: float = typer.Option(0.0, "--quantity-skew"),
-    devices: str = typer.Option("homogeneous", "--devices", help="homogeneous | tiered | pharma | FILE.toml"),
-    rounds: int = typer.Option(20, "--rounds", "-r"),
-    seed: int = typer.Option(0, "--seed", "-s"),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder."),
-    model: str = typer.Option("gin", "--model", help="gin | gine | gcn | sage | gat | mlp (fingerprint MLP)"),
-    hidden: int = typer.Option(300, "--hidden"),
-    layers: int = typer.Option(5, "--layers"),
-    clients_per_round: Optional[int] = typer.Option(None, "--clients-per-round"),
-    eval_every: int = typer.Option(1, "--eval-every"),
-    select: str = typer.Option("best-valid", "--select", help="Which round's global model is reported: best-valid "
-                               "(the evaluated round with the best pooled validation score, as the references' "
-                               "early stopping) | last."),
-    patience: Optional[int] = typer.Option(None, "--patience", min=1, help="Stop after this many rounds without a "
-                                           "better pooled validation score (--rounds is then the cap)."),
-    faulty_links: float = typer.Option(0.0, "--faulty-links", help="P(an upload is truncated at a random narrower width)."),
-    lossy_links: float = typer.Option(0.0, "--lossy-links", help="P(an upload is lost)."),
-    heads: str = typer.Option("shared", "--heads", help="shared (one task head, federated) | private (each partner "
-                              "keeps its own head; the trunk is federated; in-process only; docs/private_heads.md)."),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest for small molecular graphs)."),
     hp: list[str] = typer.Option([], "--hp", help="Algorithm hyperparameter KEY=VALUE (repeatable)."),
     dp_clip: Optional[float] = typer.Option(None, "--dp-clip", help="Differential privacy (DP-FedAvg): clip each "
@@ -436,22 +421,14 @@ def run(
     backend: str = typer.Option("inprocess", "--backend", help="inprocess (one process) | flower-sim (Flower's "
                                 "simulation engine on Ray: partners train in parallel; same results)."),
     client_cpus: int = typer.Option(1, "--client-cpus", min=1, help="flower-sim: CPUs Ray gives each partner."),
-    csv: Optional[Path] = CsvOpt, smiles_col: Optional[str] = SmilesCol, target_cols: Optional[str] = TargetCols,
-    task: Optional[str] = TaskOpt, data_dir: Optional[Path] = DataDir,
+    **settings,
 ):
     """Run one federated experiment and write config.json, metrics.csv, summary.json, model.safetensors."""
-    from fedmol.cli_common import check_run_inputs
-    from fedmol.fl.harness import RunConfig
+    from fedmol.cli_common import check_run_inputs, run_config
 
     hparams = _run_hparams(hp, dp_clip, dp_noise, dp_delta)
-    check_run_inputs(algorithm, hparams, seed, out, devices, split)  # each mistake one line, before any data is read
-    cfg = RunConfig(algorithm=algorithm, dataset=dataset, split=str(split) if split else None, partners=partners,
-                    alpha=alpha, quantity_skew=quantity_skew, devices=devices, rounds=rounds, seed=seed,
-                    clients_per_round=clients_per_round, model=model, hidden=hidden, layers=layers,
-                    eval_every=eval_every, select=select, patience=patience, faulty_links=faulty_links,
-                    lossy_links=lossy_links, hparams=hparams, data_dir=str(data_dir) if data_dir else None,
-                    csv=str(csv) if csv else None, smiles_col=smiles_col, target_cols=target_cols, task=task,
-                    heads=heads)
+    check_run_inputs(settings["algorithm"], hparams, out, settings["devices"], settings["split"])  # before any data
+    cfg = run_config(settings, hparams=hparams)
     s = _run_on_backend(cfg, out, backend, threads, client_cpus)
     _print_run_summary(cfg, s, out)
 

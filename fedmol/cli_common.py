@@ -47,13 +47,67 @@ def parse_hparams(items: list[str]) -> dict:
     return out
 
 
-#: ``fedmol run --seed``: every generator a run seeds (numpy, torch, Python) takes it, or it plus a small offset.
-MAX_SEED = 2**63 - 1
+#: the run settings' short flags (the long flag is the setting's name, dashed)
+SHORT_FLAGS = {"algorithm": "-A", "dataset": "-d", "partners": "-k", "alpha": "-a", "rounds": "-r", "seed": "-s"}
 
 
-def check_run_inputs(algorithm: str, hparams: dict, seed: int, out, devices: str, split=None) -> None:
+def run_option(name: str, **kw):
+    """The typer option of run setting ``name`` (``--name-with-dashes``): its default and help are
+    :class:`fedmol.config.RunConfig`'s, where the setting is declared."""
+    from fedmol.config import RunConfig
+
+    field = RunConfig.model_fields[name]
+    flags = [f"--{name.replace('_', '-')}", *([SHORT_FLAGS[name]] if name in SHORT_FLAGS else [])]
+    return typer.Option(field.default, *flags, help=field.description, **kw)
+
+
+def _cli_type(name: str):
+    """What the command line parses run setting ``name`` as (a choice as text, checked by the config)."""
+    import types
+    from typing import Annotated, Literal, Optional, Union, get_args, get_origin
+
+    from fedmol.config import RunConfig
+
+    ann = RunConfig.model_fields[name].annotation
+    args = get_args(ann) if get_origin(ann) in (Union, types.UnionType) else (ann,)
+    base = next(a for a in args if a is not type(None))
+    base = get_args(base)[0] if get_origin(base) is Annotated else base
+    base = str if get_origin(base) is Literal else base
+    return Optional[base] if type(None) in args else base
+
+
+def with_run_settings(*names: str):
+    """Give a command the options of run settings ``names``: the command takes them as ``**settings``
+    and builds its config with :func:`run_config`; nothing about them is written in the command."""
+    import inspect
+
+    def add(fn):
+        sig = inspect.signature(fn)
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        own = [p.replace(kind=keyword) for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        added = [inspect.Parameter(n, keyword, default=run_option(n, rich_help_panel="Run settings"),
+                                   annotation=_cli_type(n)) for n in names]
+        fn.__signature__ = sig.replace(parameters=added + own)
+        return fn
+
+    return add
+
+
+def run_config(options: dict, **more):
+    """The :class:`fedmol.config.RunConfig` of a command's options (those that are run settings;
+    paths as strings), checked: a bad value is one line."""
+    from pathlib import Path
+
+    from fedmol.config import RunConfig
+
+    given = {**options, **more}
+    return RunConfig.checked({k: str(v) if isinstance(v, Path) else v for k, v in given.items()
+                              if k in RunConfig.model_fields}, label=lambda key: f"--{key.replace('_', '-')}")
+
+
+def check_run_inputs(algorithm: str, hparams: dict, out, devices: str, split=None) -> None:
     """What ``fedmol run`` checks before it reads any data or writes anything, each mistake one line:
-    the algorithm and every hyperparameter (type and range), the seed, that ``--out`` can be a
+    the algorithm and every hyperparameter (type and range), that ``--out`` can be a
     folder, the device profile (a TOML file's schema) and the split file."""
     from pathlib import Path
 
@@ -61,8 +115,6 @@ def check_run_inputs(algorithm: str, hparams: dict, seed: int, out, devices: str
     from fedmol.fl.registry import get_algorithm
 
     get_algorithm(algorithm).check_hparams(hparams)
-    if not 0 <= seed <= MAX_SEED:
-        raise FedmolError(f"--seed must be an integer in [0, 2**63 - 1], got {seed}")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise FedmolError(f"--out {out} is an existing file; a run writes a folder: name another path")
     check_profile(devices)

@@ -46,7 +46,8 @@ VARIANTS = ("fedgen_od_cap",)
 
 def run_label(label: str, algo: str, extra: dict, track, runs_root: Path) -> list[Path]:
     """Run ``label`` (algorithm ``algo`` with ``extra`` hyperparameters) on every split and seed of ``track``."""
-    from fedmol.fl.harness import RunConfig, run_federated
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import run_federated
 
     dirs = []
     for split in track.splits:

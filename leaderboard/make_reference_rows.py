@@ -26,7 +26,6 @@ Usage (from anywhere; about a minute per seed on one core for the quick track)::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -52,7 +51,7 @@ BEST_LOCAL_RULE = ("per partner, the local-only family with the best score on th
 def run_config(track, split: str, seed: int):
     """The :class:`RunConfig` of a run of ``track`` on ``split`` (under data_splits/) with ``seed``; the
     split path is repository-relative, as a submitted run records it."""
-    from fedmol.fl.harness import RunConfig
+    from fedmol.config import RunConfig
 
     return RunConfig(split=f"data_splits/{split}", dataset=track.dataset, devices=track.devices,
                      rounds=track.rounds, seed=seed, **track.run, hparams=dict(track.hparams))
@@ -75,7 +74,7 @@ def split_rows(track, split: str, seed: int, rows=tuple(ROWS)) -> dict[str, dict
     from fedmol.leaderboard.board import SPLIT_DECIDES
 
     cfg = run_config(track, split, seed)
-    fed = build_federation(dataclasses.replace(cfg, split=str(ROOT / cfg.split)), progress=False)
+    fed = build_federation(cfg.replace(split=str(ROOT / cfg.split)), progress=False)
     summaries = {(ref, fam): run_reference(cfg, ref, fam, fed=fed, progress=False, n_jobs=TRAINING["forest_n_jobs"],
                                            min_epochs=TRAINING["min_epochs"], patience=TRAINING["patience"])
                  for ref, fam in needed(rows)}

@@ -74,12 +74,12 @@ def test_featurize_lists_duplicated_smiles_with_their_rows(tmp_path):
     (["split", "make", "esol", "--alpha", "0", "--out", "x.json"], "alpha must be > 0"),
     (["split", "make", "freesolv", "--partners", "5000", "--out", "x.json"], "more partners"),
     (["split", "show", "absent.json"], "split file not found"),
-    (["run", "--select", "best", "--out", "x"], "unknown model selection 'best'; known: best-valid, last"),
-    (["run", "--rounds", "0", "--out", "x"], "rounds must be >= 1, got 0"),
+    (["run", "--select", "best", "--out", "x"], "--select must be 'best-valid' or 'last', got 'best'"),
+    (["run", "--rounds", "0", "--out", "x"], "--rounds must be an integer in [1, 100000], got 0"),
     (["train", "bace", "--device", "tpu", "--out", "x"], "unknown device 'tpu'"),
-    (["run", "--eval-every", "0", "--out", "x"], "eval_every must be >= 1"),
-    (["run", "--clients-per-round", "0", "--out", "x"], "clients_per_round must be >= 1"),
-    (["run", "--faulty-links", "1.5", "--out", "x"], "faulty_links is a probability in [0, 1], got 1.5"),
+    (["run", "--eval-every", "0", "--out", "x"], "--eval-every must be an integer >= 1, got 0"),
+    (["run", "--clients-per-round", "0", "--out", "x"], "--clients-per-round must be an integer in [1, 10000] or null, got 0"),
+    (["run", "--faulty-links", "1.5", "--out", "x"], "--faulty-links must be a number in [0.0, 1.0], got 1.5"),
 ])
 def test_user_mistakes_are_one_line_errors(args, message):
     res = run(*args)

@@ -71,7 +71,8 @@ def test_without_metadata(tmp_path):
 
 
 def test_two_identical_federated_runs_write_identical_model_files(tmp_path):
-    from fedmol.fl.harness import RunConfig, run_federated
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import run_federated
 
     files = []
     for name in ("a", "b"):

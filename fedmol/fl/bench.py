@@ -17,7 +17,7 @@ device profiles x seeds x (algorithms + references), with shared run settings::
     threads = 1                          # torch intra-op threads (1: fastest on small shared CPUs)
     workers = 2                          # runs at a time without --workers (default 1)
 
-    [run]            # fedmol.fl.harness.RunConfig fields shared by every run
+    [run]            # fedmol.config.RunConfig settings shared by every run
     partners = 4
     rounds = 5
     model = "gin"
@@ -83,14 +83,15 @@ import json
 import shutil
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from fedmol.errors import FedmolError
-from fedmol.fl.harness import RunConfig, build_federation, run_federated
+from fedmol.config import RunConfig
+from fedmol.fl.harness import build_federation, run_federated
 from fedmol.fl.references import (DEFAULT_REFERENCE_MODELS, DEFAULT_REFERENCES, TREE_MODELS, check_reference,
                                   neural_family, reference_config, run_reference, split_versions)
 from fedmol.jsonio import write_json
@@ -99,7 +100,7 @@ from fedmol.jsonio import write_json
 SUITES_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "suites"
 TOP_KEYS = {"name", "description", "datasets", "alphas", "devices", "faulty_links", "algorithms", "seeds", "references",
             "reference_models", "threads", "workers", "run", "hparams", "algorithm", "reference", "models", "model"}
-RUN_KEYS = {f.name for f in fields(RunConfig)} - {"algorithm", "dataset", "split", "alpha", "devices", "seed",
+RUN_KEYS = set(RunConfig.model_fields) - {"algorithm", "dataset", "split", "alpha", "devices", "seed",
                                                    "hparams", "data_dir"}
 REFERENCE_KEYS = {"min_epochs", "patience", "rf_jobs"}
 
@@ -135,7 +136,7 @@ class Suite:
 
     @property
     def backbones(self) -> list[str]:
-        return list(self.models) or [str(self.run.get("model", RunConfig.model))]
+        return list(self.models) or [str(self.run.get("model", RunConfig.model_fields["model"].default))]
 
     def run_settings(self, backbone: str) -> dict[str, Any]:
         """``[run]`` with one backbone's settings over it."""
@@ -212,17 +213,18 @@ def _item(x, kind, where: str):
 
 
 def check_run_table(run: dict, where: str) -> None:
-    """The suite's ``[run]`` values have the types of :class:`RunConfig`'s fields (finite numbers)."""
-    from typing import get_type_hints
+    """The suite's ``[run]`` values are valid :class:`RunConfig` settings, strictly typed (``1.7`` is
+    not a round count, ``"3"`` is not a number)."""
+    from pydantic import ValidationError
 
-    from pydantic import ConfigDict, TypeAdapter, ValidationError
+    from fedmol.errors import requirement
 
-    hints = get_type_hints(RunConfig)
-    for key, value in run.items():
-        try:
-            TypeAdapter(hints[key], config=ConfigDict(strict=True, allow_inf_nan=False)).validate_python(value)
-        except ValidationError as e:
-            raise FedmolError(f"{where}: [run] {key} = {value!r}: {e.errors()[0]['msg']}") from None
+    try:
+        RunConfig.model_validate(run, strict=True)
+    except ValidationError as e:
+        key = str(e.errors()[0]["loc"][0])
+        raise FedmolError(f"{where}: [run] {key} = {run[key]!r}: must be "
+                          f"{requirement(RunConfig.model_fields[key])}") from None
 
 
 def _list(doc: dict, key: str, kind, where: str, default=None) -> list:
@@ -322,7 +324,7 @@ def check_suite(s: Suite) -> None:
             get_info(d)
         except FedmolError as e:
             raise FedmolError(f"{where}: {e}") from e
-    partners = int(s.run.get("partners", RunConfig.partners))
+    partners = int(s.run.get("partners", RunConfig.model_fields["partners"].default))
     for dev in s.devices:
         try:
             assign_devices(dev, [1] * partners, 0)
@@ -433,7 +435,7 @@ def _json_roundtrip(obj) -> Any:
 def expected_config(job: Job, s: Suite) -> dict:
     if job.kind == "reference":
         return reference_config(job.cfg, job.reference, job.model, **_ref_train(s))
-    run = asdict(job.cfg)
+    run = job.cfg.model_dump()
     run.pop("data_dir")
     return _json_roundtrip(dict(run=run, split=split_versions()))
 
@@ -575,7 +577,7 @@ def _headline(summary: dict) -> str:
 
 def settings_notes(s: Suite, threads: int | None) -> list[str]:
     """The suite's settings, as lines for the top of ``results.md``."""
-    run = {**{f.name: f.default for f in fields(RunConfig) if f.name in RUN_KEYS}, **s.run}
+    run = {**{k: f.default for k, f in RunConfig.model_fields.items() if k in RUN_KEYS}, **s.run}
     lines = [f"Suite `{s.name}` ({s.path.name}){': ' + s.description if s.description else ''}."]
     keys = [k for k in ("partners", "rounds", "patience", "model", "hidden", "layers", "dropout", "eval_every", "select")
             if not (s.models and k in ("model", *{k for t in s.models.values() for k in t}))]

@@ -48,7 +48,7 @@ import dataclasses
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ import fedmol
 from fedmol.data.dataset import MoleculeDataset, load_dataset
 from fedmol.data.splits import (dataset_for_split, make_split, mask_tasks, partner_subsets, pooled_subset, read_split,
                                 split_tasks)
+from fedmol.config import RunConfig
 from fedmol.errors import FedmolError
 from fedmol.evaluate import Evaluator
 from fedmol.fl import privacy
@@ -71,36 +72,6 @@ from fedmol.jsonio import write_json
 from fedmol.models import slicing
 from fedmol.numerics import numerics
 from fedmol.training import score, width_key
-
-
-@dataclass
-class RunConfig:
-    algorithm: str = "fedavg"
-    dataset: str | None = "b3db_classification"
-    split: str | None = None
-    partners: int = 8
-    alpha: float = 1.0
-    quantity_skew: float = 0.0
-    devices: str = "homogeneous"
-    rounds: int = 20
-    seed: int = 0
-    clients_per_round: int | None = None
-    model: str = "gin"
-    hidden: int = 300
-    layers: int = 5
-    dropout: float = 0.5
-    eval_every: int = 1
-    select: str = "best-valid"  # which round's model is reported: "best-valid" | "last" (fedmol.fl.selection)
-    patience: int | None = None  # stop after this many rounds without a better pooled validation score (rounds: the cap)
-    faulty_links: float = 0.0  # P(upload truncated at a random narrower width), for every partner
-    lossy_links: float = 0.0   # P(upload lost), for every partner
-    hparams: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None
-    csv: str | None = None           # a partner's own table instead of a registry dataset ...
-    smiles_col: str | None = None    # ... with its SMILES column,
-    target_cols: str | None = None   # comma-separated label columns
-    task: str | None = None          # and task type
-    heads: str = "shared"            # "shared" | "private": each partner keeps its own task head (docs/private_heads.md)
 
 
 def secondary_scores(scores: dict, metric: str) -> dict:
@@ -351,7 +322,7 @@ def _info(row: dict, metric: str, widths) -> str:
 def resolved_config(cfg: RunConfig, algo, fed: Federation, dp: dict | None = None) -> dict:
     import rdkit
     return dict(
-        run=asdict(cfg), algorithm=dict(name=algo.name, hparams=algo.hp, norm=algo.norm, scaler=algo.scaler),
+        run=cfg.model_dump(), algorithm=dict(name=algo.name, hparams=algo.hp, norm=algo.norm, scaler=algo.scaler),
         sent=dict(log="sent.jsonl", model_weights="each participating partner's trained weights at its width",
                   metrics="n_train (training-set size), local loss and steps", extra=algo.disclosures),
         model=algo.model_config, widths=list(algo.widths()), privacy=dp,

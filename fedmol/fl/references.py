@@ -87,7 +87,8 @@ import torch
 from fedmol.errors import FedmolError
 from fedmol.evaluate import HIGHER_IS_BETTER, Evaluator
 from fedmol.fl.algorithm import Algorithm, initial_model
-from fedmol.fl.harness import Federation, RunConfig, backbone_config, build_federation, secondary_scores
+from fedmol.config import RunConfig
+from fedmol.fl.harness import Federation, backbone_config, build_federation, secondary_scores
 from fedmol.jsonio import write_json
 from fedmol.training import fit, predict, score, width_key
 
@@ -498,14 +499,13 @@ def check_reference(reference: str, model: str) -> None:
 def reference_config(cfg: RunConfig, reference: str, model: str, min_epochs: int = 5,
                      patience: int | None = None) -> dict:
     """What a reference result depends on (written as ``config.json``; the benchmark's resume check)."""
-    from dataclasses import asdict
 
     # what a reference does not depend on: the algorithm, sampling, evaluation schedule and model selection
     # of a federated run, links, data folder
     skip = {"algorithm", "data_dir", "select", "clients_per_round", "faulty_links", "lossy_links"}
     if model in TREE_MODELS:  # trees see fingerprints of their own, whatever the suite's backbone
         skip |= BACKBONE_KEYS
-    run = {k: v for k, v in asdict(cfg).items() if k not in skip}
+    run = {k: v for k, v in cfg.model_dump().items() if k not in skip}
     run["hparams"] = {k: v for k, v in (cfg.hparams or {}).items() if k in TRAIN_KEYS}
     conf = dict(reference=reference, model=model, run=run, split=split_versions())
     if model == "gnn":

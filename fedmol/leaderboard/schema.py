@@ -20,31 +20,26 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
-                      model_serializer)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_serializer,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
+from fedmol.config import MAX_HIDDEN, MAX_LAYERS, HParam, Prob, RunConfig, Text
 from fedmol.data.splits import SplitSpec
 
 SCHEMA_VERSION = "fedmol-submission/1"
 
 #: bounds (verification builds the declared model, so its size must be bounded before building it)
 MAX_RUNS = 64
-MAX_HIDDEN = 4096
-MAX_LAYERS = 32
 MAX_TASKS = 1024
 MAX_FP_BITS = 65536  # the mlp backbone's fingerprint fold (its input weight: fp_bits x hidden)
-MAX_ROUNDS = 100_000
-MAX_TEXT = 4096
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 WidthKey = Annotated[str, Field(pattern=r"^(1\.0|0\.5|0\.25|0\.125|0\.0625)$")]
-Text = Annotated[str, Field(max_length=MAX_TEXT)]
-Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]
-HParam = Union[Scalar, list[Scalar]]
 NonNeg = Annotated[int, Field(ge=0)]
-Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+
 #: a split file, relative to data_splits/: "<dataset>/<name>.json" (no other characters)
 SplitPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+\.json$", max_length=200)]
 
@@ -78,41 +73,36 @@ class Strict(BaseModel):
 
 
 # -- the resolved run configuration (config.json written by fedmol.fl.harness) -------------------
-class RunSettings(Strict):
-    """:class:`fedmol.fl.harness.RunConfig`, field for field (a test keeps them in step)."""
+#: run settings added after the first archives: absent there, and then their defaults hold
+LATER_SETTINGS = {"select", "patience", "csv", "smiles_col", "target_cols", "task", "heads"}
 
-    algorithm: StrictStr
-    dataset: StrictStr | None
-    split: Text | None
-    partners: Annotated[int, Field(ge=1, le=10_000)]
-    alpha: float
-    quantity_skew: float
-    devices: Text
-    rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS)]
+
+class RunSettings(RunConfig):
+    """:class:`fedmol.config.RunConfig` read as untrusted input: strict types, every setting present
+    (but :data:`LATER_SETTINGS`), and narrower where a leaderboard run must be."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
     seed: Annotated[int, Field(ge=0, lt=2**31)]
-    clients_per_round: Annotated[int, Field(ge=1)] | None
-    model: StrictStr
-    hidden: Annotated[int, Field(ge=1, le=MAX_HIDDEN)]
-    layers: Annotated[int, Field(ge=1, le=MAX_LAYERS)]
-    dropout: Prob
-    eval_every: Annotated[int, Field(ge=1)]
-    #: which round's model the run reports (fedmol.fl.selection); absent in runs made before it existed,
-    #: which reported the last round
+    alpha: float
+    #: absent in runs made before it existed, which reported the last round
     select: Literal["best-valid", "last"] = "last"
-    #: early stopping in rounds on the pooled validation score; absent in runs made before it existed
-    patience: Annotated[int, Field(ge=1)] | None = None
-    faulty_links: Prob
-    lossy_links: Prob
-    hparams: dict[str, HParam]
-    data_dir: Text | None
     # a partner's own CSV is never a leaderboard run: these must be absent or null
     csv: None = None
     smiles_col: None = None
     target_cols: None = None
     task: None = None
-    #: task heads (fedmol.fl.harness.RunConfig.heads); absent in runs made before it existed. Only
-    #: "shared": a private-heads run has no single global model for a check to recompute
+    #: only "shared": a private-heads run has no single global model for a check to recompute
     heads: Literal["shared"] = "shared"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_setting(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            missing = [k for k in cls.model_fields if k not in data and k not in LATER_SETTINGS]
+            if missing:
+                raise PydanticCustomError("missing", "missing setting(s) {names}", {"names": ", ".join(missing)})
+        return data
 
 
 class AlgorithmInfo(Strict):

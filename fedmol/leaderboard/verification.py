@@ -317,7 +317,8 @@ def _verify_run(r, m: Manifest, members: dict[str, bytes], split_path: Path, spl
 def _rebuild_federation(c, split_path: Path, tag: str):
     """The federation the harness builds from the frozen split and the run's config."""
     from fedmol.fl.devices import PROFILE_NAMES
-    from fedmol.fl.harness import RunConfig, build_federation
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import build_federation
 
     if c.run.devices not in PROFILE_NAMES:
         raise Rejected(f"{tag}: device profile {c.run.devices!r} is not built in ({', '.join(PROFILE_NAMES)}): "
@@ -457,7 +458,8 @@ def _reproduce_predictions(r, tensors: dict, test, reproducible: list[float], pr
 def _rerun(r, split_path: Path, progress: bool, numerics: dict | None = None) -> dict:
     """Run ``r`` again here; its metrics must match within :data:`TOL_RERUN` when this machine has the
     submission's CPU numerics, else within :data:`fedmol.numerics.CROSS_MACHINE_TOL` (the report says which)."""
-    from fedmol.fl.harness import RunConfig, run_federated
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import run_federated
     from fedmol.numerics import rerun_tolerance
 
     tol, same = rerun_tolerance(numerics, TOL_RERUN)

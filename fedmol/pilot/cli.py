@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from fedmol.cli_common import console, err, friendly, parse_hparams, results_table  # noqa: F401
+from fedmol.cli_common import console, friendly, parse_hparams, results_table, with_run_settings
 from fedmol.errors import FedmolError
 from fedmol.jsonio import to_json
 
@@ -124,45 +124,35 @@ def partner(
     raise typer.Exit(code)
 
 
+#: the run settings ``fedmol pilot demo`` takes as options (fedmol.config.RunConfig declares them)
+DEMO_OPTIONS = ("algorithm", "dataset", "split", "partners", "alpha", "quantity_skew", "devices", "rounds", "seed",
+                "model", "hidden", "layers", "dropout", "clients_per_round", "eval_every", "select", "patience",
+                "data_dir")
+
+
 @pilot_app.command("demo")
 @friendly
+@with_run_settings(*DEMO_OPTIONS)
 def demo(
-    algorithm: str = typer.Option("fedavg", "--algorithm", "-A", help="fedavg | feddf | heterofl | fjord | fedgen | fedrescue"),
-    dataset: Optional[str] = typer.Option("b3db_classification", "--dataset", "-d", help="Registry dataset name."),
-    split: Optional[Path] = typer.Option(None, "--split", help="A frozen split file (overrides --dataset/--partners/--alpha)."),
-    partners: int = typer.Option(8, "--partners", "-k", help="Partners = SuperNodes started."),
-    alpha: float = typer.Option(1.0, "--alpha", "-a"),
-    quantity_skew: float = typer.Option(0.0, "--quantity-skew"),
-    devices: str = typer.Option("homogeneous", "--devices", help="homogeneous | tiered | pharma | FILE.toml (width caps per site)"),
-    rounds: int = typer.Option(20, "--rounds", "-r"),
-    seed: int = typer.Option(0, "--seed", "-s"),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (the same files as `fedmol run`, plus pilot/)."),
-    model: str = typer.Option("gin", "--model"),
-    hidden: int = typer.Option(300, "--hidden"),
-    layers: int = typer.Option(5, "--layers"),
-    clients_per_round: Optional[int] = typer.Option(None, "--clients-per-round"),
-    eval_every: int = typer.Option(1, "--eval-every"),
     hp: list[str] = typer.Option([], "--hp", help="Algorithm hyperparameter KEY=VALUE (repeatable)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset files (else $FEDMOL_DATA_DIR)."),
     insecure: bool = typer.Option(False, "--insecure", help="No TLS, no node authentication (loopback experiments only)."),
     node_auth: bool = typer.Option(True, "--node-auth/--no-node-auth", help="SuperNode authentication (needs TLS)."),
     certs: Optional[Path] = typer.Option(None, "--certs", help="Use the CA and server certificate in this folder (`fedmol pilot certs`)."),
     round_timeout: float = typer.Option(300.0, "--round-timeout", help="Seconds a round waits for replies before going on without the late partners."),
     connect_timeout: float = typer.Option(120.0, "--connect-timeout", help="Seconds the coordinator waits for the SuperNodes to connect."),
     threads: int = typer.Option(1, "--threads", help="CPU threads per process (0: torch's default)."),
+    **settings,
 ):
     """Run the federation as real Flower processes on this machine (SuperLink + one SuperNode per partner)."""
-    from fedmol.fl.harness import RunConfig
+    from fedmol.cli_common import run_config
     from fedmol.pilot.demo import run_demo
 
-    cfg = RunConfig(algorithm=algorithm, dataset=dataset, split=str(split) if split else None, partners=partners,
-                    alpha=alpha, quantity_skew=quantity_skew, devices=devices, rounds=rounds, seed=seed,
-                    clients_per_round=clients_per_round, model=model, hidden=hidden, layers=layers,
-                    eval_every=eval_every, hparams=parse_hparams(hp), data_dir=str(data_dir) if data_dir else None)
+    cfg = run_config(settings, hparams=parse_hparams(hp))
     s = run_demo(cfg, out, insecure=insecure, node_auth=(node_auth and not insecure), certs_dir=certs,
                  round_timeout=round_timeout, connect_timeout=connect_timeout, threads=threads,
                  progress=True, log=lambda m: console.print(m, highlight=False))
-    console.print(results_table(f"{algorithm} on {s['dataset']}: Flower pilot, {s['partners']} partners, "
+    console.print(results_table(f"{cfg.algorithm} on {s['dataset']}: Flower pilot, {s['partners']} partners, "
                                 f"{s['rounds']} rounds ({s['seconds']:.0f} s coordinator time)", s, "partners' valid"))
     console.print(f"sent {s['bytes_down'] / 1e6:.1f} MB down, {s['bytes_up'] / 1e6:.1f} MB up; "
                   f"{s['failures']} failed partner-rounds; {len(s['refused'])} node(s) refused -> {out}")
@@ -191,10 +181,10 @@ def certs(
 @friendly
 def app_folder(out: Path = typer.Option(..., "--out", "-o", help="Folder for the Flower app (pyproject.toml).")):
     """Write the pilot's Flower app folder (for `flwr run`) and a run.toml template for the coordinator."""
-    from fedmol.pilot.config import RUN_CONFIG_DEFAULTS, write_app, write_toml
+    from fedmol.pilot.config import run_config_defaults, write_app, write_toml
 
     write_app(out)
-    write_toml(out / "run.toml.example", RUN_CONFIG_DEFAULTS)
+    write_toml(out / "run.toml.example", run_config_defaults())
     console.print(f"wrote {out / 'pyproject.toml'} and {out / 'run.toml.example'}; run with "
                   f"`flwr run {out} <connection> --run-config run.toml`")
 

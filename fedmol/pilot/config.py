@@ -2,7 +2,7 @@
 
 The run config (``[tool.flwr.app.config]`` of the pilot app, overridden per run with
 ``flwr run APP CONNECTION --run-config run.toml``) holds everything the coordinator needs; its keys
-and defaults are :data:`RUN_CONFIG_DEFAULTS`. :func:`write_app` writes the Flower app folder (a
+and defaults are :func:`run_config_defaults` (:class:`PilotSettings`). :func:`write_app` writes the Flower app folder (a
 ``pyproject.toml`` whose components are fedmol's installed ServerApp and ClientApp, so the FAB that
 ``flwr run`` ships holds no code: every site runs the fedmol it installed, and the versions are
 checked in every message).
@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from pydantic import Field
 
 import fedmol
+from fedmol.config import MAX_PARTNERS, FederationConfig, Text
 from fedmol.errors import FedmolError
 
 APP_NAME = "fedmol-pilot"
@@ -28,125 +30,61 @@ ENTRY_MODULES = {"fedmol_pilot_server": "fedmol.pilot.server_app", "fedmol_pilot
 SERVER_APP = "fedmol_pilot_server:app"
 CLIENT_APP = "fedmol_pilot_client:app"
 
-#: run-config key -> default (the types are those of the defaults; "" means unset)
-RUN_CONFIG_DEFAULTS: dict[str, Any] = {
-    "algorithm": "fedavg",
-    "rounds": 20,
-    "seed": 0,
-    "partners": 2,
-    "devices": "homogeneous",
-    "clients-per-round": 0,
-    "min-partners": 0,
-    "model": "gin",
-    "hidden": 300,
-    "layers": 5,
-    "dropout": 0.5,
-    "eval-every": 1,
-    "select": "last",
-    "faulty-links": 0.0,
-    "lossy-links": 0.0,
-    "hparams": "{}",
-    "split": "",
-    "data-dir": "",
-    "split-csv": "",
-    "test-csv": "",
-    "smiles-col": "",
-    "target-cols": "",
-    "task": "",
-    "out-dir": "",
-    "round-timeout": 600.0,
-    "connect-timeout": 300.0,
-    "threads": 0,
-    "record-inbox": False,
-}
+class PilotSettings(FederationConfig):
+    """The coordinator's settings: the run settings every transport shares, and the pilot's own.
+    Its run config (the Flower app's, and ``run.toml``) has one key per field, ``-`` for ``_``."""
 
-
-@dataclass
-class PilotSettings:
-    """The coordinator's settings (one field per run-config key, ``-`` spelled ``_``)."""
-
-    algorithm: str = "fedavg"
-    rounds: int = 20
-    seed: int = 0
-    partners: int = 2
-    devices: str = "homogeneous"
-    clients_per_round: int = 0
     #: a round with fewer usable replies than this is not aggregated (0: no minimum, as the harness)
-    min_partners: int = 0
-    model: str = "gin"
-    hidden: int = 300
-    layers: int = 5
-    dropout: float = 0.5
-    eval_every: int = 1
-    #: which round's model is reported (fedmol.fl.selection); without a split the partners' own
-    #: validation scores decide (federated validation)
-    select: str = "last"
-    faulty_links: float = 0.0
-    lossy_links: float = 0.0
-    hparams: dict = field(default_factory=dict)
-    split: str = ""
-    data_dir: str = ""
-    split_csv: str = ""
-    test_csv: str = ""
-    smiles_col: str = ""
-    target_cols: str = ""
-    task: str = ""
-    out_dir: str = ""
-    round_timeout: float = 600.0
-    connect_timeout: float = 300.0
-    threads: int = 0
+    min_partners: int = Field(0, ge=0, le=MAX_PARTNERS)
+    #: the federation's dataset file when the split file names a partner's own CSV
+    split_csv: Optional[Text] = None
+    #: the coordinator's held-out test set (never sent to anyone)
+    test_csv: Optional[Text] = None
+    out_dir: Optional[Text] = None
+    round_timeout: float = Field(600.0, gt=0)
+    connect_timeout: float = Field(300.0, gt=0)
+    threads: int = Field(0, ge=0)
     record_inbox: bool = False
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> "PilotSettings":
-        unknown = set(run_config) - set(RUN_CONFIG_DEFAULTS)
+        """Settings from a Flower run config (``run.toml``); "" and 0 stand for unset (TOML has no null)."""
+        keys = run_config_defaults()
+        unknown = set(run_config) - set(keys)
         if unknown:
-            raise FedmolError(f"unknown pilot run-config key(s) {sorted(unknown)}; known: {sorted(RUN_CONFIG_DEFAULTS)}")
-        kw: dict[str, Any] = {}
-        for f in fields(cls):
-            key = f.name.replace("_", "-")
-            v = run_config.get(key, RUN_CONFIG_DEFAULTS[key])
-            if key == "hparams":
-                try:
-                    v = json.loads(v) if isinstance(v, str) else dict(v)
-                except (json.JSONDecodeError, TypeError, ValueError) as e:
-                    raise FedmolError(f"run-config hparams must be a JSON object, got {v!r}") from e
-                if not isinstance(v, dict):
-                    raise FedmolError(f"run-config hparams must be a JSON object, got {v!r}")
-            elif isinstance(RUN_CONFIG_DEFAULTS[key], bool):
-                v = bool(v)
-            elif isinstance(RUN_CONFIG_DEFAULTS[key], int):
-                if isinstance(v, float) and v.is_integer():
-                    v = int(v)
-                if not isinstance(v, int) or isinstance(v, bool):
-                    raise FedmolError(f"run-config {key} must be an integer, got {v!r}")
-            elif isinstance(RUN_CONFIG_DEFAULTS[key], float):
-                v = float(v)
-            else:
-                v = str(v)
-            kw[f.name] = v
-        s = cls(**kw)
+            raise FedmolError(f"unknown pilot run-config key(s) {sorted(unknown)}; known: {sorted(keys)}")
+        kw = {key.replace("-", "_"): value for key, value in run_config.items()}
+        if isinstance(kw.get("hparams"), str):
+            try:
+                kw["hparams"] = json.loads(kw["hparams"])
+            except json.JSONDecodeError as e:
+                raise FedmolError(f"run-config hparams must be a JSON object, got {kw['hparams']!r}") from e
+        kw = {k: None if v in ("", 0) and _nullable(k) else v for k, v in kw.items()}
+        s = cls.checked(kw, label=lambda key: f"run-config {key.replace('_', '-')}")
         if not s.out_dir:
             raise FedmolError("run-config out-dir is required: the coordinator's folder for the results")
         if not s.split and not (s.target_cols and s.task):
             raise FedmolError("the coordinator needs the federation's task: run-config split (a split file), or "
                               "target-cols and task (with test-csv and smiles-col when it holds a test set)")
-        from fedmol.fl.selection import check_selection
-        check_selection(s.select)
-        if s.rounds < 1 or s.partners < 1:
-            raise FedmolError("rounds and partners must be >= 1")
-        if s.min_partners < 0:
-            raise FedmolError(f"min-partners must be >= 0, got {s.min_partners}")
-        if not (s.round_timeout > 0 and s.connect_timeout > 0):
-            raise FedmolError("round-timeout and connect-timeout must be > 0 seconds")
         return s
 
     def to_run_config(self) -> dict:
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            out[f.name.replace("_", "-")] = json.dumps(v) if f.name == "hparams" else v
-        return out
+        return {key.replace("_", "-"): _blank(key) if v is None else json.dumps(v) if key == "hparams" else v
+                for key, v in self.model_dump().items()}
+
+
+def _nullable(key: str) -> bool:
+    return PilotSettings.model_fields[key].default is None
+
+
+def _blank(key: str):
+    """A setting's "unset" in TOML: "" for a text, 0 for a count."""
+    return 0 if "int" in str(PilotSettings.model_fields[key].annotation) else ""
+
+
+def run_config_defaults() -> dict[str, Any]:
+    """Run-config key -> default (the Flower app's ``[tool.flwr.app.config]``)."""
+    return PilotSettings().to_run_config()
 
 
 # -- TOML ------------------------------------------------------------------------------------------
@@ -177,7 +115,7 @@ def write_toml(path: str | Path, flat: dict[str, Any], header: str = "") -> Path
 
 def app_pyproject() -> str:
     """The pilot app's ``pyproject.toml`` (what ``flwr run`` packages into a FAB)."""
-    conf = "\n".join(f"{k} = {toml_value(v)}" for k, v in RUN_CONFIG_DEFAULTS.items())
+    conf = "\n".join(f"{k} = {toml_value(v)}" for k, v in run_config_defaults().items())
     return f"""# The fedmol pilot as a Flower app. Written by `fedmol pilot app` / `fedmol pilot demo`.
 # The components are fedmol's installed ServerApp and ClientApp, re-exported by two one-line
 # entry modules: every site runs the fedmol it installed, and every message carries and checks

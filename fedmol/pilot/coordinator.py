@@ -483,7 +483,7 @@ def _round_driver(algo, partners: list[Partner], transport: LinkTransport, data:
 
     return RoundDriver(algo, [pt.info for pt in partners], transport, seed=s.seed, rounds=s.rounds,
                        evaluator=data.evaluator, scored=data.scored, select=s.select, eval_every=s.eval_every,
-                       clients_per_round=s.clients_per_round or None, min_partners=s.min_partners,
+                       clients_per_round=s.clients_per_round, min_partners=s.min_partners, patience=s.patience,
                        federated_valid=data.federated_valid)
 
 
@@ -722,17 +722,13 @@ def _resolved(s: PilotSettings, algo, ds, test, split, partners: list[Partner], 
     import rdkit
 
     import fedmol
-    from fedmol.fl.harness import RunConfig
+    from fedmol.config import RunConfig
 
     spec = split["spec"] if split else {}
-    run = RunConfig(algorithm=s.algorithm, dataset=ds.name, split=s.split or None, partners=len(partners),
-                    alpha=spec.get("alpha", float("nan")), quantity_skew=spec.get("quantity_skew", 0.0),
-                    devices=s.devices, rounds=s.rounds, seed=s.seed, clients_per_round=s.clients_per_round or None,
-                    model=s.model, hidden=s.hidden, layers=s.layers, dropout=s.dropout, eval_every=s.eval_every,
-                    select=s.select, faulty_links=s.faulty_links, lossy_links=s.lossy_links, hparams=s.hparams,
-                    data_dir=s.data_dir or None)
+    run = RunConfig(**{**s.shared(), "partners": len(partners), "dataset": ds.name, "alpha": spec.get("alpha"),
+                       "quantity_skew": spec.get("quantity_skew", 0.0)})
     return dict(
-        run=dataclasses.asdict(run),
+        run=run.model_dump(),
         algorithm=dict(name=algo.name, hparams=algo.hp, norm=algo.norm, scaler=algo.scaler),
         sent=dict(log="sent.jsonl (what the coordinator received from each partner)",
                   model_weights="each participating partner's trained weights at its width",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedmol.fl.harness import RunConfig
+from fedmol.config import RunConfig
 from fedmol.jsonio import read_summary
 from fedmol.pilot.config import PilotSettings
 from fedmol.pilot.loopback import LoopbackPilot
@@ -57,14 +57,11 @@ def site_configs(cfg: RunConfig, split_path: Path, split: dict) -> list[dict]:
 
 def settings_for(cfg: RunConfig, split_path: Path, out: Path, partners: int, round_timeout: float,
                  connect_timeout: float, threads: int, record_inbox: bool) -> PilotSettings:
-    return PilotSettings(
-        algorithm=cfg.algorithm, rounds=cfg.rounds, seed=cfg.seed, partners=partners, devices=cfg.devices,
-        clients_per_round=cfg.clients_per_round or 0, model=cfg.model, hidden=cfg.hidden, layers=cfg.layers,
-        dropout=cfg.dropout, eval_every=cfg.eval_every, select=cfg.select, faulty_links=cfg.faulty_links, lossy_links=cfg.lossy_links,
-        hparams=dict(cfg.hparams), split=str(split_path),
-        data_dir=str(Path(cfg.data_dir).resolve()) if cfg.data_dir else "", out_dir=str(out.resolve()),
-        round_timeout=float(round_timeout), connect_timeout=float(connect_timeout), threads=threads,
-        record_inbox=record_inbox)
+    """The coordinator's settings for ``cfg`` run over ``partners`` loopback sites."""
+    data_dir = str(Path(cfg.data_dir).resolve()) if cfg.data_dir else None
+    return PilotSettings(**{**cfg.shared(), "partners": partners, "split": str(split_path), "data_dir": data_dir},
+                         out_dir=str(out.resolve()), round_timeout=float(round_timeout),
+                         connect_timeout=float(connect_timeout), threads=threads, record_inbox=record_inbox)
 
 
 def run_demo(cfg: RunConfig, out: str | Path, *, insecure: bool = False, node_auth: bool | None = None,

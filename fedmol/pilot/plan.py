@@ -43,14 +43,14 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedmol.config import Dropout, EvalEvery, Hidden, HParam, Layers, Partners, Rounds, Seed, Selection
 from fedmol.errors import FedmolError
 from fedmol.pilot.config import PilotSettings
 
-Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
 Column = Annotated[str, Field(min_length=1, pattern=r"^[^,]+$")]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -62,24 +62,24 @@ class _Strict(BaseModel):
 class PilotSection(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")]
     algorithm: str
-    rounds: Annotated[int, Field(ge=1, le=100_000)]
-    seed: Annotated[int, Field(ge=0, lt=2**31)] = 0
-    partners: Annotated[int, Field(ge=1, le=10_000)]
+    rounds: Rounds
+    seed: Seed = 0
+    partners: Partners
     min_partners: Annotated[int, Field(ge=0)] = 1
     round_deadline: Seconds
     connect_timeout: Seconds = 600.0
     clients_per_round: Annotated[int, Field(ge=0)] = 0
-    eval_every: Annotated[int, Field(ge=1)] = 1
-    select: Literal["best-valid", "last"] = "last"
+    eval_every: EvalEvery = 1
+    select: Selection = "last"
     threads: Annotated[int, Field(ge=0)] = 0
     out: str | None = None
 
 
 class ModelSection(_Strict):
     name: str = "gin"
-    hidden: Annotated[int, Field(ge=1, le=4096)] = 300
-    layers: Annotated[int, Field(ge=1, le=32)] = 5
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
+    hidden: Hidden = 300
+    layers: Layers = 5
+    dropout: Dropout = 0.5
 
 
 class DatasetSection(_Strict):
@@ -92,7 +92,7 @@ class DatasetSection(_Strict):
 class PilotFile(_Strict):
     pilot: PilotSection
     model: ModelSection = ModelSection()
-    hparams: dict[str, Union[Scalar, list[Scalar]]] = {}
+    hparams: dict[str, HParam] = {}
     dataset: DatasetSection
 
 
@@ -124,9 +124,9 @@ class PilotPlan:
         p, m, d = self.doc.pilot, self.doc.model, self.doc.dataset
         return PilotSettings(
             algorithm=p.algorithm, rounds=p.rounds, seed=p.seed, partners=p.partners, devices="homogeneous",
-            clients_per_round=p.clients_per_round, min_partners=p.min_partners, model=m.name, hidden=m.hidden,
+            clients_per_round=p.clients_per_round or None, min_partners=p.min_partners, model=m.name, hidden=m.hidden,
             layers=m.layers, dropout=float(m.dropout), eval_every=p.eval_every, select=p.select,
-            hparams=dict(self.doc.hparams), test_csv=str(self.test_csv) if self.test_csv else "", smiles_col=d.smiles_col, target_cols=",".join(d.target_cols), task=d.task,
+            hparams=dict(self.doc.hparams), test_csv=str(self.test_csv) if self.test_csv else None, smiles_col=d.smiles_col, target_cols=",".join(d.target_cols), task=d.task,
             out_dir=str(Path(out_dir).resolve()), round_timeout=float(p.round_deadline),
             connect_timeout=float(p.connect_timeout), threads=p.threads)
 

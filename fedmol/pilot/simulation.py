@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from fedmol.errors import FedmolError
-from fedmol.fl.harness import RunConfig
+from fedmol.config import RunConfig
 from fedmol.jsonio import read_summary
 
 

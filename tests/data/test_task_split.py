@@ -114,7 +114,8 @@ def _check_masked(names, obj, ds, views):
 
 
 def test_labels_are_masked_exactly(tox21, split_file):
-    from fedmol.fl.harness import RunConfig, build_federation
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import build_federation
 
     before = tox21.labels.copy()
     _ = [tox21[i] for i in range(len(tox21))]  # items cached in the full dataset must not leak into a partner's view
@@ -231,7 +232,8 @@ def test_show_lists_each_partners_tasks(split_file):
 
 # -- a federated run -------------------------------------------------------------------------------
 def test_short_federated_run_on_a_task_split(tmp_path):
-    from fedmol.fl.harness import RunConfig, run_federated
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import run_federated
 
     split = REPO / "data_splits" / "tox21" / "tasks" / "K8-a1-s0-disjoint.json"
     cfg = RunConfig(split=str(split), rounds=1, hidden=8, layers=2, dropout=0.0, hparams={"max_local_steps": 2})

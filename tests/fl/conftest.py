@@ -2,7 +2,9 @@
 
 import pytest
 
-from fedmol.fl.harness import RunConfig, build_federation
+from fedmol.config import RunConfig
+
+from fedmol.fl.harness import build_federation
 
 TINY_BACE = dict(dataset="bace", partners=3, alpha=1.0, devices="tiered", rounds=1, hidden=16, layers=2,
                  hparams={"max_local_steps": 2})

@@ -139,7 +139,8 @@ def test_prauc_gains_against_the_best_local_equal_a_hand_computation():
 
 def test_federated_summary_holds_the_test_prauc_of_each_partners_width(tmp_path):
     from fedmol.evaluate import Evaluator
-    from fedmol.fl.harness import RunConfig, run_federated
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import run_federated
 
     cfg = RunConfig(algorithm="fedavg", dataset="bace", partners=3, rounds=1, model="mlp", hidden=16, layers=2,
                     hparams=dict(max_local_steps=2))

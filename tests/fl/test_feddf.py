@@ -328,7 +328,8 @@ def test_tiered_devices_one_student_per_group_starting_from_group_fedavg(tiny_po
 
 # ---------------------------------------------------------------------------------- end to end
 def test_run_federated_two_rounds_finite(data_dir, tmp_path):
-    from fedmol.fl.harness import RunConfig, run_federated
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import run_federated
 
     hp = dict(pool_sources="esol,bace", pool_size=150, distill_steps=20, eval_every=5, patience=10,
               distill_batch=32)

@@ -13,7 +13,8 @@ from fedmol.fl.devices import DeviceProfile
 from fedmol.fl.fedgen import (COUNTS, NORMAL_CENTRES, FedGen, Generator, PairSpace, _od_widths, _regularizer,
                               decayed, diversity_loss, teacher_loss)
 from fedmol.fl.fjord import WidthSampler
-from fedmol.fl.harness import RunConfig, run_federated
+from fedmol.config import RunConfig
+from fedmol.fl.harness import run_federated
 from fedmol.models import build
 from fedmol.models.slicing import width_tag
 from fedmol.training import make_loader

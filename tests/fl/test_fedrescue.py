@@ -7,7 +7,8 @@ from fedmol.fl.algorithm import PartnerInfo
 from fedmol.fl.devices import DeviceProfile
 from fedmol.fl.fedrescue import FedResCuE, self_distillation_loss, step_widths
 from fedmol.fl.fjord import distill_loss
-from fedmol.fl.harness import RunConfig, run_federated
+from fedmol.config import RunConfig
+from fedmol.fl.harness import run_federated
 from fedmol.fl.message import Message
 from fedmol.models import build, masked_loss, slicing
 from fedmol.training import make_loader

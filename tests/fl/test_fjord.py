@@ -271,7 +271,8 @@ def test_widths_and_configure_follow_the_caps():
 
 
 def test_end_to_end_tiered_run_has_finite_metrics_at_every_width():
-    from fedmol.fl.harness import RunConfig, run_federated
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import run_federated
 
     res = run_federated(RunConfig(algorithm="fjord", dataset="b3db_regression", devices="tiered", rounds=2,
                                   hidden=16, layers=2, partners=4, hparams={"max_local_steps": 5}),

@@ -9,7 +9,8 @@ from fedmol.errors import FedmolError
 from fedmol.fl.algorithm import Algorithm
 from fedmol.fl.devices import DeviceProfile, assign_devices
 from fedmol.fl.fedavg import FedAvg
-from fedmol.fl.harness import RunConfig, build_federation, run_federated
+from fedmol.config import RunConfig
+from fedmol.fl.harness import build_federation, run_federated
 from fedmol.fl.message import Message
 from fedmol.models import slicing
 

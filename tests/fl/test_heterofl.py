@@ -188,7 +188,8 @@ def test_widths_follow_the_smallest_cap_and_rates_the_mode():
 
 
 def test_end_to_end_tiered_run_has_finite_metrics_at_every_width():
-    from fedmol.fl.harness import RunConfig, run_federated
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import run_federated
 
     res = run_federated(RunConfig(algorithm="heterofl", dataset="b3db_regression", devices="tiered", rounds=2,
                                   hidden=16, layers=2, partners=4, hparams={"max_local_steps": 5}),

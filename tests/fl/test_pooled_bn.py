@@ -158,7 +158,8 @@ def test_fedgen_without_pooling_asks_nothing_and_serves_its_own_statistics():
 
 
 def test_fedgen_pooled_run_records_the_query_traffic(tmp_path):
-    from fedmol.fl.harness import RunConfig, build_federation, run_federated
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import build_federation, run_federated
 
     cfg = RunConfig(algorithm="fedgen", dataset="bace", partners=3, rounds=2, hidden=16, layers=2, devices="tiered",
                     hparams={"max_local_steps": 3, "gen_steps": 3, "pooled_bn": True})

@@ -12,7 +12,8 @@ from fedmol.errors import FedmolError
 from fedmol.fl import privacy
 from fedmol.fl.algorithm import PartnerInfo
 from fedmol.fl.devices import DeviceProfile
-from fedmol.fl.harness import RunConfig, run_federated
+from fedmol.config import RunConfig
+from fedmol.fl.harness import run_federated
 from fedmol.fl.message import Message
 from fedmol.fl.registry import get_algorithm
 from fedmol.models import slicing

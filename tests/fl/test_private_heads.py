@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from fedmol.errors import FedmolError
 from fedmol.fl.algorithm import HEAD_KEYS, initial_model
-from fedmol.fl.harness import InProcessTransport, RunConfig, run_federated
+from fedmol.config import RunConfig
+from fedmol.fl.harness import InProcessTransport, run_federated
 from fedmol.numerics import rerun_tolerance
 
 REPO = Path(__file__).resolve().parents[2]

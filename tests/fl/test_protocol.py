@@ -11,7 +11,8 @@ from fedmol.evaluate import Evaluator
 from fedmol.fl.algorithm import LocalData, PartnerInfo, initial_model
 from fedmol.fl.devices import DeviceProfile
 from fedmol.fl.fjord import FjORD
-from fedmol.fl.harness import RunConfig, run_federated
+from fedmol.config import RunConfig
+from fedmol.fl.harness import run_federated
 from fedmol.fl.references import federated_gain
 from fedmol.fl.registry import ALGORITHMS, get_algorithm
 from fedmol.fl.report import ranks, seed_tables

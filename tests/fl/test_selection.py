@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from fedmol.errors import FedmolError
 from fedmol.evaluate import Evaluator
 from fedmol.fl import driver, harness
-from fedmol.fl.harness import RunConfig, run_federated
+from fedmol.config import RunConfig
+from fedmol.fl.harness import run_federated
 from fedmol.fl.selection import RoundSelector, check_selection, selection_score
 from fedmol.models import build
 
@@ -30,8 +31,8 @@ def test_selection_score_is_the_mean_over_widths_in_the_better_direction():
 def test_unknown_selection_is_refused_with_the_choices():
     with pytest.raises(FedmolError, match="unknown model selection 'best'; known: best-valid, last"):
         check_selection("best")
-    with pytest.raises(FedmolError, match="unknown model selection"):
-        run_federated(RunConfig(**TINY, select="best"), None, progress=False)
+    with pytest.raises(FedmolError, match="run setting select must be 'best-valid' or 'last', got 'best'"):
+        RunConfig.checked({**TINY, "select": "best"})
 
 
 class _Toy:

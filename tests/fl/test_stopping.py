@@ -7,7 +7,8 @@ import json
 import pytest
 
 from fedmol.errors import FedmolError
-from fedmol.fl.harness import RunConfig, run_federated
+from fedmol.config import RunConfig
+from fedmol.fl.harness import run_federated
 from fedmol.fl.references import reference_patience
 
 TINY = dict(dataset="bace", partners=3, alpha=1.0, hidden=16, layers=2, hparams={"max_local_steps": 3})
@@ -35,13 +36,11 @@ def test_without_patience_every_round_runs():
     assert s["rounds_run"] == 3 and s["stopped"] is None and s["local_steps"] == 3 * 3 * 3
 
 
-@pytest.mark.parametrize("kw,message", [
-    (dict(patience=0), "patience must be >= 1"),
-    (dict(patience=2, select="last"), "patience stops on the pooled validation score: it needs --select best-valid"),
-])
-def test_bad_patience_is_one_line(kw, message):
-    with pytest.raises(FedmolError, match=message):
-        run_federated(RunConfig(**TINY, rounds=3, **kw), None, progress=False)
+def test_bad_patience_is_one_line():
+    with pytest.raises(FedmolError, match=r"run setting patience must be an integer >= 1 or null, got 0"):
+        RunConfig.checked({**TINY, "rounds": 3, "patience": 0})
+    with pytest.raises(FedmolError, match="patience stops on the pooled validation score: it needs --select best-valid"):
+        run_federated(RunConfig(**TINY, rounds=3, patience=2, select="last"), None, progress=False)
 
 
 def test_references_stop_by_the_runs_rule_in_epochs():

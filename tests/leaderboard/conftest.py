@@ -41,7 +41,8 @@ max_local_steps = 2
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory) -> list[Path]:
-    from fedmol.fl.harness import RunConfig, run_federated
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import run_federated
 
     root = tmp_path_factory.mktemp("runs")
     dirs = []
@@ -87,7 +88,8 @@ def unranked_zip(tiny_runs, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def fedavg_zip(tracks_file, tmp_path_factory) -> Path:
     """A second ranked submission on the tiny track (FedAvg: it serves width 1.0 only)."""
-    from fedmol.fl.harness import RunConfig, run_federated
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import run_federated
     from fedmol.leaderboard import submit
 
     root = tmp_path_factory.mktemp("runs-fedavg")

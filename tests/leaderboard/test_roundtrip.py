@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime
 import io
 import json
@@ -26,7 +25,7 @@ def test_submit_verify_roundtrip_cli(good_zip, tracks_file):
 
 
 def test_manifest_has_every_field(good_zip):
-    from fedmol.fl.harness import RunConfig
+    from fedmol.config import RunConfig
     from fedmol.leaderboard.schema import Manifest, RunEntry, RunSettings
 
     files = members(good_zip)
@@ -49,8 +48,9 @@ def test_manifest_has_every_field(good_zip):
         assert set(r["test"]) == {"1.0", "0.5", "0.25", "0.125"}
         assert len(r["rounds"]) == 1 and r["rounds"][0]["bytes_up"] > 0
         assert r["bytes_up"] > 0 and r["bytes_down"] > 0 and r["failures"] == 0
-    # the schema follows the harness's RunConfig field for field
-    assert set(RunSettings.model_fields) == {f.name for f in dataclasses.fields(RunConfig)}
+    # the schema reads the run configuration (declared once) and every run's config.json validates
+    assert issubclass(RunSettings, RunConfig) and set(RunSettings.model_fields) == set(RunConfig.model_fields)
+    assert all(RunSettings.model_validate(r["config"]["run"]).seed == i for i, r in enumerate(m["runs"]))
     assert sorted(files) == ["manifest.json"] + [f"runs/{i:02d}/{n}" for i in range(3)
                                                  for n in ("model.safetensors", "test_predictions.csv")]
 

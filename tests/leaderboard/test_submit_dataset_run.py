@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 from typer.testing import CliRunner
 
-from fedmol.fl.harness import RunConfig, run_federated
+from fedmol.config import RunConfig
+
+from fedmol.fl.harness import run_federated
 from fedmol.leaderboard.cli import leaderboard_app
 
 
@@ -22,7 +23,7 @@ def test_submit_refuses_a_run_made_with_dataset(tmp_path):
                           "tracks need a frozen split: rerun with --split data_splits/bace/K4-a1-s0.json\n")
     assert "Traceback" not in res.output and not out.exists()
     # no frozen split with these settings: the dataset's folder is named, and why no file fits
-    cfg3 = dataclasses.replace(cfg, partners=3)
+    cfg3 = cfg.replace(partners=3)
     run3 = tmp_path / "run3"
     run_federated(cfg3, run3, progress=False)
     res = CliRunner().invoke(leaderboard_app, ["submit", str(run3), "--name", "x", "--out", str(out)])

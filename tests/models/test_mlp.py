@@ -217,7 +217,8 @@ EXTRA = {"feddf": {"pool_size": 64, "distill_steps": 2, "eval_every": 1, "distil
 
 
 def _run(tmp_path, algorithm, dataset="bace", **kw):
-    from fedmol.fl.harness import RunConfig, run_federated
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import run_federated
 
     cfg = RunConfig(algorithm=algorithm, dataset=dataset, partners=3, alpha=1.0, devices="tiered", rounds=2,
                     model="mlp", hidden=32, layers=2, hparams={**HP, **EXTRA.get(algorithm, {})}, **kw)

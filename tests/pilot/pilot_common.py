@@ -2,7 +2,7 @@
 
 import math
 
-from fedmol.fl.harness import RunConfig
+from fedmol.config import RunConfig
 TINY = dict(dataset="bace", partners=2, alpha=1.0, rounds=2, seed=0, hidden=16, layers=2,
             hparams={"max_local_steps": 2})
 TOL = 1e-4

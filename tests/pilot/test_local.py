@@ -248,7 +248,7 @@ def test_pilot_with_a_test_csv_can_select_by_the_partners_validation(tmp_path):
     best = max(range(2), key=lambda i: (float(rows[i]["valid_rocauc@1.0"]), -i))
     assert summary["selected_round"] == best
     assert summary["test"]["1.0"] == pytest.approx(float(rows[best]["test_rocauc@1.0"]))
-    with pytest.raises(FedmolError, match="unknown model selection 'best'"):
+    with pytest.raises(FedmolError, match="run-config select must be 'best-valid' or 'last', got 'best'"):
         PilotSettings.from_run_config({**s.to_run_config(), "select": "best"})
     with pytest.raises(FedmolError, match="the coordinator needs the federation's task"):
         PilotSettings.from_run_config({"out-dir": str(tmp_path), "test-csv": "t.csv"})

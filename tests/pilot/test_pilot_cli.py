@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from typer.testing import CliRunner
 
 from fedmol.pilot.cli import pilot_app
-from fedmol.pilot.config import RUN_CONFIG_DEFAULTS, PilotSettings
+from fedmol.pilot.config import PilotSettings, run_config_defaults
 
 runner = CliRunner()
 
@@ -72,7 +72,7 @@ def test_app_folder_is_a_valid_flower_app(tmp_path):
     for entry, module in (("fedmol_pilot_server", "fedmol.pilot.server_app"),
                           ("fedmol_pilot_client", "fedmol.pilot.client_app")):
         assert f"from {module} import app as _app" in (tmp_path / f"{entry}.py").read_text()
-    assert doc["tool"]["flwr"]["app"]["config"] == RUN_CONFIG_DEFAULTS
+    assert doc["tool"]["flwr"]["app"]["config"] == run_config_defaults()
     example = tomllib.loads((tmp_path / "run.toml.example").read_text())
     s = PilotSettings.from_run_config({**example, "out-dir": str(tmp_path), "split": "split.json"})
     assert s.algorithm == "fedavg" and s.hparams == {}
