@@ -88,7 +88,8 @@ from fedmol.errors import FedmolError
 from fedmol.evaluate import HIGHER_IS_BETTER, Evaluator
 from fedmol.fl.algorithm import Algorithm, initial_model
 from fedmol.config import RunConfig
-from fedmol.fl.harness import Federation, backbone_config, build_federation, secondary_scores
+from fedmol.fl.harness import Federation, build_federation, secondary_scores
+from fedmol.fl.setup import backbone_config
 from fedmol.jsonio import write_json
 from fedmol.training import fit, predict, score, width_key
 
