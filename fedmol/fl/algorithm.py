@@ -16,19 +16,9 @@ Boundaries, so the same objects run over Flower between real machines:
   server's state. They see only the :class:`Message` they received and their own
   :class:`LocalData`, and return a :class:`Message`.
 
-Narrow widths: a partner trains the *standalone* model of the width it is sent, never the full model
-run with ``width=r``: :meth:`Algorithm.send` slices the global model
-(:func:`fedmol.models.slicing.sub_state_dict`), :meth:`Algorithm.client_model` builds the model of that
-width and loads the slice, and the aggregation writes the update back into the leading blocks
-(:func:`~fedmol.models.slicing.aggregate_nested`). Every algorithm does this at its partners' width (cap):
-FedAvg, FedDF, HeteroFL, FedGen, FjORD, FedResCuE. Results equal the sliced path's
-(``tests/fl/test_narrow_width.py``), and a local update runs 1.0-1.4x (GIN 64 x 3) to 2.3-6.9x (MLP 300 x 2,
-whose sliced path runs Adam over the whole 8192-row input layer) faster than on the sliced path at widths 1/2
-to 1/16 (``benchmarks/perf_narrow_width.py``). The widths *below* the cap that FjORD's ordered dropout, FedResCuE's
-self-distillation and FedGen's ``ordered_dropout`` run within a step stay slices of the cap's model: equal
-results need the cap's one optimizer over all its parameters (coordinates a wider step moved keep moving on
-their Adam moments under a zero gradient), and FjORD / FedResCuE sum several widths' losses into one
-backward; a standalone copy per step with its gradients written back measured slower (0.8-1.0x).
+Narrow widths: a partner trains the *standalone* model of the width it is sent (sliced by
+:meth:`Algorithm.send`, built by :meth:`Algorithm.client_model`, written back by the aggregation), never
+the full model run with ``width=r``; why, what it saves and what stays sliced: ``docs/narrow_widths.md``.
 
 Subclasses describe themselves with ``name``, ``norm`` / ``scaler`` (how the backbone normalizes,
 see :mod:`fedmol.models`), and ``defaults`` (hyperparameters; every key may be overridden) with
