@@ -236,6 +236,12 @@ class Algorithm:
         """The widths at which the global model can be served (and is evaluated)."""
         return (1.0,)
 
+    def nested_widths(self) -> tuple[float, ...]:
+        """The widths of :data:`~fedmol.models.slicing.WIDTHS` from the weakest partner's cap up: what
+        an algorithm training nested widths (FjORD, FedResCuE, HeteroFL, FedGen) serves."""
+        smallest = min(p.device.max_width for p in self.partners)
+        return tuple(w for w in slicing.WIDTHS if w >= smallest - 1e-9)
+
     def configure(self, rnd: int, partner: PartnerInfo) -> Message | None:
         """What ``partner`` receives this round; None means it sits this round out."""
         raise NotImplementedError

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from fedmol.errors import FedmolError
 from fedmol.fl.algorithm import Algorithm, HParams, LocalData, PartnerInfo
 from fedmol.fl.fjord import WidthSampler
 from fedmol.fl.message import Message
@@ -183,9 +182,6 @@ class FedGen(PooledBNStats, Algorithm):
         return bool(self.hp["pooled_bn"])
 
     def init(self, partners: list[PartnerInfo]) -> None:
-        for key in ("pooled_bn", "ordered_dropout", "od_cap_every_step"):
-            if not isinstance(self.hp[key], bool):
-                raise FedmolError(f"fedgen: {key} must be true or false, got {self.hp[key]!r}")
         super().init(partners)
         hidden, T = self.model_config["hidden"], self.model_config["num_tasks"]
         self.space = PairSpace(self.model_config["task_type"], T)
@@ -202,8 +198,7 @@ class FedGen(PooledBNStats, Algorithm):
         self.last_widths: dict[int, float] = {}
 
     def widths(self) -> tuple[float, ...]:
-        lo = min(p.device.max_width for p in self.partners)
-        return tuple(w for w in slicing.WIDTHS if w >= lo - 1e-9)
+        return self.nested_widths()
 
     def configure(self, rnd: int, partner: PartnerInfo) -> Message:
         w = partner.device.max_width
