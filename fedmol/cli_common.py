@@ -16,15 +16,17 @@ err = Console(stderr=True)
 
 
 def friendly(fn):
-    """Turn user errors into one red line and exit code 2 (never a traceback)."""
+    """Turn user errors into one line, ``<label>: <message>`` (``error``, ``rejected``, ...), and the
+    error's exit code (2 for a usage error), never a traceback: every command group uses it."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except FedmolError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
+            message = str(e) if e.multiline else " ".join(str(e).split())
+            err.print(f"[bold red]{e.label}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code)
         except RecursionError:  # a JSON/TOML input nested thousands deep, wherever it was read
             err.print("[bold red]error:[/] an input file is nested too deeply to be read (thousands of brackets "
                       "inside each other): it is not a fedmol file", highlight=False, soft_wrap=True)

@@ -7,7 +7,19 @@ it into one red line and exit code 2, never a traceback.
 
 
 class FedmolError(Exception):
-    """An error caused by user input, shown to the user without a traceback."""
+    """An error caused by user input, shown to the user without a traceback: ``<label>: <message>``
+    on one line, exit code ``exit_code`` (:func:`fedmol.cli_common.friendly`)."""
+
+    label = "error"
+    exit_code = 2
+    #: printed as written (a pilot's log tail); else the message's whitespace is one space: one line
+    multiline = False
+
+
+class InternalError(FedmolError):
+    """Something fedmol did not expect while reading untrusted input (never a traceback)."""
+
+    exit_code = 3
 
 
 class DataError(FedmolError):

@@ -150,10 +150,11 @@ def epsilon(noise_multiplier: float, q: float, rounds: int, delta: float) -> flo
     if rounds <= 0 or q <= 0:
         return 0.0
     from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp
 
-    acc = RDPAccountant()
-    acc.history = [(float(noise_multiplier), float(q), int(rounds))]  # == `rounds` calls of acc.step
-    return float(acc.get_epsilon(delta=float(delta)))
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    spent = rdp.compute_rdp(q=float(q), noise_multiplier=float(noise_multiplier), steps=int(rounds), orders=orders)
+    return float(rdp.get_privacy_spent(orders=orders, rdp=spent, delta=float(delta))[0])
 
 
 def account(hp: Mapping[str, Any], p_online: Sequence[float], clients_per_round: int | None,

@@ -45,6 +45,9 @@ _CHUNK = 1 << 20
 class Rejected(FedmolError):
     """A submission failed verification; ``str(e)`` is the one-line reason."""
 
+    label = "rejected"
+    exit_code = 1
+
     def __init__(self, reason: str):
         super().__init__(one_line(reason))
 

@@ -12,12 +12,12 @@ while verifying (one line, no traceback).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from fedmol.cli_common import friendly
 from fedmol.jsonio import to_json
 
 leaderboard_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -27,13 +27,8 @@ TracksOpt = typer.Option(None, "--tracks", help="Tracks file (default: leaderboa
 SplitsOpt = typer.Option(None, "--splits-dir", help="Frozen split files (default: data_splits/ of this checkout).")
 
 
-def _fail(prefix: str, message: str, code: int) -> None:
-    line = " ".join(str(message).split())
-    print(f"{prefix}: {line}", file=sys.stderr)
-    raise typer.Exit(code)
-
-
 @leaderboard_app.command()
+@friendly
 def submit(
     run_dirs: List[Path] = typer.Argument(..., help="Run folders of run_federated: one per seed (and split)."),
     name: str = typer.Option(..., "--name", help="Submission name (letters, digits, space, ._+()-)."),
@@ -45,14 +40,10 @@ def submit(
     """Pack the runs of one method on one track into a submission archive."""
     import torch
 
-    from fedmol.errors import FedmolError
     from fedmol.leaderboard.submission import submit as do_submit
 
     torch.set_num_threads(1)
-    try:
-        m = do_submit(run_dirs, name, out, track=track, tracks_file=tracks, splits_dir=splits_dir)
-    except FedmolError as e:
-        _fail("error", str(e), 2)
+    m = do_submit(run_dirs, name, out, track=track, tracks_file=tracks, splits_dir=splits_dir)
     where = f"track {m['track']}" if m["track"] else "no track"
     print(f"wrote {out}: {m['algorithm']} '{m['name']}', {len(m['runs'])} run(s), seeds {m['seeds']}, {where}, "
           f"{m['status']}, dated {m['created']} (UTC)")
@@ -62,6 +53,7 @@ def submit(
 
 
 @leaderboard_app.command()
+@friendly
 def verify(
     file: Path = typer.Argument(..., help="The submission archive."),
     rerun: int = typer.Option(0, "--rerun", help="Also re-run K randomly chosen seeds and compare the metrics."),
@@ -73,20 +65,17 @@ def verify(
     """Verify a submission; exit 0 only if every check passes."""
     import torch
 
-    from fedmol.errors import FedmolError
-    from fedmol.leaderboard.archive import Rejected
+    from fedmol.errors import FedmolError, InternalError
     from fedmol.leaderboard.verification import verify as do_verify
 
     torch.set_num_threads(1)
     try:
         rep = do_verify(file, rerun=rerun, rerun_seed=rerun_seed, tracks_file=tracks, splits_dir=splits_dir,
                         progress=False)
-    except Rejected as e:
-        _fail("rejected", str(e), 1)
-    except FedmolError as e:
-        _fail("error", str(e), 2)
+    except FedmolError:  # rejected (exit 1) or a usage error (exit 2)
+        raise
     except Exception as e:  # never a traceback for a hostile file
-        _fail("error", f"internal error while verifying: {type(e).__name__}: {e}", 3)
+        raise InternalError(f"internal error while verifying: {type(e).__name__}: {e}") from None
     if as_json:
         print(to_json(rep.to_dict(), indent=1))
         return
@@ -106,6 +95,7 @@ def verify(
 
 
 @leaderboard_app.command()
+@friendly
 def build(
     submissions: Path = typer.Option(..., "--submissions", help="Folder of submission archives (*.zip)."),
     out: Path = typer.Option(..., "--out", help="Folder to write the board to."),
@@ -118,14 +108,10 @@ def build(
     """Verify every submission and write the board: README.md, index.html, plots, configs, reference rows."""
     import torch
 
-    from fedmol.errors import FedmolError
     from fedmol.leaderboard.board import build_board
 
     torch.set_num_threads(1)
-    try:
-        res = build_board(submissions, out, tracks_file=tracks, splits_dir=splits_dir, references=references)
-    except FedmolError as e:
-        _fail("error", str(e), 2)
+    res = build_board(submissions, out, tracks_file=tracks, splits_dir=splits_dir, references=references)
     print(f"wrote {out}/README.md and {out}/index.html: {res['verified']} verified submission(s), "
           f"{len(res['rejected'])} rejected")
     for name, reason in res["rejected"]:

@@ -47,7 +47,10 @@ ALLOWED_DTYPES = {"bool", "uint8", "int8", "int16", "int32", "int64", "float16",
 
 
 class PilotError(FedmolError):
-    """A pilot-level failure (protocol, versions, a partner's data), shown without a traceback."""
+    """A pilot-level failure (protocol, versions, a partner's data), shown without a traceback (with
+    the tail of a process's log when there is one)."""
+
+    multiline = True
 
 
 class IncompatibleVersion(PilotError):

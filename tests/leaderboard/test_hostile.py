@@ -288,3 +288,17 @@ def test_oversized_declared_model(sandbox, good_zip, tracks_file):
             r["config"]["run"]["hidden"] = 10**7
     p = repack(good_zip, sandbox / "huge.zip", edit_manifest=edit)
     assert "less than or equal to 4096" in rejected(p, "--tracks", str(tracks_file))
+
+
+def test_an_unexpected_failure_is_one_line_exit_3(monkeypatch, tmp_path):
+    """Every command group shares one error path (fedmol.cli_common.friendly): the label and exit code
+    come from the error; what verification did not expect is exit 3, one line, no traceback."""
+    from fedmol.leaderboard import verification
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("bad\nstate")
+
+    monkeypatch.setattr(verification, "verify", boom)
+    res = CliRunner().invoke(leaderboard_app, ["verify", str(tmp_path / "x.zip")])
+    assert res.exit_code == 3 and "Traceback" not in res.output
+    assert res.stderr.strip() == "error: internal error while verifying: RuntimeError: bad state"
