@@ -26,6 +26,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 import fedmol
+from fedmol.atomic import write_atomic
 from fedmol.data.featurize import FEATURIZER_VERSION
 from fedmol.data.splits import read_split
 from fedmol.errors import FedmolError
@@ -266,6 +267,4 @@ def write_zip(out: Path, files: dict[str, bytes]) -> None:
             info.create_system = 3
             info.external_attr = 0o100644 << 16
             zf.writestr(info, files[name])
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(out)
+    write_atomic(out, buf.getvalue())
