@@ -20,7 +20,6 @@ generator, so a resumed run is bit-identical to an uninterrupted one on the same
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from fedmol.atomic import atomic_path
 from fedmol.errors import FedmolError
 from fedmol.safetensors_io import save_safetensors
 
@@ -78,9 +78,8 @@ def save(folder: Path, *, fingerprint: dict, epoch: int, model, best_state: dict
     meta = dict(fingerprint=fingerprint, epoch=epoch, best=best, best_epoch=best_epoch, history=history,
                 elapsed=elapsed, optimizer=opt_meta, python_rng=[py_version, list(py_internal), py_gauss],
                 numpy_rng=[np_name, np_keys.tolist(), *np_rest])
-    tmp = folder / f"{STATE}.part"
-    save_safetensors(tensors, tmp, metadata={KEY: json.dumps(meta)})
-    os.replace(tmp, folder / STATE)
+    with atomic_path(folder / STATE) as tmp:
+        save_safetensors(tensors, tmp, metadata={KEY: json.dumps(meta)})
 
 
 def read_meta(folder: Path) -> dict | None:

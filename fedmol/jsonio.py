@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
+
+from fedmol.atomic import write_atomic
 
 #: the keys of a results summary whose values are metrics by width (``{"1.0": 0.81, ...}``)
 METRIC_MAPS = ("test", "valid", "test_last")
@@ -59,16 +60,14 @@ def to_json(obj: Any, **kw) -> str:
 
 def write_json(path: str | Path, obj: Any, *, atomic: bool = True, indent: int | None = 1, **kw) -> Path:
     """Write ``obj`` as strict JSON (:func:`to_json`) and a final newline to ``path``; ``atomic``:
-    through ``path.tmp`` and a rename, so a reader never sees half a file."""
+    through a temporary file and a rename (:func:`fedmol.atomic.write_atomic`), so a reader never
+    sees half a file."""
     path = Path(path)
     text = to_json(obj, indent=indent, **kw) + "\n"
     if not atomic:
         path.write_text(text)
         return path
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, text)
 
 
 def _nan(v: Any) -> Any:

@@ -62,3 +62,17 @@ def test_benchmark_report_reads_null_metrics_as_undefined(tmp_path):
     per_seed, _ = report.seed_tables([loaded])
     row = per_seed.iloc[0]
     assert math.isnan(row["test@1.0"]) and math.isnan(row["test@partner"]) and row["test_last@1.0"] == 0.6
+
+
+def test_atomic_path_replaces_on_success_and_leaves_nothing_on_failure(tmp_path):
+    from fedmol.atomic import atomic_path, write_atomic
+
+    target = write_atomic(tmp_path / "f.bin", b"old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer failed")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+        assert tmp.parent == target.parent and target.read_bytes() == b"old"
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]

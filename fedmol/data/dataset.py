@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch_geometric.data import Data, InMemoryDataset
 
+from fedmol.atomic import atomic_path
 from fedmol.data import moleculeace
 from fedmol.data.featurize import FEATURIZER_VERSION, featurize_smiles
 from fedmol.data.registry import DatasetInfo, csv_info, get_info
@@ -307,16 +308,13 @@ def _cache_key(info: DatasetInfo, sha: str) -> str:
 
 def _save(folder: Path, data: Data, num_nodes, num_edges, smiles, report, info, sha, source_path):
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file({"x": data.x, "edge_index": data.edge_index, "edge_attr": data.edge_attr, "y": data.y,
-               "row": data.row, "num_nodes": num_nodes, "num_edges": num_edges}, str(tmp / "graphs.safetensors"))
     meta = dict(format=CACHE_FORMAT, featurizer=FEATURIZER_VERSION, rdkit=rdkit.__version__, source_sha256=sha,
                 source_path=str(source_path), info=info.to_dict(), smiles=smiles, report=report.to_dict())
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    for name in ("graphs.safetensors", "meta.json"):
-        os.replace(tmp / name, folder / name)
-    tmp.rmdir()
+    # both files written before either is replaced; graphs first (the inner block ends first)
+    with atomic_path(folder / "meta.json") as meta_tmp, atomic_path(folder / "graphs.safetensors") as graphs_tmp:
+        save_file({"x": data.x, "edge_index": data.edge_index, "edge_attr": data.edge_attr, "y": data.y,
+                   "row": data.row, "num_nodes": num_nodes, "num_edges": num_edges}, str(graphs_tmp))
+        meta_tmp.write_text(json.dumps(meta))
     write_invalid_csv(folder / "invalid_rows.csv", report.invalid_rows)
 
 

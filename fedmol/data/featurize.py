@@ -96,7 +96,7 @@ few RDKit calls as possible:
   uint8 features / int32 indices for the pipe (~5x fewer bytes than int64: it measurably cut the
   parent's CPU time); ``Pool.imap`` hands the chunks back in input order, and reassembly is one
   ``np.concatenate`` (+ widening to int64) per array. The pool is created before the progress
-  bar, whose monitor thread must not exist when we fork.
+  bar, whose refresh thread must not exist when we fork.
 * Measured cost per molecule on HIV (this 2-core VM, CPU time, so independent of other load):
   RDKit parse ~110 us, fedmol ~240-290 us (parse included), ``torch_geometric.utils.from_smiles``
   ~620-770 us: ~2.5x cheaper per core; the 2-worker pool adds ~20 us/mol of parent CPU.
@@ -104,8 +104,8 @@ few RDKit calls as possible:
   there are fewer than 1,000 SMILES (``_MIN_POOL_ROWS``: starting and stopping a pool from a
   process that has torch imported costs ~0.1-0.2 s, more than it saves), when there is a single
   chunk, or when called from a daemonic process (e.g. a pool worker, which may not have children).
-* Progress: a ``tqdm`` bar over molecules, shown only when ``progress=True`` and stderr is a
-  terminal (``tqdm(disable=None)``).
+* Progress: a ``rich`` bar over molecules on stderr, shown only when ``progress=True`` and stderr
+  is a terminal; it stays on screen when done.
 
 ``FEATURIZER_VERSION`` goes into dataset cache keys and split files: bump it whenever any feature,
 vocabulary, edge order or validity rule changes, so stale caches are never reused.
@@ -564,25 +564,33 @@ def featurize_smiles(
         n_jobs == 1 or n < _MIN_POOL_ROWS or len(chunks) <= 1 or mp.current_process().daemon
     )
 
-    from tqdm.auto import tqdm  # local import: keeps `import fedmol` light
-
-    def bar():
-        return tqdm(total=n, desc=desc, unit="mol", disable=None if progress else True)
-
     results = []
     if in_process:
-        with bar() as pbar:
+        with _progress_bar(progress) as bar:
+            task = bar.add_task(desc, total=n)
             for chunk in chunks:
                 results.append(_featurize_chunk(chunk))
-                pbar.update(len(chunk))
+                bar.advance(task, len(chunk))
     else:
-        # The pool is forked BEFORE the progress bar exists: tqdm starts a monitor thread, and
-        # forking while another thread may hold a lock is how fork deadlocks happen.
-        with _pool_context().Pool(processes=min(n_jobs, len(chunks))) as pool, bar() as pbar:
+        # The pool is forked BEFORE the progress bar exists: a shown rich bar starts a refresh
+        # thread, and forking while another thread may hold a lock is how fork deadlocks happen.
+        with _pool_context().Pool(processes=min(n_jobs, len(chunks))) as pool, _progress_bar(progress) as bar:
+            task = bar.add_task(desc, total=n)
             for chunk, result in zip(chunks, pool.imap(_featurize_chunk_for_ipc, chunks)):
                 results.append(result)
-                pbar.update(len(chunk))
+                bar.advance(task, len(chunk))
     return _assemble(results, n)
+
+
+def _progress_bar(progress: bool):
+    """A rich progress bar over molecules on stderr, shown only when ``progress`` and stderr is a
+    terminal (not started: ``with`` starts it)."""
+    from rich.console import Console  # local imports: keep `import fedmol` light
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("mol"),
+                    TimeRemainingColumn(), console=Console(stderr=True),
+                    disable=not (progress and sys.stderr.isatty()))
 
 
 def _assemble(results: list[tuple], n: int) -> Featurized:

@@ -18,7 +18,6 @@ counts are raw counts (SparseChem/MELLODDY use radius 3 folded to 32768 bits).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +148,8 @@ def attach_fingerprints(ds, spec: FingerprintSpec | Mapping | None = None):
     written there. Call it before taking subsets (they share the storage)."""
     from safetensors.torch import save_file
 
+    from fedmol.atomic import atomic_path
+
     spec = spec if isinstance(spec, FingerprintSpec) else FingerprintSpec.from_config(spec or {})
     if ds._indices is not None:
         raise ValueError("attach fingerprints to the full dataset, before taking subsets of it")
@@ -159,9 +160,8 @@ def attach_fingerprints(ds, spec: FingerprintSpec | Mapping | None = None):
         t = compute_fingerprints(list(ds._smiles), spec)
         if path is not None:
             try:
-                tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-                save_file(t, str(tmp), metadata={"spec": json.dumps(spec.__dict__), "version": FP_VERSION})
-                os.replace(tmp, path)
+                with atomic_path(path) as tmp:
+                    save_file(t, str(tmp), metadata={"spec": json.dumps(spec.__dict__), "version": FP_VERSION})
             except OSError:
                 pass  # read-only cache: still usable, just not cached
     data = ds._data

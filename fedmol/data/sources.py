@@ -15,13 +15,13 @@ import gzip
 import hashlib
 import importlib.util
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import platformdirs
 
+from fedmol.atomic import atomic_path
 from fedmol.data.registry import DatasetInfo
 from fedmol.errors import ChecksumError, DataError
 
@@ -52,22 +52,16 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
     """Download ``url`` to ``dest`` atomically; ``.gz`` URLs are decompressed; checksum verified."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            stream = gzip.GzipFile(fileobj=resp) if url.endswith(".gz") else resp
-            _copy_with_progress(stream, out, total if not url.endswith(".gz") else None,
-                                f"downloading {dest.name}", progress)
-        verify(tmp, sha256)
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                stream = gzip.GzipFile(fileobj=resp) if url.endswith(".gz") else resp
+                _copy_with_progress(stream, out, total if not url.endswith(".gz") else None,
+                                    f"downloading {dest.name}", progress)
+            verify(tmp, sha256)
     except (urllib.error.URLError, OSError, EOFError, gzip.BadGzipFile) as e:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"download of {url} failed: {e}") from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -47,6 +47,7 @@ import rdkit
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedmol.atomic import write_atomic
 from fedmol.data.dataset import MoleculeDataset, load_dataset
 from fedmol.data.featurize import FEATURIZER_VERSION
 from fedmol.data.heterogeneity import heterogeneity_report, single_class_warnings
@@ -118,10 +119,7 @@ def write_split(obj: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     obj = dict(obj, sha256=content_sha256(obj))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps(obj) + "\n")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, dumps(obj) + "\n")
 
 
 def read_split(path: str | Path) -> dict:

@@ -58,7 +58,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -69,6 +68,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Data, InMemoryDataset
 
+from fedmol.atomic import write_atomic
 from fedmol.errors import FedmolError
 
 log = logging.getLogger(__name__)
@@ -223,9 +223,7 @@ def _load(name: str, path: str, sha: str, label: str) -> _Source:
     keys = [canonical_key(s) for s in smiles]
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"dataset": name, "sha256": sha, "keys": keys}))
-        os.replace(tmp, cache)
+        write_atomic(cache, json.dumps({"dataset": name, "sha256": sha, "keys": keys}))
     except OSError:
         pass  # read-only cache: recomputed next time
     return _Source(tuple(smiles), tuple(keys), sha, label)

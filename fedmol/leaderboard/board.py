@@ -545,13 +545,13 @@ JS = r"""
 """
 
 
-def _e(text) -> str:
+def _escape(text) -> str:
     return html.escape(str(text), quote=True)
 
 
 def _code(text: str) -> str:
     """Escape, then render `x` as <code>x</code>."""
-    return re.sub(r"`([^`]*)`", r"<code>\1</code>", _e(text))
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", _escape(text))
 
 
 def _fmt_html(mean: float, std: float, n: int) -> str:
@@ -559,7 +559,7 @@ def _fmt_html(mean: float, std: float, n: int) -> str:
     if n == 0 or not math.isfinite(mean):
         return "—"
     sd = f"± {std:.4f}" if math.isfinite(std) else "(n=1)"
-    return f'{mean:.4f}<span class="sd">{_e(sd)}</span>'
+    return f'{mean:.4f}<span class="sd">{_escape(sd)}</span>'
 
 
 def _num(v: float) -> str:
@@ -578,15 +578,15 @@ def _html_table(table_id: str, rows: list[dict], ranked: bool, refs: list[dict] 
               ("reproduced", "weights reproduce", "str"), ("config", "split (config)", "str"), ("code", "code", "str"), ("date", "date", "str")]
     if not ranked:
         heads += [("track", "track", "str"), ("why", "why unranked", "str")]
-    th = "".join(f'<th data-key="{_e(k)}" data-type="{t}"{" class=num" if t == "num" else ""}>{_e(label)}</th>'
-                 for k, label, t in heads)
+    th = "".join(f'<th data-key="{_escape(k)}" data-type="{t}"{" class=num" if t == "num" else ""}>'
+                 f'{_escape(label)}</th>' for k, label, t in heads)
     body = []
     for i, r in enumerate(rows, 1):
         cells = []
         if ranked:
-            cells.append(f'<td class="num" data-value="{i}">{_e(_rank_cell(i, r))}</td>')
-        cells.append(f'<td class="wrap" data-value="{_e(r["name"])}">{_e(r["name"])}</td>')
-        cells.append(f'<td data-value="{_e(r["algorithm"])}">{_e(r["algorithm"])}</td>')
+            cells.append(f'<td class="num" data-value="{i}">{_escape(_rank_cell(i, r))}</td>')
+        cells.append(f'<td class="wrap" data-value="{_escape(r["name"])}">{_escape(r["name"])}</td>')
+        cells.append(f'<td data-value="{_escape(r["algorithm"])}">{_escape(r["algorithm"])}</td>')
         for k in cols:
             mean, std, n = r["widths"].get(k, (math.nan, math.nan, 0))
             cells.append(f'<td class="num" data-value="{_num(mean) if n else ""}" title="n={n} seeds">'
@@ -596,25 +596,27 @@ def _html_table(table_id: str, rows: list[dict], ranked: bool, refs: list[dict] 
         rep = ", ".join(r["reproduced"]) or "—"
         only = ", ".join(r["rescored"])
         tip = f"re-scored from predictions only at {only}" if only else "every width reproduced from the weights"
-        cells.append(f'<td class="wrap" data-value="{_e(rep)}" title="{_e(tip)}">{_e(rep)}</td>')
+        cells.append(f'<td class="wrap" data-value="{_escape(rep)}" title="{_escape(tip)}">{_escape(rep)}</td>')
         href = f"configs/{r['slug']}.json"
         split = _split_label(r)
-        cells.append(f'<td data-value="{_e(split)}"><a href="{_e(href)}" '
-                     f'title="{_e(", ".join(r.get("splits", [])))}: the split file, its spec and every run\'s '
-                     f'config">{_e(split)}</a></td>')
+        cells.append(f'<td data-value="{_escape(split)}"><a href="{_escape(href)}" '
+                     f'title="{_escape(", ".join(r.get("splits", [])))}: the split file, its spec and every run\'s '
+                     f'config">{_escape(split)}</a></td>')
         code = _code_label(r)
-        cells.append(f'<td data-value="{_e(code)}" title="fedmol commit {_e(r.get("commit") or "unknown")}'
-                     f'{" with uncommitted changes" if r.get("commit_dirty") else ""}"><code>{_e(code)}</code></td>')
-        cells.append(f'<td data-value="{_e(r.get("created") or "")}" title="{_e(DATE_TIP)}">{_e(_date_label(r))}</td>')
+        cells.append(f'<td data-value="{_escape(code)}" title="fedmol commit {_escape(r.get("commit") or "unknown")}'
+                     f'{" with uncommitted changes" if r.get("commit_dirty") else ""}">'
+                     f'<code>{_escape(code)}</code></td>')
+        cells.append(f'<td data-value="{_escape(r.get("created") or "")}" title="{_escape(DATE_TIP)}">'
+                     f'{_escape(_date_label(r))}</td>')
         if not ranked:
-            cells.append(f'<td data-value="{_e(r["track"] or "")}">{_e(r["track"] or "—")}</td>')
+            cells.append(f'<td data-value="{_escape(r["track"] or "")}">{_escape(r["track"] or "—")}</td>')
             why = "; ".join(r["reasons"])
-            cells.append(f'<td class="why" data-value="{_e(why)}">{_e(why)}</td>')
-        body.append(f'<tr data-name="{_e(r["name"])}">' + "".join(cells) + "</tr>")
+            cells.append(f'<td class="why" data-value="{_escape(why)}">{_escape(why)}</td>')
+        body.append(f'<tr data-name="{_escape(r["name"])}">' + "".join(cells) + "</tr>")
     # the reference rows in a body of their own, below: sorting reorders the first body only
     foot = ('<tbody class="refs">\n' + "\n".join(_html_reference_row(r, cols) for r in refs) + "\n</tbody>"
             if refs else "")
-    return (f'<div class="scroll"><table class="board" id="{_e(table_id)}"><thead><tr>{th}</tr></thead>'
+    return (f'<div class="scroll"><table class="board" id="{_escape(table_id)}"><thead><tr>{th}</tr></thead>'
             f"<tbody>\n" + "\n".join(body) + f"\n</tbody>{foot}</table></div>")
 
 
@@ -623,22 +625,23 @@ REFERENCE_TIP = "a reference row: fedmol's own computation under the track's set
 
 def _html_reference_row(r: dict, cols: list[str]) -> str:
     """A reference row: ``ref`` for a rank, its score at the widths it has, — where a column is a run's."""
-    cells = [f'<td class="num" data-value="" title="{_e(REFERENCE_TIP)}">ref</td>',
-             f'<td class="wrap" data-value="{_e(r["name"])}">{_e(r["name"])}</td>',
-             f'<td data-value="{_e(r["algorithm"])}">{_e(r["algorithm"])}</td>']
+    cells = [f'<td class="num" data-value="" title="{_escape(REFERENCE_TIP)}">ref</td>',
+             f'<td class="wrap" data-value="{_escape(r["name"])}">{_escape(r["name"])}</td>',
+             f'<td data-value="{_escape(r["algorithm"])}">{_escape(r["algorithm"])}</td>']
     for k in cols:
         mean, std, n = r["widths"].get(k, (math.nan, math.nan, 0))
         cells.append(f'<td class="num" data-value="{_num(mean) if n else ""}" title="n={n} seeds">'
                      f'{_fmt_html(mean, std, n)}</td>')
     cells += ['<td class="num" data-value="">—</td>'] * 2 + ['<td data-value="">—</td>']
     split = _split_label(r)
-    cells.append(f'<td data-value="{_e(split)}"><a href="{_e(r["file"])}" title="the reference rows\' file: '
-                 f'per-seed and per-partner scores, settings, code and numerics">{_e(split)}</a></td>')
+    cells.append(f'<td data-value="{_escape(split)}"><a href="{_escape(r["file"])}" title="the reference rows\' file: '
+                 f'per-seed and per-partner scores, settings, code and numerics">{_escape(split)}</a></td>')
     code = _code_label(r)
-    cells.append(f'<td data-value="{_e(code)}" title="fedmol commit {_e(r["commit"])}'
-                 f'{" with uncommitted changes" if r.get("commit_dirty") else ""}"><code>{_e(code)}</code></td>')
+    cells.append(f'<td data-value="{_escape(code)}" title="fedmol commit {_escape(r["commit"])}'
+                 f'{" with uncommitted changes" if r.get("commit_dirty") else ""}"><code>{_escape(code)}</code>'
+                 '</td>')
     cells.append('<td data-value="">—</td>')
-    return f'<tr class="ref" data-name="{_e(r["name"])}">' + "".join(cells) + "</tr>"
+    return f'<tr class="ref" data-name="{_escape(r["name"])}">' + "".join(cells) + "</tr>"
 
 
 def _html(tracks, ranked, unranked, rejected, plots, refs) -> str:
@@ -652,7 +655,7 @@ def _html(tracks, ranked, unranked, rejected, plots, refs) -> str:
              "predictions are re-scored only). MB sent = bytes up + down per run as reported by the run "
              "(checked by <code>fedmol leaderboard verify --rerun</code>). Click a column header to sort.</p>"]
     for name, t in sorted(tracks.items()):
-        parts.append(f'<h2 id="track-{_e(name)}">Track <code>{_e(name)}</code>: {_e(t.title)}</h2>')
+        parts.append(f'<h2 id="track-{_escape(name)}">Track <code>{_escape(name)}</code>: {_escape(t.title)}</h2>')
         parts += [f'<p class="note">{_code(line)}</p>' for line in _track_lines(t) if line]
         if not ranked[name]:
             parts.append("<p>No verified submissions yet.</p>")
@@ -661,14 +664,14 @@ def _html(tracks, ranked, unranked, rejected, plots, refs) -> str:
         if refs[name]:
             parts.append(f'<p class="note">{_code(REFERENCE_NOTE)}</p>')
         if name in plots:
-            parts.append(f'<p><img src="{_e(plots[name])}" alt="{_e(name)}: metric per width"></p>')
+            parts.append(f'<p><img src="{_escape(plots[name])}" alt="{_escape(name)}: metric per width"></p>')
     parts.append('<h2 id="unranked">Unranked</h2><p class="note">Verified submissions whose runs fit no track '
                  "(listed apart, not ranked).</p>")
     parts.append(_html_table("board-unranked", unranked, False) if unranked else "<p>None.</p>")
     parts.append('<h2 id="rejected">Rejected</h2>')
     if rejected:
-        parts.append("<ul>" + "".join(f"<li><code>{_e(f)}</code>: {_e(reason)}</li>" for f, reason in rejected)
-                     + "</ul>")
+        parts.append("<ul>" + "".join(f"<li><code>{_escape(f)}</code>: {_escape(reason)}</li>"
+                                      for f, reason in rejected) + "</ul>")
     else:
         parts.append("<p>None.</p>")
     parts.append("</body></html>")

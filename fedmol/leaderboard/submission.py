@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 import fedmol
+from fedmol.atomic import write_atomic
 from fedmol.data.featurize import FEATURIZER_VERSION
 from fedmol.data.splits import read_split
 from fedmol.errors import FedmolError
@@ -268,6 +269,4 @@ def write_zip(out: Path, files: dict[str, bytes]) -> None:
             info.create_system = 3
             info.external_attr = 0o100644 << 16
             zf.writestr(info, files[name])
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(out)
+    write_atomic(out, buf.getvalue())

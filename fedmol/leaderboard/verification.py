@@ -124,8 +124,9 @@ class Report:
 ADDED_LATER = {"*": ("dp_clip", "dp_noise", "dp_delta"),
                "fedgen": ("pooled_bn", "sbn_batch_size", "ordered_dropout", "od_cap_every_step")}
 
-def _norm(x):
-    """JSON-normal form (tuples -> lists, ints stay ints) for comparing configs."""
+def _json_roundtrip(x):
+    """``x`` as a JSON file would give it back (tuples as lists, ints stay ints, other objects as
+    their str): how configs are compared."""
     return json.loads(json.dumps(x, default=str))
 
 
@@ -177,20 +178,20 @@ def _check_structure(m: Manifest, members: dict[str, bytes]) -> None:
         raise Rejected("manifest splits are not exactly the runs' splits")
     if (m.status == "ranked") != (not m.unranked_reasons) or (m.status == "ranked" and m.track is None):
         raise Rejected("status 'ranked' needs a track and no unranked reasons; 'unranked' needs a reason")
-    shared = _norm(shared_settings(m.runs[0].config.model_dump()))
+    shared = _json_roundtrip(shared_settings(m.runs[0].config.model_dump()))
     for r in m.runs:
         c = r.config
         if c.run.seed != r.seed:
             raise Rejected(f"run {r.id}: seed {r.seed} but its config says {c.run.seed}")
         if not (c.run.algorithm == c.algorithm.name == m.algorithm):
             raise Rejected(f"run {r.id}: algorithm {c.algorithm.name!r} is not the manifest's {m.algorithm!r}")
-        if _norm(c.algorithm.hparams) != _norm(m.hparams):
+        if _json_roundtrip(c.algorithm.hparams) != _json_roundtrip(m.hparams):
             raise Rejected(f"run {r.id}: hyperparameters differ from the manifest's")
         if c.split.sha256 != split_sha[r.split]:
             raise Rejected(f"run {r.id}: its config's split sha256 is not the one of {r.split}")
         if c.model.task_type != m.task_type:
             raise Rejected(f"run {r.id}: task type {c.model.task_type} is not the manifest's {m.task_type}")
-        if _norm(shared_settings(c.model_dump())) != shared:
+        if _json_roundtrip(shared_settings(c.model_dump())) != shared:
             raise Rejected(f"run {r.id}: its settings differ from run 00's beyond the seed and split")
         if sorted(r.test) != sorted(_width_key(w) for w in c.widths):
             raise Rejected(f"run {r.id}: test metrics at widths {sorted(r.test)}, but the run serves "
@@ -344,7 +345,7 @@ def _check_federation(fed, c, m: Manifest, split_obj: dict, tag: str) -> None:
         raise Rejected(f"{tag}: its config's split sizes are not the frozen file's")
     partners = [dict(pid=p.pid, n_train=p.n_train, n_valid=len(fed.local[p.pid].valid), device=p.device.to_dict())
                 for p in fed.infos]
-    if _norm(partners) != _norm([p.model_dump() for p in c.partners]):
+    if _json_roundtrip(partners) != _json_roundtrip([p.model_dump() for p in c.partners]):
         raise Rejected(f"{tag}: its partners (sizes or device profiles) are not those the split and seed give")
 
 
@@ -369,9 +370,10 @@ def _check_resolved(algo_cls, algo, c, tag: str) -> list[float]:
     defaults = {**algo_cls.base_defaults, **algo_cls.defaults}
     later = ADDED_LATER["*"] + ADDED_LATER.get(algo_cls.name, ())
     recorded = {**{k: defaults[k] for k in later}, **c.algorithm.hparams}
-    if _norm(algo.hp) != _norm(recorded) or algo.norm != c.algorithm.norm or algo.scaler != c.algorithm.scaler:
+    if (_json_roundtrip(algo.hp) != _json_roundtrip(recorded) or algo.norm != c.algorithm.norm
+            or algo.scaler != c.algorithm.scaler):
         raise Rejected(f"{tag}: the resolved hyperparameters/norm differ from what {algo_cls.name} resolves")
-    if _norm(algo.model_config) != _norm(c.model.model_dump()):
+    if _json_roundtrip(algo.model_config) != _json_roundtrip(c.model.model_dump()):
         raise Rejected(f"{tag}: the declared backbone {c.model.model_dump()} is not the one {algo_cls.name} builds")
     widths = [float(w) for w in algo.widths()]
     if sorted(widths, reverse=True) != [float(w) for w in sorted(c.widths, reverse=True)]:
@@ -502,7 +504,8 @@ def verify(path: str | Path, *, rerun: int = 0, rerun_seed: int = 0, tracks_file
         tracks = load_tracks(tracks_file)
         if m.track not in tracks:
             raise Rejected(f"ranked on unknown track {m.track!r} (known: {', '.join(sorted(tracks))})")
-        problems = track_problems(tracks[m.track], [dict(split=r.split, seed=r.seed, config=_norm(r.config.model_dump()))
+        problems = track_problems(tracks[m.track], [dict(split=r.split, seed=r.seed,
+                                                         config=_json_roundtrip(r.config.model_dump()))
                                                     for r in m.runs])
         if problems:
             raise Rejected(f"claims a rank on track {m.track} but {problems[0]}")

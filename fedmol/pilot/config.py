@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+import tomli_w
 from pydantic import Field
 
 import fedmol
@@ -88,34 +89,32 @@ def run_config_defaults() -> dict[str, Any]:
 
 
 # -- TOML ------------------------------------------------------------------------------------------
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
+def toml_text(flat: dict[str, Any], header: str = "") -> str:
+    """``key = value`` lines of ``flat`` (bools, ints, finite floats, strings, paths), under a
+    ``[header]`` table when given (dots nest: ``superlink.pilot``), written by ``tomli_w``."""
+    values = {}
+    for k, v in flat.items():
+        if isinstance(v, float) and not math.isfinite(v):
             raise FedmolError(f"cannot write {v} to TOML")
-        return repr(v)
-    if isinstance(v, (str, Path)):
-        return json.dumps(str(v))  # a JSON string is a valid TOML basic string
-    raise FedmolError(f"cannot write {type(v).__name__} {v!r} to TOML")
+        if not isinstance(v, (bool, int, float, str, Path)):
+            raise FedmolError(f"cannot write {type(v).__name__} {v!r} to TOML")
+        values[k] = str(v) if isinstance(v, Path) else v
+    for name in reversed(header.split(".") if header else []):
+        values = {name: values}
+    return tomli_w.dumps(values)
 
 
 def write_toml(path: str | Path, flat: dict[str, Any], header: str = "") -> Path:
-    """A flat TOML file (``key = value`` lines, optional ``[table]`` header)."""
+    """A flat TOML file (:func:`toml_text`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"[{header}]"] if header else []
-    lines += [f"{json.dumps(k) if not k.replace('-', '').replace('_', '').isalnum() else k} = {toml_value(v)}"
-              for k, v in flat.items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(toml_text(flat, header))
     return path
 
 
 def app_pyproject() -> str:
     """The pilot app's ``pyproject.toml`` (what ``flwr run`` packages into a FAB)."""
-    conf = "\n".join(f"{k} = {toml_value(v)}" for k, v in run_config_defaults().items())
+    conf = toml_text(run_config_defaults()).rstrip("\n")
     return f"""# The fedmol pilot as a Flower app. Written by `fedmol pilot app` / `fedmol pilot demo`.
 # The components are fedmol's installed ServerApp and ClientApp, re-exported by two one-line
 # entry modules: every site runs the fedmol it installed, and every message carries and checks

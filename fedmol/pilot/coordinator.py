@@ -306,15 +306,15 @@ def run_coordinator(link: Link, s: PilotSettings, log=print) -> dict:
 
     out = clear_results(Path(s.out_dir))
 
-    def both(message: str) -> None:  # the caller's log and out-dir/coordinator.log
+    def log_and_record(message: str) -> None:  # the caller's log and out-dir/coordinator.log
         log(message)
         with open(out / "coordinator.log", "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     try:
-        return _run(link, s, out, both)
+        return _run(link, s, out, log_and_record)
     except Exception as e:
-        both(f"[fedmol pilot] failed: {e}")
+        log_and_record(f"[fedmol pilot] failed: {e}")
         write_json(out / "pilot_error.json", {"error": str(e), "type": type(e).__name__})
         raise
 
