@@ -1,111 +1,17 @@
 """SMILES -> integer graph features, identical to OGB's ``smiles2graph``, fast and parallel.
 
-Every model in fedmol embeds the same 9 atom and 3 bond categorical features that OGB uses
-(``ogb.utils.smiles2graph``, ogb 1.3.6), so checkpoints, embedding tables and published numbers
-stay comparable. This module computes them with its own code (no OGB/PyG import at run time) and
-fast enough that featurizing a MoleculeNet dataset from cold is cheap:
+Every model embeds the same 9 atom and 3 bond categorical features as OGB 1.3.6
+(``ogb.utils.smiles2graph``), computed here without importing OGB or PyG: a value outside a
+vocabulary maps to the last ("misc") index, unknown bond stereo too (where OGB would crash);
+edges run both directions in RDKit bond order. Design decisions, the measured speed and why the hot
+loop is shaped as it is: ``docs/featurize.md``.
 
 * :func:`smiles_to_graph` -- one molecule -> ``{"x", "edge_index", "edge_attr", "num_nodes"}``,
-  raising :class:`InvalidSmiles` with a one-line reason instead of ever returning an empty graph.
-* :func:`featurize_smiles` -- a whole column of SMILES -> one :class:`Featurized` holding FLAT
-  int64 arrays (all atoms stacked, all edges stacked, per-molecule counts), built in parallel.
-
-Design decisions
-----------------
-Feature semantics (must equal OGB 1.3.6 exactly; checked by ``tests/data/test_featurize.py``):
-
-* Atom features, in order: atomic_num (1..118, index = Z-1), chirality tag, total degree
-  (``GetTotalDegree``), formal charge (-5..5), total H count (``GetTotalNumHs``), radical
-  electrons (0..4), hybridization (SP..SP3D2), is_aromatic, is_in_ring. Bond features: bond type
-  (SINGLE/DOUBLE/TRIPLE/AROMATIC), bond stereo, is_conjugated.
-* A value outside a vocabulary maps to the LAST index ("misc" bucket), as OGB's ``safe_index``
-  does. That covers e.g. the dummy atom ``*`` (Z=0), newer RDKit chirality tags (CHI_TETRAHEDRAL,
-  CHI_ALLENE, CHI_SQUAREPLANAR, ...), hybridizations S/SP2D/UNSPECIFIED/OTHER, and dative/ionic/
-  zero-order bonds.
-* Bond stereo is the one place where OGB has no "misc" entry: it calls ``list.index`` and would
-  crash on the atropisomer values RDKit >= 2024 knows (STEREOATROPCW/CCW). We map any unknown
-  stereo to the last index (STEREOANY, 5) -- the ``safe_index`` convention -- rather than crash.
-* The vocabularies are keyed by the RDKit enum *values* (they are ``int`` subclasses) and built
-  from the enum *names*, i.e. from exactly the strings OGB compares ``str(enum)`` against, so a
-  renumbering of the RDKit enums cannot silently shift features.
-* Edges: both directions, in RDKit bond order, ``i->j`` then ``j->i`` for each bond, with the same
-  3 features on both -- OGB's order. A molecule without bonds has ``edge_index`` of shape (2, 0)
-  and ``edge_attr`` of shape (0, 3).
-* Parsing is plain ``Chem.MolFromSmiles(s)`` (sanitize, incl. RDKit's organometallic clean-up,
-  default H removal, stereo perception), exactly what OGB does. The SMILES is ``str.strip()``-ed
-  first: current RDKit ignores surrounding blanks anyway, so features do not change, but a
-  whitespace-only cell becomes "empty SMILES" instead of a syntax error and the behaviour does not
-  depend on the RDKit version's whitespace handling.
-* Whitespace INSIDE a SMILES (``CC (=O)O``, a tab, a line break in a quoted cell) makes the row
-  invalid: RDKit reads a SMILES only up to the first blank and takes the rest as the molecule's
-  name, so it would silently accept a different molecule (a macrolide became ``COC``). The one
-  exception is a CXSMILES extension, ``<smiles> |...|``, which RDKit parses as part of the
-  molecule. (No registry dataset holds such a row, so this rule changed no shipped molecule; the
-  dataset cache format was bumped instead of ``FEATURIZER_VERSION``, which split files and
-  benchmark fingerprints record.)
-
-Errors:
-
-* :class:`InvalidSmiles` (a ``ValueError``) carries a one-line reason: ``"empty SMILES"`` for
-  ``None``/NaN/``pd.NA``/empty/whitespace-only input (``"empty SMILES (not a string: T)"`` for
-  any other non-``str`` value), ``"no atoms"`` for a SMILES that parses to a 0-atom
-  molecule, ``"whitespace inside the SMILES (after '<head>'): ..."`` for an internal blank (see
-  above), and ``"RDKit could not parse: <RDKit's own message>"`` otherwise. The RDKit message is
-  obtained only on the (rare) failure path, by re-parsing under ``rdBase.CaptureErrorLog`` (RDKit's
-  log is blocked with ``rdBase.BlockLogs`` meanwhile so nothing is spammed to stderr, and the
-  global logger state of the caller is left as it was). Timestamps, the ASCII caret diagram and
-  duplicates are dropped and the message is capped at 300 characters. On an RDKit without
-  ``CaptureErrorLog`` we fall back to parse-without-sanitize + ``SanitizeMol`` to get the
-  sanitization exception text, else a generic "SMILES syntax error".
-* The bulk path never raises for a bad molecule: the row gets ``valid=False``, 0 atoms, 0 edges
-  and its reason, so row ``i`` of the output is always row ``i`` of the input.
-
-Speed (the hot loop; numbers in ``benchmarks/featurize_speed.py``). Parsing (C++) is ~half the
-time and cannot be avoided; the rest is Boost.Python overhead, so the loop is built to make as
-few RDKit calls as possible:
-
-* Boost.Python wrapper objects are the cost: iterating ``mol.GetAtoms()`` costs ~1.2 us/atom
-  while ``mol.GetAtomWithIdx(i)`` costs ~0.6 us; a plain accessor ~0.2 us, an enum-returning one
-  (``GetHybridization``, ``GetBondType``, ``GetChiralTag``, ``GetStereo``) ~0.65 us. So atoms
-  and bonds are indexed by position and we derive what we can instead of asking RDKit:
-  - degree is counted from the bond list and total degree = degree + total H count (RDKit's own
-    definition of ``GetTotalDegree``), vectorised with ``np.bincount`` per chunk;
-  - is_in_ring is ``RingInfo.NumAtomRings(i) > 0`` (no atom wrapper; the same ring data
-    ``IsInRing`` reads);
-  - chirality is only queried when the SMILES contains '@' (or a CXSMILES '|' extension), bond
-    stereo only when it contains '/' or '\\' (or '|'): chiral tags and double-bond stereo can
-    only come from those tokens -- sanitization and stereo perception remove them, never add
-    them. Otherwise they are CHI_UNSPECIFIED / STEREONONE. Checked on all 61,372 valid molecules
-    of the 9 shared MoleculeNet CSVs (0 differences) and by the OGB-equality tests.
-    (A similar gate for bond type via ``GetBondTypeAsDouble`` was rejected: RDKit's
-    organometallic clean-up creates DATIVE bonds from plain single bonds to metals.)
-* The Python loop only appends RAW values -- atomic number, H count, charge, radicals as ints;
-  chirality/hybridization/bond type/stereo through prebuilt ``{enum: index}`` dicts (never
-  ``list.index`` or ``str(enum)``) -- one ``list.extend(tuple)`` per atom (8 ints) and per bond
-  (5 ints) into flat per-chunk lists, with methods and tables bound to locals. Everything else
-  is vectorised once per chunk in numpy: the integer vocabularies (``_bucket``: in range ->
-  offset, else misc), the degree, and both edge directions (interleaved i->j, j->i) with their
-  duplicated features. No numpy call per molecule. :func:`smiles_to_graph` is the same code on a
-  one-molecule chunk, so the single and bulk paths cannot disagree.
-* Parallelism: ``multiprocessing`` with the "fork" start method on Linux (the children inherit
-  the already imported RDKit and lookup tables: no re-import per worker), the platform default
-  elsewhere. Only the SMILES strings of a chunk travel to a worker. The input is cut into
-  contiguous chunks (64..2048 molecules, about 16 per worker, so the progress bar moves and a slow
-  last chunk -- HIV ends with its largest molecules -- does not leave a core idle for long). A
-  worker returns a handful of compact arrays per chunk, not per-molecule objects, narrowed to
-  uint8 features / int32 indices for the pipe (~5x fewer bytes than int64: it measurably cut the
-  parent's CPU time); ``Pool.imap`` hands the chunks back in input order, and reassembly is one
-  ``np.concatenate`` (+ widening to int64) per array. The pool is created before the progress
-  bar, whose refresh thread must not exist when we fork.
-* Measured cost per molecule on HIV (this 2-core VM, CPU time, so independent of other load):
-  RDKit parse ~110 us, fedmol ~240-290 us (parse included), ``torch_geometric.utils.from_smiles``
-  ~620-770 us: ~2.5x cheaper per core; the 2-worker pool adds ~20 us/mol of parent CPU.
-* ``n_jobs=None`` -> ``os.cpu_count()``. It runs in-process with no pool when ``n_jobs=1``, when
-  there are fewer than 1,000 SMILES (``_MIN_POOL_ROWS``: starting and stopping a pool from a
-  process that has torch imported costs ~0.1-0.2 s, more than it saves), when there is a single
-  chunk, or when called from a daemonic process (e.g. a pool worker, which may not have children).
-* Progress: a ``rich`` bar over molecules on stderr, shown only when ``progress=True`` and stderr
-  is a terminal; it stays on screen when done.
+  raising :class:`InvalidSmiles` with a one-line reason (empty, no atoms, whitespace inside the
+  SMILES, or RDKit's own parse message) instead of ever returning an empty graph.
+* :func:`featurize_smiles` -- a column of SMILES -> one :class:`Featurized` of flat int64 arrays;
+  a bad row gets ``valid=False`` and its reason (row ``i`` of the output is row ``i`` of the
+  input); in a forked worker pool above ``_MIN_POOL_ROWS`` molecules, with a rich progress bar.
 
 ``FEATURIZER_VERSION`` goes into dataset cache keys and split files: bump it whenever any feature,
 vocabulary, edge order or validity rule changes, so stale caches are never reused.
