@@ -25,6 +25,12 @@ if "FEDMOL_CACHE_DIR" not in os.environ:
 DATA_DIR = Path(os.environ["FEDMOL_DATA_DIR"])
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts single-threaded, whatever the test before it set (a CLI's --threads)."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     assert (DATA_DIR / "BBBP.csv").is_file(), (

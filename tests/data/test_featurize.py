@@ -24,8 +24,7 @@ from fedmol.data.featurize import (
     smiles_to_graph,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-DATA_DIR = Path(os.environ.get("FEDMOL_DATA_DIR", REPO.parent / "shared" / "datasets" / "moleculenet"))
+DATA_DIR = Path(os.environ["FEDMOL_DATA_DIR"])  # its default: tests/conftest.py
 
 
 def _read_smiles(name: str) -> list[str]:

@@ -28,7 +28,7 @@ from fedmol.errors import DataError
 
 RDLogger.DisableLog("rdApp.*")
 
-DATA_DIR = Path(os.environ.get("FEDMOL_DATA_DIR", "/work/shared/datasets/moleculenet"))
+DATA_DIR = Path(os.environ["FEDMOL_DATA_DIR"])  # its default: tests/conftest.py
 
 # name -> (file, smiles column, label columns, task type)
 DATASETS = {
@@ -44,7 +44,7 @@ def load(name: str) -> tuple[tuple[str, ...], np.ndarray, str]:
     file, smiles_col, label_cols, task_type = DATASETS[name]
     path = DATA_DIR / file
     if not path.exists():
-        pytest.skip(f"{path} not found (set FEDMOL_DATA_DIR)")
+        pytest.fail(f"{path} not found: set FEDMOL_DATA_DIR to the shared MoleculeNet folder", pytrace=False)
     import pandas as pd
 
     df = pd.read_csv(path)

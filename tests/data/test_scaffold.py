@@ -14,14 +14,14 @@ from fedmol.data.scaffold import murcko_scaffolds, scaffold_fingerprints
 
 RDLogger.DisableLog("rdApp.*")
 
-DATA_DIR = Path(os.environ.get("FEDMOL_DATA_DIR", "/work/shared/datasets/moleculenet"))
+DATA_DIR = Path(os.environ["FEDMOL_DATA_DIR"])  # its default: tests/conftest.py
 
 
 @functools.lru_cache(maxsize=None)
 def _bbbp_smiles() -> tuple[str, ...]:
     path = DATA_DIR / "BBBP.csv"
     if not path.exists():
-        pytest.skip(f"{path} not found (set FEDMOL_DATA_DIR)")
+        pytest.fail(f"{path} not found: set FEDMOL_DATA_DIR to the shared MoleculeNet folder", pytrace=False)
     import pandas as pd
 
     smiles = pd.read_csv(path)["smiles"].astype(str)

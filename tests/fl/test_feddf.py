@@ -27,14 +27,6 @@ SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CN1C=NC2=C1C(=O)N(C(=O)N2C)
 TINY = dict(name="gin", num_tasks=2, hidden=16, layers=2, task_type="classification", dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_pool() -> PublicPool:
     return PublicPool.from_smiles(SMILES)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.data import Data
 
-from fedmol.data.featurize import smiles_to_graph
+import fl_graphs
+
 from fedmol.fl.algorithm import LocalData, PartnerInfo
 from fedmol.fl.devices import DeviceProfile
 from fedmol.fl.fjord import FjORD, WidthSampler, affordable_widths, distill_loss, fjord_loss
@@ -18,30 +19,16 @@ from fedmol.models import WIDTHS, build, slicing
 from fedmol.models.slicing import width_tag
 from fedmol.training import make_loader, train_epoch
 
-SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C", "[NH3+]CC(=O)[O-]",
-          "C1CC2CCC1C2", "ClC(Cl)(Cl)Br", "CC(C)Cc1ccc(cc1)C(C)C(=O)O", "O=C1CCCN1", "c1ccc2c(c1)ccc1ccccc12",
-          "CC#N", "OCC(O)CO", "CCN(CC)CC", "c1ccncc1", "CC(=O)OC1=CC=CC=C1C(=O)O", "NCCc1ccc(O)c(O)c1"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """2 shared cores: torch's intra-op threads only fight each other on tiny models."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def graphs(n: int, tasks: int = 2, seed: int = 0, regression: bool = False) -> list[Data]:
+    """``n`` of fl_graphs' molecules with seeded labels (0/1 or normal), about 30% of them missing."""
     gen = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
+    ys = []
+    for _ in range(n):
         y = torch.randn(tasks, generator=gen) if regression else (torch.rand(tasks, generator=gen) < 0.5).float()
         y[torch.rand(tasks, generator=gen) < 0.3] = math.nan
-        g = smiles_to_graph(SMILES[i % len(SMILES)])
-        out.append(Data(x=torch.as_tensor(g["x"]), edge_index=torch.as_tensor(g["edge_index"]),
-                        edge_attr=torch.as_tensor(g["edge_attr"]), y=y[None]))
-    return out
+        ys.append(y.tolist())
+    return fl_graphs.graphs(ys)
 
 
 def config(num_tasks=2, hidden=16, layers=2, dropout=0.0, task_type="classification"):

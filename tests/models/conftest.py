@@ -34,15 +34,6 @@ def mol_graphs(num_tasks: int = 2, seed: int = 0) -> list[Data]:
     return graphs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and robust to a busy CPU (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="session")
 def mol_graph_fn():
     """``mol_graph(smiles, labels) -> Data`` (OGB featurization)."""
