@@ -14,6 +14,7 @@ from fedmol.errors import FedmolError
 from fedmol.fl.algorithm import HEAD_KEYS, initial_model
 from fedmol.config import RunConfig
 from fedmol.fl.harness import InProcessTransport, run_federated
+from fedmol.fl.registry import get_algorithm
 from fedmol.numerics import rerun_tolerance
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,8 +157,10 @@ def test_teacher_algorithms_refuse_private_heads(algorithm):
 
 
 def test_unknown_heads_value_is_refused():
+    with pytest.raises(FedmolError, match="run setting heads must be 'shared' or 'private', got 'mine'"):
+        RunConfig.checked({**TINY, "heads": "mine"})
     with pytest.raises(FedmolError, match="heads must be one of shared, private, got 'mine'"):
-        run_federated(cfg(heads="mine"), None, progress=False)
+        get_algorithm("fedavg").check_heads("mine")
 
 
 def test_algorithm_cards_say_it():

@@ -226,7 +226,7 @@ def test_pilot_toml_without_a_test_set(tmp_path):
 
     plan = load_plan(pilot_toml(tmp_path / "pilot.toml", None, select="best-valid"))
     s = plan.settings(tmp_path / "run")
-    assert plan.test_csv is None and s.test_csv == "" and s.select == "best-valid"
+    assert plan.test_csv is None and s.test_csv is None and s.select == "best-valid"
     assert s.target_cols == "p_np" and s.task == "classification"
     from fedmol.pilot.config import PilotSettings
     assert PilotSettings.from_run_config(s.to_run_config()) == s

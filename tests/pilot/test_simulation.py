@@ -39,4 +39,4 @@ def test_flower_sim_equals_in_process(sim_run):
 
 def test_flower_sim_refuses_a_partner_csv(tmp_path):
     with pytest.raises(FedmolError, match="pilot"):
-        run_flower_sim(tiny(csv=str(tmp_path / "x.csv"), smiles_col="smiles", target_cols=("y",)), tmp_path)
+        run_flower_sim(tiny(csv=str(tmp_path / "x.csv"), smiles_col="smiles", target_cols="y"), tmp_path)
