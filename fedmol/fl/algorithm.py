@@ -16,6 +16,10 @@ Boundaries, so the same objects run over Flower between real machines:
   server's state. They see only the :class:`Message` they received and their own
   :class:`LocalData`, and return a :class:`Message`.
 
+Narrow widths: a partner trains the *standalone* model of the width it is sent (sliced by
+:meth:`Algorithm.send`, built by :meth:`Algorithm.client_model`, written back by the aggregation), never
+the full model run with ``width=r``; why, what it saves and what stays sliced: ``docs/narrow_widths.md``.
+
 Subclasses describe themselves with ``name``, ``norm`` / ``scaler`` (how the backbone normalizes,
 see :mod:`fedmol.models`), and ``defaults`` (hyperparameters; every key may be overridden) with
 ``hparam_schema``, the typed pydantic model of every hyperparameter (type, range, meaning;
@@ -231,6 +235,12 @@ class Algorithm:
     def widths(self) -> tuple[float, ...]:
         """The widths at which the global model can be served (and is evaluated)."""
         return (1.0,)
+
+    def nested_widths(self) -> tuple[float, ...]:
+        """The widths of :data:`~fedmol.models.slicing.WIDTHS` from the weakest partner's cap up: what
+        an algorithm training nested widths (FjORD, FedResCuE, HeteroFL, FedGen) serves."""
+        smallest = min(p.device.max_width for p in self.partners)
+        return tuple(w for w in slicing.WIDTHS if w >= smallest - 1e-9)
 
     def configure(self, rnd: int, partner: PartnerInfo) -> Message | None:
         """What ``partner`` receives this round; None means it sits this round out."""

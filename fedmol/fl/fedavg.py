@@ -30,7 +30,6 @@ from typing import Literal
 
 from pydantic import Field
 
-from fedmol.errors import FedmolError
 from fedmol.fl.algorithm import Algorithm, HParams, PartnerInfo
 from fedmol.fl.message import Message
 
@@ -47,8 +46,6 @@ class FedAvg(Algorithm):
     supports_dp = True  # DP-FedAvg (fedmol.fl.privacy) through Algorithm.merge
 
     def init(self, partners: list[PartnerInfo]) -> None:
-        if self.hp["hetero"] not in ("drop", "min"):
-            raise FedmolError(f"fedavg: hetero must be 'drop' or 'min', got {self.hp['hetero']!r}")
         self.train_width = 1.0 if self.hp["hetero"] == "drop" else min(p.device.max_width for p in partners)
         self.model_config = {**self.model_config, "width": self.train_width}
         super().init(partners)  # the standalone model of the trained width, sliced from the common start

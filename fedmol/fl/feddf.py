@@ -125,7 +125,6 @@ from pydantic import Field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedmol.errors import FedmolError
 from fedmol.fl.algorithm import Algorithm, HParams, PartnerInfo, client_seed
 from fedmol.fl.message import Message
 from fedmol.fl.public_pool import PublicPool, build_public_pool
@@ -320,15 +319,6 @@ class FedDF(Algorithm):
 
     def init(self, partners: list[PartnerInfo]) -> None:
         hp = self.hp
-        if hp["hetero"] not in ("groups", "drop", "min"):
-            raise FedmolError(f"feddf: hetero must be 'groups', 'drop' or 'min', got {hp['hetero']!r}")
-        for key in ("distill_steps", "eval_every", "patience", "distill_batch", "pool_size"):
-            if int(hp[key]) < (0 if key in ("distill_steps", "patience") else 1):
-                raise FedmolError(f"feddf: {key} must be a positive integer, got {hp[key]!r}")
-        if not 0.0 <= float(hp["pool_valid_frac"]) < 1.0:
-            raise FedmolError(f"feddf: pool_valid_frac must be in [0, 1), got {hp['pool_valid_frac']!r}")
-        if not float(hp["temperature"]) > 0:
-            raise FedmolError(f"feddf: temperature must be > 0, got {hp['temperature']!r}")
         caps = sorted({float(p.device.max_width) for p in partners}, reverse=True) or [1.0]
         if hp["hetero"] == "groups":
             self.groups = tuple(caps)

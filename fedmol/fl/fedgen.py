@@ -1,86 +1,25 @@
 """FedGen: data-free knowledge distillation (Zhu, Hong, Zhou, ICML 2021), on molecular GNNs.
 
-The paper's Algorithm 1, in fedmol's interface:
+The paper's Algorithm 1 in fedmol's interface (details, reasons and measurements: ``docs/fedgen.md``):
 
-* **configure**: broadcast the global model (each partner's width slice) *and* the generator
-  G(eps, y) -> z, which lives in the GNN's graph-embedding space (the input of the task head,
-  ``model.embed``; paper Sec. 3.2 "latent space"), with the decayed coefficients alpha_t, beta_t.
-* **client update** (paper Eq. 5): the usual masked supervised loss plus
-  ``alpha_t * L_gen`` -- the partner's head must predict the label a generated embedding was
-  conditioned on (``y_hat`` sampled from the labels some partner holds) -- plus, as in the
-  official code (not the paper), ``beta_t * L_latent`` -- the partner's prediction on its real
-  molecules is pulled towards its head's (detached) prediction on embeddings generated for the
-  molecules' own labels. Round 0 is plain supervised training (no generator yet).
-  The partner returns its weights and its **label counts** (extra information that leaves the
-  partner: recorded in the run's ``sent.jsonl``).
-* **aggregate**: sample-weighted average of the partners' weights (nested over widths, see below).
-* **server step** (paper Eq. 4): train G for ``gen_steps`` Adam steps against the ensemble of the
-  partners' heads from this round, ``L_G = L_teacher + L_div``:
-  ``L_teacher = sum_k mean_i[ w_k(y_i) * loss(h_k(G(eps_i, y_i)), y_i) ]`` with the **per-sample**
-  weight ``w_k(y) = c_k(y) / sum_j c_j(y)`` (the official code's (B,1)x(B,) broadcast, which turns
-  this into mean(loss)*mean(w), is not reproduced), and the diversity loss
-  ``L_div = exp(-mean_{i,j}[ mean_d (eps_i - eps_j)^2 * mean_d |z_i - z_j| ])``.
+* **configure**: broadcast the global model (each partner's width slice) and the generator
+  G(eps, y) -> z in the backbone's embedding space (``model.embed``; paper Sec. 3.2), with the
+  decayed coefficients alpha_t, beta_t.
+* **client update** (Eq. 5): masked supervised loss + ``alpha_t * L_gen`` + (official code, not the
+  paper) ``beta_t * L_latent``; round 0 is plain supervised training. The partner also returns its
+  **label counts** (disclosed: ``sent.jsonl``).
+* **aggregate**: sample-weighted nested average over widths (:func:`fedmol.models.slicing.aggregate_nested`).
+* **server step** (Eq. 4): ``gen_steps`` Adam steps on ``L_teacher + L_div`` against this round's
+  partner heads, with the per-sample label-count weights (the official code's broadcast bug is not
+  reproduced).
 
-Official defaults kept: generator ``[eps; onehot(y)] -> Linear(d+C, 256) -> BatchNorm1d -> ReLU ->
-Linear(256, latent)``, noise d = 32 drawn from U[0, 1) (the author confirmed uniform), generator
-Adam lr 3e-4, weight decay 1e-2, lr x0.98 per round, 50 steps of batch 32 per round, labels for
-G drawn uniformly from the labels some partner holds, alpha_0 = beta_0 = 10, decay
-``max(1e-4, c_0 * 0.98^t)``.
-
-**Molecular adaptation (ours):** MoleculeNet targets are multi-task binary or regression, not one
-label from C classes. G is conditioned on a **(task, label) pair**: C = 2T "classes" for T binary
-tasks ((t, 0), (t, 1)), one-hot over those pairs. A partner's counts c_k(t, l) are its training
-labels of task t equal to l (missing labels are simply not counted: that is the mask). The loss
-of a head on a generated embedding for pair (t, l) is the BCE of its task-t logit against l; the
-other tasks' outputs are unconstrained (the pair says nothing about them). Reasoning: a pair is
-the smallest unit of supervision the data holds, so the label-count weighting of the paper
-carries over exactly per pair. **Regression**: each task's targets are cut into B = 4 bins at the
-quartiles of a standard normal on the pooled standardized target (pooled mean/std come from the
-partners' count/sum/sum-of-squares in round 0); pair (t, b) stands for "task t in bin b", and the
-head's loss is the squared error to the bin's centre (the conditional mean of a normal in that
-bin, in the task's units). Partners report per-(task, bin) counts from round 1 on.
-
-**Heterogeneous widths:** partners train the slice of their device cap (as HeteroFL/FjORD);
-aggregation is the sample-weighted nested mean over the partners holding each coordinate
-(:func:`fedmol.models.slicing.aggregate_nested`); BN keeps per-width statistics ("fjord_bn"),
-which a partner updates only at the width it trains, as running averages over its own local
-steps, and sends back only for the widths it ran (:meth:`Algorithm.reply`), so the served width-r
-statistics are the mean over the partners that ran width r. They describe those partners' local
-models, not the averaged global weights they are used with (``benchmarks/fedgen_bn_diagnostic.py``).
-Until 2026-12-02 the wider partners also returned the stale width-r values they had received, so
-the served statistics were a blend weighted towards old rounds' (the standard suite's dated
-record, with its width-1/8 failure on BBBP and B3DB, was made that way).
-hp ``pooled_bn=True`` (default False: FedGen as published; the standard suite runs both) replaces them,
-before every evaluation, with the statistics pooled over all partners' training molecules by
-HeteroFL's counted sBN query (:mod:`fedmol.fl.pooled_bn`; batches of ``sbn_batch_size``); each
-partner then also sends, per evaluated width, the per-channel count / sum / sum of squares of every
-BN layer's inputs over its training molecules (counted traffic, ``sent.jsonl`` kind ``query``).
-hp ``ordered_dropout=True`` (default False; not in the FedGen paper: FjORD's ordered dropout,
-:mod:`fedmol.fl.fjord`, grafted on) makes a partner draw, per mini-batch, one width uniformly from the
-served widths up to its cap (:class:`~fedmol.fl.fjord.WidthSampler`) and take that step -- the
-supervised loss and both generative terms -- at the drawn width, so every partner trains every
-narrower sub-network as a network of its own and updates its per-width BN statistics (FjORD's
-remedy for the same two problems; no FjORD self-distillation: FedGen's generator is the teacher).
-With ``od_cap_every_step=True`` the step's loss is that of the drawn width *plus* that of the cap
-(once when the draw is the cap), as FjORD's widest affordable network trains on every batch; plain
-ordered dropout leaves a full-width partner only a quarter of its steps at full width.
-Aggregation and the server step are unchanged (a partner's teacher head is its cap width).
-The generator's output layer is a sliceable linear layer: at width r it emits the leading
-``ceil(r * hidden)`` channels, i.e. exactly the embedding a width-r model produces, so one
-generator serves every width.
-
-Other deviations: local training uses the harness's shared budget (``local_epochs`` epochs, Adam
-lr 1e-3) instead of the official 20 SGD steps at lr 0.01, so every algorithm gets the same local
-compute; the KL of the official latent term becomes, per labelled (molecule, task), the BCE of the
-partner's logit against the teacher's detached probability (a Bernoulli KL up to a constant).
-
-No differential privacy: hp ``dp_clip`` is refused (``dp_refusal``): the generator is trained on
-each partner's own head and label counts, outside DP-FedAvg's noisy average (:mod:`fedmol.fl.privacy`).
-
-No private heads: run option ``heads="private"`` is refused (``private_heads_refusal``): the server
-step trains the generator against the ensemble of this round's partner heads (the teacher), so
-every head must reach the server. Computing the distillation term at the partner with its own
-head is a possible adaptation, not implemented (``docs/private_heads.md``).
+Official defaults are kept (generator shape, uniform noise d = 32, Adam 3e-4, 50 x 32 steps,
+alpha_0 = beta_0 = 10 decaying x0.98). Deviations, each explained in ``docs/fedgen.md``: G is
+conditioned on (task, label) pairs (regression: (task, quartile bin)); per-width BN statistics
+("fjord_bn"), optionally pooled (hp ``pooled_bn``); optional FjORD ordered dropout (hp
+``ordered_dropout``, ``od_cap_every_step``); the harness's shared local budget; the latent KL as a
+per-(molecule, task) BCE. Refused: differential privacy and private heads (the server trains the
+generator on every partner's head and label counts).
 """
 
 from __future__ import annotations
@@ -92,7 +31,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from fedmol.errors import FedmolError
 from fedmol.fl.algorithm import Algorithm, HParams, LocalData, PartnerInfo
 from fedmol.fl.fjord import WidthSampler
 from fedmol.fl.message import Message
@@ -244,9 +182,6 @@ class FedGen(PooledBNStats, Algorithm):
         return bool(self.hp["pooled_bn"])
 
     def init(self, partners: list[PartnerInfo]) -> None:
-        for key in ("pooled_bn", "ordered_dropout", "od_cap_every_step"):
-            if not isinstance(self.hp[key], bool):
-                raise FedmolError(f"fedgen: {key} must be true or false, got {self.hp[key]!r}")
         super().init(partners)
         hidden, T = self.model_config["hidden"], self.model_config["num_tasks"]
         self.space = PairSpace(self.model_config["task_type"], T)
@@ -263,8 +198,7 @@ class FedGen(PooledBNStats, Algorithm):
         self.last_widths: dict[int, float] = {}
 
     def widths(self) -> tuple[float, ...]:
-        lo = min(p.device.max_width for p in self.partners)
-        return tuple(w for w in slicing.WIDTHS if w >= lo - 1e-9)
+        return self.nested_widths()
 
     def configure(self, rnd: int, partner: PartnerInfo) -> Message:
         w = partner.device.max_width

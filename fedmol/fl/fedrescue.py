@@ -103,13 +103,6 @@ class FedResCuE(FjORD):
     defaults = FedResCuEHParams.defaults(own_only=True)
     hparam_schema = FedResCuEHParams
 
-    def init(self, partners) -> None:
-        if self.hp["width_sampling"] not in SAMPLINGS:
-            raise FedmolError(f"fedrescue: width_sampling must be one of {SAMPLINGS}")
-        if self.hp["direction"] not in DIRECTIONS:
-            raise FedmolError(f"fedrescue: direction must be one of {DIRECTIONS}")
-        super().init(partners)
-
     @classmethod
     def client_update(cls, msg: Message, data: LocalData) -> Message:
         seed = msg.config["seed"]

@@ -185,17 +185,12 @@ class FjORD(Algorithm):
     supports_dp = True  # DP-FedAvg (fedmol.fl.privacy) through Algorithm.merge
 
     def init(self, partners: list[PartnerInfo]) -> None:
-        if self.hp["p_grid"] not in ("all", "served"):
-            raise FedmolError(f"fjord: p_grid must be 'all' or 'served', got {self.hp['p_grid']!r}")
-        if not float(self.hp["kd_weight"]) >= 0.0 or not float(self.hp["kd_temperature"]) > 0.0:
-            raise FedmolError("fjord: kd_weight must be >= 0 and kd_temperature > 0")
         if not partners:
             raise FedmolError("fjord: needs at least one partner")
         super().init(partners)
 
     def widths(self) -> tuple[float, ...]:
-        smallest = min(p.device.max_width for p in self.partners)
-        return tuple(w for w in slicing.WIDTHS if w >= smallest - _TOL)
+        return self.nested_widths()
 
     def grid(self) -> tuple[float, ...]:
         """The grid ``P`` partners sample from (hp ``p_grid``)."""

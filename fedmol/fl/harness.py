@@ -8,7 +8,8 @@ accounting, evaluation with the one Evaluator at every width the algorithm serve
 :class:`InProcessTransport`: a partner runs :meth:`Algorithm.partner_update` on its own data
 (which also clips the update when differential privacy is on, :mod:`fedmol.fl.privacy`) when its
 answer is read, so a partner that drops out never trains. The Flower coordinator runs the same
-loop over the network (:mod:`fedmol.pilot.coordinator`).
+loop over the network (:mod:`fedmol.pilot.coordinator`), after the same run setup
+(:mod:`fedmol.fl.setup`: devices, the algorithm, ``config.json``, the run folder).
 
 The run reports one round's global model (``select``, :mod:`fedmol.fl.selection`): by default the
 evaluated round with the best pooled validation score -- the rule the references' early stopping
@@ -52,25 +53,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-import fedmol
 from fedmol.data.dataset import MoleculeDataset, load_dataset
 from fedmol.data.splits import (dataset_for_split, make_split, mask_tasks, partner_subsets, pooled_subset, read_split,
                                 split_tasks)
 from fedmol.config import RunConfig
-from fedmol.errors import FedmolError
 from fedmol.evaluate import Evaluator
-from fedmol.fl import privacy
 from fedmol.fl.algorithm import LocalData, PartnerInfo
-from fedmol.fl.devices import assign_devices
 from fedmol.fl.driver import Delivery, RoundDriver, check_schedule, served_width, unserved_entry
 from fedmol.fl.registry import get_algorithm
-from fedmol.fl.selection import check_selection
+from fedmol.fl.setup import clear_results, partner_devices, resolved_config, start_algorithm, summary_extras
 from fedmol.jsonio import write_json
 from fedmol.models import slicing
-from fedmol.numerics import numerics
 from fedmol.training import score, width_key
 
 
@@ -82,17 +77,6 @@ def secondary_scores(scores: dict, metric: str) -> dict:
     if "by_task" in scores:
         out["test_by_task"] = scores["by_task"][metric]
     return out
-
-
-def backbone_config(model: str, ds, hidden: int, layers: int, dropout: float) -> dict:
-    """The backbone of a run on dataset ``ds`` (what ``fedmol.models.build`` takes; every algorithm
-    adds its norm, scaler and width): the fingerprint ``mlp`` records its fingerprint settings."""
-    conf = dict(name=model, num_tasks=ds.num_tasks, hidden=hidden, layers=layers, task_type=ds.task_type,
-                dropout=dropout)
-    if model == "mlp":
-        from fedmol.data.fingerprints import DEFAULTS
-        conf.update(DEFAULTS)
-    return conf
 
 
 @dataclass
@@ -122,10 +106,7 @@ def build_federation(cfg: RunConfig, progress: bool = True) -> Federation:
         from fedmol.data.fingerprints import attach_fingerprints
         attach_fingerprints(ds)
     sizes = [len(p["train"]) for p in split["partners"]]
-    devices = assign_devices(cfg.devices, sizes, cfg.seed)
-    if cfg.faulty_links or cfg.lossy_links:
-        devices = [dataclasses.replace(d, p_truncate=cfg.faulty_links or d.p_truncate,
-                                       p_upload_loss=cfg.lossy_links or d.p_upload_loss) for d in devices]
+    devices = partner_devices(cfg, sizes)
     local = [LocalData(k, train, valid) for k, (train, valid) in enumerate(partner_subsets(split, ds))]
     infos = [PartnerInfo(k, sizes[k], devices[k]) for k in range(len(sizes))]
     test, tasks = ds.select_rows(split["test"]), split_tasks(split, ds)
@@ -161,19 +142,16 @@ class InProcessTransport:
 
 def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     t_start = time.perf_counter()
-    _check_run_settings(cfg)
-    algo_cls = get_algorithm(cfg.algorithm)
-    algo_cls.check_heads(cfg.heads)
+    check_schedule(cfg.rounds, cfg.eval_every, cfg.clients_per_round, cfg.patience, cfg.select)
+    get_algorithm(cfg.algorithm).check_heads(cfg.heads)
     fed = build_federation(cfg, progress)
     ds = fed.dataset
     evaluator = Evaluator(ds.task_type, ds.num_tasks)
-    algo = _initialised_algorithm(algo_cls, cfg, fed)
-    dp = privacy.account(algo.hp, [p.device.p_online for p in fed.infos], cfg.clients_per_round, cfg.rounds)
-    out = Path(out_dir) if out_dir is not None else None
+    algo, dp = start_algorithm(cfg, ds, fed.infos, cfg.heads)
+    out = clear_results(Path(out_dir)) if out_dir is not None else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", resolved_config(cfg, algo, fed, dp))
-    transport = InProcessTransport(algo_cls, fed)
+        write_json(out / "config.json", resolved_config(cfg, algo, fed.split, partner_entries(fed), len(fed.test), dp))
+    transport = InProcessTransport(type(algo), fed)
     private = PrivateHeadScores(fed, transport) if cfg.heads == "private" else None
     driver = RoundDriver(algo, fed.infos, transport, seed=cfg.seed, rounds=cfg.rounds,
                          evaluator=evaluator, scored={"test": fed.test, "valid": fed.valid}, select=cfg.select,
@@ -184,35 +162,13 @@ def run_federated(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
     if private is not None:
         private.restore(selected)
     per_partner = per_partner_results(driver, algo, fed, evaluator, private, driver.scores(selected, "test"))
-    extra = {"public_pool": algo.pool.report} if getattr(algo, "pool", None) is not None else {}
-    if private is not None:
-        extra["heads"] = "private"
+    extra = {**summary_extras(algo), **({"heads": "private"} if private is not None else {})}
     summary = driver.summary(dataset=ds.name, algorithm=cfg.algorithm, valid=driver.scores(selected, "valid"),
                              per_partner=per_partner, privacy=dp, t_start=t_start, **extra)
     if out is not None:
         driver.write_files(out, summary, cfg.algorithm)
     summary["history"] = driver.rows
     return summary
-
-
-def _check_run_settings(cfg: RunConfig) -> None:
-    """The selection rule, the schedule and the link probabilities make sense (else a one-line error)."""
-    check_selection(cfg.select)
-    check_schedule(cfg.rounds, cfg.eval_every, cfg.clients_per_round, cfg.patience, cfg.select)
-    for what, p in (("faulty_links", cfg.faulty_links), ("lossy_links", cfg.lossy_links)):
-        if not 0.0 <= float(p) <= 1.0:
-            raise FedmolError(f"{what} is a probability in [0, 1], got {p}")
-
-
-def _initialised_algorithm(algo_cls, cfg: RunConfig, fed: Federation):
-    """The run's algorithm on its backbone, initialised on the federation's partners."""
-    ds = fed.dataset
-    model_config = backbone_config(cfg.model, ds, cfg.hidden, cfg.layers, cfg.dropout)
-    algo = algo_cls(model_config, cfg.hparams, cfg.seed, cfg.heads)
-    if hasattr(algo, "bind_dataset"):  # the organizer tells FedDF which molecules its public pool must avoid
-        algo.bind_dataset(ds.name, list(ds.smiles) if ds.info.is_custom else None, data_dir=cfg.data_dir)
-    algo.init(fed.infos)
-    return algo
 
 
 def _run_rounds(driver: RoundDriver, label: str, rounds: int, progress: bool) -> None:
@@ -319,17 +275,7 @@ def _info(row: dict, metric: str, widths) -> str:
     return f"{row['participants']} partners, test {metric}@{w} {v:.3f}" if v is not None else ""
 
 
-def resolved_config(cfg: RunConfig, algo, fed: Federation, dp: dict | None = None) -> dict:
-    import rdkit
-    return dict(
-        run=cfg.model_dump(), algorithm=dict(name=algo.name, hparams=algo.hp, norm=algo.norm, scaler=algo.scaler),
-        sent=dict(log="sent.jsonl", model_weights="each participating partner's trained weights at its width",
-                  metrics="n_train (training-set size), local loss and steps", extra=algo.disclosures),
-        model=algo.model_config, widths=list(algo.widths()), privacy=dp,
-        split=dict(spec=fed.split["spec"], sha256=fed.split.get("sha256"), partners=len(fed.infos),
-                   test=len(fed.test)),
-        partners=[dict(pid=p.pid, n_train=p.n_train, n_valid=len(fed.local[p.pid].valid), device=p.device.to_dict())
-                  for p in fed.infos],
-        versions=dict(fedmol=fedmol.__version__, torch=torch.__version__, rdkit=rdkit.__version__, numerics=numerics()),
-        **({"public_pool": algo.ensure_pool().report} if hasattr(algo, "ensure_pool") else {}),  # FedDF's pool
-    )
+def partner_entries(fed: Federation) -> list[dict]:
+    """``config.json``'s ``partners``: each partner's size and device."""
+    return [dict(pid=p.pid, n_train=p.n_train, n_valid=len(fed.local[p.pid].valid), device=p.device.to_dict())
+            for p in fed.infos]

@@ -143,19 +143,12 @@ class HeteroFL(PooledBNStats, Algorithm):
 
     # ---------------------------------------------------------------- server side
     def init(self, partners: list[PartnerInfo]) -> None:
-        if self.hp["mode"] not in ("fix", "dynamic"):
-            raise FedmolError(f"heterofl: mode must be 'fix' or 'dynamic', got {self.hp['mode']!r}")
-        if self.hp["head_rule"] not in ("labelled", "all"):
-            raise FedmolError(f"heterofl: head_rule must be 'labelled' or 'all', got {self.hp['head_rule']!r}")
-        if str(self.hp["optimizer"]).lower() not in ("adam", "sgd"):
-            raise FedmolError(f"heterofl: optimizer must be 'adam' or 'sgd', got {self.hp['optimizer']!r}")
         if not partners:
             raise FedmolError("heterofl: needs at least one partner")
         super().init(partners)
 
     def widths(self) -> tuple[float, ...]:
-        smallest = min(p.device.max_width for p in self.partners)
-        return tuple(w for w in slicing.WIDTHS if w >= smallest - _TOL)
+        return self.nested_widths()
 
     def rate(self, rnd: int, partner: PartnerInfo) -> float:
         """The partner's width rate this round ("fix": its cap; "dynamic": seeded draw)."""

@@ -1,78 +1,22 @@
 """Optional differential privacy on partner updates: DP-FedAvg with fixed clipping, and its accounting.
 
-What it is for: a partner that joins a federation wants a bound on what the trained model (and
-the metrics computed from it) can reveal about *its whole data set*. With the hyperparameter
-``dp_clip`` set (:attr:`fedmol.fl.algorithm.Algorithm.base_defaults`: ``dp_clip=None`` = off,
-``dp_noise`` = the noise multiplier sigma, ``dp_delta``), supported algorithms (FedAvg, FjORD,
-FedResCuE: class attribute ``supports_dp``) run:
+With hp ``dp_clip`` set (``dp_noise`` = sigma, ``dp_delta``), the algorithms that support it (FedAvg,
+FjORD, FedResCuE: ``supports_dp``) run partner-level central DP as McMahan et al. (ICLR 2018, Alg. 1)
+and Flower's fixed-clipping strategies; the full account is ``docs/privacy.md``:
 
-**Mechanism** -- DP-FedAvg with fixed clipping (McMahan, Ramage, Talwar & Zhang, "Learning
-differentially private recurrent language models", ICLR 2018, Alg. 1; what Flower's
-``DifferentialPrivacyServerSideFixedClipping`` / ``...ClientSideFixedClipping`` do), partner-level
-("user-level") central DP:
+* partner side (:func:`clip_update`, in :meth:`~fedmol.fl.algorithm.Algorithm.partner_update`): the
+  update over every float tensor (BN statistics included) is clipped to L2 norm ``dp_clip`` jointly;
+* server side (:func:`fedmol.models.slicing.aggregate_nested` with ``noise_std``): uniform weights and
+  Gaussian noise of std ``dp_noise * dp_clip`` on every coordinate's sum over its holders, seeded
+  from (run seed, round) (:func:`noise_generator`);
+* accounting (:func:`account`): opacus's RDP accountant, one step per round at sampling rate ``q``
+  (:func:`sample_rate`: the largest per-partner probability of being asked), epsilon at ``dp_delta``.
 
-1. *partner side* (:func:`clip_update`, called once by
-   :meth:`~fedmol.fl.algorithm.Algorithm.partner_update`, which the harness and the pilot site
-   both use): the update ``delta = sent - received`` over every floating-point tensor, with one L2
-   norm over all of them jointly, is scaled to norm at most ``dp_clip``; the partner sends
-   ``received + clipped delta`` and reports the norm before clipping as the metric ``dp_norm``.
-   BatchNorm running statistics are float buffers of the state: they are part of the update,
-   clipped and noised like the weights. Non-float buffers (``num_batches_tracked``) are untouched
-   (the server takes their maximum, as without DP: a step counter, not data);
-2. *server side* (:func:`fedmol.models.slicing.aggregate_nested` with ``noise_std`` and a seeded
-   generator, reached through :meth:`~fedmol.fl.algorithm.Algorithm.merge`): *uniform* weights
-   (not ``n_k``: a partner's weight would otherwise depend on its private size), and Gaussian noise
-   ``N(0, (dp_noise * dp_clip)^2)`` added to every coordinate's **sum** over the partners that
-   hold it, before dividing by their number. Since every holder's state is ``received + delta``,
-   noise on the sum of states is noise on the sum of clipped deltas. Nested width slices (FjORD,
-   FedResCuE): a coordinate's holders are the partners whose slice contains it; a partner's
-   clipped delta has norm <= ``dp_clip`` over all the coordinates it holds, so the vector of all
-   per-coordinate sums has L2 sensitivity ``dp_clip`` to adding or removing one partner, and the
-   Gaussian mechanism applies to it as a whole. The generator is seeded from (run seed, round)
-   (:func:`noise_generator`): the same seed gives identical runs.
-
-**Threat model** (as Flower's server-side DP): the coordinator sees the clipped updates in the
-clear and is trusted to add the noise (no secure aggregation). Everything that leaves the run
-through the model is then (epsilon, delta)-DP at the partner level: the global weights
-(``model.safetensors``), every round's global model, and what is computed from them on data the
-partners do not own (test metrics and ``test_predictions.csv`` on the organizer's held-out
-scaffolds) -- post-processing. **Not covered:** what is computed on partners' own data besides
-their updates -- the validation scores (``valid`` and ``per_partner[*].valid`` in summary.json),
-the training-set sizes (``n_train``, reported to the coordinator and written in config.json /
-summary.json), the per-partner metrics of each reply (local loss, ``dp_norm``) that the
-coordinator records in ``sent.jsonl`` (its own log, inside the trust boundary); and the algorithms
-that refuse ``dp_clip`` (``supports_dp = False``) for what else they send: FedGen's label counts
-and per-partner heads, FedDF's per-partner teacher models, HeteroFL's label mask and static-BN
-activation sums.
-
-**Accounting** (:func:`account`): opacus's RDP accountant (Mironov 2017; the subsampled Gaussian
-of Mironov, Talwar & Zhang 2019), one step per round with the noise multiplier ``dp_noise`` and
-sampling rate ``q``, converted to epsilon at ``dp_delta``. Rounds: every round of the run (a round
-in which nobody answered costs nothing but is counted: conservative).
-
-Deviations, written down:
-
-* **Sampling rate.** ``q`` is the largest per-partner probability of being asked in a round
-  (:func:`sample_rate`: online with the device's ``p_online``, then at most ``clients_per_round``
-  of the online ones uniformly). With equal availabilities that is (expected number of partners
-  asked per round) / K; with unequal ones the expectation / K would understate the most available
-  partner's rate, so the maximum is used. Dropouts, lost uploads and partners an algorithm does
-  not configure only lower a partner's rate; they are ignored (conservative).
-* **Fixed-size sampling accounted as Poisson.** The harness samples a fixed number of the online
-  partners without replacement; the accountant assumes Poisson sampling with the same rate. This
-  is the common practice (and Flower's) but not a proof for fixed-size sampling. When every
-  partner is asked every round (``q = 1``, e.g. homogeneous devices, no ``clients_per_round``) the
-  two coincide and the bound is exact.
-* **Division by the number of holders.** The noisy sum is divided by the number of partners that
-  answered and hold the coordinate (Flower's estimator), not by McMahan et al.'s fixed expected
-  count ``qK``; who answered is treated as public (it is in ``metrics.csv``).
-* **BatchNorm variances after noise** (:func:`clamp_variances`): running variances are clamped at
-  0 after aggregation (post-processing, no privacy cost) so noise cannot make them negative.
-* ``dp_noise = 0`` ("clip only") gives no guarantee: ``epsilon`` is written as null.
-* The clipped update is computed in float64 and cast back to the tensors' dtype (float32): its norm
-  may exceed ``dp_clip`` by float32 rounding (relative 1e-7), which the accounting ignores.
-* A truncated upload (faulty links, ``accepts_partial_uploads``) is a leading block of the clipped
-  update, so its norm is within the bound too; nothing else changes.
+Threat model: the coordinator is trusted to add the noise (no secure aggregation). Covered: the
+model and what is computed from it on data the partners do not own; not covered: partners'
+validation scores, training-set sizes, per-reply metrics, and what the algorithms that refuse DP
+send. Deviations (``docs/privacy.md``): fixed-size sampling accounted as Poisson, division by the
+number of holders, BN variances clamped at 0, ``dp_noise = 0`` gives no guarantee (epsilon null).
 """
 
 from __future__ import annotations

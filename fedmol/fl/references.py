@@ -1,75 +1,19 @@
-"""The references that frame every federated result, on the federation's own split and partners.
+"""The references that frame every federated result, on the federation's own split and partners
+(the full protocol, result format and the choice of LightGBM: ``docs/references.md``):
 
-* **local-only** -- each partner trains alone on its own training molecules (the floor: what a
-  partner gets without federating). GNN: the run's backbone (``cfg.model``, ``hidden``, ``layers``,
-  ``dropout``) built standalone at the partner's device cap ``max_width``; early stopping on the
-  partner's *own* validation set; scored on the global test set and on its own validation set.
-  :func:`local_model` trains one partner's model: the one code path of local-only and ensemble.
-* **centralized** -- every partner's training molecules pooled (the ceiling: what the federation
-  would reach if the data could be shared). GNN at width 1; early stopping on the pooled
-  validation sets; scored on the global test set (and, per partner, on each partner's validation
-  set, so its gain over local-only can be computed like a federated run's).
-* **ensemble** -- the one-shot federation a practitioner tries first (issue 23): every partner
-  trains its local-only model (:func:`local_model`: the same models, seeds and code as local-only)
-  and sends it once; the prediction is the average of the members' outputs weighted by their
-  training-set sizes (per task: the member's training molecules labelled for that task; for a
-  single-task dataset exactly ``n_train``). Trees average **probabilities** (regression: values);
-  the GNN averages **logits** (regression: values), as FedDF's AVGLOGITS teacher does
-  (Lin et al. 2020), so FedDF's rows read against the ensemble they distil. A partner is scored on
-  the ensemble it can run: GNN members whose width is <= its device cap (its own model always is),
-  every tree member. ``test`` is keyed by width (the GNN: the ensemble a device of that cap runs;
-  trees: ``1.0``). Bytes: one round; every partner uploads its model once (``bytes_up``: the sum
-  of the members' sizes) and downloads the other members it can run (``bytes_down``). Sizes: a
-  GNN's tensors (as a federated message counts them), a LightGBM model's text format, a forest's
-  node arrays (children, feature, threshold, value) -- never pickled.
+* **local-only** -- each partner trains alone (the floor); :func:`local_model` is the one code path
+  of local-only and ensemble;
+* **centralized** -- every partner's training molecules pooled (the ceiling);
+* **ensemble** -- the one-shot federation: the partners' local models averaged, weighted by
+  training-set size (trees average probabilities, the GNN logits, as FedDF's AVGLOGITS teacher).
 
-Each for three models: the GNN, and the fingerprint models many pharma data scientists would use
-instead, on Morgan fingerprints (ECFP4: radius 2, 2048 bits, RDKit ``rdFingerprintGenerator``),
-one model per task on its labelled rows (a task with one class or no rows predicts the class rate):
-
-* ``rf-ecfp4``: scikit-learn random forest; classification
-  ``RandomForestClassifier(n_estimators=200, class_weight="balanced")``, the score is
-  ``predict_proba`` of class 1; regression ``RandomForestRegressor(200)``.
-* ``gbt-ecfp4``: gradient-boosted trees, **LightGBM** (chosen by ``benchmarks/gbt_choice.py``
-  over XGBoost and CatBoost: the three tie on mean validation ROC-AUC within 0.001 on the quick
-  suite's B3DB split and BBBP/BACE (on test, not used for the choice, LightGBM 0.678 against
-  0.692-0.696), LightGBM fits 2.5-5x faster and installs 12 MB against 330-730 MB;
-  ``benchmarks/results/gbt_choice.json``). Fixed defaults chosen before measuring, never tuned on
-  test: 300 trees, learning rate 0.05, ``max_depth`` 6 / 31 leaves, row subsampling 0.8, feature
-  subsampling 0.5; **no early stopping** (the partners' validation sets are small and early
-  stopping on them measured no better); one thread, ``deterministic=True``, ``force_row_wise``:
-  identical models for a seed on any machine. Saved, when at all, in LightGBM's text format.
-
-seeded from the run seed (and the partner id).
-
-Training protocol of the GNN references (the federated one, so that a partner's alone-vs-federated
-comparison differs only in the data): the same start weights as every algorithm of the run seed
-(:func:`fedmol.fl.algorithm.initial_model`; a local-only partner gets the slice of its width);
-``epochs = max(min_epochs, rounds * local_epochs)`` in rounds of ``local_epochs`` epochs with Adam
-rebuilt every round (as a partner rebuilds it); the validation metric is computed, and the model
-may be kept, only after the rounds a federated run evaluates (every ``eval_every``-th and the
-last), keeping the best (optionally stopping after ``patience`` epochs without improvement; a
-partner whose validation metric is undefined, e.g. one class only, keeps its last evaluated
-round). When the federation caps local work with ``max_local_steps``, a reference "epoch" is capped the same way so that it costs
-what one round costs: ``max_local_steps`` mini-batches for a local-only partner and
-``partners * max_local_steps`` for the pooled centralized model (the total number of optimizer
-steps the federation takes per round). Optimizer and batch: Adam with the run's ``lr``,
-``weight_decay``, ``batch_size``, ``clip`` (the same shared hyperparameters every algorithm's
-local training uses).
-
-Result format, like a federated run's ``summary.json``: ``dataset``, ``metric``, ``reference``
-("local-only" | "centralized" | "ensemble"), ``model`` ("gnn" | "rf-ecfp4" | "gbt-ecfp4"),
-``test`` (centralized ``{"1.0": v}``; local-only ``{"mean": mean over partners, "<width>": mean
-over the partners whose local model has that width}``; ensemble: see above), ``valid`` (same
-keys), ``per_partner`` [``{partner, width, n_train, n_valid, test, valid}``] (``width`` is None for
-the trees; an ensemble's entries add ``members``, the partners whose models it averages),
-``seconds``, ``seed``, ``config``; an ensemble adds ``members`` [``{partner, width, n_train, bytes,
-test, valid}``], ``rounds`` (1), ``bytes_up``, ``bytes_down``.
-
-:func:`federated_gain` compares a federated summary (or a centralized one) with a local-only one,
-partner by partner (MELLODDY-style). :func:`best_local` picks, per partner, the local-only model
-with the best score on that partner's own validation molecules among every local-only family run
-for the split (validation only, never test).
+Each for the run's backbone and two fingerprint models on ECFP4 (radius 2, 2048 bits):
+``rf-ecfp4`` (scikit-learn random forest, 200 trees) and ``gbt-ecfp4`` (LightGBM, fixed defaults,
+no early stopping, deterministic). The neural references train exactly like the federation (same
+start weights, epochs = rounds x local epochs, validation only at evaluated rounds, the same
+optimizer and local-step cap), so a partner's alone-vs-federated comparison differs only in the
+data. :func:`federated_gain` compares partner by partner (MELLODDY-style); :func:`best_local` picks
+each partner's best local family on its own validation molecules (never test).
 """
 
 from __future__ import annotations
@@ -88,7 +32,8 @@ from fedmol.errors import FedmolError
 from fedmol.evaluate import HIGHER_IS_BETTER, Evaluator
 from fedmol.fl.algorithm import Algorithm, initial_model
 from fedmol.config import RunConfig
-from fedmol.fl.harness import Federation, backbone_config, build_federation, secondary_scores
+from fedmol.fl.harness import Federation, build_federation, secondary_scores
+from fedmol.fl.setup import backbone_config
 from fedmol.jsonio import write_json
 from fedmol.training import fit, predict, score, width_key
 

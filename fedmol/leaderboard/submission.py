@@ -22,8 +22,9 @@ import platform
 import subprocess
 import zipfile
 from pathlib import Path
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 import fedmol
 from fedmol.data.featurize import FEATURIZER_VERSION
@@ -145,6 +146,16 @@ def _finite_map(d: dict, what: str) -> dict[str, float]:
     return out
 
 
+def _validated(schema: type[BaseModel], doc: Any, what: str) -> dict:
+    """``doc`` read by ``schema`` as a plain dict; else a :class:`FedmolError` ``what: where: problem``
+    (the first problem)."""
+    try:
+        return schema.model_validate(doc).model_dump()
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise FedmolError(f"{what}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from e
+
+
 def read_run(run_dir: Path, splits_dir: Path, index: dict[str, str]) -> dict:
     """One run folder as a manifest run entry (without id/paths) plus its two files' bytes."""
     run_dir = Path(run_dir)
@@ -161,12 +172,8 @@ def read_run(run_dir: Path, splits_dir: Path, index: dict[str, str]) -> dict:
                           f"{frozen_split_hint(run, splits_dir)}")
     # FedDF's public-pool report (fedmol.fl.public_pool) follows from the rest of the config; not packed
     config = {k: v for k, v in config.items() if k != "public_pool"} if isinstance(config, dict) else config
-    try:
-        config = ResolvedConfig.model_validate(config).model_dump()
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise FedmolError(f"{run_dir}/config.json does not fit the leaderboard schema {SCHEMA_VERSION}: "
-                          f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from e
+    config = _validated(ResolvedConfig, config, f"{run_dir}/config.json does not fit the leaderboard schema "
+                        f"{SCHEMA_VERSION}")
     summary = _read_json(run_dir / "summary.json")
     sha = config["split"]["sha256"]
     rel = index.get(sha)
@@ -244,12 +251,7 @@ def submit(run_dirs: list[str | Path], name: str, out: str | Path, *, track: str
                 for s in sorted({e["split"] for e in entries})],
         hparams=cfg0["algorithm"]["hparams"], seeds=sorted({e["seed"] for e in entries}), runs=entries,
     )
-    try:
-        manifest = Manifest.model_validate(manifest).model_dump()
-    except ValidationError as e:
-        first_err = e.errors()[0]
-        raise FedmolError(f"the manifest does not validate: {'.'.join(str(p) for p in first_err['loc'])}: "
-                          f"{first_err['msg']}") from e
+    manifest = _validated(Manifest, manifest, "the manifest does not validate")
     files["manifest.json"] = (to_json(manifest, indent=1) + "\n").encode()
     write_zip(Path(out), files)
     return manifest

@@ -350,7 +350,7 @@ def _check_federation(fed, c, m: Manifest, split_obj: dict, tag: str) -> None:
 
 def _build_algorithm(c, fed, tag: str):
     """``(algorithm class, algorithm initialised on the federation's partners)``, as the harness builds them."""
-    from fedmol.fl.harness import backbone_config
+    from fedmol.fl.setup import backbone_config
     from fedmol.fl.registry import get_algorithm
 
     try:

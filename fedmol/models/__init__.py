@@ -4,6 +4,7 @@ Public API::
 
     build(name, num_tasks, hidden=300, layers=5, width=1.0, task_type="classification",
           dropout=0.5, pool="mean", norm="bn", scaler=False, **kw) -> SliceGNN
+    BackboneOptions: those options and their defaults, declared once (build's and every backbone's)
     MODEL_NAMES = ("gin", "gine", "gcn", "sage", "gat", "mlp");  NORMS = ("bn", "sbn", "fjord_bn", "none")
     GNN_NAMES = the graph backbones;  "mlp" (:mod:`fedmol.models.mlp`): SparseChem-style trunk on
     folded Morgan fingerprints (kw ``fp_radius``, ``fp_bits``, ``fp_counts``), same API
@@ -32,6 +33,7 @@ from fedmol.models.gnn import (
     MODELS,
     POOLS,
     TASK_TYPES,
+    BackboneOptions,
     ModelConfigError,
     SliceGNN,
     build,
@@ -61,6 +63,7 @@ __all__ = [
     "POOLS",
     "TASK_TYPES",
     "CONVS",
+    "BackboneOptions",
     "ModelConfigError",
     "SliceGNN",
     "FingerprintMLP",

@@ -14,6 +14,7 @@ feature vocabularies are never sliced.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -28,6 +29,7 @@ from fedmol.models.slicing import Scaler, SliceLinear, check_width, sliced_dim
 
 __all__ = [
     "ModelConfigError",
+    "BackboneOptions",
     "SliceGNN",
     "GIN",
     "GINE",
@@ -48,6 +50,48 @@ POOLS = ("mean", "sum", "max")
 
 class ModelConfigError(FedmolError, ValueError):
     """An impossible model configuration (unknown backbone, norm, pooling, width, ...)."""
+
+
+@dataclass(frozen=True)
+class BackboneOptions:
+    """The options every backbone takes, with their defaults, declared once: the keywords of
+    :func:`build` and of each backbone's constructor besides ``num_tasks`` and the backbone's own
+    options (``residual``, ``heads``, ``fp_*``). Values are kept as given (each backbone converts)."""
+
+    hidden: int = 300
+    layers: int = 5
+    width: float = 1.0
+    task_type: str = "classification"
+    dropout: float = 0.5
+    pool: str = "mean"
+    norm: str = "bn"
+    scaler: bool = False
+
+    @classmethod
+    def parse(cls, num_tasks: int, options: dict[str, Any]) -> tuple[BackboneOptions, dict[str, Any]]:
+        """``options`` (a backbone's keywords) split into these options, checked together with
+        ``num_tasks``, and the rest, in the order given (the backbone's own options)."""
+        names = {f.name for f in fields(cls)}
+        opts = cls(**{k: v for k, v in options.items() if k in names})
+        opts.check(num_tasks)
+        return opts, {k: v for k, v in options.items() if k not in names}
+
+    def check(self, num_tasks: int) -> None:
+        """Raise :class:`ModelConfigError` on the first impossible option."""
+        if int(num_tasks) < 1:
+            raise ModelConfigError(f"num_tasks must be >= 1, got {num_tasks}")
+        if int(self.hidden) < 1 or int(self.layers) < 1:
+            raise ModelConfigError(f"hidden and layers must be >= 1, got {self.hidden}, {self.layers}")
+        if not (0.0 < float(self.width) <= 1.0):
+            raise ModelConfigError(f"width must be in (0, 1], got {self.width}")
+        if self.task_type not in TASK_TYPES:
+            raise ModelConfigError(f"unknown task_type {self.task_type!r}; known: {', '.join(TASK_TYPES)}")
+        if not (0.0 <= float(self.dropout) < 1.0):
+            raise ModelConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.pool not in POOLS:
+            raise ModelConfigError(f"unknown pool {self.pool!r}; known: {', '.join(POOLS)}")
+        if self.norm not in NORMS:
+            raise ModelConfigError(f"unknown norm {self.norm!r}; known: {', '.join(NORMS)}")
 
 
 def _dropout(x: Tensor, p: float) -> Tensor:
@@ -73,31 +117,11 @@ class SliceGNN(nn.Module):
 
     conv_name: ClassVar[str] = ""
 
-    def __init__(
-        self,
-        num_tasks: int,
-        hidden: int = 300,
-        layers: int = 5,
-        width: float = 1.0,
-        task_type: str = "classification",
-        dropout: float = 0.5,
-        pool: str = "mean",
-        norm: str = "bn",
-        scaler: bool = False,
-        residual: bool = False,
-        **conv_options: Any,
-    ) -> None:
+    def __init__(self, num_tasks: int, *, residual: bool = False, **options: Any) -> None:
         super().__init__()
-        _validate(num_tasks, hidden, layers, width, task_type, dropout, pool, norm)
-        self.num_tasks, self.hidden, self.num_layers = int(num_tasks), int(hidden), int(layers)
-        self.width = check_width(width)
-        self.task_type, self.dropout, self.pool, self.norm = task_type, float(dropout), pool, norm
-        self.residual = bool(residual)
-        self.config: dict[str, Any] = dict(
-            name=self.conv_name, num_tasks=self.num_tasks, hidden=self.hidden,
-            layers=self.num_layers, width=self.width, task_type=task_type, dropout=self.dropout,
-            pool=pool, norm=norm, scaler=bool(scaler), residual=self.residual, **conv_options,
-        )
+        opts, conv_options = BackboneOptions.parse(num_tasks, options)
+        self.pool, self.residual = opts.pool, bool(residual)
+        self._keep_options(num_tasks, opts, pooled=True, residual=self.residual, **conv_options)
         conv_cls = CONVS[self.conv_name]
         allowed = set(inspect.signature(conv_cls.__init__).parameters) - {
             "self", "dim", "width", "norm", "scaler"
@@ -108,14 +132,32 @@ class SliceGNN(nn.Module):
                 f"unknown option(s) {sorted(unknown)} for model {self.conv_name!r}; "
                 f"known extra options: {sorted(allowed | {'residual'})}"
             )
-        self.atom_encoder = AtomEncoder(hidden, self.width)
+        self.atom_encoder = AtomEncoder(opts.hidden, self.width)
         self.convs = nn.ModuleList(
-            conv_cls(hidden, width=self.width, norm=norm, scaler=scaler, **conv_options)
-            for _ in range(layers)
+            conv_cls(opts.hidden, width=self.width, norm=opts.norm, scaler=opts.scaler, **conv_options)
+            for _ in range(opts.layers)
         )
-        self.norms = nn.ModuleList(make_norm(norm, hidden, self.width) for _ in range(layers))
-        self.scaler = Scaler(scaler)
-        self.head = SliceLinear(hidden, num_tasks, slice_in=True, slice_out=False, width=self.width)
+        self._add_norms_and_head(num_tasks, opts)
+
+    def _keep_options(self, num_tasks: int, opts: BackboneOptions, *, pooled: bool, **own: Any) -> None:
+        """Keep the shared options as attributes and, with the backbone's ``own`` options last, as
+        :attr:`config` (``pool`` only if the backbone is ``pooled``: pools node states)."""
+        self.num_tasks, self.hidden, self.num_layers = int(num_tasks), int(opts.hidden), int(opts.layers)
+        self.width = check_width(opts.width)
+        self.task_type, self.dropout, self.norm = opts.task_type, float(opts.dropout), opts.norm
+        pool = {"pool": opts.pool} if pooled else {}
+        self.config: dict[str, Any] = dict(
+            name=self.conv_name, num_tasks=self.num_tasks, hidden=self.hidden, layers=self.num_layers,
+            width=self.width, task_type=self.task_type, dropout=self.dropout, **pool, norm=self.norm,
+            scaler=bool(opts.scaler), **own,
+        )
+
+    def _add_norms_and_head(self, num_tasks: int, opts: BackboneOptions) -> None:
+        """What every backbone adds after its trunk: one norm per layer, the scaler and the task head
+        (registered in this order: the state dict's keys and the parameters' seeded initialization)."""
+        self.norms = nn.ModuleList(make_norm(opts.norm, opts.hidden, self.width) for _ in range(opts.layers))
+        self.scaler = Scaler(opts.scaler)
+        self.head = SliceLinear(opts.hidden, num_tasks, slice_in=True, slice_out=False, width=self.width)
 
     # ------------------------------------------------------------------ forward
     def _width(self, width: float | None) -> float:
@@ -236,51 +278,21 @@ GNN_NAMES: tuple[str, ...] = tuple(MODELS)
 MODEL_NAMES: tuple[str, ...] = (*GNN_NAMES, "mlp")
 
 
-def _validate(num_tasks, hidden, layers, width, task_type, dropout, pool, norm) -> None:
-    if int(num_tasks) < 1:
-        raise ModelConfigError(f"num_tasks must be >= 1, got {num_tasks}")
-    if int(hidden) < 1 or int(layers) < 1:
-        raise ModelConfigError(f"hidden and layers must be >= 1, got {hidden}, {layers}")
-    if not (0.0 < float(width) <= 1.0):
-        raise ModelConfigError(f"width must be in (0, 1], got {width}")
-    if task_type not in TASK_TYPES:
-        raise ModelConfigError(f"unknown task_type {task_type!r}; known: {', '.join(TASK_TYPES)}")
-    if not (0.0 <= float(dropout) < 1.0):
-        raise ModelConfigError(f"dropout must be in [0, 1), got {dropout}")
-    if pool not in POOLS:
-        raise ModelConfigError(f"unknown pool {pool!r}; known: {', '.join(POOLS)}")
-    if norm not in NORMS:
-        raise ModelConfigError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
-
-
-def build(
-    name: str,
-    num_tasks: int,
-    hidden: int = 300,
-    layers: int = 5,
-    width: float = 1.0,
-    task_type: str = "classification",
-    dropout: float = 0.5,
-    pool: str = "mean",
-    norm: str = "bn",
-    scaler: bool = False,
-    **kw: Any,
-) -> SliceGNN:
+def build(name: str, num_tasks: int, **options: Any) -> SliceGNN:
     """Build backbone ``name`` (one of :data:`MODEL_NAMES`).
 
-    ``width`` < 1 builds a standalone model holding only the width-``width`` block
+    ``options``: :class:`BackboneOptions` (``hidden=300, layers=5, width=1.0,
+    task_type="classification", dropout=0.5, pool="mean", norm="bn", scaler=False``) and the
+    backbone's own. ``width`` < 1 builds a standalone model holding only the width-``width`` block
     (``ceil(width * hidden)`` hidden channels); ``hidden`` is always the full-width size.
     ``norm``: "bn" | "sbn" | "fjord_bn" | "none"; ``scaler``: HeteroFL's scaler.
-    Extra ``kw``: ``residual=False`` (GNNs), ``heads=4`` (gat), ``fp_radius``, ``fp_bits``,
+    Own options: ``residual=False`` (GNNs), ``heads=4`` (gat), ``fp_radius``, ``fp_bits``,
     ``fp_counts`` (mlp: the fingerprint; ``pool`` does not apply).
     """
     key = str(name).lower()
     if key not in MODELS:
         raise ModelConfigError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
-    return MODELS[key](
-        num_tasks, hidden=hidden, layers=layers, width=width, task_type=task_type,
-        dropout=dropout, pool=pool, norm=norm, scaler=scaler, **kw,
-    )
+    return MODELS[key](num_tasks, **options)
 
 
 from fedmol.models.mlp import FingerprintMLP  # noqa: E402  (imports this module)

@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedmol.data.fingerprints import FingerprintSpec, batch_fingerprints
-from fedmol.models.convs import make_norm
-from fedmol.models.gnn import ModelConfigError, SliceGNN, _dropout, _validate
-from fedmol.models.slicing import Scaler, SliceEmbeddingBag, SliceLinear, check_width
+from fedmol.models.gnn import BackboneOptions, ModelConfigError, SliceGNN, _dropout
+from fedmol.models.slicing import SliceEmbeddingBag, SliceLinear
 
 __all__ = ["FingerprintMLP"]
 
@@ -40,41 +39,22 @@ class FingerprintMLP(SliceGNN):
 
     conv_name = "mlp"
 
-    def __init__(
-        self,
-        num_tasks: int,
-        hidden: int = 300,
-        layers: int = 5,
-        width: float = 1.0,
-        task_type: str = "classification",
-        dropout: float = 0.5,
-        pool: str = "mean",
-        norm: str = "bn",
-        scaler: bool = False,
-        **fp: Any,
-    ) -> None:
+    def __init__(self, num_tasks: int, **options: Any) -> None:
         nn.Module.__init__(self)
-        _validate(num_tasks, hidden, layers, width, task_type, dropout, pool, norm)
+        opts, fp = BackboneOptions.parse(num_tasks, options)
         unknown = set(fp) - {"fp_radius", "fp_bits", "fp_counts"}
         if unknown:
             raise ModelConfigError(f"unknown option(s) {sorted(unknown)} for model 'mlp'; known extra options: "
                                    "['fp_bits', 'fp_counts', 'fp_radius']")
-        if pool != "mean":
-            raise ModelConfigError(f"model 'mlp' has no graph pooling (got pool={pool!r})")
+        if opts.pool != "mean":
+            raise ModelConfigError(f"model 'mlp' has no graph pooling (got pool={opts.pool!r})")
         self.fp = FingerprintSpec.from_config(fp)
-        self.num_tasks, self.hidden, self.num_layers = int(num_tasks), int(hidden), int(layers)
-        self.width = check_width(width)
-        self.task_type, self.dropout, self.norm = task_type, float(dropout), norm
-        self.config: dict[str, Any] = dict(
-            name=self.conv_name, num_tasks=self.num_tasks, hidden=self.hidden, layers=self.num_layers,
-            width=self.width, task_type=task_type, dropout=self.dropout, norm=norm, scaler=bool(scaler),
-            fp_radius=self.fp.radius, fp_bits=self.fp.bits, fp_counts=self.fp.counts,
-        )
-        self.input = SliceEmbeddingBag(self.fp.bits, hidden, self.width)
-        self.linears = nn.ModuleList(SliceLinear(hidden, hidden, width=self.width) for _ in range(layers - 1))
-        self.norms = nn.ModuleList(make_norm(norm, hidden, self.width) for _ in range(layers))
-        self.scaler = Scaler(scaler)
-        self.head = SliceLinear(hidden, num_tasks, slice_in=True, slice_out=False, width=self.width)
+        self._keep_options(num_tasks, opts, pooled=False, fp_radius=self.fp.radius, fp_bits=self.fp.bits,
+                           fp_counts=self.fp.counts)
+        self.input = SliceEmbeddingBag(self.fp.bits, opts.hidden, self.width)
+        self.linears = nn.ModuleList(SliceLinear(opts.hidden, opts.hidden, width=self.width)
+                                     for _ in range(opts.layers - 1))
+        self._add_norms_and_head(num_tasks, opts)
 
     def embed(self, batch: Any, width: float | None = None) -> Tensor:
         """Trunk output ``[num_molecules, ceil(r * hidden)]`` of a (batched) ``Data``."""

@@ -40,7 +40,6 @@ the deadline), or :class:`LocalLink` in-process (tests).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -51,7 +50,6 @@ import torch
 
 from fedmol.fl.message import Message
 from fedmol.jsonio import to_json, write_json
-from fedmol.numerics import numerics
 from fedmol.pilot.config import PilotSettings
 from fedmol.pilot.records import (HELLO, MESSAGE_TYPES, QUERY, TRAIN, VALIDATE, IncompatibleVersion, PilotError,
                                   check_compatible, error_reason, from_record_dict, record_strings, to_record_dict)
@@ -304,10 +302,9 @@ def _check_hello(r: Reply, ds) -> str | None:
 
 def run_coordinator(link: Link, s: PilotSettings, log=print) -> dict:
     """Run a pilot over ``link``; write the harness's result files to ``s.out_dir``; return the summary."""
-    out = Path(s.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in ("pilot_error.json", "progress.jsonl", "inbox.jsonl", "summary.json", "coordinator.log"):
-        (out / stale).unlink(missing_ok=True)
+    from fedmol.fl.setup import clear_results
+
+    out = clear_results(Path(s.out_dir))
 
     def both(message: str) -> None:  # the caller's log and out-dir/coordinator.log
         log(message)
@@ -324,22 +321,20 @@ def run_coordinator(link: Link, s: PilotSettings, log=print) -> dict:
 
 def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
     from fedmol.fl.registry import get_algorithm
-    from fedmol.fl.selection import check_selection
+    from fedmol.fl.setup import start_algorithm, summary_extras
 
     if s.threads > 0:
         torch.set_num_threads(s.threads)
     t_start = time.perf_counter()
-    check_selection(s.select)
     data = _organizer_data(s)
-    algo_cls = get_algorithm(s.algorithm)
-    name = algo_cls.name or s.algorithm
+    name = get_algorithm(s.algorithm).name or s.algorithm
     admission = _admit_nodes(link, s, data, name, log)
     write_json(out / "nodes.json", admission.report)
     if not admission.accepted:
         raise PilotError("no partner joined the federation: " +
                          " | ".join(f"node {e['node_id']}: {e.get('reason')}" for e in admission.report))
     partners = _make_partners(admission.accepted, s)
-    algo, dp = _start_algorithm(algo_cls, s, data.ds, partners)
+    algo, dp = start_algorithm(s, data.ds, [pt.info for pt in partners])
     write_json(out / "config.json", _resolved(s, algo, data.ds, data.test, data.split, partners, admission.report, dp))
     transport = LinkTransport(link, partners, algo, name, s.round_timeout,
                               rejoin=dict(ds=data.ds, split=data.split, known=set(admission.node_ids), log=log))
@@ -353,7 +348,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
         dataset=data.ds.name, algorithm=s.algorithm, valid=valid, per_partner=validation.per_partner, privacy=dp,
         t_start=t_start, backend="flower", valid_kind=valid_kind, test_source=_test_source(s), partners=len(partners),
         refused=[e for e in admission.report if e["status"] != "accepted"], node_events=transport.events,
-        validation_failures=validation.failures)
+        validation_failures=validation.failures, **summary_extras(algo))
     if transport.events:
         write_json(out / "nodes.json", admission.report + transport.events)
     driver.write_files(out, summary, s.algorithm)
@@ -451,30 +446,14 @@ def _judge_hello(node_id: int, r: Reply, claimed: dict[int, list[int]], split) -
 def _make_partners(accepted: dict[int, tuple[int, Reply]], s: PilotSettings) -> list[Partner]:
     """The accepted nodes in partition-id order, with the harness's device draw capped at each node's width."""
     from fedmol.fl.algorithm import PartnerInfo
-    from fedmol.fl.devices import assign_devices
+    from fedmol.fl.setup import partner_devices
 
     partition_ids = sorted(accepted)
     facts = [accepted[p][1].msg.metrics for p in partition_ids]
     sizes = [int(f["n_train"]) for f in facts]
-    devices = assign_devices(s.devices, sizes, s.seed)
-    devices = [dataclasses.replace(d, max_width=float(f["width_cap"])) for d, f in zip(devices, facts)]
-    if s.faulty_links or s.lossy_links:
-        devices = [dataclasses.replace(d, p_truncate=s.faulty_links or d.p_truncate,
-                                       p_upload_loss=s.lossy_links or d.p_upload_loss) for d in devices]
+    devices = partner_devices(s, sizes, [f["width_cap"] for f in facts])
     return [Partner(accepted[p][0], p, PartnerInfo(i, sizes[i], devices[i]), int(facts[i]["n_valid"]),
                     devices[i].max_width) for i, p in enumerate(partition_ids)]
-
-
-def _start_algorithm(algo_cls, s: PilotSettings, ds, partners: list[Partner]):
-    """``(algorithm, privacy accounting)``: the algorithm on the run's backbone, initialised for ``partners``."""
-    from fedmol.fl import privacy
-    from fedmol.fl.harness import backbone_config
-
-    algo = algo_cls(backbone_config(s.model, ds, s.hidden, s.layers, s.dropout), s.hparams, s.seed)
-    algo.init([pt.info for pt in partners])
-    dp = privacy.account(algo.hp, [pt.info.device.p_online for pt in partners], s.clients_per_round or None,
-                         s.rounds)
-    return algo, dp
 
 
 def _round_driver(algo, partners: list[Partner], transport: LinkTransport, data: OrganizerData, s: PilotSettings):
@@ -719,31 +698,20 @@ def _test_source(s: PilotSettings) -> str:
 
 def _resolved(s: PilotSettings, algo, ds, test, split, partners: list[Partner], nodes_report: list,
               dp: dict | None = None) -> dict:
-    import rdkit
-
-    import fedmol
+    """``config.json`` of a pilot: the harness's, with the nodes and the pilot's own settings."""
     from fedmol.config import RunConfig
+    from fedmol.fl.setup import resolved_config
 
     spec = split["spec"] if split else {}
     run = RunConfig(**{**s.shared(), "partners": len(partners), "dataset": ds.name, "alpha": spec.get("alpha"),
                        "quantity_skew": spec.get("quantity_skew", 0.0)})
-    return dict(
-        run=run.model_dump(),
-        algorithm=dict(name=algo.name, hparams=algo.hp, norm=algo.norm, scaler=algo.scaler),
-        sent=dict(log="sent.jsonl (what the coordinator received from each partner)",
-                  model_weights="each participating partner's trained weights at its width",
-                  metrics="n_train (training-set size), local loss and steps", extra=algo.disclosures,
-                  partner_audit="each site's own audit.jsonl (its audit-dir)"),
-        model=algo.model_config, widths=list(algo.widths()), privacy=dp,
-        split=dict(spec=spec, sha256=split.get("sha256") if split else None, partners=len(partners),
-                   test=0 if test is None else len(test)),
-        partners=[dict(pid=pt.partition_id, node_id=pt.node_id, n_train=pt.info.n_train, n_valid=pt.n_valid,
-                       device=pt.info.device.to_dict()) for pt in partners],
-        nodes=nodes_report,
-        pilot=dict(backend="flower", round_timeout=s.round_timeout, connect_timeout=s.connect_timeout,
-                   test_source=_test_source(s)),
-        versions=dict(fedmol=fedmol.__version__, torch=torch.__version__, rdkit=rdkit.__version__, numerics=numerics()),
-    )
+    entries = [dict(pid=pt.partition_id, node_id=pt.node_id, n_train=pt.info.n_train, n_valid=pt.n_valid,
+                    device=pt.info.device.to_dict()) for pt in partners]
+    sent = dict(log="sent.jsonl (what the coordinator received from each partner)",
+                partner_audit="each site's own audit.jsonl (its audit-dir)")
+    return resolved_config(run, algo, split, entries, 0 if test is None else len(test), dp, sent=sent,
+                           nodes=nodes_report, pilot=dict(backend="flower", round_timeout=s.round_timeout,
+                                                          connect_timeout=s.connect_timeout, test_source=_test_source(s)))
 
 
 def round_line(row: dict) -> str:

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from fedmol.config import RunConfig
+from fedmol.fl.setup import clear_results
 from fedmol.jsonio import read_summary
 from fedmol.pilot.config import PilotSettings
 from fedmol.pilot.loopback import LoopbackPilot
@@ -81,8 +82,7 @@ def run_demo(cfg: RunConfig, out: str | Path, *, insecure: bool = False, node_au
     out = Path(out).resolve()
     work = out / "pilot"
     work.mkdir(parents=True, exist_ok=True)
-    for stale in ("summary.json", "pilot_error.json", "progress.jsonl", "inbox.jsonl"):
-        (out / stale).unlink(missing_ok=True)
+    clear_results(out)
     split_path, split = demo_split(cfg, work, progress)
     sites = site_configs(cfg, split_path, split)
     extra_sites = list(extra_sites or [])
@@ -112,7 +112,8 @@ def run_demo(cfg: RunConfig, out: str | Path, *, insecure: bool = False, node_au
         show()
         log(f"run {run_id} {status}; stopping the SuperNodes and the SuperLink")
         run_log = pilot.run_log(run_id) if status != "finished:completed" else ""
-    summary = read_results(out, work, status, run_id, run_log, pilot.procs.leftovers())
+    summary = {**read_results(out, where=f"logs in {work / 'logs'}", status=status, run_log=run_log,
+                              leftovers=pilot.procs.leftovers()), "run_id": run_id}
     log("all processes stopped")
     return summary
 
@@ -140,17 +141,18 @@ def round_reporter(progress: Path, log, describe=None):
     return report
 
 
-def read_results(out: Path, work: Path, status: str, run_id: str, run_log: str, leftovers: dict) -> dict:
-    """The run's summary (with its per-round ``history``), or the reason it has none, as a PilotError."""
+def read_results(out: Path, what: str = "pilot run", where: str = "", status: str = "finished:completed",
+                 run_log: str = "", leftovers: dict | None = None) -> dict:
+    """The run's summary (with its per-round ``history``), or why it has none, as a PilotError
+    (``where``: where its logs are; ``status``, ``run_log``: Flower's word on the run)."""
     if leftovers:  # pragma: no cover - stop_all ends whole process groups
         raise PilotError(f"processes still alive after the run: {leftovers}")
     err = out / "pilot_error.json"
+    logs = f" ({where})" if where else ""
     if err.is_file():
-        raise PilotError(f"the pilot run failed: {json.loads(err.read_text())['error']} (logs in {work / 'logs'})")
+        raise PilotError(f"the {what} failed: {json.loads(err.read_text())['error']}{logs}")
     if status != "finished:completed" or not (out / "summary.json").is_file():
         tail = "\n".join(run_log.strip().splitlines()[-15:])
-        raise PilotError(f"the pilot run ended with status {status} without results; logs in {work / 'logs'}"
+        raise PilotError(f"the {what} ended with status {status} without results{logs}"
                          + (f"; the run's log ends with:\n{tail}" if tail else ""))
-    summary = read_summary(out / "summary.json", history=out / "progress.jsonl")
-    summary["run_id"] = run_id
-    return summary
+    return read_summary(out / "summary.json", history=out / "progress.jsonl")

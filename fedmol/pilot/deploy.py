@@ -84,7 +84,8 @@ def run_coordinator_pilot(plan, out: str | Path, *, certs: str | Path | None = N
             node = pilot.register_key(pub)
             log(f"registered {pub.name}" + (f" (node {node})" if node else ""))
         end = _follow_run(pilot, s, out, run_timeout, log)
-    return read_results(out, work, end.status, end.run_id, end.run_log, pilot.procs.leftovers())
+    return {**read_results(out, where=f"logs in {work / 'logs'}", status=end.status, run_log=end.run_log,
+                           leftovers=pilot.procs.leftovers()), "run_id": end.run_id}
 
 
 def coordinator_certs(certs: str | Path | None, insecure: bool) -> Path | None:
@@ -120,10 +121,10 @@ def _log_test_set(plan, s, log) -> None:
 
 def _prepare_out(out: Path, plan) -> Path:
     """The output folder without a previous run's results, and its ``pilot/`` work folder with the plan."""
-    work = out / "pilot"
+    from fedmol.fl.setup import clear_results
+
+    work = clear_results(out) / "pilot"
     work.mkdir(parents=True, exist_ok=True)
-    for stale in ("summary.json", "pilot_error.json", "progress.jsonl", "inbox.jsonl", "nodes.json"):
-        (out / stale).unlink(missing_ok=True)
     (work / "pilot.toml").write_text(plan.path.read_text())
     return work
 

@@ -19,52 +19,12 @@ and its own rows of the dataset), and there is no TLS: nothing crosses a network
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 from fedmol.errors import FedmolError
 from fedmol.config import RunConfig
-from fedmol.jsonio import read_summary
-
-
-def _client_app(sites: list[dict], threads: int):
-    """A ClientApp whose virtual node ``partition-id`` serves partner ``sites[partition-id]``."""
-    from flwr.app import Context, Message
-    from flwr.clientapp import ClientApp
-
-    app = ClientApp()
-
-    def serve(kind: str, message: Message, context: Context) -> Message:
-        import torch
-
-        from fedmol.pilot.records import from_record_dict, to_record_dict
-        from fedmol.pilot.site import serve as site_serve
-
-        torch.set_num_threads(max(1, threads))
-        pid = int(context.node_config["partition-id"])
-        msg, meta = from_record_dict(message.content)
-        reply, info = site_serve(kind, msg, meta, dict(sites[pid]), run_id=message.metadata.run_id)
-        return Message(to_record_dict(reply, info), reply_to=message)
-
-    @app.query("hello")
-    def hello(message, context):
-        return serve("hello", message, context)
-
-    @app.train()
-    def train(message, context):
-        return serve("train", message, context)
-
-    @app.query()
-    def query(message, context):
-        return serve("query", message, context)
-
-    @app.evaluate()
-    def validate(message, context):
-        return serve("validate", message, context)
-
-    return app
 
 
 def _server_app(settings, log):
@@ -89,20 +49,20 @@ def run_flower_sim(cfg: RunConfig, out: str | Path, *, client_cpus: int = 1, rou
         import ray  # noqa: F401  (flwr[simulation]'s engine)
     except ImportError as e:  # pragma: no cover - ray is a dependency
         raise FedmolError(f"--backend flower-sim needs Flower's simulation engine: pip install 'flwr[simulation]' ({e})")
-    from fedmol.pilot.demo import demo_split, settings_for, site_configs
+    from fedmol.fl.setup import clear_results
+    from fedmol.pilot.client_app import make_client_app
+    from fedmol.pilot.demo import demo_split, read_results, settings_for, site_configs
 
     if cfg.csv:
         raise FedmolError("--backend flower-sim runs registry datasets and split files; a partner CSV is a pilot "
                           "(fedmol pilot partner / coordinator)")
-    out = Path(out).resolve()
+    out = clear_results(Path(out).resolve())
     work = out / "pilot"
     work.mkdir(parents=True, exist_ok=True)
-    for stale in ("summary.json", "pilot_error.json", "progress.jsonl"):
-        (out / stale).unlink(missing_ok=True)
     split_path, split = demo_split(cfg, work, progress)
     sites = site_configs(cfg, split_path, split)
     for k, nc in enumerate(sites):
-        nc["audit-dir"] = str(work / "audit" / str(k))
+        nc.update({"audit-dir": str(work / "audit" / str(k)), "threads": max(1, threads)})
     s = settings_for(cfg, split_path, out, len(sites), round_timeout, connect_timeout, threads, False)
     cpus = max(1, os.cpu_count() or 1)
     backend = {"client_resources": {"num_cpus": int(client_cpus), "num_gpus": 0.0},
@@ -113,13 +73,9 @@ def run_flower_sim(cfg: RunConfig, out: str | Path, *, client_cpus: int = 1, rou
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     log(f"Flower simulation engine (Ray): {len(sites)} virtual SuperNodes on {cpus} CPUs, "
         f"{client_cpus} per partner")
-    run_simulation(server_app=_server_app(s, log), client_app=_client_app(sites, threads),
+    client_app = make_client_app(lambda context: sites[int(context.node_config["partition-id"])])
+    run_simulation(server_app=_server_app(s, log), client_app=client_app,
                    num_supernodes=len(sites), backend_name="ray", backend_config=backend)
-    err = out / "pilot_error.json"
-    if err.is_file():
-        raise FedmolError(f"the flower-sim run failed: {json.loads(err.read_text())['error']}")
-    if not (out / "summary.json").is_file():
-        raise FedmolError(f"the flower-sim run ended without results in {out} (see the log above)")
-    summary = read_summary(out / "summary.json", history=out / "progress.jsonl")
+    summary = read_results(out, "flower-sim run", where="see the log above")
     summary["backend_seconds"] = round(time.perf_counter() - t0, 2)
     return summary
