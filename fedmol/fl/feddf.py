@@ -103,7 +103,13 @@ of 2,000): ~45 ms per distillation step (batch 128) at hidden 32 / 2 layers, i.e
 distillation per round at the defaults (early stopping ended after 200-350 of the 500 steps); ~1.4 s
 per step at the harness's default hidden 300 / 5 layers, i.e. 300-700 s per round -- ten times the
 clients' local epoch. Building the pool once per run: 2-10 s (plus ~15 s the first time the
-task-signature fallback must canonicalize HIV; the keys are cached on disk).
+task-signature fallback must canonicalize HIV; the keys are cached on disk). What remains of a round's
+server step is the distillation itself (``benchmarks/perf_feddf_server.py``, standard suite on BBBP,
+CPU time): ~85% the training steps (forward, backward, Adam), ~8% cutting their batches, ~5% the
+teachers' outputs, ~3% the held-out validations, checkpoint copies 0.2%. The server pushes ~15x as many
+molecules through a training step per round as all partners together (four groups x up to 50 steps x
+128 vs ~1,650), at ~2.1x their speed per molecule, hence ~7x their compute: the budget, not overhead
+(``docs/feddf_server_cost.md``).
 
 Metrics returned by ``server_step`` (``server_*`` columns of ``metrics.csv``): ``teachers``,
 ``pool_size``, ``distill_seconds`` and, per group width ``w``, ``distill_steps@w`` (steps run),
@@ -113,7 +119,6 @@ Metrics returned by ``server_step`` (``server_*`` columns of ``metrics.csv``): `
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -172,21 +177,23 @@ def teacher_outputs(model_config: dict, teachers: Sequence[tuple[float, dict]], 
                     ) -> list[Tensor]:
     """Each teacher's outputs ``[len(pool), num_tasks]`` on the pool, rows indexed by ``mol_id``.
 
-    ``teachers``: ``(width, state_dict)`` pairs; each is rebuilt standalone at its width, run in
-    eval mode, and dropped before the next one is built.
+    ``teachers``: ``(width, state_dict)`` pairs; each is loaded into a standalone model of its width
+    (one model per distinct width, built once and reloaded for each teacher of that width) and run
+    in eval mode.
     """
     batches = list(make_loader(pool, batch_size))
     n = int(max(int(b.mol_id.max()) for b in batches)) + 1 if batches else 0
+    models: dict[float, nn.Module] = {}
     outs = []
     for width, state in teachers:
-        model = build(**{**model_config, "width": float(width)})
+        model = models.get(float(width))
+        if model is None:
+            model = models[float(width)] = build(**{**model_config, "width": float(width)}).eval()
         model.load_state_dict(state)
-        model.eval()
         out = torch.zeros(n, model.num_tasks)
         for b in batches:
             out[b.mol_id] = model(b, width=float(width)).float()
         outs.append(out)
-        del model
     return outs
 
 
@@ -209,6 +216,11 @@ def make_validator(valid_set, targets: Tensor, width: float, task_type: str, tem
         return total / max(n, 1)
 
     return validate
+
+
+def _snapshot(model: nn.Module) -> dict[str, Tensor]:
+    """A copy of ``model``'s weights and buffers (what ``load_state_dict`` restores)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def distill(student: nn.Module, width: float, train_set, targets: Tensor,
@@ -234,8 +246,8 @@ def distill(student: nn.Module, width: float, train_set, targets: Tensor,
     best_state = None
     if validate is not None:
         res["val_init"] = res["val_best"] = float(validate(student))
-        best_state = copy.deepcopy(student.state_dict())
-    opt = torch.optim.Adam(student.parameters(), lr=lr)
+        best_state = _snapshot(student)
+    opt = torch.optim.Adam(student.parameters(), lr=lr, foreach=True)  # same updates as the per-tensor loop
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     step, epoch, last_loss, stop = 0, 0, float("nan"), False
     while not stop and step < steps:
@@ -258,7 +270,7 @@ def distill(student: nn.Module, width: float, train_set, targets: Tensor,
                 score = float(validate(student))
                 if math.isfinite(score) and (score < res["val_best"] or not math.isfinite(res["val_best"])):
                     res["val_best"], res["best_step"] = score, step
-                    best_state = copy.deepcopy(student.state_dict())
+                    best_state = _snapshot(student)
                 elif step - res["best_step"] >= patience:
                     stop = True
             if stop or step >= steps:
