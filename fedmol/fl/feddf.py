@@ -1,120 +1,27 @@
 """FedDF: ensemble distillation for model fusion (Lin, Kong, Stich, Jaggi, NeurIPS 2020).
 
-Algorithm 1 of the paper, as implemented here:
+Algorithm 1 of the paper (details, defaults against the official values, deviations and cost:
+``docs/feddf.md``):
 
-* **ClientUpdate** is FedAvg's (McMahan et al. 2017): the partner trains the model it received for
-  ``local_epochs`` epochs on its own data and returns the weights (``Algorithm.client_update``).
-* **Server, each round** (Alg. 1, lines "initialize for model fusion" and the distillation loop):
+* **ClientUpdate** is FedAvg's: local epochs on the partner's data, weights returned.
+* **Server, each round**: per architecture group (Sec. 3's heterogeneous extension; here a group is
+  a device width cap, hp ``hetero``: ``groups`` | ``drop`` | ``min``) the student starts as the
+  group's FedAvg model and is distilled on an unlabeled public pool (:mod:`fedmol.fl.public_pool`:
+  RDKit's NCI and WEHI molecules minus the federated dataset's) from the **AVGLOGITS** teacher of
+  every model received this round (:func:`avg_logits`), with Adam, cosine annealing and early
+  stopping, keeping the best checkpoint (:func:`distill`).
 
-  1. per *architecture group* (paper Sec. 3, the extension of FedDF to heterogeneous systems,
-     written out as an algorithm in the appendix) the student is initialised as that group's FedAvg
-     model, ``x_{t,0} = sum_k n_k x_k / sum_k n_k`` over the group's replies
-     (:func:`fedmol.models.slicing.aggregate_nested` with ``n_k`` weights);
-  2. the teachers are *all* client models received this round, of every group;
-  3. each student is distilled on unlabeled server data with the **AVGLOGITS** teacher (Sec. 3:
-     the average of the teachers' logits, :func:`avg_logits`), loss
-     ``KL(sigma(t/T) || sigma(s/T))``, ``T = 1``; Adam, lr 1e-3, cosine annealing over the step
-     budget, mini-batches of 128; validated every ``eval_every`` steps, stopped after ``patience``
-     steps without improvement, and the best checkpoint is kept (:func:`distill`).
+Deviations (``docs/feddf.md``): a label-free early-stopping criterion (the distillation loss on a
+held-out part of the pool; step 0, the FedAvg model, is a candidate); per-task Bernoulli KL for
+binary multi-task labels (MSE for regression); teacher outputs computed once per round; nested-width
+groups from one seeded model; smaller step budgets than the paper's so a CPU round takes seconds.
+The server step costs about 7x the partners' compute per round at the suite's budget: the
+distillation itself, not overhead (``docs/feddf_server_cost.md``). Refused: differential privacy and
+private heads (the teachers are the partners' individual whole models).
 
-Hyperparameters (official values of the paper / ``epfml/federated-learning-public-code`` in
-brackets; the defaults are smaller so that a CPU benchmark round stays in seconds):
-``distill_steps`` = 500 [10,000], ``eval_every`` = 50 [100], ``patience`` = 150 [1,000],
-``distill_batch`` = 128 [128], ``distill_lr`` = 1e-3 [1e-3, Adam, cosine annealing],
-``temperature`` = 1 [1], ``pool_size`` = 2,000 [the paper distils on a whole public dataset, e.g.
-all of CIFAR-100's 50k images for CIFAR-10], ``pool_valid_frac`` = 0.2 (see deviation 1).
-
-Groups (``hetero``): fedmol's system heterogeneity is a width cap per device
-(:class:`fedmol.fl.devices.DeviceProfile.max_width`), so FedDF's "architecture prototypes" are
-widths:
-
-* ``"groups"`` (default): one prototype per distinct device cap present; a partner trains and
-  sends back its group's model at its cap. ``widths()`` are these group widths, ``eval_model(w)``
-  is group ``w``'s distilled student. With homogeneous devices this is one group: plain FedDF.
-* ``"drop"`` / ``"min"``: FedAvg's handling (:mod:`fedmol.fl.fedavg`): one full-width group where
-  partners that cannot run it sit out, or one group at the smallest cap for everyone.
-
-Distillation data: the public pool of :mod:`fedmol.fl.public_pool` -- by default molecules of the
-two sets that ship inside RDKit (``rdkit_nci5k``: NCI's first 5K compounds; ``rdkit_wehi10k``: the
-WEHI screening library's 10K), unlabeled and outside every benchmark endpoint's domain, with every
-molecule of the federated dataset removed by canonical SMILES, ``pool_size`` molecules drawn with
-the run seed, no labels. The pool is the same with or without a data folder; its composition
-(``pool.report``: rows and file sha256 per source, molecules kept per source, the source rows
-removed because they are federated molecules) is written to the run's ``config.json`` and
-``summary.json`` as ``public_pool``. The pool needs to know which dataset is federated:
-(a) the harness calls :meth:`FedDF.bind_dataset` (name and SMILES); else (b) the hyperparameter
-``pool_exclude`` names it; else (c) *every* registry dataset with the same task type and task
-count as the model is excluded (a logged note; safe -- the federated dataset is among them -- but
-it also drops related sources, and only those available locally can be removed).
-``pool_sources`` overrides the source list (registry datasets too; then the pool depends on which
-files are available, and e.g. B3DB shares BBBP's endpoint). Before this default,
-the pool also drew from every other registry dataset available locally: the standard suite's
-FedDF runs (run with a data folder) distilled on NCI plus the other MoleculeNet/B3DB sets -- for
-BBBP including B3DB's blood-brain-barrier molecules -- and the quick suite's pool changed with
-``FEDMOL_DATA_DIR``.
-
-Deviations from the paper (and why):
-
-1. **Early-stopping criterion.** The paper validates on a labelled split on the server. In
-   fedmol the server holds no labelled molecules (partners' validation rows are partner data, the
-   test set is held out, the pool is unlabeled), so the criterion is label-free: the distillation
-   loss to the AVGLOGITS teacher on a held-out ``pool_valid_frac`` of the public pool (lower is
-   better). Step 0 (the group's FedAvg model) is a candidate too, so distillation can never
-   return a student that mimics the ensemble worse than FedAvg did. What this cannot see: an
-   ensemble that is itself worse than its FedAvg average on the real task. (A labelled
-   server split would need a harness change; ``pool_valid_frac=0`` disables early stopping and
-   keeps the last step.)
-2. **Binary multi-task "softmax".** MoleculeNet tasks are independent binary labels, so the
-   teacher and student distributions are per-task Bernoullis, ``sigmoid(logit / T)``; the loss
-   is the per-task Bernoulli KL averaged over tasks and molecules (times ``T^2``, Hinton's
-   convention; a no-op at ``T = 1``). Nothing is masked (the pool has no labels, every task has a
-   teacher). Regression: the MSE between the student's prediction and the teachers' average
-   prediction (the AVGLOGITS analogue; ``T`` unused).
-3. **Teacher outputs are computed once per round** on the whole pool (teachers in eval mode) and
-   looked up per mini-batch; the paper computes them per batch, which is identical here because
-   molecular graphs get no data augmentation.
-4. **Groups are nested widths**: the group students start from the width slices of one seeded
-   full-width model (the paper's prototypes are initialised independently). A group without
-   replies in a round keeps its previous student as the distillation start (there is no FedAvg
-   model to start from). The student trains in train mode (BatchNorm batch statistics, running
-   statistics updated on the pool, dropout on) as in the official code; teachers run in eval mode.
-5. As in :mod:`fedmol.fl.fedavg`: Adam (lr 1e-3) is the local optimizer, BatchNorm running
-   statistics are averaged with the weights. Clients receive only the local-training
-   hyperparameters (the distillation settings never leave the server).
-6. ``state()`` (``model.safetensors``) holds the widest group's student, loadable like every other
-   algorithm's; narrower groups' students are served by ``eval_model`` but not saved.
-7. **Public data.** The paper distils on a different public dataset of the same modality
-   (CIFAR-100 for CIFAR-10, all 50k images); here the pool is at most ``pool_size`` (2,000)
-   molecules of RDKit's shipped NCI and WEHI sets (14,882 distinct molecules): unlabeled compounds of
-   a chemical database and a screening library, not a set measured for the federated endpoint.
-
-No differential privacy: hp ``dp_clip`` is refused (``dp_refusal``), because the distillation
-teachers are the partners' individual models, outside DP-FedAvg's noisy average
-(:mod:`fedmol.fl.privacy`).
-
-No private heads: run option ``heads="private"`` is refused (``private_heads_refusal``): the server
-distils the student from the ensemble of the partners' whole trained models, heads included (the
-teachers' outputs on the public pool); without the heads the server has no teacher output.
-Distilling trunk embeddings instead is a possible adaptation, not implemented
-(``docs/private_heads.md``).
-
-Cost (measured on a shared 2-core CPU, one torch thread, B3DB classification, 4 partners, pool
-of 2,000): ~45 ms per distillation step (batch 128) at hidden 32 / 2 layers, i.e. 9-19 s of
-distillation per round at the defaults (early stopping ended after 200-350 of the 500 steps); ~1.4 s
-per step at the harness's default hidden 300 / 5 layers, i.e. 300-700 s per round -- ten times the
-clients' local epoch. Building the pool once per run: 2-10 s (plus ~15 s the first time the
-task-signature fallback must canonicalize HIV; the keys are cached on disk). What remains of a round's
-server step is the distillation itself (``benchmarks/perf_feddf_server.py``, standard suite on BBBP,
-CPU time): ~85% the training steps (forward, backward, Adam), ~8% cutting their batches, ~5% the
-teachers' outputs, ~3% the held-out validations, checkpoint copies 0.2%. The server pushes ~15x as many
-molecules through a training step per round as all partners together (four groups x up to 50 steps x
-128 vs ~1,650), at ~2.1x their speed per molecule, hence ~7x their compute: the budget, not overhead
-(``docs/feddf_server_cost.md``).
-
-Metrics returned by ``server_step`` (``server_*`` columns of ``metrics.csv``): ``teachers``,
-``pool_size``, ``distill_seconds`` and, per group width ``w``, ``distill_steps@w`` (steps run),
-``distill_best_step@w`` (the step kept; 0 = the FedAvg start), ``distill_val_init@w`` and
-``distill_val_best@w`` (held-out distillation loss at the start and of the kept student).
+Metrics of ``server_step`` (``server_*`` columns of ``metrics.csv``): ``teachers``, ``pool_size``,
+``distill_seconds`` and, per group width ``w``, ``distill_steps@w``, ``distill_best_step@w`` (0 = the
+FedAvg start), ``distill_val_init@w`` and ``distill_val_best@w``.
 """
 
 from __future__ import annotations
