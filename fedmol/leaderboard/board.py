@@ -22,13 +22,15 @@ ranked, never in the ties or the plot's curves (centralized and best local are h
 the plot). The file is validated (:func:`load_references`: schema, the track's current settings and
 seeds, mean and std of the per-seed scores); a malformed or stale one stops the build with one line.
 
-``index.html`` is self-contained (inline CSS and JS, no network): click a column header to sort,
+``index.html`` is ``templates/board.html.j2`` rendered by Jinja2 (autoescaped) with ``static/board.css`` and
+``static/board.js`` inlined: self-contained (no network). Click a column header to sort,
 or open ``index.html#sort=<table id>:<column key>:<asc|desc>`` (e.g. ``#sort=board-quick:w1.0:asc``).
 The output is deterministic: the same submissions give the same files.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import re
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
+from markupsafe import Markup
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from fedmol.errors import FedmolError
@@ -468,211 +471,57 @@ def _markdown(tracks, ranked, unranked, rejected, plots, refs) -> str:
 
 
 # -- html --------------------------------------------------------------------------------------------
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1360px;padding:0 1em;
-color:#1b1f24;line-height:1.45}
-table{border-collapse:collapse;margin:1em 0;font-size:14px;width:100%}
-th,td{border-bottom:1px solid #d0d7de;padding:.35em .5em;text-align:left;white-space:nowrap;vertical-align:top}
-th{white-space:normal}
-td.wrap{white-space:normal;min-width:5em}
-.sd{display:block;font-size:12px;color:#57606a}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
-th{cursor:pointer;user-select:none;background:#f6f8fa;position:relative}
-th[aria-sort=ascending]::after{content:" \\25B2";font-size:.8em}
-th[aria-sort=descending]::after{content:" \\25BC";font-size:.8em}
-td.why{white-space:normal;max-width:28em;font-size:13px;color:#57606a;overflow-wrap:anywhere}
-.note{color:#57606a;font-size:14px}
-img{max-width:100%;border:1px solid #d0d7de}
-code{background:#f6f8fa;padding:0 .25em}
-.scroll{overflow-x:auto}
-tr.ref td{background:#fff8e5;font-style:italic}
-tbody.refs tr:first-child td{border-top:2px solid #8c959f}
-"""
-
-JS = r"""
-(function () {
-  function cellValue(row, idx) {
-    var c = row.cells[idx];
-    return c ? c.getAttribute("data-value") : null;
-  }
-  function sortTable(table, key, dir) {
-    var th = table.querySelector('th[data-key="' + key + '"]');
-    if (!th) return false;
-    var idx = Array.prototype.indexOf.call(th.parentNode.children, th);
-    var num = th.getAttribute("data-type") === "num";
-    var body = table.tBodies[0];
-    var rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (a, b) {
-      var va = cellValue(a, idx), vb = cellValue(b, idx);
-      var ea = va === null || va === "", eb = vb === null || vb === "";
-      if (ea || eb) return ea === eb ? 0 : (ea ? 1 : -1);  /* missing values always last */
-      var c = num ? parseFloat(va) - parseFloat(vb) : va.localeCompare(vb);
-      return dir === "desc" ? -c : c;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-    Array.prototype.forEach.call(table.querySelectorAll("th"), function (h) { h.removeAttribute("aria-sort"); });
-    th.setAttribute("aria-sort", dir === "desc" ? "descending" : "ascending");
-    table.setAttribute("data-sort", key + ":" + dir);
-    return true;
-  }
-  function fromHash() {
-    var m = /(?:^#|&)sort=([^&]+)/.exec(window.location.hash);
-    if (!m) return;
-    var parts = decodeURIComponent(m[1]).split(":");
-    var table = document.getElementById(parts[0]);
-    if (table && parts.length === 3) sortTable(table, parts[1], parts[2] === "desc" ? "desc" : "asc");
-  }
-  document.addEventListener("DOMContentLoaded", function () {
-    Array.prototype.forEach.call(document.querySelectorAll("table.board"), function (table) {
-      Array.prototype.forEach.call(table.querySelectorAll("th[data-key]"), function (th) {
-        th.addEventListener("click", function () {
-          var key = th.getAttribute("data-key");
-          var cur = table.getAttribute("data-sort") || "";
-          var first = th.getAttribute("data-type") === "num" ? "desc" : "asc";
-          var dir = cur === key + ":" + first ? (first === "desc" ? "asc" : "desc") : first;
-          sortTable(table, key, dir);
-          if (window.history && window.history.replaceState) {
-            window.history.replaceState(null, "", "#sort=" + encodeURIComponent(table.id + ":" + key + ":" + dir));
-          }
-        });
-      });
-    });
-    fromHash();
-  });
-  window.addEventListener("hashchange", fromHash);
-  window.fedmolSortTable = sortTable;
-})();
-"""
+# index.html is templates/board.html.j2 with static/board.css and static/board.js inlined; Python only
+# hands it the rows and the labels (the markup lives in the template).
+REFERENCE_TIP = "a reference row: fedmol's own computation under the track's settings, not a submission; not ranked"
 
 
-def _escape(text) -> str:
-    return html.escape(str(text), quote=True)
+def _escape(value) -> Markup:
+    """Every value the template prints: escaped by :func:`html.escape` (``quote=True``: ``&#x27;``, ``&quot;``),
+    markup (the template's macros, :func:`_code`, the static files) as it is."""
+    return value if hasattr(value, "__html__") else Markup(html.escape(str(value), quote=True))
 
 
-def _code(text: str) -> str:
+def _code(text: str) -> Markup:
     """Escape, then render `x` as <code>x</code>."""
-    return re.sub(r"`([^`]*)`", r"<code>\1</code>", _escape(text))
-
-
-def _fmt_html(mean: float, std: float, n: int) -> str:
-    """The mean, and the std (or n=1) on a line of its own below it: the table stays narrow."""
-    if n == 0 or not math.isfinite(mean):
-        return "—"
-    sd = f"± {std:.4f}" if math.isfinite(std) else "(n=1)"
-    return f'{mean:.4f}<span class="sd">{_escape(sd)}</span>'
+    return Markup(re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(str(text), quote=True)))
 
 
 def _num(v: float) -> str:
     return repr(float(v)) if math.isfinite(v) else ""
 
 
-def _html_table(table_id: str, rows: list[dict], ranked: bool, refs: list[dict] = ()) -> str:
-    cols = _columns([*rows, *refs])
-    metric = ([*rows, *refs][0]["metric"]) if rows or refs else "metric"
-    heads = []
-    if ranked:
-        heads.append(("rank", "#", "num"))
+def _heads(ranked: bool, cols: list[str], metric: str) -> list[tuple[str, str, str]]:
+    """A table's columns: ``(sort key, header, "num" or "str")``."""
+    heads = [("rank", "#", "num")] if ranked else []
     heads += [("name", "submission", "str"), ("algorithm", "algorithm", "str")]
     heads += [(f"w{k}", f"{metric}@{k}", "num") for k in cols]
     heads += [("mb", "MB sent", "num"), ("failures", "failures / run", "num"),
-              ("reproduced", "weights reproduce", "str"), ("config", "split (config)", "str"), ("code", "code", "str"), ("date", "date", "str")]
-    if not ranked:
-        heads += [("track", "track", "str"), ("why", "why unranked", "str")]
-    th = "".join(f'<th data-key="{_escape(k)}" data-type="{t}"{" class=num" if t == "num" else ""}>'
-                 f'{_escape(label)}</th>' for k, label, t in heads)
-    body = []
-    for i, r in enumerate(rows, 1):
-        cells = []
-        if ranked:
-            cells.append(f'<td class="num" data-value="{i}">{_escape(_rank_cell(i, r))}</td>')
-        cells.append(f'<td class="wrap" data-value="{_escape(r["name"])}">{_escape(r["name"])}</td>')
-        cells.append(f'<td data-value="{_escape(r["algorithm"])}">{_escape(r["algorithm"])}</td>')
-        for k in cols:
-            mean, std, n = r["widths"].get(k, (math.nan, math.nan, 0))
-            cells.append(f'<td class="num" data-value="{_num(mean) if n else ""}" title="n={n} seeds">'
-                         f'{_fmt_html(mean, std, n)}</td>')
-        cells.append(f'<td class="num" data-value="{_num(r["mb"])}">{r["mb"]:.3f}</td>')
-        cells.append(f'<td class="num" data-value="{_num(r["failures"])}">{r["failures"]:.2f}</td>')
-        rep = ", ".join(r["reproduced"]) or "—"
-        only = ", ".join(r["rescored"])
-        tip = f"re-scored from predictions only at {only}" if only else "every width reproduced from the weights"
-        cells.append(f'<td class="wrap" data-value="{_escape(rep)}" title="{_escape(tip)}">{_escape(rep)}</td>')
-        href = f"configs/{r['slug']}.json"
-        split = _split_label(r)
-        cells.append(f'<td data-value="{_escape(split)}"><a href="{_escape(href)}" '
-                     f'title="{_escape(", ".join(r.get("splits", [])))}: the split file, its spec and every run\'s '
-                     f'config">{_escape(split)}</a></td>')
-        code = _code_label(r)
-        cells.append(f'<td data-value="{_escape(code)}" title="fedmol commit {_escape(r.get("commit") or "unknown")}'
-                     f'{" with uncommitted changes" if r.get("commit_dirty") else ""}">'
-                     f'<code>{_escape(code)}</code></td>')
-        cells.append(f'<td data-value="{_escape(r.get("created") or "")}" title="{_escape(DATE_TIP)}">'
-                     f'{_escape(_date_label(r))}</td>')
-        if not ranked:
-            cells.append(f'<td data-value="{_escape(r["track"] or "")}">{_escape(r["track"] or "—")}</td>')
-            why = "; ".join(r["reasons"])
-            cells.append(f'<td class="why" data-value="{_escape(why)}">{_escape(why)}</td>')
-        body.append(f'<tr data-name="{_escape(r["name"])}">' + "".join(cells) + "</tr>")
-    # the reference rows in a body of their own, below: sorting reorders the first body only
-    foot = ('<tbody class="refs">\n' + "\n".join(_html_reference_row(r, cols) for r in refs) + "\n</tbody>"
-            if refs else "")
-    return (f'<div class="scroll"><table class="board" id="{_escape(table_id)}"><thead><tr>{th}</tr></thead>'
-            f"<tbody>\n" + "\n".join(body) + f"\n</tbody>{foot}</table></div>")
+              ("reproduced", "weights reproduce", "str"), ("config", "split (config)", "str"), ("code", "code", "str"),
+              ("date", "date", "str")]
+    return heads + ([] if ranked else [("track", "track", "str"), ("why", "why unranked", "str")])
 
 
-REFERENCE_TIP = "a reference row: fedmol's own computation under the track's settings, not a submission; not ranked"
+@functools.cache
+def _template():
+    from importlib.resources import files
 
+    import jinja2
 
-def _html_reference_row(r: dict, cols: list[str]) -> str:
-    """A reference row: ``ref`` for a rank, its score at the widths it has, — where a column is a run's."""
-    cells = [f'<td class="num" data-value="" title="{_escape(REFERENCE_TIP)}">ref</td>',
-             f'<td class="wrap" data-value="{_escape(r["name"])}">{_escape(r["name"])}</td>',
-             f'<td data-value="{_escape(r["algorithm"])}">{_escape(r["algorithm"])}</td>']
-    for k in cols:
-        mean, std, n = r["widths"].get(k, (math.nan, math.nan, 0))
-        cells.append(f'<td class="num" data-value="{_num(mean) if n else ""}" title="n={n} seeds">'
-                     f'{_fmt_html(mean, std, n)}</td>')
-    cells += ['<td class="num" data-value="">—</td>'] * 2 + ['<td data-value="">—</td>']
-    split = _split_label(r)
-    cells.append(f'<td data-value="{_escape(split)}"><a href="{_escape(r["file"])}" title="the reference rows\' file: '
-                 f'per-seed and per-partner scores, settings, code and numerics">{_escape(split)}</a></td>')
-    code = _code_label(r)
-    cells.append(f'<td data-value="{_escape(code)}" title="fedmol commit {_escape(r["commit"])}'
-                 f'{" with uncommitted changes" if r.get("commit_dirty") else ""}"><code>{_escape(code)}</code>'
-                 '</td>')
-    cells.append('<td data-value="">—</td>')
-    return f'<tr class="ref" data-name="{_escape(r["name"])}">' + "".join(cells) + "</tr>"
+    env = jinja2.Environment(loader=jinja2.PackageLoader("fedmol.leaderboard", "templates"), autoescape=True,
+                             finalize=_escape, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(num=_num, code=_code, split_label=_split_label, code_label=_code_label,
+                       date_label=_date_label, track_lines=_track_lines, rank_cell=lambda r, i: _rank_cell(i, r))
+    env.tests["finite"] = math.isfinite
+    static = files("fedmol.leaderboard") / "static"
+    env.globals.update(columns=_columns, heads=_heads, nan_score=(math.nan, math.nan, 0), date_tip=DATE_TIP,
+                       reference_tip=REFERENCE_TIP, reference_note=REFERENCE_NOTE,
+                       css=Markup((static / "board.css").read_text(encoding="utf-8")),
+                       js=Markup((static / "board.js").read_text(encoding="utf-8")))
+    return env.get_template("board.html.j2")
 
 
 def _html(tracks, ranked, unranked, rejected, plots, refs) -> str:
-    parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             "<title>fedmol leaderboard</title>", f"<style>{CSS}</style>", f"<script>{JS}</script>",
-             "</head><body>", "<h1>fedmol leaderboard</h1>",
-             '<p class="note">Only verified submissions are shown. Metrics are re-scored from the shipped '
-             "test-set predictions with fedmol's Evaluator (mean ± std over the track's seeds); the shipped "
-             "weights reproduce those predictions at the widths under <em>weights reproduce</em> (elsewhere the "
-             "predictions are re-scored only). MB sent = bytes up + down per run as reported by the run "
-             "(checked by <code>fedmol leaderboard verify --rerun</code>). Click a column header to sort.</p>"]
-    for name, t in sorted(tracks.items()):
-        parts.append(f'<h2 id="track-{_escape(name)}">Track <code>{_escape(name)}</code>: {_escape(t.title)}</h2>')
-        parts += [f'<p class="note">{_code(line)}</p>' for line in _track_lines(t) if line]
-        if not ranked[name]:
-            parts.append("<p>No verified submissions yet.</p>")
-        if ranked[name] or refs[name]:
-            parts.append(_html_table(f"board-{name}", ranked[name], True, refs[name]))
-        if refs[name]:
-            parts.append(f'<p class="note">{_code(REFERENCE_NOTE)}</p>')
-        if name in plots:
-            parts.append(f'<p><img src="{_escape(plots[name])}" alt="{_escape(name)}: metric per width"></p>')
-    parts.append('<h2 id="unranked">Unranked</h2><p class="note">Verified submissions whose runs fit no track '
-                 "(listed apart, not ranked).</p>")
-    parts.append(_html_table("board-unranked", unranked, False) if unranked else "<p>None.</p>")
-    parts.append('<h2 id="rejected">Rejected</h2>')
-    if rejected:
-        parts.append("<ul>" + "".join(f"<li><code>{_escape(f)}</code>: {_escape(reason)}</li>"
-                                      for f, reason in rejected) + "</ul>")
-    else:
-        parts.append("<p>None.</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return _template().render(tracks=sorted(tracks.items()), ranked=ranked, unranked=unranked, rejected=rejected,
+                              plots=plots, refs=refs)

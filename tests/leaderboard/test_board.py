@@ -268,3 +268,28 @@ def test_ties_with_the_top_row_are_marked():
     mark_ties(rows, track)
     assert [r["tie"] for r in rows] == [False, True, False]
     assert [_rank_cell(i, r) for i, r in enumerate(rows, 1)] == ["1", "2 ≈1", "3"]
+
+
+def test_page_escapes_untrusted_text():
+    """Names, reasons, commits, dates and rejected files come from submissions: the page's template prints
+    every one of them escaped by html.escape (quote=True), in text and in attributes alike."""
+    import html
+
+    from fedmol.leaderboard import load_tracks
+    from fedmol.leaderboard.board import _html
+
+    evil = "<script>alert(\"x\")</script>'&"
+    tracks = load_tracks()
+    row = dict(name=evil, algorithm=evil, track=evil, status="unranked", reasons=[evil], metric="rocauc",
+               widths={"1.0": (0.5, 0.1, 3)}, mb=1.0, failures=0.0, reproduced=[evil], rescored=[evil],
+               commit=evil, commit_dirty=False, created=evil, slug="s", splits=[evil])
+    page = _html(tracks, {n: [] for n in tracks}, [row], [(evil, evil)], {}, {n: [] for n in tracks})
+    assert "<script>alert" not in page and "'&" not in page
+    safe = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&#x27;&amp;"
+    assert safe == html.escape(evil, quote=True)
+    assert f'<tr data-name="{safe}"><td class="wrap" data-value="{safe}">{safe}</td>' in page
+    assert f'<td class="why" data-value="{safe}">{safe}</td>' in page
+    assert f"<li><code>{safe}</code>: {safe}</li>" in page
+    # name, algorithm, reproduced (value, text), track and why (value, text), commit (title, value, text),
+    # date (value, text), the split files in a title, the rescored widths in a title, the rejected file and reason
+    assert page.count(safe) == 3 + 2 + 2 + 2 + 2 + 3 + 2 + 1 + 1 + 2
