@@ -84,8 +84,16 @@ def wait_for_text(log: Path, text: str, proc: subprocess.Popen, timeout: float) 
 
 
 def end_all(procs: list[subprocess.Popen]) -> None:
-    """Safety net: end whatever a failed run left (each process leads its own group)."""
+    """Safety net: end whatever a failed run left (each process leads its own group). A process still
+    running gets SIGTERM first, so a coordinator stops the SuperLink and SuperExec it started in their
+    own sessions (SIGKILL would leave them running); what is left after 30 s is killed."""
     for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
         if p.poll() is None or group_members(p.pid):
             try:
                 os.killpg(p.pid, signal.SIGKILL)
