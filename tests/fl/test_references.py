@@ -34,6 +34,14 @@ def spy(monkeypatch, name):
     return calls
 
 
+def trees_test_score(fed, trees) -> float:
+    """Trees' main metric on the federation's test set, computed here from their predictions."""
+    from fedmol.evaluate import Evaluator
+
+    ev = Evaluator(fed.dataset.task_type, fed.dataset.num_tasks)
+    return ev.eval({"y_true": R.labels_of(fed.test), "y_pred": trees.predict(R.fingerprints(fed.test))})[ev.eval_metric]
+
+
 def test_local_only_gnn_scores_every_partner_on_its_own_rows(cfg, fed, monkeypatch, tmp_path):
     calls = spy(monkeypatch, "fit_gnn")
     s = R.local_only(cfg, "gnn", tmp_path, fed=fed, progress=False, min_epochs=2)
@@ -108,7 +116,10 @@ def test_local_only_forest_per_partner(cfg, fed, monkeypatch):
     calls = spy(monkeypatch, "fit_forest")
     s = R.local_only(cfg, "rf-ecfp4", fed=fed, progress=False, n_jobs=2)
     assert [c["train"] for c in calls] == [list(p["train"]) for p in fed.split["partners"]]
-    assert all(0.0 <= p["test"] <= 1.0 and p["width"] is None for p in s["per_partner"])
+    assert all(p["width"] is None for p in s["per_partner"])
+    for pid in (0, 2):  # what the code must produce: the partner's own forest, by hand, on the test set
+        forest = R.fit_forest(fed.local[pid].train, R._partner_seed(cfg.seed, pid), n_jobs=2)
+        assert s["per_partner"][pid]["test"] == pytest.approx(trees_test_score(fed, forest), abs=1e-12)
 
 
 def test_boosted_trees_fit_each_task_on_its_labelled_rows_deterministically():
@@ -131,7 +142,9 @@ def test_local_only_boosted_trees_per_partner(cfg, fed, monkeypatch):
     calls = spy(monkeypatch, "fit_boosted")
     s = R.local_only(cfg, "gbt-ecfp4", fed=fed, progress=False)
     assert [c["train"] for c in calls] == [list(p["train"]) for p in fed.split["partners"]]
-    assert s["model"] == "gbt-ecfp4" and all(0.0 <= p["test"] <= 1.0 and p["width"] is None for p in s["per_partner"])
+    assert s["model"] == "gbt-ecfp4" and all(p["width"] is None for p in s["per_partner"])
+    trees = R.fit_boosted(fed.local[1].train, R._partner_seed(cfg.seed, 1))
+    assert s["per_partner"][1]["test"] == pytest.approx(trees_test_score(fed, trees), abs=1e-12)
     assert s["config"]["gbt"]["library"] == "lightgbm" and s["config"]["gbt"]["params"]["n_jobs"] == 1
     c = R.centralized(cfg, "gbt-ecfp4", fed=fed, progress=False)
     assert c["test"]["1.0"] > 0.7  # BACE: the pooled boosted trees beat chance clearly
