@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 
 from fedmol.errors import FedmolError
 from fedmol.models import slicing
@@ -45,7 +46,9 @@ __all__ = [
 ]
 
 TASK_TYPES = ("classification", "regression")
-POOLS = ("mean", "sum", "max")
+#: graph pooling: PyG's global pools (a graph without atoms pools to 0)
+POOLING = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
+POOLS = tuple(POOLING)
 
 
 class ModelConfigError(FedmolError, ValueError):
@@ -187,21 +190,11 @@ class SliceGNN(nn.Module):
         return self._pool(h, batch)
 
     def _pool(self, h: Tensor, batch: Any) -> Tensor:
+        """PyG's global pooling of the node states per graph (a graph without atoms pools to 0)."""
         index = getattr(batch, "batch", None)
-        if index is None:
+        if index is None:  # one graph: its nodes all belong to graph 0 (the same sums as a batch's)
             index = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
-            num_graphs = 1
-        else:
-            num_graphs = int(batch.num_graphs)
-        if self.pool == "max":
-            out = h.new_full((num_graphs, h.shape[1]), float("-inf"))
-            out = out.scatter_reduce(0, index[:, None].expand_as(h), h, "amax", include_self=True)
-            return out.masked_fill(torch.isinf(out), 0.0)  # graphs without atoms
-        out = h.new_zeros((num_graphs, h.shape[1])).index_add_(0, index, h)
-        if self.pool == "mean":
-            cnt = h.new_zeros(num_graphs).index_add_(0, index, h.new_ones(h.shape[0]))
-            out = out / cnt.clamp_min(1.0)[:, None]
-        return out
+        return POOLING[self.pool](h, index, size=int(getattr(batch, "num_graphs", 1) or 1))
 
     def forward(self, batch: Any, width: float | None = None) -> Tensor:
         """Predictions ``[num_graphs, num_tasks]`` (logits for classification)."""
