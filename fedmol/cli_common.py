@@ -56,10 +56,10 @@ SHORT_FLAGS = {"algorithm": "-A", "dataset": "-d", "partners": "-k", "alpha": "-
 def run_option(name: str, **kw):
     """The typer option of run setting ``name`` (``--name-with-dashes``): its default and help are
     :class:`fedmol.config.RunConfig`'s, where the setting is declared."""
-    from fedmol.config import RunConfig
+    from fedmol.config import RunConfig, dashed
 
     field = RunConfig.model_fields[name]
-    flags = [f"--{name.replace('_', '-')}", *([SHORT_FLAGS[name]] if name in SHORT_FLAGS else [])]
+    flags = [f"--{dashed(name)}", *([SHORT_FLAGS[name]] if name in SHORT_FLAGS else [])]
     return typer.Option(field.default, *flags, help=field.description, **kw)
 
 
@@ -100,11 +100,11 @@ def run_config(options: dict, **more):
     paths as strings), checked: a bad value is one line."""
     from pathlib import Path
 
-    from fedmol.config import RunConfig
+    from fedmol.config import RunConfig, dashed
 
     given = {**options, **more}
     return RunConfig.checked({k: str(v) if isinstance(v, Path) else v for k, v in given.items()
-                              if k in RunConfig.model_fields}, label=lambda key: f"--{key.replace('_', '-')}")
+                              if k in RunConfig.model_fields}, label=lambda key: f"--{dashed(key)}")
 
 
 def check_run_inputs(algorithm: str, hparams: dict, out, devices: str, split=None) -> None:

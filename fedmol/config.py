@@ -42,6 +42,11 @@ EvalEvery = Annotated[int, Field(ge=1)]
 Selection = Literal["best-valid", "last"]
 
 
+def dashed(name: str) -> str:
+    """A setting's name as the command line and a Flower run config spell it: ``eval_every`` -> ``eval-every``."""
+    return name.replace("_", "-")
+
+
 def _opt(default, help: str, **bounds):
     return Field(default, description=help, **bounds)
 

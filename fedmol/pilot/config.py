@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, get_args
 
 import tomli_w
 from pydantic import Field
 
 import fedmol
-from fedmol.config import MAX_PARTNERS, FederationConfig, Text
+from fedmol.config import MAX_PARTNERS, FederationConfig, Text, dashed
 from fedmol.errors import FedmolError
 
 APP_NAME = "fedmol-pilot"
@@ -61,7 +61,7 @@ class PilotSettings(FederationConfig):
             except json.JSONDecodeError as e:
                 raise FedmolError(f"run-config hparams must be a JSON object, got {kw['hparams']!r}") from e
         kw = {k: None if v in ("", 0) and _nullable(k) else v for k, v in kw.items()}
-        s = cls.checked(kw, label=lambda key: f"run-config {key.replace('_', '-')}")
+        s = cls.checked(kw, label=lambda key: f"run-config {dashed(key)}")
         if not s.out_dir:
             raise FedmolError("run-config out-dir is required: the coordinator's folder for the results")
         if not s.split and not (s.target_cols and s.task):
@@ -70,7 +70,7 @@ class PilotSettings(FederationConfig):
         return s
 
     def to_run_config(self) -> dict:
-        return {key.replace("_", "-"): _blank(key) if v is None else json.dumps(v) if key == "hparams" else v
+        return {dashed(key): _blank(key) if v is None else json.dumps(v) if key == "hparams" else v
                 for key, v in self.model_dump().items()}
 
 
@@ -79,8 +79,8 @@ def _nullable(key: str) -> bool:
 
 
 def _blank(key: str):
-    """A setting's "unset" in TOML: "" for a text, 0 for a count."""
-    return 0 if "int" in str(PilotSettings.model_fields[key].annotation) else ""
+    """A setting's "unset" in TOML: 0 for a count (``Optional[int]``), "" for a text."""
+    return 0 if int in get_args(PilotSettings.model_fields[key].annotation) else ""
 
 
 def run_config_defaults() -> dict[str, Any]:
