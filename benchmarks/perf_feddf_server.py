@@ -79,15 +79,15 @@ _ADAM = torch.optim.Adam
 @contextlib.contextmanager
 def server_path(which: str):
     """``FedDF.server_step`` as before (``which="old"``) or as now (``"new"``)."""
-    keep = feddf.teacher_outputs, feddf._snapshot, torch.optim.Adam
+    keep = feddf.teacher_outputs, feddf.snapshot, torch.optim.Adam
     if which == "old":
         feddf.teacher_outputs = old_teacher_outputs
-        feddf._snapshot = lambda model: copy.deepcopy(model.state_dict())
+        feddf.snapshot = lambda model: copy.deepcopy(model.state_dict())
         torch.optim.Adam = _per_tensor_adam
     try:
         yield
     finally:
-        feddf.teacher_outputs, feddf._snapshot, torch.optim.Adam = keep
+        feddf.teacher_outputs, feddf.snapshot, torch.optim.Adam = keep
 
 
 def run_server_step(algo, rnd: int, which: str) -> tuple[dict, dict, object]:
@@ -155,11 +155,11 @@ class PartTimer:
 def timed_parts(timer: PartTimer):
     """The new path with its parts timed by ``timer``."""
     keep = {n: getattr(feddf, n) for n in ("teacher_outputs", "distill", "make_validator", "make_loader",
-                                           "_snapshot")}
+                                           "snapshot")}
     timed = dict(teacher_outputs=timer.wrap(keep["teacher_outputs"], "teacher_outputs_s"),
                  distill=timer.distill(keep["distill"]), make_loader=timer.loader(keep["make_loader"]),
                  make_validator=lambda *a, **kw: timer.wrap(keep["make_validator"](*a, **kw), "validation_s"),
-                 _snapshot=timer.wrap(keep["_snapshot"], "snapshot_s"))
+                 snapshot=timer.wrap(keep["snapshot"], "snapshot_s"))
     for name, fn in timed.items():
         setattr(feddf, name, fn)
     try:

@@ -95,6 +95,11 @@ def score(model, dataset, evaluator: Evaluator, width: float | None = None) -> d
     return evaluator.eval({"y_true": y_true, "y_pred": y_pred})
 
 
+def snapshot(model) -> dict:
+    """A copy of ``model``'s weights and buffers (what ``load_state_dict`` restores)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def train_epoch(model, loader: Iterable, optimizer: torch.optim.Optimizer,
                 width: float | Callable[[], float] | None = None, extra_loss: Callable | None = None,
                 max_steps: int | None = None, clip: float | None = None, loss_fn: Callable | None = None) -> dict:
@@ -191,7 +196,7 @@ class FitProgress:
         if evaluated and (self.best_state is None or Evaluator.better(metric, v, self.best)
                           or (np.isnan(v) and np.isnan(self.best))):
             self.best, self.best_epoch = v, epoch
-            self.best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            self.best_state = snapshot(model)
         return v
 
 

@@ -58,7 +58,7 @@ from fedmol.fl.devices import DeviceProfile
 from fedmol.fl.message import Message
 from fedmol.models import build
 from fedmol.models import slicing
-from fedmol.training import make_loader, seed_everything, train_epoch
+from fedmol.training import make_loader, seed_everything, snapshot, train_epoch
 
 
 @dataclass(frozen=True)
@@ -284,8 +284,7 @@ class Algorithm:
     def checkpoint(self) -> dict:
         """A copy of everything the served global model depends on (the harness keeps the one of
         the round it reports, :mod:`fedmol.fl.selection`)."""
-        return {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
-                for name, m in self.checkpoint_modules().items()}
+        return {name: snapshot(m) for name, m in self.checkpoint_modules().items()}
 
     def restore(self, checkpoint: dict) -> None:
         """Serve the global model of ``checkpoint`` again (a :meth:`checkpoint` of this run)."""

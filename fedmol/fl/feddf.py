@@ -41,7 +41,7 @@ from fedmol.fl.algorithm import Algorithm, HParams, PartnerInfo, client_seed
 from fedmol.fl.message import Message
 from fedmol.fl.public_pool import PublicPool, build_public_pool
 from fedmol.models import build, slicing
-from fedmol.training import make_loader, seed_everything, width_key
+from fedmol.training import make_loader, seed_everything, snapshot, width_key
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,6 @@ def make_validator(valid_set, targets: Tensor, width: float, task_type: str, tem
     return validate
 
 
-def _snapshot(model: nn.Module) -> dict[str, Tensor]:
-    """A copy of ``model``'s weights and buffers (what ``load_state_dict`` restores)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def distill(student: nn.Module, width: float, train_set, targets: Tensor,
             validate: Callable[[nn.Module], float] | None, *, task_type: str, steps: int, eval_every: int,
             patience: int, batch_size: int = 128, lr: float = 1e-3, temperature: float = 1.0, seed: int = 0
@@ -153,7 +148,7 @@ def distill(student: nn.Module, width: float, train_set, targets: Tensor,
     best_state = None
     if validate is not None:
         res["val_init"] = res["val_best"] = float(validate(student))
-        best_state = _snapshot(student)
+        best_state = snapshot(student)
     opt = torch.optim.Adam(student.parameters(), lr=lr, foreach=True)  # same updates as the per-tensor loop
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     step, epoch, last_loss, stop = 0, 0, float("nan"), False
@@ -177,7 +172,7 @@ def distill(student: nn.Module, width: float, train_set, targets: Tensor,
                 score = float(validate(student))
                 if math.isfinite(score) and (score < res["val_best"] or not math.isfinite(res["val_best"])):
                     res["val_best"], res["best_step"] = score, step
-                    best_state = _snapshot(student)
+                    best_state = snapshot(student)
                 elif step - res["best_step"] >= patience:
                     stop = True
             if stop or step >= steps:
