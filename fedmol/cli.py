@@ -100,7 +100,8 @@ def algorithm_card(name: str) -> dict:
     summary = " ".join(doc.strip().split("\n\n")[0].split())
     return dict(name=name, summary=summary, norm=cls.norm, scaler=cls.scaler,
                 accepts_partial_uploads=cls.accepts_partial_uploads, supports_dp=cls.supports_dp,
-                dp_refusal=None if cls.supports_dp else cls.dp_refusal, disclosures=dict(cls.disclosures),
+                dp_refusal=None if cls.supports_dp else cls.dp_refusal, sends=cls.model_disclosure,
+                disclosures=dict(cls.disclosures),
                 private_heads="supported" if cls.private_heads_refusal is None else
                 f"refused: {cls.private_heads_refusal}",
                 hparams=dict(cls.defaults), shared_hparams=dict(cls.base_defaults),
@@ -122,6 +123,7 @@ def algorithms(name: Optional[str] = typer.Argument(None, help="One algorithm (d
     for c in cards:
         console.print(f"[bold]{c['name']}[/]: {c['summary']}")
         console.print(_hparam_table(c, c["hparams"]))
+        console.print(f"  partners send: {c['sends']}", highlight=False)
         console.print(f"  norm {c['norm']}{' + scaler' if c['scaler'] else ''}; truncated uploads "
                       f"{'aggregated' if c['accepts_partial_uploads'] else 'dropped'}; differential privacy "
                       f"{'supported' if c['supports_dp'] else 'refused: ' + c['dp_refusal']}"

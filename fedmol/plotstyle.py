@@ -29,13 +29,16 @@ ALGORITHM_COLORS = {
     "fjord": "#9467bd",      # purple
     "fedgen": "#e377c2",     # pink
     "fedrescue": "#17becf",  # cyan
+    "gbt-bagging": "#d6616b",  # salmon (boosted trees; the gbt-ecfp4 references are brown)
+    "gbt-cyclic": "#8c6d31",   # ochre
     # variants of the standard suite (benchmarks/suites/standard.toml)
     "fedgen_pooled": "#bcbd22",  # olive
     "fedgen_od": "#7b4173",      # plum
     "fedgen_od_cap": "#393b79",  # indigo
 }
 ALGORITHM_MARKERS = {"fedavg": "o", "feddf": "s", "heterofl": "^", "fjord": "v", "fedgen": "D",
-                     "fedrescue": "P", "fedgen_pooled": "X", "fedgen_od": "<", "fedgen_od_cap": ">"}
+                     "fedrescue": "P", "gbt-bagging": "*", "gbt-cyclic": "h",
+                     "fedgen_pooled": "X", "fedgen_od": "<", "fedgen_od_cap": ">"}
 #: names not listed above: colours no algorithm and no reference uses
 SPARE_COLORS = ["#637939", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#de9ed6", "#6baed6", "#fd8d3c",
                 "#74c476", "#9e9ac8", "#b5cf6b", "#e7969c"]

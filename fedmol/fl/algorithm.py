@@ -169,6 +169,12 @@ class Algorithm:
     hparam_schema: ClassVar[type[HParams]] = HParams
     #: whether a truncated upload (the sub-model of a narrower width) can still be aggregated
     accepts_partial_uploads: ClassVar[bool] = False
+    #: whether the algorithm trains the run's backbone from the common start weights (False: federated
+    #: boosted trees, whose ensemble starts empty and grows, so a leaderboard check of
+    #: ``model.safetensors`` cannot compare its shapes with the untrained model's)
+    trains_backbone: ClassVar[bool] = True
+    #: what a partner's model upload reveals (``config.json``'s ``sent``, ``fedmol algorithms``)
+    model_disclosure: ClassVar[str] = "each participating partner's trained weights at its width"
     #: arrays a partner sends besides model weights (name -> what it reveals); their values are
     #: written to the run's ``sent.jsonl`` so a partner can see exactly what left it
     disclosures: ClassVar[dict[str, str]] = {}
@@ -236,6 +242,23 @@ class Algorithm:
         """The widths at which the global model can be served (and is evaluated)."""
         return (1.0,)
 
+    @classmethod
+    def serving_cap(cls, cap: float) -> float:
+        """The widest model a partner whose device trains at most width ``cap`` can run (a
+        width-prunable backbone: its cap; a tree ensemble runs anywhere)."""
+        return cap
+
+    @classmethod
+    def truncate_upload(cls, arrays: dict, msg: Message, rng, spec=None) -> tuple[dict, str] | None:
+        """What arrives of an upload a faulty link truncates: ``(arrays, note)``, or None when the
+        algorithm cannot use a partial upload. Ordered narrow-to-wide, the sub-model of a random
+        narrower width arrives (drawn from ``rng``)."""
+        narrower = [w for w in slicing.WIDTHS if w < msg.config["width"] - 1e-9]
+        if not narrower or not cls.accepts_partial_uploads:
+            return None
+        cut = float(narrower[int(rng.integers(len(narrower)))])
+        return slicing.sub_state_dict(arrays, cut, spec=spec), f"upload truncated at width {cut:g}"
+
     def nested_widths(self) -> tuple[float, ...]:
         """The widths of :data:`~fedmol.models.slicing.WIDTHS` from the weakest partner's cap up: what
         an algorithm training nested widths (FjORD, FedResCuE, HeteroFL, FedGen) serves."""
@@ -291,6 +314,18 @@ class Algorithm:
         for name, m in self.checkpoint_modules().items():
             m.load_state_dict(checkpoint[name])
 
+    def upload_problem(self, reply: Message) -> str | None:
+        """Why a partner's training reply from the network cannot be aggregated (None: it can): an
+        array of the model's name with another dtype or rank, or larger than the model's."""
+        state = self.model.state_dict()
+        for k, t in reply.arrays.items():
+            g = state.get(k)
+            larger = g is not None and any(a > b for a, b in zip(t.shape, g.shape))
+            if g is not None and (t.dtype != g.dtype or t.dim() != g.dim() or larger):
+                return (f"reply does not match the model: {k} is {t.dtype} {list(t.shape)}, "
+                        f"the model has {g.dtype} {list(g.shape)}")
+        return None
+
     # helpers for subclasses
     def send(self, rnd: int, partner: PartnerInfo, width: float, **extra: Any) -> Message:
         """The width-``width`` slice of the global model, with everything a client needs (with
@@ -343,6 +378,12 @@ class Algorithm:
             reply.arrays, norm = privacy.clip_update(msg.arrays, reply.arrays, float(clip))
             reply.metrics["dp_norm"] = float(norm)
         return reply
+
+    @classmethod
+    def shipped_model(cls, model_config: dict) -> nn.Module:
+        """The untrained model of ``model_config`` (``config.json``'s ``model``) that a run's
+        ``model.safetensors`` loads into (what a leaderboard check rebuilds)."""
+        return build(**model_config)
 
     @classmethod
     def client_model(cls, msg: Message) -> nn.Module:

@@ -390,16 +390,15 @@ def link_faults(algo, device, msg, reply, rng, spec) -> tuple[str | None, str | 
     """Apply a faulty link to a delivered ``reply`` (the device's ``p_upload_loss``, then
     ``p_truncate``), drawing from ``rng`` in a fixed order. Returns ``(failure reason or None,
     truncation note or None)``; a truncated upload's arrays are replaced, in place, by the
-    sub-model of a random narrower width (what arrives of an upload ordered narrow-to-wide)."""
+    part the algorithm can use (:meth:`Algorithm.truncate_upload`)."""
     if rng.random() < device.p_upload_loss:
         return "upload lost", None
     if rng.random() < device.p_truncate:
-        narrower = [w for w in slicing.WIDTHS if w < msg.config["width"] - 1e-9]
-        if not narrower or not algo.accepts_partial_uploads:
+        cut = algo.truncate_upload(reply.arrays, msg, rng, spec)
+        if cut is None:
             return f"upload truncated, unusable by {algo.name}", None
-        cut = float(narrower[int(rng.integers(len(narrower)))])
-        reply.arrays = slicing.sub_state_dict(reply.arrays, cut, spec=spec)
-        return None, f"upload truncated at width {cut:g}"
+        reply.arrays, note = cut
+        return None, note
     return None, None
 
 

@@ -187,7 +187,7 @@ def per_partner_results(driver: RoundDriver, algo, fed: Federation, evaluator: E
     metric = evaluator.eval_metric
     per_partner, second = [], {}  # second: the other metrics (PR-AUC beside ROC-AUC) on the test set per width
     for p in fed.infos:
-        w, n_valid = served_width(driver.widths, p.device.max_width), len(fed.local[p.pid].valid)
+        w, n_valid = served_width(driver.widths, algo.serving_cap(p.device.max_width)), len(fed.local[p.pid].valid)
         if w is None:
             per_partner.append(unserved_entry(p.pid, p.n_train, n_valid))
             continue
@@ -242,7 +242,7 @@ class PrivateHeadScores:
         out: dict[str, dict[str, float]] = {name: {} for name in datasets}
         for w in widths:
             query(w)
-            able = [p.pid for p in self.fed.infos if p.device.max_width >= w - 1e-9]
+            able = [p.pid for p in self.fed.infos if algo.serving_cap(p.device.max_width) >= w - 1e-9]
             for name in datasets:
                 vals = []
                 for pid in able:

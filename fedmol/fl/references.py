@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedmol.data.fingerprints import ECFP4, ecfp4_of
 from fedmol.errors import FedmolError
 from fedmol.evaluate import HIGHER_IS_BETTER, Evaluator
 from fedmol.fl.algorithm import Algorithm, initial_model
@@ -47,8 +48,7 @@ BACKBONE_KEYS = {"model", "hidden", "layers", "dropout", "norm", "fp_radius", "f
 #: what a suite runs when it names no references / reference models
 DEFAULT_REFERENCES = ("local-only", "centralized")
 DEFAULT_REFERENCE_MODELS = ("gnn", "rf-ecfp4")
-FP_RADIUS = 2
-FP_BITS = 2048
+FP_RADIUS, FP_BITS = ECFP4["radius"], ECFP4["bits"]
 RF_TREES = 200
 #: LightGBM's settings of ``gbt-ecfp4`` (benchmarks/gbt_choice.py measured them against XGBoost and CatBoost)
 GBT_PARAMS = dict(n_estimators=300, learning_rate=0.05, max_depth=6, num_leaves=31, subsample=0.8, subsample_freq=1,
@@ -83,33 +83,9 @@ def rows_of(ds) -> np.ndarray:
     return np.asarray(ds.rows)
 
 
-def ecfp4(smiles: list[str], radius: int = FP_RADIUS, n_bits: int = FP_BITS) -> np.ndarray:
-    """Morgan fingerprints as a ``(n, n_bits)`` uint8 0/1 matrix (a SMILES RDKit cannot read: zeros)."""
-    from rdkit import Chem, rdBase
-    from rdkit.Chem import rdFingerprintGenerator
-
-    blocker = rdBase.BlockLogs()  # noqa: F841 - scoped silence, restored when the function returns
-    gen = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
-    out = np.zeros((len(smiles), n_bits), dtype=np.uint8)
-    for i, s in enumerate(smiles):
-        mol = Chem.MolFromSmiles(s)
-        if mol is not None:
-            out[i] = gen.GetFingerprintAsNumPy(mol)
-    return out
-
-
-_FP_CACHE: dict[str, np.ndarray] = {}
-
-
 def fingerprints(ds) -> np.ndarray:
-    """ECFP4 of a (subset) dataset's molecules; each SMILES is fingerprinted once per process."""
-    smiles = smiles_of(ds)
-    todo = sorted({s for s in smiles if s not in _FP_CACHE})
-    if todo:
-        _FP_CACHE.update(zip(todo, ecfp4(todo)))
-    if not smiles:
-        return np.zeros((0, FP_BITS), dtype=np.uint8)
-    return np.stack([_FP_CACHE[s] for s in smiles])
+    """ECFP4 of a (subset) dataset's molecules (:func:`fedmol.data.fingerprints.ecfp4_of`)."""
+    return ecfp4_of(smiles_of(ds))
 
 
 # --------------------------------------------------------------------------------------------- trees

@@ -14,6 +14,8 @@ ALGORITHMS = {
     "fjord": "fedmol.fl.fjord:FjORD",
     "fedgen": "fedmol.fl.fedgen:FedGen",
     "fedrescue": "fedmol.fl.fedrescue:FedResCuE",
+    "gbt-bagging": "fedmol.fl.trees:TreeBagging",
+    "gbt-cyclic": "fedmol.fl.trees:TreeCyclic",
 }
 
 

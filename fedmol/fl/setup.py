@@ -85,7 +85,7 @@ def resolved_config(run: RunConfig, algo, split: dict | None, partners: list[dic
 
     return dict(
         run=run.model_dump(), algorithm=dict(name=algo.name, hparams=algo.hp, norm=algo.norm, scaler=algo.scaler),
-        sent={**dict(log="sent.jsonl", model_weights="each participating partner's trained weights at its width",
+        sent={**dict(log="sent.jsonl", model_weights=algo.model_disclosure,
                      metrics="n_train (training-set size), local loss and steps", extra=algo.disclosures),
               **(sent or {})},
         model=algo.model_config, widths=list(algo.widths()), privacy=dp,

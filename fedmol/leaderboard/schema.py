@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_serializer,
                       model_validator)
@@ -142,6 +142,16 @@ class ModelConfig(Strict):
         return {k: v for k, v in handler(self).items() if not (k.startswith("fp_") and v is None)}
 
 
+class TreeModelConfig(Strict):
+    """A federated boosted-trees ensemble (``fedmol.models.trees.TreeEnsemble(**model)``)."""
+
+    name: Literal["trees"]
+    num_tasks: Annotated[int, Field(ge=1, le=MAX_TASKS)]
+    task_type: Literal["classification", "regression"]
+    width: Literal[1.0]
+    fingerprint: Text
+
+
 class SplitInfo(Strict):
     spec: SplitSpec
     sha256: Sha256
@@ -202,7 +212,7 @@ class ResolvedConfig(Strict):
     run: RunSettings
     algorithm: AlgorithmInfo
     sent: SentInfo
-    model: ModelConfig
+    model: Union[ModelConfig, TreeModelConfig]
     widths: list[float]
     split: SplitInfo
     partners: list[PartnerEntry]

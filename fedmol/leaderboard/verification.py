@@ -269,12 +269,12 @@ def _parse_predictions(data: bytes, what: str, tasks: list[str], task_type: str,
     return out
 
 
-def _check_partner_results(r, c, widths: list[float]) -> None:
+def _check_partner_results(r, c, widths: list[float], algo_cls) -> None:
     """Each partner is credited exactly with the model its device can run (none when it runs no
     served width, ``docs/protocol.md``), and its test metric is that width's."""
     from fedmol.fl.driver import served_width
 
-    caps = {e.pid: float(e.device.max_width) for e in c.partners}
+    caps = {e.pid: algo_cls.serving_cap(float(e.device.max_width)) for e in c.partners}
     for p in r.per_partner:
         can_run = served_width(tuple(widths), caps.get(p.partner, 0.0))
         if (p.width is None) != (can_run is None) or p.served != (can_run is not None):
@@ -304,11 +304,12 @@ def _verify_run(r, m: Manifest, members: dict[str, bytes], split_path: Path, spl
     _check_federation(fed, c, m, split_obj, tag)
     algo_cls, algo = _build_algorithm(c, fed, tag)
     widths = _check_resolved(algo_cls, algo, c, tag)
-    tensors = _check_weights(r.weights.path, members[r.weights.path], algo.state(), c.algorithm.name)
+    tensors = _check_weights(r.weights.path, members[r.weights.path], algo.state(), c.algorithm.name,
+                             algo_cls.trains_backbone)
     preds, rescored = _rescore_predictions(r, m, members[r.predictions.path], fed, widths, evaluator_cache)
-    _check_partner_results(r, c, widths)
+    _check_partner_results(r, c, widths, algo_cls)
     reproducible = weight_widths(algo_cls, widths, float(c.model.width))
-    worst = _reproduce_predictions(r, tensors, fed.test, reproducible, preds)
+    worst = _reproduce_predictions(r, algo_cls, tensors, fed.test, reproducible, preds)
     rep = sorted((_width_key(w) for w in reproducible), key=float, reverse=True)
     only = sorted((k for k in preds if k not in rep), key=float, reverse=True)
     return RunCheck(id=r.id, seed=r.seed, split=r.split, test=rescored, reproduced_widths=rep,
@@ -381,8 +382,9 @@ def _check_resolved(algo_cls, algo, c, tag: str) -> list[float]:
     return widths
 
 
-def _check_weights(path: str, data: bytes, expected: dict, algorithm: str) -> dict:
-    """The shipped tensors, which must be exactly ``expected``'s names, shapes and dtypes."""
+def _check_weights(path: str, data: bytes, expected: dict, algorithm: str, fixed_shapes: bool = True) -> dict:
+    """The shipped tensors, which must be exactly ``expected``'s names, dtypes and (``fixed_shapes``:
+    a backbone, not a tree ensemble, whose own check runs when it loads) shapes."""
     tensors, meta = load_safetensors(data, path)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -392,7 +394,7 @@ def _check_weights(path: str, data: bytes, expected: dict, algorithm: str) -> di
         raise Rejected(f"{path}: tensor {unexpected[0]!r} is not part of the declared model")
     for k, t in expected.items():
         got = tensors[k]
-        if tuple(got.shape) != tuple(t.shape):
+        if fixed_shapes and tuple(got.shape) != tuple(t.shape):
             raise Rejected(f"{path}: tensor {k!r} has shape {list(got.shape)} but the declared model "
                            f"needs {list(t.shape)}")
         if got.dtype != t.dtype:
@@ -430,19 +432,20 @@ def _rescore_predictions(r, m: Manifest, data: bytes, fed, widths: list[float],
     return preds, rescored
 
 
-def _reproduce_predictions(r, tensors: dict, test, reproducible: list[float], preds: dict[str, np.ndarray]) -> float:
-    """The declared backbone with the shipped weights reproduces the shipped predictions at the
-    ``reproducible`` widths; returns the largest absolute difference."""
+def _reproduce_predictions(r, algo_cls, tensors: dict, test, reproducible: list[float],
+                           preds: dict[str, np.ndarray]) -> float:
+    """The declared model (``algo_cls.shipped_model``: a backbone or a tree ensemble) with the shipped
+    weights reproduces the shipped predictions at the ``reproducible`` widths; returns the largest
+    absolute difference."""
     import torch
 
-    from fedmol.models import build
     from fedmol.training import predict
 
-    model = build(**r.config.model.model_dump())
+    model = algo_cls.shipped_model(r.config.model.model_dump())
     own = model.state_dict()
     try:
         model.load_state_dict({k: tensors[k] for k in own}, strict=True)
-    except (RuntimeError, KeyError) as e:
+    except (RuntimeError, KeyError, FedmolError) as e:
         raise Rejected(f"{r.weights.path}: does not load into the declared backbone: {one_line(e)}") from e
     worst = 0.0
     with torch.no_grad():

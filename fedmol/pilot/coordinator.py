@@ -245,14 +245,11 @@ def _meta(kind: str, rnd: int, algorithm: str) -> dict:
     return {"kind": kind, "round": int(rnd), "algorithm": algorithm}
 
 
-def _check_reply(reply: Message, state: dict, n_train: int) -> str | None:
+def _check_reply(reply: Message, algo, n_train: int) -> str | None:
     """Why a training reply cannot be aggregated (None: it can)."""
-    for k, t in reply.arrays.items():
-        if k not in state:
-            continue
-        g = state[k]
-        if t.dtype != g.dtype or t.dim() != g.dim() or any(a > b for a, b in zip(t.shape, g.shape)):
-            return f"reply does not match the model: {k} is {t.dtype} {list(t.shape)}, the model has {g.dtype} {list(g.shape)}"
+    bad = algo.upload_problem(reply)
+    if bad:
+        return bad
     claimed = reply.metrics.get("n_train")
     if claimed is not None and int(claimed) != int(n_train):
         return f"reply claims n_train {claimed}, the partner announced {n_train}"
@@ -488,7 +485,7 @@ def _validate_at_partners(transport: LinkTransport, driver, partners: list[Partn
     """Each partner scores the reported model at its served width on its own validation molecules."""
     from fedmol.fl.driver import served_width, unserved_entry
 
-    served = {pt.node_id: served_width(driver.widths, pt.width_cap) for pt in partners}
+    served = {pt.node_id: served_width(driver.widths, driver.algo.serving_cap(pt.width_cap)) for pt in partners}
     models = _served_models(driver, sorted({w for w in served.values() if w is not None}, reverse=True), data)
     got = transport.validate_served(rnd, {pt.node_id: models[served[pt.node_id]][0] for pt in partners
                                           if served[pt.node_id] is not None})
@@ -637,15 +634,13 @@ class LinkTransport:
         nodes = {p.pid: self.by_index[p.pid].node_id for p, _ in sends}
         got = self.link.exchange(TRAIN, {nodes[p.pid]: (msg, _meta(TRAIN, rnd, self.algorithm)) for p, msg in sends},
                                  str(rnd), self.timeout)
-        state = self.algo.model.state_dict()
-
         def answer(partner, msg) -> Delivery:
             r = got[nodes[partner.pid]]
             if not r.ok:
                 if r.timed_out:
                     self.unresponsive.add(nodes[partner.pid])
                 return Delivery(None, r.reason)
-            bad = _check_reply(r.msg, state, partner.n_train)  # a reply from the network may not even fit the model
+            bad = _check_reply(r.msg, self.algo, partner.n_train)  # a reply from the network may not even fit the model
             return Delivery(None if bad else r.msg, bad or "", float(r.meta.get("seconds", 0.0)))
         return answer
 
@@ -659,7 +654,7 @@ class LinkTransport:
         return self._ask(QUERY, rnd, width, q, list(self.by_index.values()))
 
     def validate(self, rnd: int, width: float, msg: Message):
-        able = [pt for pt in self.by_index.values() if pt.width_cap >= width - 1e-9]
+        able = [pt for pt in self.by_index.values() if self.algo.serving_cap(pt.width_cap) >= width - 1e-9]
         return self._ask(VALIDATE, rnd, width, msg, able)
 
     def _ask(self, kind: str, rnd: int, width: float, msg: Message, partners: list[Partner]):

@@ -262,25 +262,24 @@ def _answer(kind: str, msg: Message, meta: dict, data: SiteData, node_config: di
     algo_cls = get_algorithm(str(meta.get("algorithm", "")))
     if kind == TRAIN:
         cap = width_cap(node_config)
-        if float(msg.config.get("width", 1.0)) > cap + 1e-9:
+        if float(msg.config.get("width", 1.0)) > algo_cls.serving_cap(cap) + 1e-9:
             raise PilotError(f"asked to train width {msg.config.get('width')}, above this site's width-cap {cap}")
         return algo_cls.partner_update(msg, data.local), algo_cls.disclosures
     if kind == QUERY:
         return algo_cls.client_query(msg, data.local), {}
     if kind == VALIDATE:
-        return validate(msg, data), {}
+        return validate(msg, data, algo_cls), {}
     raise PilotError(f"unknown message kind {kind!r}")
 
 
-def validate(msg: Message, data: SiteData) -> Message:
-    """Score the model a validate message carries on the site's validation molecules."""
+def validate(msg: Message, data: SiteData, algo_cls) -> Message:
+    """Score the model a validate message carries (built by the run's algorithm) on the site's
+    validation molecules."""
     from fedmol.evaluate import Evaluator
-    from fedmol.models import build
     from fedmol.training import score
 
     width = float(msg.config["width"])
-    model = build(**{**msg.config["model"], "width": width})
-    model.load_state_dict(msg.arrays)
+    model = algo_cls.client_model(msg)
     ev = Evaluator(data.task_type, len(data.tasks))
     value = score(model, data.local.valid, ev, width)[ev.eval_metric]
     return Message(metrics={"valid": float(value), "n_valid": float(len(data.local.valid))},

@@ -85,21 +85,32 @@ def unranked_zip(tiny_runs, tmp_path_factory) -> Path:
 
 
 
-@pytest.fixture(scope="session")
-def fedavg_zip(tracks_file, tmp_path_factory) -> Path:
-    """A second ranked submission on the tiny track (FedAvg: it serves width 1.0 only)."""
+def ranked_zip(algorithm: str, name: str, tracks_file: Path, tmp_path_factory, **hparams) -> Path:
+    """A ranked submission on the tiny track: ``algorithm`` run on every seed of the track."""
     from fedmol.config import RunConfig
     from fedmol.fl.harness import run_federated
     from fedmol.leaderboard import submit
 
-    root = tmp_path_factory.mktemp("runs-fedavg")
+    root = tmp_path_factory.mktemp(f"runs-{algorithm}")
     dirs = []
     for seed in (0, 1, 2):
-        cfg = RunConfig(algorithm="fedavg", split=str(REPO / "data_splits" / SPLIT), devices="tiered", rounds=1,
-                        seed=seed, hidden=16, layers=2, hparams=dict(max_local_steps=2))
+        cfg = RunConfig(algorithm=algorithm, split=str(REPO / "data_splits" / SPLIT), devices="tiered", rounds=1,
+                        seed=seed, hidden=16, layers=2, hparams=dict(max_local_steps=2, **hparams))
         run_federated(cfg, root / f"seed{seed}", progress=False)
         dirs.append(root / f"seed{seed}")
-    out = tmp_path_factory.mktemp("subs-fedavg") / "tiny-fedavg.zip"
-    m = submit(dirs, name="tiny fedavg", out=out, tracks_file=tracks_file)
-    assert m["status"] == "ranked" and m["track"] == "tiny"
+    out = tmp_path_factory.mktemp(f"subs-{algorithm}") / f"tiny-{algorithm}.zip"
+    m = submit(dirs, name=name, out=out, tracks_file=tracks_file)
+    assert m["status"] == "ranked" and m["track"] == "tiny", m["unranked_reasons"]
     return out
+
+
+@pytest.fixture(scope="session")
+def fedavg_zip(tracks_file, tmp_path_factory) -> Path:
+    """A second ranked submission on the tiny track (FedAvg: it serves width 1.0 only)."""
+    return ranked_zip("fedavg", "tiny fedavg", tracks_file, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def trees_zip(tracks_file, tmp_path_factory) -> Path:
+    """A ranked submission of federated boosted trees (gbt-bagging) on the tiny track."""
+    return ranked_zip("gbt-bagging", "tiny trees", tracks_file, tmp_path_factory, trees_per_round=3)

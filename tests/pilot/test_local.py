@@ -1,5 +1,5 @@
 """The coordinator and the site code in one process (no Flower processes): parity with the harness
-for FedAvg, HeteroFL and FedGen, failures, refusals and the partners' audit logs. Every message
+for FedAvg, HeteroFL, FedGen and the federated boosted trees, failures, refusals and the partners' audit logs. Every message
 still goes through the wire conversion (RecordDict and back)."""
 
 import csv
@@ -32,7 +32,9 @@ def local_run(cfg, split_path, out, extra: dict | None = None, dead=(), link_cls
 
 @pytest.mark.parametrize("algorithm,devices,hp", [("fedavg", "homogeneous", {}), ("heterofl", "tiered", {}),
                                                   ("fedgen", "tiered", {}), ("fedgen", "tiered", {"pooled_bn": True}),
-                                                  ("fedgen", "tiered", {"ordered_dropout": True})])
+                                                  ("fedgen", "tiered", {"ordered_dropout": True}),
+                                                  ("gbt-bagging", "tiered", {"trees_per_round": 3}),
+                                                  ("gbt-cyclic", "tiered", {"trees_per_round": 3})])
 def test_parity_with_harness(algorithm, devices, hp, bace_split, tmp_path):
     cfg = tiny(algorithm=algorithm, devices=devices, hparams={**TINY["hparams"], **hp})
     harness = run_federated(cfg, tmp_path / "harness", progress=False)
