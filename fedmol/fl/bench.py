@@ -90,6 +90,7 @@ from typing import Any
 from rich.console import Console
 
 from fedmol.errors import FedmolError
+from fedmol.fl.registry import get_algorithm
 from fedmol.config import RunConfig
 from fedmol.fl.harness import build_federation, run_federated
 from fedmol.fl.references import (DEFAULT_REFERENCE_MODELS, DEFAULT_REFERENCES, TREE_MODELS, check_reference,
@@ -173,8 +174,12 @@ class Job:
 
     @property
     def family(self) -> str:
-        """The model family of the table rows: the neural backbone's (``gnn`` | ``mlp``) or the trees'."""
-        return neural_family(self.cfg.model) if self.kind == "federated" or self.model == "gnn" else self.model
+        """The model family of the table rows: the neural backbone's (``gnn`` | ``mlp``) or the trees'
+        (a reference's; federated boosted trees are ``gbt-ecfp4``: the same LightGBM on ECFP4)."""
+        if self.kind == "federated":
+            trains_backbone = get_algorithm(self.cfg.algorithm).trains_backbone
+            return neural_family(self.cfg.model) if trains_backbone else "gbt-ecfp4"
+        return neural_family(self.cfg.model) if self.model == "gnn" else self.model
 
     def entries(self) -> list[dict]:
         """What the report needs to know about this job: one entry per devices label it feeds."""
@@ -316,7 +321,7 @@ def check_suite(s: Suite) -> None:
     """Every name of the suite resolves: datasets, algorithms (and their hyperparameters), devices."""
     from fedmol.data.registry import get_info
     from fedmol.fl.devices import assign_devices
-    from fedmol.fl.registry import ALGORITHMS, get_algorithm
+    from fedmol.fl.registry import ALGORITHMS
 
     where = f"suite {s.name}"
     for d in s.datasets:
@@ -417,10 +422,13 @@ def _split_jobs(s: Suite, out: Path, ds: str, alpha: float, dev: str, seed: int,
                                 RunConfig(algorithm="fedavg", hparams=dict(s.hparams), **common),
                                 ref, model, labels, several))
     for p, label in zip(s.faulty_links, labels):
-        base = out / "runs" / ds / label / alpha_tag(alpha) / (backbone if several else "")
+        base = out / "runs" / ds / label / alpha_tag(alpha)
         links = dict(faulty_links=p) if "faulty_links" not in s.run else {}
         for a in algos:
-            jobs.append(Job("federated", ds, alpha, dev, seed, a.label, base / a.label / f"s{seed}",
+            if not get_algorithm(a.base).trains_backbone and backbone != s.backbones[0]:
+                continue  # federated trees: no backbone, one run
+            where = base / backbone if several and get_algorithm(a.base).trains_backbone else base
+            jobs.append(Job("federated", ds, alpha, dev, seed, a.label, where / a.label / f"s{seed}",
                             RunConfig(algorithm=a.base, hparams={**s.hparams, **a.hparams}, **common, **links),
                             labels=(label,), several_backbones=several))
     return jobs

@@ -17,7 +17,7 @@ name = "two"
 datasets = ["bace"]
 alphas = [1.0]
 devices = ["tiered"]
-algorithms = ["fedavg"]
+algorithms = ["fedavg", "gbt-cyclic"]
 seeds = [0]
 references = ["local-only", "centralized"]
 reference_models = ["gnn", "rf-ecfp4"]
@@ -63,11 +63,12 @@ def test_plan_runs_each_backbone_in_its_folder_and_the_trees_once(tmp_path):
         ("mlp/reference-centralized-gnn/s0", "mlp", 32, "mlp"),
         ("reference-centralized-rf-ecfp4/s0", "mlp", 32, "rf-ecfp4"),
         ("mlp/fedavg/s0", "mlp", 32, "mlp"),
+        ("gbt-cyclic/s0", "mlp", 32, "gbt-ecfp4"),  # federated trees: no backbone, one run of the gbt family
         ("gin/reference-local-only-gnn/s0", "gin", 16, "gnn"),
         ("gin/reference-centralized-gnn/s0", "gin", 16, "gnn"),
         ("gin/fedavg/s0", "gin", 16, "gnn")]
-    assert [e["method"] for j in jobs for e in j.entries() if j.kind == "federated"] == ["fedavg (mlp)",
-                                                                                        "fedavg (gnn)"]
+    assert [e["method"] for j in jobs for e in j.entries() if j.kind == "federated"] == [
+        "fedavg (mlp)", "gbt-cyclic (gbt-ecfp4)", "fedavg (gnn)"]
 
 
 def test_one_backbone_keeps_the_plain_layout_and_names(tmp_path):
@@ -100,11 +101,11 @@ def test_neural_family():
 def test_two_backbone_suite_reports_rows_per_family_with_prauc(tmp_path):
     console = Console(file=io.StringIO(), width=200)
     res = bench.run_suite(write(tmp_path), tmp_path / "out", progress=False, console=console)
-    assert res["ran"] == 8
+    assert res["ran"] == 9
     t = pd.read_csv(tmp_path / "out" / "results.csv")
     assert list(t["method"]) == ["local-only (gnn)", "local-only (mlp)", "local-only (rf-ecfp4)", "best local",
                                  "centralized (gnn)", "centralized (mlp)", "centralized (rf-ecfp4)", "fedavg (mlp)",
-                                 "fedavg (gnn)"]
+                                 "gbt-cyclic (gbt-ecfp4)", "fedavg (gnn)"]
     by = t.set_index("method")
     # each federated row is measured against its own family's local-only model
     gains = pd.read_csv(tmp_path / "out" / "partner_gains.csv")
@@ -116,6 +117,8 @@ def test_two_backbone_suite_reports_rows_per_family_with_prauc(tmp_path):
         assert np.isclose(by.loc[method, "gain_test_mean"], fed["gain_test"].mean())
         assert np.isfinite(loc)
     assert by["prauc@partner_mean"].drop("best local").notna().all()
+    trees = gains[gains["method"] == "gbt-cyclic (gbt-ecfp4)"]  # no local-only gbt ran: gains vs best local only
+    assert trees["gain_test"].isna().all() and trees["gain_test_vs_best_local"].notna().all()
     md = (tmp_path / "out" / "results.md").read_text()
     assert "PR-AUC@partner" in md and "| fedavg (mlp) |" in md
 
