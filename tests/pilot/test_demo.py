@@ -15,7 +15,7 @@ started by tests/conftest.py); the tests here read what they left:
   heartbeat expires) with partner 0, the failure is in ``metrics.csv``; in round 1 the restarted
   site is greeted, takes partner 1's place and trains; the run completes.
 
-``pytest -m slow`` adds HeteroFL and FedGen parity over real processes (their parity is
+``pytest -m slow`` adds HeteroFL, FedGen and federated boosted trees parity over real processes (their parity is
 always checked in-process in test_local.py, through the same wire conversion).
 """
 
@@ -154,7 +154,7 @@ def test_killed_node_round_closes_at_deadline_and_the_restarted_site_rejoins(kil
 
 
 @pytest.mark.slow  # in-process parity always runs (test_local.py)
-@pytest.mark.parametrize("algorithm", ["heterofl", "fedgen"])
+@pytest.mark.parametrize("algorithm", ["heterofl", "fedgen", "gbt-bagging"])
 def test_real_process_parity_width_heterogeneous(algorithm, tmp_path, data_dir):
     cfg = tiny(algorithm=algorithm, devices="tiered")
     pilot = run_demo(cfg, tmp_path / "pilot", insecure=True, round_timeout=120, log=lambda m: None)
