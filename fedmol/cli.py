@@ -526,17 +526,18 @@ def bench(
     no_references: bool = typer.Option(False, "--no-references", help="Skip the suite's references (local-only, centralized, ensembles)."),
     report_only: bool = typer.Option(False, "--report-only", help="Run nothing: rebuild tables and plots from finished runs."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: the suite's, usually 1)."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1,
-                                          help="Runs at a time, each in its own process (default: the suite's "
-                                               "workers, 1 if it sets none; quick: 2)."),
+    workers: Optional[str] = typer.Option(None, "--workers", "-j",
+                                          help="Runs at a time, each in its own process, or auto: one per free "
+                                               "core (default: the suite's workers, 1 if it sets none; quick: auto)."),
     wide: bool = typer.Option(False, "--wide", help="Print every column of the results table (default: the columns "
                               "that read in 100 columns; results.md always has every column)."),
     data_dir: Optional[Path] = DataDir,
 ):
     """Run a benchmark suite (resumable: finished runs are skipped), then write and print its results table."""
-    from fedmol.fl.bench import run_suite
+    from fedmol.fl.bench import check_workers, run_suite
 
     names = [a.strip() for a in algorithms.split(",") if a.strip()] if algorithms else None
+    workers = check_workers(workers.strip().lower()) if workers is not None else None
     run_suite(suite, out, data_dir=data_dir, algorithms=names, references=not no_references,
               report_only=report_only, threads=threads, workers=workers, console=console, wide=wide)
 

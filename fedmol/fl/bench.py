@@ -15,7 +15,7 @@ device profiles x seeds x (algorithms + references), with shared run settings::
     references = ["local-only", "centralized", "ensemble"]   # [] for none; default local-only, centralized
     reference_models = ["gnn", "rf-ecfp4", "gbt-ecfp4"]      # default gnn, rf-ecfp4
     threads = 1                          # torch intra-op threads (1: fastest on small shared CPUs)
-    workers = 2                          # runs at a time without --workers (default 1)
+    workers = 2                          # runs at a time without --workers (default 1; "auto": the free cores)
 
     [run]            # fedmol.config.RunConfig settings shared by every run
     partners = 4
@@ -73,7 +73,9 @@ in the tables a variant is the devices label ``<devices>-faulty<p>`` (``<devices
 
 **Workers** (``workers`` > 1): the runs that are not finished go to that many worker processes
 (spawned, each with the suite's torch threads); results are identical to a sequential run (every
-run is seeded on its own), only the order in which they finish differs.
+run is seeded on its own), only the order in which they finish differs. ``workers = "auto"``: one
+worker per free core (the cores this process may use minus the 1-minute load average), at most
+one per run to do; the choice is printed.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ class Suite:
     reference: dict[str, Any] = field(default_factory=dict)
     threads: int | None = 1
     #: runs at a time when ``fedmol bench`` is not given ``--workers`` (each in its own process)
-    workers: int = 1
+    workers: int | str = 1
     #: the backbones axis (``models``): each backbone's run settings (``[model.<name>]``) over ``run``
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -358,8 +360,38 @@ def check_suite(s: Suite) -> None:
         raise FedmolError(f"{where}: faulty_links is set both as the axis and in [run]; keep one")
     if s.threads is not None and (not isinstance(s.threads, int) or s.threads < 1):
         raise FedmolError(f"{where}: threads must be a positive integer, got {s.threads!r}")
-    if isinstance(s.workers, bool) or not isinstance(s.workers, int) or s.workers < 1:
-        raise FedmolError(f"{where}: workers must be a positive integer, got {s.workers!r}")
+    check_workers(s.workers, f"{where}: workers")
+
+
+def check_workers(workers, label: str = "--workers"):
+    """``workers`` as a suite or the CLI gives it: a positive integer or ``"auto"`` (else a one-line error)."""
+    if workers == "auto":
+        return workers
+    if isinstance(workers, str) and workers.strip().isdigit():
+        workers = int(workers)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise FedmolError(f"{label} must be a positive integer or \"auto\", got {workers!r}")
+    return workers
+
+
+def free_cores() -> tuple[int, int, float]:
+    """``(cores, free, load)``: the cores this process may run on, how many of them are free (cores
+    minus the 1-minute load average, rounded; at least 1) and that load."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return cores, max(1, cores - round(load)), load
+
+
+def auto_workers(workers, n_todo: int) -> tuple[int, str]:
+    """``(runs at a time, note)``: ``workers`` itself, or for ``"auto"`` one run per free core
+    (:func:`free_cores`), at most ``n_todo``; the note says what "auto" saw."""
+    if workers != "auto":
+        return max(1, int(workers)), ""
+    cores, free, load = free_cores()
+    chosen = max(1, min(free, n_todo))
+    return chosen, f" (auto: {free} of {cores} cores free at load {load:.1f})"
 
 
 def default_out(s: Suite) -> Path:
@@ -535,7 +567,7 @@ def _worker_run(job: Job, s: Suite, threads: int | None) -> tuple[dict, float]:
 
 
 def _run_parallel(todo: list, s: Suite, threads: int | None, workers: int, console: Console,
-                  finished: list[Job]) -> int:
+                  finished: list[Job], note: str = "") -> int:
     """Run ``todo`` in ``workers`` spawned processes; the first failure stops the suite (finished runs stay)."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -544,7 +576,7 @@ def _run_parallel(todo: list, s: Suite, threads: int | None, workers: int, conso
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_worker_run, job, s, threads): (head, rel, job) for head, rel, job, _ in todo}
         stale = sum(1 for *_, note in todo if note)
-        console.print(f"{len(todo)} runs to do on {workers} worker processes"
+        console.print(f"{len(todo)} runs to do on {workers} worker processes{note}"
                       + (f" ({stale} finished with another configuration: running again)" if stale else ""),
                       highlight=False, soft_wrap=True)
         _flush(console)
@@ -724,10 +756,12 @@ def _run_todo(todo: list, s: Suite, threads: int | None, workers: int | None, co
     """Run ``todo`` seed-major (a stopped suite has whole seeds), in this process or in ``workers``
     (default: the suite's) processes; returns how many ran."""
     todo = sorted(todo, key=lambda t: s.seeds.index(t[2].seed))
-    workers = max(1, int(workers if workers is not None else s.workers))
+    workers, note = auto_workers(check_workers(workers if workers is not None else s.workers), len(todo))
     if todo and workers == 1:
+        if note:
+            console.print(f"{len(todo)} runs to do in this process{note}", highlight=False, soft_wrap=True)
         return _run_sequential(todo, s, threads, console, finished, progress)
     if todo:
-        return _run_parallel(todo, s, threads, workers, console, finished)
+        return _run_parallel(todo, s, threads, workers, console, finished, note)
     return 0
 

@@ -291,18 +291,36 @@ def test_parallel_workers_equal_sequential_and_faulty_rows(tmp_path):
 
 
 def test_suite_workers_is_the_default_of_bench(tmp_path, monkeypatch):
-    """``workers`` in a suite file is what ``fedmol bench`` uses without ``--workers``; a bad value is one line."""
+    """``workers`` in a suite file is what ``fedmol bench`` uses without ``--workers``; "auto" is one
+    worker per free core, at most one per run to do; a bad value is one line."""
     seen = {}
     monkeypatch.setattr(bench, "_run_parallel", lambda todo, s, threads, workers, *a, **k: seen.update(w=workers) or 0)
     monkeypatch.setattr(bench, "_run_sequential", lambda *a, **k: seen.update(w=1) or 0)
+    monkeypatch.setattr(bench, "free_cores", lambda: (8, 3, 5.2))
     quick = bench.load_suite("quick")
-    assert quick.workers == 2
+    assert quick.workers == "auto"
     bench.run_suite(quick, tmp_path / "o", show_table=False, progress=False, algorithms=["fedavg"], references=False)
-    assert seen == {"w": 2}
+    assert seen == {"w": 2}  # 3 cores free, but the quick suite has 2 fedavg runs
+    bench.run_suite(quick, tmp_path / "q", show_table=False, progress=False, references=False)
+    assert seen == {"w": 3}
     bench.run_suite(quick, tmp_path / "p", show_table=False, progress=False, algorithms=["fedavg"], references=False,
                     workers=1)
     assert seen == {"w": 1}
+    assert bench.auto_workers("auto", 10) == (3, " (auto: 3 of 8 cores free at load 5.2)")
+    assert bench.auto_workers(4, 10) == (4, "")
     bad = tmp_path / "bad.toml"
-    bad.write_text((bench.SUITES_DIR / "quick.toml").read_text().replace("workers = 2", "workers = 0"))
-    with pytest.raises(FedmolError, match="workers must be a positive integer, got 0"):
+    bad.write_text((bench.SUITES_DIR / "quick.toml").read_text().replace('workers = "auto"', "workers = 0"))
+    with pytest.raises(FedmolError, match='workers must be a positive integer or "auto", got 0'):
         bench.load_suite(bad)
+    with pytest.raises(FedmolError, match='^--workers must be a positive integer or "auto", got \'many\'$'):
+        bench.check_workers("many")
+
+
+def test_free_cores_counts_this_process_cores_minus_the_load(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 1.0, 1.0))
+    assert bench.free_cores() == (4, 1, 2.6)
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 1.0, 1.0))
+    assert bench.free_cores() == (4, 1, 9.0)  # never fewer than one
