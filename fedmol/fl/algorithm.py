@@ -259,6 +259,11 @@ class Algorithm:
         cut = float(narrower[int(rng.integers(len(narrower)))])
         return slicing.sub_state_dict(arrays, cut, spec=spec), f"upload truncated at width {cut:g}"
 
+    def patience_rounds(self, patience: int) -> int:
+        """How many rounds without a better pooled validation score stop the run, for the run's
+        ``patience``: a round in which every sampled partner trains counts as one."""
+        return int(patience)
+
     def nested_widths(self) -> tuple[float, ...]:
         """The widths of :data:`~fedmol.models.slicing.WIDTHS` from the weakest partner's cap up: what
         an algorithm training nested widths (FjORD, FedResCuE, HeteroFL, FedGen) serves."""

@@ -186,14 +186,17 @@ class RoundDriver:
     # ------------------------------------------------------------------------------ a round
     def run(self, on_round: Callable[[dict], None] | None = None) -> None:
         """Rounds until ``rounds``, or until ``patience`` evaluated rounds pass without a better
-        pooled validation score (early stopping, checked on evaluated rounds only)."""
+        pooled validation score (early stopping, checked on evaluated rounds only; counted in the
+        algorithm's rounds, :meth:`Algorithm.patience_rounds`)."""
         for rnd in range(self.rounds):
             row = self.run_round(rnd)
             if on_round is not None:
                 on_round(row)
-            if "valid" in self.evaluated_at(row) and self.selector.stale(rnd, self.patience):
+            patience = self.algo.patience_rounds(self.patience) if self.patience is not None else None
+            if "valid" in self.evaluated_at(row) and self.selector.stale(rnd, patience):
                 self.stopped = (f"early stop after round {rnd}: no better pooled validation {self.metric} for "
-                                f"{rnd - self.selector.best_round} rounds (patience {self.patience})")
+                                f"{rnd - self.selector.best_round} rounds (patience {self.patience}"
+                                + (f": {patience} rounds for {self.algo.name})" if patience != self.patience else ")"))
                 return
 
     def evaluated_at(self, row: dict) -> set[str]:

@@ -15,9 +15,11 @@ labelled for it) through the same round loop, transports and scoring as the neur
   same scores, which overshoots with K).
 * ``gbt-cyclic`` -- the ensemble visits one partner per round in partner order (round r, from 0:
   partner ``r mod K``), which adds its trees (Flower's ``FedXgbCyclic``; Ma et al. Sec. 3). A partner
-  offline or not sampled at its turn leaves the round without an update. With one partner this is
-  local LightGBM training with ``rounds x trees_per_round`` trees (a test checks it, without row and
-  feature subsampling, whose random draws restart at each call).
+  offline or not sampled at its turn leaves the round without an update. Early stopping's patience
+  counts whole cycles (``patience x K`` rounds): the shared rule counts rounds in which every
+  partner trains, and a cyclic round trains one. With one partner this is local LightGBM training
+  with ``rounds x trees_per_round`` trees (a test checks it, without row and feature subsampling,
+  whose random draws restart at each call).
 
 System heterogeneity: a partner adds ``ceil(trees_per_round x max_width)`` trees (at least 1; its
 device's compute cap scales the trees, not a width), and every partner can run the ensemble (a
@@ -223,6 +225,9 @@ class TreeBagging(BoostedTrees):
 
 class TreeCyclic(BoostedTrees):
     name = "gbt-cyclic"
+
+    def patience_rounds(self, patience: int) -> int:
+        return int(patience) * len(self.partners)  # one partner a round: patience counts whole cycles
 
     def configure(self, rnd: int, partner: PartnerInfo) -> Message | None:
         order = sorted(p.pid for p in self.partners)

@@ -211,3 +211,12 @@ def _test_smiles(cfg):
 def test_registry_knows_both():
     assert get_algorithm("gbt-bagging") is TreeBagging and get_algorithm("GBT-Cyclic") is TreeCyclic
     assert math.isclose(TreeBagging.serving_cap(0.0625), 1.0)
+
+
+def test_cyclic_patience_counts_whole_cycles(tmp_path):
+    cfg = RunConfig(dataset="bace", partners=3, alpha=1.0, devices="tiered", rounds=30, patience=1,
+                    algorithm="gbt-cyclic", hparams={"trees_per_round": 2})
+    s = run_federated(cfg, tmp_path, progress=False)
+    assert s["rounds_run"] < 30, "the run should stop early on this fixture"
+    assert s["rounds_run"] - 1 - s["selected_round"] == 3  # patience 1 = one cycle of the 3 partners
+    assert s["stopped"].endswith("(patience 1: 3 rounds for gbt-cyclic)")
