@@ -36,11 +36,13 @@ SHARE_TARGET = {0.1: 0.75, 1.0: 0.90, 100.0: 0.90}
 GAP_TARGET = {1.0: 0.70, 100.0: 0.70}
 
 
-def _best(rows: pd.DataFrame, kind: str, prefix: str = "") -> str | None:
-    """The method of ``kind`` (and name prefix) with the best mean validation score of the partners'
-    models, among the methods that serve every partner a model (if any does: a method that leaves
-    partners without a model, e.g. FedAvg on tiered devices, is scored on the few it serves)."""
+def _best(rows: pd.DataFrame, kind: str, prefix: str = "", names: list[str] | None = None) -> str | None:
+    """The method of ``kind`` (and name prefix; or among ``names``) with the best mean validation score
+    of the partners' models, among the methods that serve every partner a model (if any does: a method
+    that leaves partners without a model, e.g. FedAvg on tiered devices, is scored on the few it serves)."""
     r = rows[(rows["kind"] == kind) & rows["method"].astype(str).str.startswith(prefix)]
+    if names is not None:
+        r = r[r["method"].isin(names)]
     if r.empty:
         return None
     served = r.groupby("method", sort=False)["served"].mean()
@@ -98,14 +100,19 @@ def setting_row(per_seed: pd.DataFrame, gains: pd.DataFrame) -> dict:
     return row
 
 
-def check(results: Path) -> list[dict]:
+def by_setting(results: Path, row) -> list[dict]:
+    """``row(per_seed, gains)`` of every dataset x alpha x devices of a suite's committed results."""
     per_seed = pd.read_csv(results / "results_per_seed.csv")
     gains = pd.read_csv(results / "partner_gains.csv")
     rows = []
     for (ds, alpha, dev), g in per_seed.groupby(["dataset", "alpha", "devices"], sort=False):
         part = gains[(gains["dataset"] == ds) & (gains["alpha"] == alpha) & (gains["devices"] == dev)]
-        rows.append(setting_row(g, part))
+        rows.append(row(g, part))
     return rows
+
+
+def check(results: Path) -> list[dict]:
+    return by_setting(results, setting_row)
 
 
 def _f(v, fmt: str = ".3f") -> str:
@@ -146,15 +153,20 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(notes + lines) + "\n"
 
 
+def publish(results: Path, stem: str, text: str, payload: dict) -> None:
+    """``<stem>.md`` (``text``, also printed) and ``<stem>.json`` (``payload``) in ``results``."""
+    (results / f"{stem}.md").write_text(text)
+    write_json(results / f"{stem}.json", payload)
+    print(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results/federation"))
     args = ap.parse_args()
     rows = check(args.results)
-    (args.results / "targets.md").write_text(markdown(rows))
-    write_json(args.results / "targets.json", dict(benchmark="federation_targets", share_target=SHARE_TARGET,
-                                                   gap_target=GAP_TARGET, settings=rows))
-    print(markdown(rows))
+    publish(args.results, "targets", markdown(rows), dict(benchmark="federation_targets", share_target=SHARE_TARGET,
+                                                          gap_target=GAP_TARGET, settings=rows))
 
 
 if __name__ == "__main__":

@@ -83,15 +83,22 @@ def test_the_readme_quick_output_is_the_committed_results():
     assert checked == len(table)
 
 
+def _script_on_results(script: str, suite: str, tmp_path: Path) -> Path:
+    """Run ``benchmarks/<script>`` on a copy of a suite's committed tables in ``tmp_path``; returns the
+    committed results folder."""
+    src = REPO / "benchmarks" / "results" / suite
+    for name in ("results_per_seed.csv", "partner_gains.csv"):
+        (tmp_path / name).write_bytes((src / name).read_bytes())
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--results", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return src
+
+
 def test_federation_targets_reproduce_from_the_committed_results(tmp_path):
     """benchmarks/federation_targets.py on the committed federation results writes the committed
     targets.json and targets.md; one number checked by hand from partner_gains.csv."""
-    src = REPO / "benchmarks" / "results" / "federation"
-    for name in ("results_per_seed.csv", "partner_gains.csv"):
-        (tmp_path / name).write_bytes((src / name).read_bytes())
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "federation_targets.py"), "--results", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+    src = _script_on_results("federation_targets.py", "federation", tmp_path)
     assert json.loads((tmp_path / "targets.json").read_text()) == json.loads((src / "targets.json").read_text())
     assert (tmp_path / "targets.md").read_text() == (src / "targets.md").read_text()
     gains = pd.read_csv(src / "partner_gains.csv")
@@ -100,3 +107,23 @@ def test_federation_targets_reproduce_from_the_committed_results(tmp_path):
                    if r["dataset"] == "b3db_classification" and r["alpha"] == 100.0)
     assert setting["best_federated"] == "fjord" and setting["pairs"] == len(pairs) == 16
     assert setting["beat_best_local"] == pytest.approx(float((pairs["gain_test_vs_best_local"] > 0).mean()))
+
+
+def test_trees_vs_neural_reproduces_from_the_committed_results(tmp_path):
+    """benchmarks/trees_vs_neural.py on the committed federation_moleculenet results writes the committed
+    trees_vs_neural.json and .md; one paired comparison checked by hand from partner_gains.csv."""
+    from scipy.stats import wilcoxon
+
+    src = _script_on_results("trees_vs_neural.py", "federation_moleculenet", tmp_path)
+    got = json.loads((tmp_path / "trees_vs_neural.json").read_text())
+    assert got == json.loads((src / "trees_vs_neural.json").read_text())
+    assert (tmp_path / "trees_vs_neural.md").read_text() == (src / "trees_vs_neural.md").read_text()
+    row = next(r for r in got["settings"] if r["dataset"] == "bace" and r["alpha"] == 1.0)
+    gains = pd.read_csv(src / "partner_gains.csv")
+    pick = lambda m: gains[(gains["dataset"] == "bace") & (gains["alpha"] == 1.0) & (gains["method"] == m)]  # noqa: E731
+    a = pick(row["neural"]).set_index(["seed", "partner"])["fed_test"]
+    b = pick(row["trees"]).set_index(["seed", "partner"])["fed_test"]
+    d = (a - b).dropna()
+    c = row["neural_vs_trees"]
+    assert c["pairs"] == len(d) == 16 and c["diff"] == pytest.approx(d.mean(), abs=1e-12)
+    assert c["p"] == pytest.approx(wilcoxon(d.to_numpy()).pvalue, abs=1e-12) and c["verdict"] == "first"
