@@ -100,10 +100,22 @@ def setting_row(per_seed: pd.DataFrame, gains: pd.DataFrame) -> dict:
     return row
 
 
-def by_setting(results: Path, row) -> list[dict]:
-    """``row(per_seed, gains)`` of every dataset x alpha x devices of a suite's committed results."""
-    per_seed = pd.read_csv(results / "results_per_seed.csv")
-    gains = pd.read_csv(results / "partner_gains.csv")
+def _tables(results: Path, also: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(results_per_seed, partner_gains)`` of a suite's committed results, with the rows of another
+    suite's on the same grid (``also``) for the methods the first one did not run."""
+    per_seed, gains = (pd.read_csv(results / n) for n in ("results_per_seed.csv", "partner_gains.csv"))
+    if also is not None:
+        more, more_gains = (pd.read_csv(also / n) for n in ("results_per_seed.csv", "partner_gains.csv"))
+        mine = set(per_seed["method"])
+        per_seed = pd.concat([per_seed, more[~more["method"].isin(mine)]], ignore_index=True)
+        gains = pd.concat([gains, more_gains[~more_gains["method"].isin(mine)]], ignore_index=True)
+    return per_seed, gains
+
+
+def by_setting(results: Path, row, also: Path | None = None) -> list[dict]:
+    """``row(per_seed, gains)`` of every dataset x alpha x devices of a suite's committed results (and
+    ``also``'s, :func:`_tables`)."""
+    per_seed, gains = _tables(results, also)
     rows = []
     for (ds, alpha, dev), g in per_seed.groupby(["dataset", "alpha", "devices"], sort=False):
         part = gains[(gains["dataset"] == ds) & (gains["alpha"] == alpha) & (gains["devices"] == dev)]

@@ -15,6 +15,10 @@ Reads a suite's committed ``results_per_seed.csv`` and ``partner_gains.csv`` (``
 * what each costs: MB sent (down + up) and seconds of run time, means over seeds.
 
     python benchmarks/trees_vs_neural.py [--results benchmarks/results/federation_moleculenet]
+    python benchmarks/trees_vs_neural.py --results benchmarks/results/federation_trees --neural benchmarks/results/federation
+
+``--neural``: the neural rows and the ensembles come from another suite's results on the same grid (same
+splits, partners and seeds), for methods the ``--results`` suite did not run.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def _cmp(c: dict | None, first: str, second: str) -> str:
     return f"{_f(c['diff'], '+.3f')} ({seeds}; p {_f(c['p'], '.2g')}, {c['pairs']} pairs): {who}"
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], neural: Path | None = None) -> str:
     head = ("| dataset | alpha | best neural (valid) | test | best tree federation | test | neural vs trees | "
             "best ensemble | test | neural vs ensemble | trees vs ensemble | MB neural / trees / ensemble | "
             "s neural / trees |")
@@ -98,7 +102,8 @@ def markdown(rows: list[dict]) -> str:
     notes = [
         "# Neural federations against the simplest federations of fingerprint trees",
         "",
-        "Made by `python benchmarks/trees_vs_neural.py` from `results_per_seed.csv` and `partner_gains.csv`.",
+        "Made by `python benchmarks/trees_vs_neural.py` from `results_per_seed.csv` and `partner_gains.csv`"
+        + (f" (the neural rows and ensembles: those of `{neural.as_posix()}`)." if neural else "."),
         "Each 'best' is chosen on the mean validation score of the partners' models (never test), among methods "
         "serving every partner. test: mean over partners and seeds of the model each partner ends up with. "
         "A comparison reads: mean difference (first minus second, positive = first better; for RMSE: lower), "
@@ -112,9 +117,11 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results/federation_moleculenet"))
+    ap.add_argument("--neural", type=Path, default=None, help="another suite's results on the same grid holding the "
+                    "neural rows and ensembles (federation_trees: benchmarks/results/federation)")
     args = ap.parse_args()
-    rows = by_setting(args.results, setting)
-    publish(args.results, "trees_vs_neural", markdown(rows),
+    rows = by_setting(args.results, setting, args.neural)
+    publish(args.results, "trees_vs_neural", markdown(rows, args.neural),
             dict(benchmark="trees_vs_neural", alpha=ALPHA, settings=rows))
 
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from fedmol.errors import FedmolError, requirement
+from fedmol.fl.registry import ALGORITHMS
 
 MAX_PARTNERS = 10_000
 MAX_ROUNDS = 100_000
@@ -56,7 +57,7 @@ class FederationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    algorithm: Text = _opt("fedavg", "fedavg | feddf | heterofl | fjord | fedgen | fedrescue")
+    algorithm: Text = _opt("fedavg", " | ".join(ALGORITHMS))
     split: Optional[Text] = _opt(None, "A frozen split file (overrides --dataset/--partners/--alpha).")
     partners: Partners = _opt(8, "Partners (in a pilot: the sites the coordinator waits for).")
     devices: Text = _opt("homogeneous", "homogeneous | tiered | pharma | FILE.toml (width caps, speed, availability).")

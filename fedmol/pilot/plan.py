@@ -8,7 +8,7 @@ One file says everything the coordinator decides for a real pilot; every partner
 
     [pilot]
     name = "bbbp-pilot-1"        # a label for the run (letters, digits, - _ .)
-    algorithm = "fedavg"         # fedavg | feddf | heterofl | fjord | fedgen | fedrescue
+    algorithm = "fedavg"         # fedavg | feddf | heterofl | fjord | fedgen | fedrescue | gbt-bagging | gbt-cyclic
     rounds = 20
     seed = 0
     partners = 3                 # partners expected: wait for them at most connect_timeout seconds
