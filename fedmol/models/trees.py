@@ -166,10 +166,11 @@ class TreeEnsemble(nn.Module):
     def trees(self) -> dict[str, Tensor]:
         return {k: getattr(self, k) for k in TREE_KEYS}
 
-    def load_state_dict(self, state, strict: bool = True, assign: bool = False):  # noqa: ARG002 - nn.Module's
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False) -> None:  # noqa: ARG002
+        """Replace the ensemble by ``state`` once :func:`check_trees` accepts it (any number of trees;
+        every key is required, so ``strict`` is always on)."""
         for k, v in check_trees(dict(state), self.num_tasks, self.num_features).items():
             setattr(self, k, v.clone())
-        return torch.nn.modules.module._IncompatibleKeys([], [])
 
     def add(self, trees: dict[str, Tensor]) -> None:
         """Append ``trees`` (checked) to the ensemble."""
