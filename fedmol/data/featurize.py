@@ -431,8 +431,16 @@ class Featurized:
         }
 
 
-#: Below this many SMILES a pool costs more than it saves (forking and tearing down two workers
-#: of a process that has torch imported takes ~0.1-0.2 s; 1,000 molecules take ~0.25 s on a core).
+#: Below this many SMILES featurize in-process: a pool costs more than it saves. Measured with
+#: ``benchmarks/featurize_pool_crossover.py`` (HIV rows, a forced 2-worker pool vs 1 core, torch
+#: imported; ``benchmarks/results/featurize_pool_crossover.json``) on the shared 2-core VM, 6 runs:
+#: the crossover follows the load, not the size. In the one run where the pool got 1.4-1.8 cores,
+#: one-core/pool was 0.83 (best of 5) / 1.14 (median) at 250 rows, 1.02 / 1.15 at 1,000, 1.50 / 1.33
+#: at 2,000; in the five where another session held a core (the pool got ~1.0 core in the three
+#: runs that recorded it) the median ratios were 0.64-0.76 at 250, 0.79-0.97 at 1,000 and
+#: 0.93-1.13 at 8,000. Forking and tearing down the workers costs ~0.05-0.08 s, 1,000 molecules take
+#: ~0.4-0.5 s on a core: 1,000 (the earlier estimate) is kept, about break-even on free cores and a
+#: small loss on a busy machine.
 _MIN_POOL_ROWS = 1000
 
 
