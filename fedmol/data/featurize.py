@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -462,13 +461,16 @@ def featurize_smiles(
 ) -> Featurized:
     """Featurize many SMILES in parallel into flat arrays (see :class:`Featurized`).
 
-    ``n_jobs``: worker processes (default ``os.cpu_count()``; 1 = in-process, no pool).
+    ``n_jobs``: worker processes (default: the free cores, :func:`fedmol.cores.free_cores`; 1 =
+    in-process, no pool).
     Invalid SMILES never raise: their row has ``valid=False``, 0 atoms/edges and a reason.
     """
     smiles = list(smiles)
     n = len(smiles)
     if n_jobs is None:
-        n_jobs = os.cpu_count() or 1
+        from fedmol.cores import free_cores
+
+        n_jobs = free_cores()[1]
     if n_jobs < 1:
         raise ValueError(f"n_jobs must be >= 1 or None, got {n_jobs}")
     n_jobs = min(n_jobs, max(1, n))

@@ -12,7 +12,6 @@ scaffold always end up on the same side of every split.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -43,7 +42,9 @@ def _scaffold_chunk(args: tuple[int, Sequence[str], bool]) -> list[str]:
 
 def _resolve_jobs(n_jobs: int | None) -> int:
     if n_jobs is None or n_jobs <= 0:
-        return max(1, os.cpu_count() or 1)
+        from fedmol.cores import free_cores
+
+        return free_cores()[1]
     return int(n_jobs)
 
 
@@ -59,7 +60,7 @@ def murcko_scaffolds(
 
     Args:
         smiles: SMILES strings; all must parse with RDKit (callers pass valid molecules only).
-        n_jobs: worker processes. ``None`` or ``<= 0`` means ``os.cpu_count()``; ``1`` runs
+        n_jobs: worker processes. ``None`` or ``<= 0`` means the free cores (:func:`fedmol.cores.free_cores`); ``1`` runs
             serially. Work is split into chunks of ``chunk_size`` molecules and farmed out to a
             ``fork`` process pool (serial when there is only one chunk or ``fork`` is unavailable).
         progress: show a rich progress bar (stderr) while computing.

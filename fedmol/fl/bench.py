@@ -91,6 +91,7 @@ from typing import Any
 
 from rich.console import Console
 
+from fedmol.cores import free_cores
 from fedmol.errors import FedmolError
 from fedmol.fl.registry import get_algorithm
 from fedmol.config import RunConfig
@@ -372,16 +373,6 @@ def check_workers(workers, label: str = "--workers"):
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise FedmolError(f"{label} must be a positive integer or \"auto\", got {workers!r}")
     return workers
-
-
-def free_cores() -> tuple[int, int, float]:
-    """``(cores, free, load)``: the cores this process may run on, how many of them are free (cores
-    minus the 1-minute load average, rounded; at least 1) and that load."""
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return cores, max(1, cores - round(load)), load
 
 
 def auto_workers(workers, n_todo: int) -> tuple[int, str]:

@@ -314,13 +314,3 @@ def test_suite_workers_is_the_default_of_bench(tmp_path, monkeypatch):
         bench.load_suite(bad)
     with pytest.raises(FedmolError, match='^--workers must be a positive integer or "auto", got \'many\'$'):
         bench.check_workers("many")
-
-
-def test_free_cores_counts_this_process_cores_minus_the_load(monkeypatch):
-    import os
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 1.0, 1.0))
-    assert bench.free_cores() == (4, 1, 2.6)
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 1.0, 1.0))
-    assert bench.free_cores() == (4, 1, 9.0)  # never fewer than one
