@@ -24,6 +24,8 @@ Width does not apply: the model ignores ``width``.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -182,20 +184,62 @@ class TreeEnsemble(nn.Module):
         return torch.from_numpy(self.raw(ecfp4_of(list(batch.smiles)))).float()
 
     def raw(self, X: np.ndarray) -> np.ndarray:
-        """Raw scores ``[len(X), num_tasks]`` (float64) on feature rows ``X``."""
+        """Raw scores ``[len(X), num_tasks]`` (float64) on feature rows ``X``: the trees' weighted leaf
+        values summed block by block (:data:`BLOCK` trees at a time, in order). The sum over the
+        first whole blocks is remembered per ``X`` (:data:`_RAW_MEMO`), so scoring the same molecules
+        again after trees were added costs only the new blocks, with the same arithmetic."""
         a = {k: v.numpy() for k, v in self.trees().items()}
-        X = np.asarray(X, dtype=np.float64)
+        X = np.ascontiguousarray(X)
         out = np.zeros((len(X), self.num_tasks))
-        if not len(X) or not len(a["task"]):
+        n = len(a["task"])
+        if not len(X) or not n:
             return out
-        leaf = _leaves(a, X)
-        values = np.take_along_axis(a["leaf_value"][None, :, :], leaf[:, :, None], axis=2)[:, :, 0] * a["weight"]
+        key = hashlib.sha1(X.view(np.uint8).reshape(-1)).digest() + repr((X.shape, X.dtype.str)).encode()
+        start, memo = 0, _RAW_MEMO.get(key)
+        if memo is not None and memo[0] <= n and memo[1] == _digest(a, memo[0]):
+            start, out = memo[0], memo[2].copy()
+        whole = n - n % BLOCK  # the sum up to here is remembered; a partial last block is summed again next time
+        for lo in range(start, n, BLOCK):
+            out += self._block(a, X, lo, min(lo + BLOCK, n))
+            if lo + BLOCK == whole:
+                _remember(key, (whole, _digest(a, whole), out.copy()))
+        return out
+
+    def _block(self, a: dict[str, np.ndarray], X: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """The trees ``lo:hi``'s part of the raw scores ``[len(X), num_tasks]``."""
+        part = {k: v[lo:hi] for k, v in a.items()}
+        leaf = _leaves(part, X)
+        values = np.take_along_axis(part["leaf_value"][None, :, :], leaf[:, :, None], axis=2)[:, :, 0] * part["weight"]
+        out = np.zeros((len(X), self.num_tasks))
         for t in range(self.num_tasks):
-            out[:, t] = values[:, a["task"] == t].sum(axis=1)
+            out[:, t] = values[:, part["task"] == t].sum(axis=1)
         return out
 
     def extra_repr(self) -> str:
         return f"trees={len(self.task)}, num_tasks={self.num_tasks}"
+
+
+#: trees whose leaf values are summed together (raw scores accumulate block after block)
+BLOCK = 256
+#: feature rows' digest -> (trees, their digest, raw scores of those trees): the last scorings
+_RAW_MEMO: "OrderedDict[bytes, tuple[int, bytes, np.ndarray]]" = OrderedDict()
+_RAW_MEMO_MAX = 64
+
+
+def _digest(a: dict[str, np.ndarray], n: int) -> bytes:
+    """A digest of the first ``n`` trees of the ensemble arrays ``a``."""
+    h = hashlib.sha1()
+    for k in TREE_KEYS:
+        h.update(np.ascontiguousarray(a[k][:n]).tobytes())
+        h.update(repr(a[k][:n].shape).encode())
+    return h.digest()
+
+
+def _remember(key: bytes, entry: tuple) -> None:
+    _RAW_MEMO[key] = entry
+    _RAW_MEMO.move_to_end(key)
+    while len(_RAW_MEMO) > _RAW_MEMO_MAX:
+        _RAW_MEMO.popitem(last=False)
 
 
 def _leaves(a: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
@@ -206,7 +250,7 @@ def _leaves(a: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
         if not len(b):
             return ~cur
         node = cur[b, t]
-        x = X[b, a["feature"][t, node]]
+        x = X[b, a["feature"][t, node]].astype(np.float64)
         miss = a["missing"][t, node]
         x = np.where(np.isnan(x) & (miss != 2), 0.0, x)
         default = ((miss == 1) & (np.abs(x) <= _ZERO)) | ((miss == 2) & np.isnan(x))

@@ -220,3 +220,25 @@ def test_cyclic_patience_counts_whole_cycles(tmp_path):
     assert s["rounds_run"] < 30, "the run should stop early on this fixture"
     assert s["rounds_run"] - 1 - s["selected_round"] == 3  # patience 1 = one cycle of the 3 partners
     assert s["stopped"].endswith("(patience 1: 3 rounds for gbt-cyclic)")
+
+
+def test_scoring_again_after_trees_were_added_reuses_the_whole_blocks_bit_for_bit(monkeypatch):
+    from fedmol.models import trees as T
+
+    monkeypatch.setattr(T, "BLOCK", 3)
+    trees = _valid_trees()  # 4 trees
+    X = (np.random.default_rng(2).random((40, 2048)) < 0.1).astype(np.uint8)
+    model = TreeEnsemble(num_tasks=1)
+    model.load_state_dict(T.concat_trees(trees, trees))  # 8 trees: blocks 0-2, 3-5, 6-7
+    T._RAW_MEMO.clear()
+    first = model.raw(X)
+    (entry,) = T._RAW_MEMO.values()
+    assert entry[0] == 6  # the whole blocks are remembered, not the partial last one
+    model.add(trees)  # 12 trees
+    warm = model.raw(X)
+    T._RAW_MEMO.clear()
+    cold = model.raw(X)
+    assert np.array_equal(warm, cold) and not np.array_equal(first, warm)
+    other = TreeEnsemble(num_tasks=1)
+    other.load_state_dict({**T.concat_trees(trees, trees, trees), "weight": torch.full((12,), 0.5, dtype=torch.float64)})
+    np.testing.assert_allclose(other.raw(X), cold / 2, rtol=1e-12)  # same X, other trees: the memo is not reused
