@@ -97,7 +97,8 @@ def boost(model: TreeEnsemble, X: np.ndarray, Y: np.ndarray, n_trees: int, hp: d
             continue
         data = lgb.Dataset(X[m].astype(np.float32), y, init_score=base[m, t] if t in have else None,
                            params={"verbose": -1})
-        booster = lgb.train(lgb_params(hp, model.task_type, seed + t), data, num_boost_round=n_trees)
+        params = lgb_params(hp, model.task_type, (seed + t) % (2**31 - 1))
+        booster = lgb.train(params, data, num_boost_round=n_trees)
         parts.append(trees_of_booster(booster, t))
         counts.append(int(m.sum()))
     if not parts:
