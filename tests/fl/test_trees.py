@@ -240,5 +240,6 @@ def test_scoring_again_after_trees_were_added_reuses_the_whole_blocks_bit_for_bi
     cold = model.raw(X)
     assert np.array_equal(warm, cold) and not np.array_equal(first, warm)
     other = TreeEnsemble(num_tasks=1)
-    other.load_state_dict({**T.concat_trees(trees, trees, trees), "weight": torch.full((12,), 0.5, dtype=torch.float64)})
+    halved = torch.full((12,), 0.5, dtype=torch.float64)
+    other.load_state_dict({**T.concat_trees(trees, trees, trees), "weight": halved})
     np.testing.assert_allclose(other.raw(X), cold / 2, rtol=1e-12)  # same X, other trees: the memo is not reused
