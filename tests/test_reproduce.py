@@ -83,14 +83,14 @@ def test_the_readme_quick_output_is_the_committed_results():
     assert checked == len(table)
 
 
-def _script_on_results(script: str, suite: str, tmp_path: Path) -> Path:
-    """Run ``benchmarks/<script>`` on a copy of a suite's committed tables in ``tmp_path``; returns the
-    committed results folder."""
+def _script_on_results(script: str, suite: str, tmp_path: Path, *extra: str) -> Path:
+    """Run ``benchmarks/<script>`` (with ``extra`` arguments) on a copy of a suite's committed tables in
+    ``tmp_path``; returns the committed results folder."""
     src = REPO / "benchmarks" / "results" / suite
     for name in ("results_per_seed.csv", "partner_gains.csv"):
         (tmp_path / name).write_bytes((src / name).read_bytes())
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--results", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--results", str(tmp_path), *extra],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return src
 
@@ -127,3 +127,12 @@ def test_trees_vs_neural_reproduces_from_the_committed_results(tmp_path):
     c = row["neural_vs_trees"]
     assert c["pairs"] == len(d) == 16 and c["diff"] == pytest.approx(d.mean(), abs=1e-12)
     assert c["p"] == pytest.approx(wilcoxon(d.to_numpy()).pvalue, abs=1e-12) and c["verdict"] == "first"
+
+
+def test_trees_against_another_suites_neural_rows_reproduce(tmp_path):
+    """federation_trees' comparison reads the federation suite's committed neural rows (``--neural``)."""
+    src = _script_on_results("trees_vs_neural.py", "federation_trees", tmp_path, "--neural",
+                             "benchmarks/results/federation")
+    assert json.loads((tmp_path / "trees_vs_neural.json").read_text()) == \
+        json.loads((src / "trees_vs_neural.json").read_text())
+    assert (tmp_path / "trees_vs_neural.md").read_text() == (src / "trees_vs_neural.md").read_text()
