@@ -195,7 +195,7 @@ def killed_demo(root: Path) -> dict:
     """Insecure, two rounds, partner 1's machine killed once it has pulled its training message, then restarted."""
     from fedmol.pilot.demo import run_demo
 
-    s = run_demo(tiny(rounds=2), root / "run", insecure=True, round_timeout=45, connect_timeout=120,
+    s = run_demo(tiny(rounds=2), root / "run", insecure=True, round_timeout=90, connect_timeout=120,
                  on_poll=_kill_partner_1_mid_round_then_restart_it, log=lambda m: None)
     return dict(out=str(root / "run"), summary=s)
 
