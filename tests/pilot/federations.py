@@ -130,7 +130,7 @@ def run_federation(root: Path, csvs: dict, *, insecure: bool, partners: list[int
         wait_for_text(root / "coordinator.out", "SuperLink listening", coord, timeout=180)
         sites = [_start_partner(root, csvs, k, port, insecure) for k in partners]
         procs += sites
-        coord.wait(timeout=400)
+        coord.wait(timeout=900)
         for p in sites:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)  # Ctrl-C
