@@ -35,7 +35,6 @@ import argparse
 import csv
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -49,32 +48,14 @@ sys.path.insert(0, str(REPO))
 
 from fedmol.data import featurize as F  # noqa: E402
 from fedmol.jsonio import write_json  # noqa: E402
+from featurize_speed import _cpu_pressure, _cpu_seconds, _default_data_dir  # noqa: E402 - this folder's script
 
 PATHS = ("one_core", "pool")
 OUT = REPO / "benchmarks" / "results" / "featurize_pool_crossover.json"
 
 
-def _default_data_dir() -> Path:
-    return Path(os.environ.get("FEDMOL_DATA_DIR", REPO.parent / "shared" / "datasets" / "moleculenet"))
-
-
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def _cpu_pressure() -> float | None:
-    """Linux PSI: % of the last minute in which some runnable task waited for a CPU."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-        return float(dict(kv.split("=") for kv in line.split()[1:])["avg60"])
-    except (OSError, KeyError, ValueError, IndexError):
-        return None
-
-
-def _cpu_seconds() -> float:
-    """CPU seconds of this process and its reaped children (the pool's workers, once it is closed)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def sample(rows: list[str], n: int, how: str) -> list[str]:
