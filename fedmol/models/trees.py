@@ -175,8 +175,9 @@ class TreeEnsemble(nn.Module):
             setattr(self, k, v.clone())
 
     def add(self, trees: dict[str, Tensor]) -> None:
-        """Append ``trees`` (checked) to the ensemble."""
-        self.load_state_dict(concat_trees(self.trees(), check_trees(trees, self.num_tasks, self.num_features)))
+        """Append ``trees`` (arrays with every key of :data:`TREE_KEYS`) to the ensemble; the whole is
+        checked once, by :meth:`load_state_dict`."""
+        self.load_state_dict(concat_trees(self.trees(), trees))
 
     def forward(self, batch: Any, width: float | None = None) -> Tensor:  # noqa: ARG002 - no width
         from fedmol.data.fingerprints import ecfp4_of
