@@ -447,8 +447,6 @@ def _run_on_backend(cfg, out: Path, backend: str, threads: int, client_cpus: int
     """Run ``cfg`` in-process or on Flower's simulation engine; returns its summary."""
     from fedmol.fl.harness import run_federated
 
-    if cfg.heads != "shared" and backend != "inprocess":
-        raise FedmolError(f"--heads {cfg.heads} runs in-process only (--backend inprocess), not over {backend}")
     import torch
     torch.set_num_threads(threads)
     if backend == "inprocess":

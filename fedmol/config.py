@@ -112,7 +112,7 @@ class RunConfig(FederationConfig):
     csv: Optional[Text] = _opt(None, "Your own CSV/TSV instead of a registry dataset.")
     heads: Literal["shared", "private"] = _opt(
         "shared", "shared (one task head, federated) | private (each partner keeps its own head; the trunk is "
-        "federated; in-process only; docs/private_heads.md).")
+        "federated; docs/private_heads.md).")
 
 
 def problem(model: type[BaseModel], e: ValidationError, label: Callable[[str], str]) -> str:

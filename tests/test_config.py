@@ -39,13 +39,14 @@ def test_the_cli_takes_defaults_and_help_from_the_config():
 
 
 def test_a_pilot_carries_every_shared_setting_and_no_other(tmp_path):
-    cfg = RunConfig(rounds=7, patience=2, select="last", hidden=16, hparams={"lr": 0.01}, alpha=0.1, heads="shared")
+    cfg = RunConfig(rounds=7, patience=2, select="last", hidden=16, hparams={"lr": 0.01}, alpha=0.1, heads="private")
     s = settings_for(cfg, Path("s.json"), tmp_path, 3, 10.0, 5.0, 1, False)
-    assert {k: getattr(s, k) for k in ("rounds", "patience", "select", "hidden", "hparams", "partners")} == \
-        dict(rounds=7, patience=2, select="last", hidden=16, hparams={"lr": 0.01}, partners=3)
+    assert {k: getattr(s, k) for k in ("rounds", "patience", "select", "hidden", "hparams", "partners", "heads")} == \
+        dict(rounds=7, patience=2, select="last", hidden=16, hparams={"lr": 0.01}, partners=3, heads="private")
     keys = run_config_defaults()
     shared = {k.replace("_", "-") for k in FederationConfig.model_fields}
-    assert shared <= set(keys) and not {"dataset", "alpha", "quantity-skew", "csv", "heads"} & set(keys)
+    assert shared <= set(keys) and not {"dataset", "alpha", "quantity-skew", "csv"} & set(keys)
+    assert keys["heads"] == "shared"  # private heads run over pilots too (fedmol.pilot.heads)
     assert keys["split"] == "" and keys["clients-per-round"] == 0 and keys["patience"] == 0  # TOML has no null
     back = PilotSettings.from_run_config(s.to_run_config())
     assert back == s and back.clients_per_round is None and back.test_csv is None

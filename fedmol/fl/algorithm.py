@@ -87,14 +87,27 @@ HEAD_KEYS = ("head.weight", "head.bias")
 HEADS = ("shared", "private")
 
 
+def own_num_tasks(msg: Message, data: LocalData) -> int:
+    """How many tasks the partner's own head predicts: its own data's (a pilot site may hold other
+    target columns than the others), else the message's model's."""
+    return int(getattr(data.train, "num_tasks", None) or msg.config["model"]["num_tasks"])
+
+
+def first_head(model_config: dict, init_seed: int, num_tasks: int) -> nn.Module:
+    """A partner's first head: that of the run's common starting weights (:func:`initial_model` of
+    ``init_seed``, full width) built for ``num_tasks`` tasks (the trunk is every partner's)."""
+    return initial_model({**model_config, "width": 1.0, "num_tasks": int(num_tasks)}, int(init_seed)).head
+
+
 def own_head(msg: Message, data: LocalData) -> Message:
     """``msg`` (which carries no head) completed with the width-``msg`` slice of the partner's own
-    head; a partner's first head is that of the run's common starting weights
-    (:func:`initial_model` of the message's ``init_seed``, full width)."""
+    head (first :func:`first_head`), its model config predicting the partner's own tasks."""
+    num_tasks = own_num_tasks(msg, data)
     if data.head is None:
-        data.head = initial_model({**msg.config["model"], "width": 1.0}, int(msg.config["init_seed"])).head
+        data.head = first_head(msg.config["model"], msg.config["init_seed"], num_tasks)
     head = slicing.sub_state_dict(data.head, float(msg.config["width"]))
-    return Message(arrays={**msg.arrays, **{f"head.{k}": v for k, v in head.items()}}, config=msg.config)
+    config = {**msg.config, "model": {**msg.config["model"], "num_tasks": num_tasks}}
+    return Message(arrays={**msg.arrays, **{f"head.{k}": v for k, v in head.items()}}, config=config)
 
 
 def keep_own_head(reply: Message, data: LocalData, width: float) -> Message:

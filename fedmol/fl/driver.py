@@ -160,21 +160,28 @@ class RoundDriver:
         partner whose device can run it scores the model on its own validation molecules; the
         ``n_valid``-weighted mean by width key (NaN where no partner could). The models sent and
         the scores received are counted traffic (``sent.jsonl`` kind ``validate``)."""
-        t, out = self._traffic, {}
+        out = {}
         for w in self.widths:
             msg = Message(arrays=slicing.sub_state_dict(self.algo.eval_model(w), w),
                           config={"width": float(w), "model": self.algo.model_config, "purpose": "validate"})
-            asked, answers, failures = self.transport.validate(t["round"], w, msg)
-            t["down"] += msg.nbytes() * asked
-            t["up"] += sum(m.nbytes() for _, m in answers)
-            t["failures"] += failures
-            self.sent += [dict(round=t["round"], partner=self.transport.partition_id(p), kind="validate", width=float(w),
-                               bytes=m.nbytes(), arrays=m.describe(), metrics=m.metrics) for p, m in answers]
-            scored = [(float(m.metrics["n_valid"]), float(m.metrics["valid"])) for _, m in answers
+            scored = [(float(m.metrics["n_valid"]), float(m.metrics["valid"])) for _, m in self.ask_to_validate(w, msg)
                       if np.isfinite(m.metrics["valid"]) and m.metrics["n_valid"] > 0]
             n = sum(k for k, _ in scored)
             out[width_key(w)] = sum(k * v for k, v in scored) / n if n else float("nan")
         return out
+
+    def ask_to_validate(self, width: float, msg: Message) -> list[tuple[PartnerInfo, Message]]:
+        """``msg`` (a model at ``width`` to score) to every reachable partner that can run ``width``
+        (:meth:`Transport.validate`); returns their answers. The models sent and the answers are
+        counted traffic (``sent.jsonl`` kind ``validate``), failures the current round's."""
+        t = self._traffic
+        asked, answers, failures = self.transport.validate(t["round"], width, msg)
+        t["down"] += msg.nbytes() * asked
+        t["up"] += sum(m.nbytes() for _, m in answers)
+        t["failures"] += failures
+        self.sent += [dict(round=t["round"], partner=self.transport.partition_id(p), kind="validate", width=float(width),
+                           bytes=m.nbytes(), arrays=m.describe(), metrics=m.metrics) for p, m in answers]
+        return answers
 
     def close_traffic(self, rnd: int) -> dict:
         """Add the query traffic since the last call to the totals and return it (``down``, ``up``,

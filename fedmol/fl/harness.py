@@ -79,6 +79,34 @@ def secondary_scores(scores: dict, metric: str) -> dict:
     return out
 
 
+def own_task_sets(split: dict, ds, pid: int, sets: dict) -> dict:
+    """``sets`` (name -> a set of the organizer's: the global test set, the pooled validation set)
+    restricted to partner ``pid``'s tasks in a task split (unchanged without one): what a partner's
+    own model is scored on with private heads, in-process and at a pilot site holding the split."""
+    tasks = split_tasks(split, ds)
+    return dict(sets) if tasks is None else {name: mask_tasks(data, tasks[pid]) for name, data in sets.items()}
+
+
+def own_model_scores(model, sets: dict, evaluator: Evaluator, width: float) -> dict:
+    """A partner's own model (the served trunk plus its own head) scored on ``sets`` (name ->
+    dataset): ``{name: the main metric}``, and for the set named ``test`` its
+    :func:`secondary_scores` too. The one scoring of a partner's model with private heads (the
+    harness's :class:`PrivateHeadScores` and a pilot site, :mod:`fedmol.pilot.heads`)."""
+    metric, out = evaluator.eval_metric, {}
+    for name, data in sets.items():
+        scores = score(model, data, evaluator, width)
+        out[name] = scores[metric]
+        if name == "test":
+            out.update(secondary_scores(scores, metric))
+    return out
+
+
+def finite_mean(values) -> float:
+    """The mean of the finite ``values`` (NaN when there is none): a private-heads round score."""
+    vals = [float(v) for v in values if math.isfinite(float(v))]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
 @dataclass
 class Federation:
     """The simulated partners of one split: their info (server-visible) and data (private)."""
@@ -219,9 +247,8 @@ class PrivateHeadScores:
 
     def __init__(self, fed: Federation, transport: InProcessTransport):
         self.fed, self.transport = fed, transport
-        tasks = split_tasks(fed.split, fed.dataset)
-        self.sets = [{"test": own_test, "valid": fed.valid if tasks is None else mask_tasks(fed.valid, tasks[k])}
-                     for k, own_test in enumerate(fed.partner_test)]
+        self.sets = [own_task_sets(fed.split, fed.dataset, p.pid, {"test": fed.test, "valid": fed.valid})
+                     for p in fed.infos]
         self.kept: dict[int, list] = {}
 
     @contextmanager
@@ -243,13 +270,12 @@ class PrivateHeadScores:
         for w in widths:
             query(w)
             able = [p.pid for p in self.fed.infos if algo.serving_cap(p.device.max_width) >= w - 1e-9]
+            scores = []
+            for pid in able:
+                with self.model(algo, w, pid) as m:
+                    scores.append(own_model_scores(m, {name: self.sets[pid][name] for name in datasets}, evaluator, w))
             for name in datasets:
-                vals = []
-                for pid in able:
-                    with self.model(algo, w, pid) as m:
-                        vals.append(score(m, self.sets[pid][name], evaluator, w)[evaluator.eval_metric])
-                vals = [v for v in vals if math.isfinite(v)]
-                out[name][width_key(w)] = sum(vals) / len(vals) if vals else float("nan")
+                out[name][width_key(w)] = finite_mean([s[name] for s in scores])
         self.kept[self.transport.round] = [copy.deepcopy(d.head) for d in self.fed.local]
         return out
 
@@ -261,12 +287,12 @@ class PrivateHeadScores:
     def entry(self, algo, p: PartnerInfo, w: float, evaluator: Evaluator) -> dict:
         """``per_partner`` entry of partner ``p`` at its served width ``w``: its own model on the
         global test set restricted to its tasks and on its own validation molecules."""
-        metric, valid = evaluator.eval_metric, self.fed.local[p.pid].valid
+        valid = self.fed.local[p.pid].valid
         with self.model(algo, w, p.pid) as m:
-            test = score(m, self.sets[p.pid]["test"], evaluator, w)
-            own_valid = score(m, valid, evaluator, w)[metric]
-        return dict(partner=p.pid, width=w, served=True, n_train=p.n_train, n_valid=len(valid), test=test[metric],
-                    **secondary_scores(test, metric), valid=own_valid)
+            scores = own_model_scores(m, {"test": self.sets[p.pid]["test"], "own_valid": valid}, evaluator, w)
+        own_valid = scores.pop("own_valid")
+        return dict(partner=p.pid, width=w, served=True, n_train=p.n_train, n_valid=len(valid), **scores,
+                    valid=own_valid)
 
 
 def _info(row: dict, metric: str, widths) -> str:

@@ -127,7 +127,7 @@ def partner(
 #: the run settings ``fedmol pilot demo`` takes as options (fedmol.config.RunConfig declares them)
 DEMO_OPTIONS = ("algorithm", "dataset", "split", "partners", "alpha", "quantity_skew", "devices", "rounds", "seed",
                 "model", "hidden", "layers", "dropout", "clients_per_round", "eval_every", "select", "patience",
-                "data_dir")
+                "heads", "data_dir")
 
 
 @pilot_app.command("demo")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional, get_args
+from typing import Any, Literal, Optional, get_args
 
 import tomli_w
 from pydantic import Field
@@ -30,6 +30,9 @@ PUBLISHER = "fedmol"
 ENTRY_MODULES = {"fedmol_pilot_server": "fedmol.pilot.server_app", "fedmol_pilot_client": "fedmol.pilot.client_app"}
 SERVER_APP = "fedmol_pilot_server:app"
 CLIENT_APP = "fedmol_pilot_client:app"
+#: why a coordinator's test CSV and private heads exclude each other
+PRIVATE_TEST_CSV = ("a private-heads run cannot use the coordinator's test set: the coordinator never holds a "
+                    "partner's head, so it cannot score a partner's model (leave the test set out)")
 
 class PilotSettings(FederationConfig):
     """The coordinator's settings: the run settings every transport shares, and the pilot's own.
@@ -46,6 +49,8 @@ class PilotSettings(FederationConfig):
     connect_timeout: float = Field(300.0, gt=0)
     threads: int = Field(0, ge=0)
     record_inbox: bool = False
+    #: shared (one head, federated) | private (each site keeps its own task head: fedmol.pilot.heads)
+    heads: Literal["shared", "private"] = "shared"
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> "PilotSettings":

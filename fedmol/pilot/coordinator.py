@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,9 +166,11 @@ class GridLink:
 class LocalLink:
     """In-process partners (no Flower): each message still goes through the wire conversion."""
 
-    def __init__(self, node_configs: dict[int, dict]):
+    def __init__(self, node_configs: dict[int, dict], run_id: int | None = None):
         self.node_configs = node_configs
         self.dead: set[int] = set()  # nodes that answer the hello, then never again (a machine that died)
+        #: the run's id at the sites (what a Flower run id is: their private-heads state is kept by it)
+        self.run_id = run_id if run_id is not None else int.from_bytes(os.urandom(6), "big")
 
     def node_ids(self) -> list[int]:
         return sorted(self.node_configs)
@@ -183,7 +186,7 @@ class LocalLink:
                 continue
             msg, meta2 = from_record_dict(to_record_dict(m, meta))
             try:
-                reply, info = serve(kind, msg, meta2, self.node_configs[node])
+                reply, info = serve(kind, msg, meta2, self.node_configs[node], run_id=self.run_id)
             except Exception as e:  # noqa: BLE001 - what Flower turns into an error reply
                 out[node] = Reply(False, reason=str(e))
                 continue
@@ -256,13 +259,15 @@ def _check_reply(reply: Message, algo, n_train: int) -> str | None:
     return None
 
 
-def greet(link: Link, nodes: list[int], ds, algorithm: str, timeout: float, group: str) -> dict[int, Reply]:
-    """Send ``nodes`` a hello; a reply that :func:`_check_hello` refuses becomes a refusal."""
-    hello = Message(config={"task_type": ds.task_type, "num_tasks": ds.num_tasks})
+def greet(link: Link, nodes: list[int], ds, algorithm: str, timeout: float, group: str,
+          heads: str = "shared") -> dict[int, Reply]:
+    """Send ``nodes`` a hello (the task and the run's ``heads``); a reply that :func:`_check_hello`
+    refuses becomes a refusal."""
+    hello = Message(config={"task_type": ds.task_type, "num_tasks": ds.num_tasks, "heads": heads})
     replies = link.exchange(HELLO, {n: (hello, _meta(HELLO, -1, algorithm)) for n in nodes}, group, timeout)
     for n in nodes:
         if replies[n].ok:
-            bad = _check_hello(replies[n], ds)
+            bad = _check_hello(replies[n], ds, heads)
             if bad:
                 replies[n] = Reply(False, reason=bad)
     return replies
@@ -276,9 +281,11 @@ def _other_split(r: Reply, split) -> str | None:
     return None
 
 
-def _check_hello(r: Reply, ds) -> str | None:
-    """Why a hello reply cannot be accepted (None: it can)."""
+def _check_hello(r: Reply, ds, heads: str = "shared") -> str | None:
+    """Why a hello reply cannot be accepted (None: it can). With private heads a site's target
+    columns may differ from the federation's (its own head predicts them), its task type may not."""
     from fedmol.models.slicing import WIDTHS
+    from fedmol.pilot.site import task_type_problem
 
     try:
         int(r.meta["partition-id"])
@@ -287,6 +294,8 @@ def _check_hello(r: Reply, ds) -> str | None:
         return f"malformed hello reply: {e!r} missing or not a number"
     if not any(abs(facts["width_cap"] - w) < 1e-9 for w in WIDTHS):
         return f"width-cap {facts['width_cap']} is not one of the widths {list(WIDTHS)}"
+    if heads == "private":
+        return task_type_problem(r.msg.config.get("task_type"), ds.task_type)
     tasks = r.msg.config.get("tasks") or []
     if r.msg.config.get("task_type") != ds.task_type or len(tasks) != ds.num_tasks:
         return (f"its data is {r.msg.config.get('task_type')} with {len(tasks)} task(s), the test set is "
@@ -331,10 +340,10 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
         raise PilotError("no partner joined the federation: " +
                          " | ".join(f"node {e['node_id']}: {e.get('reason')}" for e in admission.report))
     partners = _make_partners(admission.accepted, s)
-    algo, dp = start_algorithm(s, data.ds, [pt.info for pt in partners])
+    algo, dp = start_algorithm(s, data.ds, [pt.info for pt in partners], s.heads)
     write_json(out / "config.json", _resolved(s, algo, data.ds, data.test, data.split, partners, admission.report, dp))
-    transport = LinkTransport(link, partners, algo, name, s.round_timeout,
-                              rejoin=dict(ds=data.ds, split=data.split, known=set(admission.node_ids), log=log))
+    transport = LinkTransport(link, partners, algo, name, s.round_timeout, rejoin=dict(
+        ds=data.ds, split=data.split, known=set(admission.node_ids), log=log, heads=s.heads))
     driver = _round_driver(algo, partners, transport, data, s)
     driver.run(_progress_writer(out, log))
     selected = driver.finish()
@@ -345,7 +354,7 @@ def _run(link: Link, s: PilotSettings, out: Path, log) -> dict:
         dataset=data.ds.name, algorithm=s.algorithm, valid=valid, per_partner=validation.per_partner, privacy=dp,
         t_start=t_start, backend="flower", valid_kind=valid_kind, test_source=_test_source(s), partners=len(partners),
         refused=[e for e in admission.report if e["status"] != "accepted"], node_events=transport.events,
-        validation_failures=validation.failures, **summary_extras(algo))
+        validation_failures=validation.failures, **summary_extras(algo), **_heads_extra(s))
     if transport.events:
         write_json(out / "nodes.json", admission.report + transport.events)
     driver.write_files(out, summary, s.algorithm)
@@ -365,19 +374,24 @@ class OrganizerData:
     evaluator: object
     scored: dict
     federated_valid: bool  # the partners score the model on their own validation molecules every round
+    private_heads: bool = False  # only the sites score (their own models), every round (fedmol.pilot.heads)
 
 
 def _organizer_data(s: PilotSettings) -> OrganizerData:
     from fedmol.evaluate import Evaluator
+    from fedmol.pilot.config import PRIVATE_TEST_CSV
 
+    private = s.heads == "private"
+    if private and s.test_csv:
+        raise PilotError(f"run-config test-csv: {PRIVATE_TEST_CSV}")
     ds, test, split = load_test_set(s)
     evaluator = Evaluator(ds.task_type, ds.num_tasks)
     scored = {} if test is None else {"test": test}
     if split is not None:  # the organizer's split file lists the partners' validation rows (as the harness)
         scored["valid"] = ds.select_rows(sorted(r for p in split["partners"] for r in p["valid"]))
     # otherwise the partners score the model on their own validation molecules (only the scores leave them)
-    federated_valid = split is None and (s.select == "best-valid" or test is None)
-    return OrganizerData(ds, test, split, evaluator, scored, federated_valid)
+    federated_valid = split is None and (s.select == "best-valid" or test is None) and not private
+    return OrganizerData(ds, test, split, evaluator, scored, federated_valid, private)
 
 
 @dataclass
@@ -395,7 +409,7 @@ def _admit_nodes(link: Link, s: PilotSettings, data: OrganizerData, algorithm: s
     log(f"[fedmol pilot] {len(node_ids)} node(s) connected (expected {s.partners})")
     if not node_ids:
         raise PilotError(f"no partner node connected within {s.connect_timeout:g} s")
-    replies = greet(link, node_ids, data.ds, algorithm, s.round_timeout, "hello")
+    replies = greet(link, node_ids, data.ds, algorithm, s.round_timeout, "hello", s.heads)
     claimed = _claimed_partitions(node_ids, replies)
     admission = Admission(node_ids)
     for n in node_ids:
@@ -456,11 +470,16 @@ def _make_partners(accepted: dict[int, tuple[int, Reply]], s: PilotSettings) -> 
 def _round_driver(algo, partners: list[Partner], transport: LinkTransport, data: OrganizerData, s: PilotSettings):
     """The harness's :class:`~fedmol.fl.driver.RoundDriver`, over the network."""
     from fedmol.fl.driver import RoundDriver
+    from fedmol.pilot.heads import SiteScores
 
-    return RoundDriver(algo, [pt.info for pt in partners], transport, seed=s.seed, rounds=s.rounds,
-                       evaluator=data.evaluator, scored=data.scored, select=s.select, eval_every=s.eval_every,
-                       clients_per_round=s.clients_per_round, min_partners=s.min_partners, patience=s.patience,
-                       federated_valid=data.federated_valid)
+    at_sites = SiteScores(with_test=data.split is not None) if data.private_heads else None
+    driver = RoundDriver(algo, [pt.info for pt in partners], transport, seed=s.seed, rounds=s.rounds,
+                         evaluator=data.evaluator, scored=data.scored, select=s.select, eval_every=s.eval_every,
+                         clients_per_round=s.clients_per_round, min_partners=s.min_partners, patience=s.patience,
+                         federated_valid=data.federated_valid, evaluate=at_sites)
+    if at_sites is not None:
+        at_sites.driver = driver
+    return driver
 
 
 def _progress_writer(out: Path, log):
@@ -482,7 +501,9 @@ class PartnerValidation:
 
 def _validate_at_partners(transport: LinkTransport, driver, partners: list[Partner], data: OrganizerData,
                          test_scores: dict, rnd: int) -> PartnerValidation:
-    """Each partner scores the reported model at its served width on its own validation molecules."""
+    """Each partner scores the reported model at its served width on its own validation molecules
+    (with private heads: the reported trunk with its own head of the selected round, and on the
+    split's test rows where it holds the split)."""
     from fedmol.fl.driver import served_width, unserved_entry
 
     served = {pt.node_id: served_width(driver.widths, driver.algo.serving_cap(pt.width_cap)) for pt in partners}
@@ -496,7 +517,7 @@ def _validate_at_partners(transport: LinkTransport, driver, partners: list[Partn
             result.per_partner.append(unserved_entry(pt.partition_id, pt.info.n_train, pt.n_valid))
             continue
         r = got.get(pt.node_id) or Reply(False, reason="not asked: it missed the last deadline")
-        result.per_partner.append(_served_entry(pt, w, r, test_scores, models[w][1]))
+        result.per_partner.append(_served_entry(pt, w, r, test_scores, models[w][1], data.private_heads))
         if not r.ok:
             result.failures.append(f"partner {pt.partition_id}: validation failed: {r.reason}")
     return result
@@ -507,11 +528,15 @@ def _served_models(driver, widths: list[float], data: OrganizerData) -> dict[flo
     ROC-AUC, and per task, as ``fedmol run``)."""
     from fedmol.fl.harness import secondary_scores
     from fedmol.models import slicing
+    from fedmol.pilot.heads import REPORT, trunk_message
     from fedmol.training import score
 
     algo, models = driver.algo, {}
     for w in widths:
         driver.query(w)
+        if data.private_heads:  # the sites score it with their own heads of the selected round
+            models[w] = (trunk_message(algo, w, REPORT, head_round=driver.selected), {})
+            continue
         msg = Message(arrays=slicing.sub_state_dict(algo.eval_model(w), w),
                       config={"width": float(w), "model": algo.model_config, "purpose": "validate"})
         second = (secondary_scores(score(algo.eval_model(w), data.test, data.evaluator, w), driver.metric)
@@ -520,13 +545,18 @@ def _served_models(driver, widths: list[float], data: OrganizerData) -> dict[flo
     return models
 
 
-def _served_entry(pt: Partner, width: float, r: Reply, test_scores: dict, second: dict) -> dict:
-    """A served partner's ``per_partner`` entry: its validation score, or why there is none."""
+def _served_entry(pt: Partner, width: float, r: Reply, test_scores: dict, second: dict, private: bool) -> dict:
+    """A served partner's ``per_partner`` entry: its validation score, or why there is none (with
+    private heads: the scores of its own model, from its site)."""
+    from fedmol.pilot.heads import own_model_entry
     from fedmol.training import width_key
 
-    entry = dict(partner=pt.partition_id, width=width, served=True, n_train=pt.info.n_train, n_valid=pt.n_valid,
-                 test=test_scores.get(width_key(width), float("nan")), **second,
-                 valid=float(r.msg.metrics["valid"]) if r.ok else float("nan"))
+    entry = dict(partner=pt.partition_id, width=width, served=True, n_train=pt.info.n_train, n_valid=pt.n_valid)
+    if private:
+        entry.update(own_model_entry(r.msg if r.ok else None))
+    else:
+        entry.update(test=test_scores.get(width_key(width), float("nan")), **second,
+                     valid=float(r.msg.metrics["valid"]) if r.ok else float("nan"))
     if not r.ok:
         entry["valid_error"] = r.reason
     return entry
@@ -534,6 +564,8 @@ def _served_entry(pt: Partner, width: float, r: Reply, test_scores: dict, second
 
 def _reported_valid(driver, selected: int, data: OrganizerData, per_partner: list[dict]) -> tuple[dict, str]:
     """The summary's ``valid`` scores and what they are."""
+    if data.private_heads:
+        return driver.scores(selected, "valid"), PRIVATE_VALID_KIND[data.split is not None]
     if "valid" in data.scored:  # the organizer holds the pooled validation molecules (a split file): as `fedmol run`
         return (driver.scores(selected, "valid"),
                 "the selected round's model on the pooled validation molecules of every partner (as fedmol run)")
@@ -598,7 +630,8 @@ class LinkTransport:
         if not new:
             return
         known.update(new)
-        replies = greet(self.link, new, self.rejoin["ds"], self.algorithm, self.timeout, f"hello-{rnd}")
+        replies = greet(self.link, new, self.rejoin["ds"], self.algorithm, self.timeout, f"hello-{rnd}",
+                        self.rejoin.get("heads", "shared"))
         by_partition = {pt.partition_id: pt for pt in self.by_index.values()}
         for n in new:
             r, event = replies[n], {"round": rnd, "node_id": n, "status": "refused"}
@@ -686,9 +719,27 @@ def _valid_answer(msg: Message) -> bool:
 
 
 def _test_source(s: PilotSettings) -> str:
+    if s.heads == "private":
+        return ("split test rows, scored at the sites (each partner's own model on its own tasks)" if s.split else
+                "none: with private heads only a site can score its own model, and the sites hold no test set "
+                "(test scores are absent: partners' validation scores only)")
     if s.split:
         return "split test rows"
     return "test-csv" if s.test_csv else "none: the coordinator holds no test set (partners' validation scores only)"
+
+
+def _heads_extra(s: PilotSettings) -> dict:
+    """What ``summary.json`` says of the heads (as ``fedmol run``: ``heads`` only when private)."""
+    return {"heads": "private"} if s.heads == "private" else {}
+
+
+#: ``valid_kind`` with private heads, by whether the sites hold the split file
+PRIVATE_VALID_KIND = {
+    True: "mean over the partners able to run each width of their own models' scores (the selected round's trunk "
+          "with its heads) on the pooled validation molecules restricted to their tasks, scored at the sites "
+          "(as fedmol run --heads private)",
+    False: "mean over the partners able to run each width of their own models' scores (the selected round's trunk "
+           "with its heads) on their own validation molecules, scored at the sites"}
 
 
 def _resolved(s: PilotSettings, algo, ds, test, split, partners: list[Partner], nodes_report: list,
@@ -699,7 +750,7 @@ def _resolved(s: PilotSettings, algo, ds, test, split, partners: list[Partner], 
 
     spec = split["spec"] if split else {}
     run = RunConfig(**{**s.shared(), "partners": len(partners), "dataset": ds.name, "alpha": spec.get("alpha"),
-                       "quantity_skew": spec.get("quantity_skew", 0.0)})
+                       "quantity_skew": spec.get("quantity_skew", 0.0), "heads": s.heads})
     entries = [dict(pid=pt.partition_id, node_id=pt.node_id, n_train=pt.info.n_train, n_valid=pt.n_valid,
                     device=pt.info.device.to_dict()) for pt in partners]
     sent = dict(log="sent.jsonl (what the coordinator received from each partner)",

@@ -60,7 +60,8 @@ def settings_for(cfg: RunConfig, split_path: Path, out: Path, partners: int, rou
                  connect_timeout: float, threads: int, record_inbox: bool) -> PilotSettings:
     """The coordinator's settings for ``cfg`` run over ``partners`` loopback sites."""
     data_dir = str(Path(cfg.data_dir).resolve()) if cfg.data_dir else None
-    return PilotSettings(**{**cfg.shared(), "partners": partners, "split": str(split_path), "data_dir": data_dir},
+    return PilotSettings(**{**cfg.shared(), "partners": partners, "split": str(split_path), "data_dir": data_dir,
+                            "heads": cfg.heads},
                          out_dir=str(out.resolve()), round_timeout=float(round_timeout),
                          connect_timeout=float(connect_timeout), threads=threads, record_inbox=record_inbox)
 
@@ -78,7 +79,7 @@ def run_demo(cfg: RunConfig, out: str | Path, *, insecure: bool = False, node_au
     """
     from fedmol.fl.registry import get_algorithm
 
-    get_algorithm(cfg.algorithm)({"name": cfg.model}, cfg.hparams, cfg.seed)  # unknown names fail here, not remotely
+    get_algorithm(cfg.algorithm)({"name": cfg.model}, cfg.hparams, cfg.seed, cfg.heads)  # fail here, not remotely
     out = Path(out).resolve()
     work = out / "pilot"
     work.mkdir(parents=True, exist_ok=True)

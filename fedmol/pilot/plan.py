@@ -17,6 +17,9 @@ One file says everything the coordinator decides for a real pilot; every partner
     connect_timeout = 600        # seconds to wait for the partners to connect
     select = "best-valid"        # report the round whose model the partners' validation scores rank best
                                  # ("last", the default: the model after the last round)
+    heads = "private"            # each site keeps its own task head, only the trunk is federated; the
+                                 # sites' target columns may then differ (same task type); no test_csv
+                                 # ("shared", the default: one head, federated with the trunk)
     # clients_per_round = 0  eval_every = 1  threads = 0  out = "runs/pilot-1"
 
     [model]                      # optional; these are the defaults
@@ -49,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedmol.config import Dropout, EvalEvery, Hidden, HParam, Layers, Partners, Rounds, Seed, Selection
 from fedmol.errors import FedmolError
-from fedmol.pilot.config import PilotSettings
+from fedmol.pilot.config import PRIVATE_TEST_CSV, PilotSettings
 
 Column = Annotated[str, Field(min_length=1, pattern=r"^[^,]+$")]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -71,6 +74,7 @@ class PilotSection(_Strict):
     clients_per_round: Annotated[int, Field(ge=0)] = 0
     eval_every: EvalEvery = 1
     select: Selection = "last"
+    heads: Literal["shared", "private"] = "shared"
     threads: Annotated[int, Field(ge=0)] = 0
     out: str | None = None
 
@@ -128,7 +132,7 @@ class PilotPlan:
             layers=m.layers, dropout=float(m.dropout), eval_every=p.eval_every, select=p.select,
             hparams=dict(self.doc.hparams), test_csv=str(self.test_csv) if self.test_csv else None, smiles_col=d.smiles_col, target_cols=",".join(d.target_cols), task=d.task,
             out_dir=str(Path(out_dir).resolve()), round_timeout=float(p.round_deadline),
-            connect_timeout=float(p.connect_timeout), threads=p.threads)
+            connect_timeout=float(p.connect_timeout), threads=p.threads, heads=p.heads)
 
 
 def _problem(err: dict) -> str:
@@ -181,10 +185,12 @@ def load_plan(path: str | Path) -> PilotPlan:
         raise FedmolError(f"{path}: [model] name {doc.model.name!r} is not a model; known: {', '.join(MODEL_NAMES)}")
     if len(set(doc.dataset.target_cols)) != len(doc.dataset.target_cols):
         raise FedmolError(f"{path}: [dataset] target_cols names a column twice: {doc.dataset.target_cols}")
-    try:  # unknown algorithms and hyperparameters fail here, not at the ServerApp
-        get_algorithm(p.algorithm)({"name": doc.model.name}, dict(doc.hparams), p.seed)
+    try:  # unknown algorithms, hyperparameters and unsupported private heads fail here, not at the ServerApp
+        get_algorithm(p.algorithm)({"name": doc.model.name}, dict(doc.hparams), p.seed, p.heads)
     except FedmolError as e:
         raise FedmolError(f"{path}: {e}") from None
+    if p.heads == "private" and doc.dataset.test_csv:
+        raise FedmolError(f"{path}: [dataset] test_csv: {PRIVATE_TEST_CSV}")
     plan = PilotPlan(doc, path)
     if plan.test_csv is not None and not plan.test_csv.is_file():
         raise FedmolError(f"{path}: [dataset] test_csv {plan.test_csv} not found (the coordinator's held-out test "

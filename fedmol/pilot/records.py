@@ -59,7 +59,7 @@ class IncompatibleVersion(PilotError):
 
 #: the modules whose code decides what a partner computes (the "code" fingerprint)
 CODE_FILES = ("fl/*.py", "models/*.py", "data/featurize.py", "data/dataset.py", "training.py", "evaluate.py",
-              "pilot/records.py", "pilot/site.py")
+              "pilot/records.py", "pilot/site.py", "pilot/heads.py")
 _CODE: list[str] = []
 
 

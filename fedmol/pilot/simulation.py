@@ -11,7 +11,9 @@ partners' local training runs in parallel, one Ray actor per ``client_cpus`` cor
 Each virtual node learns which partner it is from Flower's own node config
 (``partition-id``); its data is that partner of the run's split (made exactly as ``fedmol run``
 makes it, or the ``--split`` file) and its width cap is its device's, as in ``fedmol pilot
-demo``. Audit logs are written under ``OUT/pilot/audit/<partner>/``.
+demo``. Audit logs are written under ``OUT/pilot/audit/<partner>/``, and with private heads
+(``--heads private``) each partner's head files beside them (``heads/``, :mod:`fedmol.pilot.heads`):
+the partners score their own models there, as ``fedmol run`` does in-process.
 
 Deviation from a real pilot: the nodes share the machine's filesystem (each reads the split file
 and its own rows of the dataset), and there is no TLS: nothing crosses a network.
@@ -49,10 +51,12 @@ def run_flower_sim(cfg: RunConfig, out: str | Path, *, client_cpus: int = 1, rou
         import ray  # noqa: F401  (flwr[simulation]'s engine)
     except ImportError as e:  # pragma: no cover - ray is a dependency
         raise FedmolError(f"--backend flower-sim needs Flower's simulation engine: pip install 'flwr[simulation]' ({e})")
+    from fedmol.fl.registry import get_algorithm
     from fedmol.fl.setup import clear_results
     from fedmol.pilot.client_app import make_client_app
     from fedmol.pilot.demo import demo_split, read_results, settings_for, site_configs
 
+    get_algorithm(cfg.algorithm).check_heads(cfg.heads)  # before Ray starts
     if cfg.csv:
         raise FedmolError("--backend flower-sim runs registry datasets and split files; a partner CSV is a pilot "
                           "(fedmol pilot partner / coordinator)")

@@ -15,6 +15,10 @@ Node config (``flower-supernode --node-config site.toml``; keys as Flower spells
     the site's own folder for ``audit.jsonl``: one line per message received, sent, refused or
     failed (round, kind, array names / shapes / bytes, metrics, and the values of every extra
     disclosure such as FedGen's label counts).
+``state-dir`` (default: the audit-dir)
+    the site's own folder for what it keeps between messages: with private heads its task head,
+    ``heads/run-<run id>.safetensors``, and its head at each evaluated round
+    (:mod:`fedmol.pilot.heads`); never sent.
 ``threads`` (int, default 0 = torch's default)
     CPU threads for local training.
 
@@ -25,6 +29,10 @@ Data, one of:
   or, without it, a seeded random ``valid-fraction`` (default 0.1, ``valid-seed`` 0) of the CSV.
 * **one partner of a frozen split** (the demo / benchmark): ``split`` (split file), optionally
   ``data-dir`` (else ``$FEDMOL_DATA_DIR``) and ``split-csv`` (for a split made from a CSV).
+
+With private heads (the message's config ``heads: "private"``) a site's target columns may
+differ from the other sites' (its head predicts its own columns; the task type must be the
+federation's): the hello check knows the run's heads setting.
 
 Nothing a message carries can name a file or ask for molecules: the coordinator chooses the
 algorithm (one of fedmol's registry), the round, the width and the hyperparameters; the site
@@ -49,7 +57,7 @@ from fedmol.fl.message import Message
 from fedmol.jsonio import to_json
 from fedmol.pilot.records import HELLO, QUERY, TRAIN, VALIDATE, IncompatibleVersion, PilotError, check_compatible
 
-SITE_KEYS = {"partition-id", "width-cap", "audit-dir", "threads", "csv", "smiles-col", "target-cols", "task",
+SITE_KEYS = {"partition-id", "width-cap", "audit-dir", "state-dir", "threads", "csv", "smiles-col", "target-cols", "task",
              "valid-csv", "valid-fraction", "valid-seed", "split", "data-dir", "split-csv"}
 
 
@@ -65,6 +73,9 @@ class SiteData:
     source: str           # "csv" or "split"
     split_sha256: str | None
     smiles: list[str]     # the site's own molecules (used only to redact error messages)
+    split: dict | None = None     # a benchmark split file's content (the demo, flower-sim)
+    dataset: Any = None           # the split's dataset (its test rows, the pooled validation molecules)
+    scoring_sets: dict | None = None  # private heads: the split's sets restricted to its tasks (made once)
 
 
 _CACHE: dict[tuple, SiteData] = {}
@@ -99,6 +110,12 @@ def audit_path(node_config: dict) -> Path:
     return Path(folder) / "audit.jsonl"
 
 
+def state_dir(node_config: dict) -> Path:
+    """The site's folder for what it keeps between messages (``state-dir``, default the audit-dir)."""
+    folder = _get(node_config, "state-dir")
+    return Path(folder) if folder is not None else audit_path(node_config).parent
+
+
 def load_site_data(node_config: dict) -> SiteData:
     """The site's LocalData (train / valid), cached per process."""
     key = tuple(sorted((k, str(v)) for k, v in node_config.items() if k in SITE_KEYS))
@@ -116,17 +133,16 @@ def load_site_data(node_config: dict) -> SiteData:
 
 
 def _load_split(node_config: dict, pid: int) -> SiteData:
-    from fedmol.data.splits import dataset_for_split, read_split
+    from fedmol.data.splits import dataset_for_split, partner_subsets, read_split
     from fedmol.fl.algorithm import LocalData
 
     split = read_split(node_config["split"])
     if not 0 <= pid < len(split["partners"]):
         raise PartnerDataError(f"partition-id {pid} is not a partner of the split ({len(split['partners'])} partners)")
     ds = dataset_for_split(split, _get(node_config, "data-dir"), csv=_get(node_config, "split-csv"), progress=False)
-    part = split["partners"][pid]
-    train, valid = ds.select_rows(part["train"]), ds.select_rows(part["valid"])
+    train, valid = partner_subsets(split, ds)[pid]  # in a task split: labelled on its own tasks only
     return SiteData(LocalData(pid, train, valid), ds.task_type, list(ds.info.tasks), "split", split["sha256"],
-                    list(train.smiles) + list(valid.smiles))
+                    list(train.smiles) + list(valid.smiles), split, ds)
 
 
 def _load_csv(node_config: dict, pid: int) -> SiteData:
@@ -220,7 +236,7 @@ def serve(kind: str, msg: Message, meta: dict, node_config: dict, run_id: int | 
         data = load_site_data(node_config)
         smiles = data.smiles
         t0 = time.perf_counter()
-        reply, disclosures = _answer(kind, msg, meta, data, node_config)
+        reply, disclosures = _answer(kind, msg, meta, data, node_config, run_id)
         info = dict(kind=kind, round=meta.get("round", -1), seconds=round(time.perf_counter() - t0, 4),
                     **{"partition-id": data.local.pid})
     except Exception as e:  # noqa: BLE001 - every failure is logged locally, then reported redacted
@@ -238,38 +254,64 @@ def serve(kind: str, msg: Message, meta: dict, node_config: dict, run_id: int | 
 
 def _site_folders(node_config: dict) -> list[str]:
     out = []
-    for key in ("csv", "valid-csv", "split", "split-csv", "data-dir", "audit-dir"):
+    folders = ("data-dir", "audit-dir", "state-dir")
+    for key in ("csv", "valid-csv", "split", "split-csv", *folders):
         v = _get(node_config, key)
         if v:
             p = Path(str(v))
-            out += [str(p if key in ("data-dir", "audit-dir") else p.parent)]
-            out += [str(p.resolve() if key in ("data-dir", "audit-dir") else p.resolve().parent)]
+            out += [str(p if key in folders else p.parent)]
+            out += [str(p.resolve() if key in folders else p.resolve().parent)]
     return out
 
 
-def _answer(kind: str, msg: Message, meta: dict, data: SiteData, node_config: dict) -> tuple[Message, dict]:
+def _answer(kind: str, msg: Message, meta: dict, data: SiteData, node_config: dict,
+            run_id=None) -> tuple[Message, dict]:
     from fedmol.fl.registry import get_algorithm
+    from fedmol.pilot import heads
 
     if kind == HELLO:
-        want = msg.config.get("task_type"), msg.config.get("num_tasks")
-        if want[0] is not None and (want[0] != data.task_type or want[1] != len(data.tasks)):
-            raise PartnerDataError(f"its data is {data.task_type} with {len(data.tasks)} task(s), the federation "
-                                   f"trains {want[0]} with {want[1]} task(s)")
-        facts = {"n_train": len(data.local.train), "n_valid": len(data.local.valid), "width_cap": width_cap(node_config)}
-        config = {"task_type": data.task_type, "tasks": data.tasks, "source": data.source,
-                  "split_sha256": data.split_sha256}
-        return Message(config=config, metrics=facts), {}
+        return _hello(msg, data, node_config), {}
     algo_cls = get_algorithm(str(meta.get("algorithm", "")))
+    private = heads.is_private(msg) and kind in (TRAIN, VALIDATE)
+    store = heads.HeadStore.of_site(node_config, run_id) if private else None
     if kind == TRAIN:
         cap = width_cap(node_config)
         if float(msg.config.get("width", 1.0)) > algo_cls.serving_cap(cap) + 1e-9:
             raise PilotError(f"asked to train width {msg.config.get('width')}, above this site's width-cap {cap}")
+        if private:
+            return heads.train(algo_cls, msg, data.local, store), algo_cls.disclosures
         return algo_cls.partner_update(msg, data.local), algo_cls.disclosures
     if kind == QUERY:
         return algo_cls.client_query(msg, data.local), {}
     if kind == VALIDATE:
-        return validate(msg, data, algo_cls), {}
+        return (heads.validate(algo_cls, msg, meta, data, store) if private else validate(msg, data, algo_cls)), {}
     raise PilotError(f"unknown message kind {kind!r}")
+
+
+def _hello(msg: Message, data: SiteData, node_config: dict) -> Message:
+    """The site's introduction, once its data matches the federation's task: the same task type
+    and columns, or with private heads the same task type (its own columns)."""
+    want = msg.config.get("task_type"), msg.config.get("num_tasks")
+    if msg.config.get("heads") == "private":
+        bad = task_type_problem(data.task_type, want[0]) if want[0] is not None else None
+        if bad:
+            raise PartnerDataError(bad)
+    elif want[0] is not None and (want[0] != data.task_type or want[1] != len(data.tasks)):
+        raise PartnerDataError(f"its data is {data.task_type} with {len(data.tasks)} task(s), the federation "
+                               f"trains {want[0]} with {want[1]} task(s)")
+    facts = {"n_train": len(data.local.train), "n_valid": len(data.local.valid), "width_cap": width_cap(node_config)}
+    config = {"task_type": data.task_type, "tasks": data.tasks, "source": data.source,
+              "split_sha256": data.split_sha256}
+    return Message(config=config, metrics=facts)
+
+
+def task_type_problem(site_type: str | None, federation_type: str) -> str | None:
+    """Why a site's data cannot join a private-heads federation (its columns may differ, its task
+    type may not); None when it can."""
+    if site_type != federation_type:
+        return (f"its data is {site_type}, the federation's is {federation_type}: private heads need one task "
+                "type at every site")
+    return None
 
 
 def validate(msg: Message, data: SiteData, algo_cls) -> Message:

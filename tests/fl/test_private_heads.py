@@ -185,13 +185,13 @@ def test_nested_width_algorithms_run_with_private_heads(algorithm, tmp_path):
     assert served and all(math.isfinite(e["valid"]) for e in served)
 
 
-def test_cli_takes_heads_and_keeps_flower_to_shared(tmp_path):
+def test_cli_refuses_private_heads_of_teacher_algorithms_on_every_backend(tmp_path):
+    """Before any data is read or Ray started (flower-sim runs private heads: tests/pilot/test_simulation.py)."""
     from typer.testing import CliRunner
 
     from fedmol.cli import app
-    res = CliRunner().invoke(app, ["run", "--split", SPLIT, "--heads", "private", "--backend", "flower-sim",
-                                   "--out", str(tmp_path / "run")])
-    assert res.exit_code == 2 and "--heads private runs in-process only" in res.output
-    res = CliRunner().invoke(app, ["run", "-A", "feddf", "--split", SPLIT, "--heads", "private",
-                                   "--out", str(tmp_path / "run")])
-    assert res.exit_code == 2 and "feddf: private heads are not supported" in res.output
+    for backend in ("inprocess", "flower-sim"):
+        res = CliRunner().invoke(app, ["run", "-A", "feddf", "--split", SPLIT, "--heads", "private", "--backend",
+                                       backend, "--out", str(tmp_path / "run")])
+        assert res.exit_code == 2 and "feddf: private heads are not supported" in res.output
+        assert "Flower simulation engine" not in res.output

@@ -204,22 +204,34 @@ def killed_demo(root: Path) -> dict:
 SIM_ARGS = dict(algorithm="heterofl", partners=3, devices="tiered")
 
 
-def flower_sim(root: Path) -> dict:
-    """HeteroFL on three tiered partners through Flower's simulation engine (the CLI), and in-process."""
+def sim_and_harness(root: Path, cfg) -> dict:
+    """``cfg`` through Flower's simulation engine (the CLI, into ``root/sim``) and in-process."""
     from typer.testing import CliRunner
 
     from fedmol.cli import app
     from fedmol.fl.harness import run_federated
 
-    harness = run_federated(tiny(**SIM_ARGS), root / "inprocess", progress=False)
-    result = CliRunner().invoke(app, ["run", "-A", "heterofl", "-d", "bace", "-k", "3", "-a", "1", "--devices",
-                                      "tiered", "-r", "2", "-s", "0", "--hidden", "16", "--layers", "2",
-                                      "--hp", "max_local_steps=2", "--backend", "flower-sim",
-                                      "--out", str(root / "sim")])
+    harness = run_federated(cfg, root / "inprocess", progress=False)
+    hp = [a for k, v in cfg.hparams.items() for a in ("--hp", f"{k}={v}")]
+    result = CliRunner().invoke(app, ["run", "-A", cfg.algorithm, "-d", cfg.dataset, "-k", str(cfg.partners), "-a",
+                                      str(cfg.alpha), "--devices", cfg.devices, "-r", str(cfg.rounds), "-s",
+                                      str(cfg.seed), "--hidden", str(cfg.hidden), "--layers", str(cfg.layers), *hp,
+                                      "--heads", cfg.heads, "--backend", "flower-sim", "--out", str(root / "sim")])
     return dict(root=str(root), harness=harness, exit_code=result.exit_code, output=result.output)
 
 
-FEDERATIONS = dict(tls_demo=tls_demo, killed_demo=killed_demo, tls_cli_pilot=tls_cli_pilot, flower_sim=flower_sim)
+def flower_sim(root: Path) -> dict:
+    """HeteroFL on three tiered partners through Flower's simulation engine (the CLI), and in-process."""
+    return sim_and_harness(root, tiny(**SIM_ARGS))
+
+
+def flower_sim_private(root: Path) -> dict:
+    """FedAvg with private heads on the tiny bace federation through Flower's simulation engine, and in-process."""
+    return sim_and_harness(root, tiny(heads="private"))
+
+
+FEDERATIONS = dict(tls_demo=tls_demo, killed_demo=killed_demo, tls_cli_pilot=tls_cli_pilot, flower_sim=flower_sim,
+                   flower_sim_private=flower_sim_private)
 
 
 def _plain(x):
