@@ -39,7 +39,8 @@ leaves the head out of what the server sends; :meth:`Algorithm.partner_update` c
 message with the partner's own head (:attr:`LocalData.head`, initialized from the run's common
 starting weights, kept between rounds) before the algorithm's ``client_update`` and takes it back
 out of the reply before anything is sent, so the server aggregates the trunk only (coordinates
-nobody sent keep their value: the server's head stays the initial one). Algorithms whose server
+nobody sent keep their value: the server's head stays the initial one). A partner's head predicts
+its own data's tasks (:func:`own_num_tasks`: a pilot site may hold other target columns). Algorithms whose server
 needs the partners' heads set ``private_heads_refusal`` and refuse the option.
 """
 

@@ -87,7 +87,8 @@ class Transport(Protocol):
     def validate(self, rnd: int, width: float, msg: Message) -> tuple[int, list[tuple[PartnerInfo, Message]], list[str]]:
         """Have every reachable partner that can run ``width`` score ``msg``'s model on its own
         validation molecules (answers: metrics ``valid``, ``n_valid``); as :meth:`query`. Only
-        transports of drivers with ``federated_valid`` need it."""
+        transports of drivers with ``federated_valid`` need it, or whose ``evaluate`` asks the
+        partners (private heads over a link: :class:`fedmol.pilot.heads.SiteScores`)."""
 
 
 def check_schedule(rounds: int, eval_every: int, clients_per_round: int | None = None,

@@ -27,7 +27,8 @@ With private heads (``RunConfig.heads == "private"``, ``docs/private_heads.md``)
 task head stays at its site (:attr:`fedmol.fl.algorithm.LocalData.head`) and the server
 aggregates the trunk only; there is no single global model, so a round is scored by
 :class:`PrivateHeadScores`: each partner's model is the federated trunk plus its own head, on the
-sets restricted to the partner's tasks. ``summary.json`` then says ``heads: "private"``; its
+sets restricted to the partner's tasks (:func:`own_model_scores`, the scoring a pilot site runs
+too). ``summary.json`` then says ``heads: "private"``; its
 ``test`` / ``valid`` by width are means over partners; ``model.safetensors`` and
 ``test_predictions.csv`` hold the server's model (the trunk with the never-trained initial head),
 not any partner's.

@@ -7,7 +7,8 @@ Message types (Flower ``<category>.<action>``):
 * ``train`` -- :meth:`Algorithm.client_update` on the site's data (the harness's algorithm
   classes, unchanged);
 * ``query`` -- :meth:`Algorithm.client_query` (e.g. HeteroFL's static-BN statistics);
-* ``evaluate`` -- score the served model on the site's own validation molecules.
+* ``evaluate`` -- score the served model on the site's own validation molecules (with private
+  heads: the served trunk plus the site's own head, :mod:`fedmol.pilot.heads`).
 
 Each handler (:func:`make_client_app`, the one ClientApp of pilots and flower-sim) converts the Flower message with :mod:`fedmol.pilot.records`, answers with
 :func:`fedmol.pilot.site.serve` (version check, audit log, redacted errors) and converts back. A

@@ -29,6 +29,14 @@ does:
    molecules (their union never leaves the partners, so ``summary.json``'s ``valid`` is the
    n_valid-weighted mean of the partners' scores, not the harness's pooled score).
 
+With private heads (run config ``heads = "private"``, :mod:`fedmol.pilot.heads`) the organizer
+holds no partner's head, so it scores nothing itself: every evaluated round each partner scores
+the trunk plus its own head at its site (:class:`~fedmol.pilot.heads.SiteScores`, the sets of
+the harness's ``PrivateHeadScores``; a round's score is the mean over the partners), and the
+``per_partner`` entries are the sites' scores of the selected round's trunk with that round's
+heads; a site's target columns may differ from the federation's (its task type may not), and a
+test CSV is refused.
+
 With differential privacy on (hp ``dp_clip``), the sites clip their updates
 (:meth:`~fedmol.fl.algorithm.Algorithm.partner_update`), the algorithm's ``aggregate`` adds the
 noise here, and ``summary.json`` / ``config.json`` carry the ``privacy`` accounting of

@@ -57,8 +57,8 @@ from fedmol.fl.message import Message
 from fedmol.jsonio import to_json
 from fedmol.pilot.records import HELLO, QUERY, TRAIN, VALIDATE, IncompatibleVersion, PilotError, check_compatible
 
-SITE_KEYS = {"partition-id", "width-cap", "audit-dir", "state-dir", "threads", "csv", "smiles-col", "target-cols", "task",
-             "valid-csv", "valid-fraction", "valid-seed", "split", "data-dir", "split-csv"}
+SITE_KEYS = {"partition-id", "width-cap", "audit-dir", "state-dir", "threads", "csv", "smiles-col", "target-cols",
+             "task", "valid-csv", "valid-fraction", "valid-seed", "split", "data-dir", "split-csv"}
 
 
 class PartnerDataError(PilotError):

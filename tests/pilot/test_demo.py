@@ -16,22 +16,25 @@ started by tests/conftest.py); the tests here read what they left:
   site is greeted, takes partner 1's place and trains; the run completes.
 
 ``pytest -m slow`` adds HeteroFL, FedGen and federated boosted trees parity over real processes (their parity is
-always checked in-process in test_local.py, through the same wire conversion).
+always checked in-process in test_local.py, through the same wire conversion), and ``fedmol pilot demo --heads
+private`` (its sites keep their heads on their disks across ClientApp processes).
 """
 
 import base64
 import csv
 import json
+import math
 import os
 from pathlib import Path
 
 import pytest
 
 from fedmol.fl.harness import run_federated
+from fedmol.jsonio import read_summary
 from fedmol.pilot.demo import run_demo
 from fedmol.pilot.processes import group_members
 from federations import FAKE_VERSION
-from pilot_common import assert_parity, tiny
+from pilot_common import assert_no_head_uploaded, assert_parity, tiny
 
 
 def no_processes_left(out):
@@ -161,6 +164,32 @@ def test_real_process_parity_width_heterogeneous(algorithm, tmp_path, data_dir):
     harness = run_federated(cfg, tmp_path / "harness", progress=False)
     assert_parity(harness, pilot)
     no_processes_left(tmp_path / "pilot")
+
+
+@pytest.mark.slow  # always checked in-process (test_private_heads_pilot.py) and on flower-sim (test_simulation.py)
+def test_real_process_demo_with_private_heads(tmp_path, data_dir):
+    """``fedmol pilot demo --heads private``: each site's ClientApp processes keep its head on its disk; no
+    head tensor in any upload; the partners' own models are scored at their sites, as ``fedmol run --heads
+    private`` scores them."""
+    from typer.testing import CliRunner
+
+    from fedmol.cli import app
+
+    cfg = tiny(heads="private")
+    out = tmp_path / "pilot"
+    res = CliRunner().invoke(app, ["pilot", "demo", "-d", "bace", "-k", "2", "-a", "1", "-r", "2", "-s", "0", "--hidden",
+                                   "16", "--layers", "2", "--hp", "max_local_steps=2", "--heads", "private", "--insecure",
+                                   "--round-timeout", "120", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    pilot = read_summary(out / "summary.json", history=out / "progress.jsonl")
+    assert pilot["heads"] == "private" and pilot["partners"] == 2 and pilot["failures"] == 0
+    assert all(math.isfinite(e["test"]) and math.isfinite(e["valid"]) for e in pilot["per_partner"])
+    audits = sorted((out / "pilot" / "sites").glob("*/audit/audit.jsonl"))
+    assert len(audits) == 2
+    assert_no_head_uploaded(audits, out / "sent.jsonl")
+    assert all(len(list((a.parent / "heads").glob("run-*.safetensors"))) == 3 for a in audits)  # current, r0, r1
+    assert_parity(run_federated(cfg, tmp_path / "harness", progress=False), pilot, private_heads=True)
+    no_processes_left(out)
 
 
 class Interrupted(Exception):

@@ -7,6 +7,7 @@ may hold different target columns (the same task type)."""
 import csv
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -24,6 +25,7 @@ from fedmol.pilot.records import TRAIN
 from pilot_common import assert_no_head_uploaded, assert_parity, tiny
 from test_local import local_run
 
+TASK_SPLIT = str(Path(__file__).resolve().parents[2] / "data_splits" / "tox21" / "tasks" / "K4-a1-s0-disjoint.json")
 SIDER_COLS = {0: ["Hepatobiliary disorders", "Eye disorders"],
               1: ["Hepatobiliary disorders", "Metabolism and nutrition disorders", "Social circumstances"]}
 
@@ -62,16 +64,26 @@ def first_round_wins(monkeypatch):
     monkeypatch.setattr(driver, "RoundSelector", FirstRoundWins)
 
 
-def test_link_private_heads_equal_in_process(bace_split, tmp_path, first_round_wins):
-    cfg = tiny(heads="private", rounds=3)
+@pytest.mark.parametrize("case", ["fedavg", "heterofl-tiered", "fjord-task-split"])
+def test_link_private_heads_equal_in_process(case, bace_split, tmp_path, first_round_wins):
+    """The scores equal (bit for bit in metrics.csv): FedAvg, a nested algorithm with its queries, and a
+    task split (each site labelled and scored on its own tasks)."""
+    kw, split = {"fedavg": ({}, bace_split),
+                 "heterofl-tiered": (dict(algorithm="heterofl", devices="tiered"), bace_split),
+                 "fjord-task-split": (dict(algorithm="fjord", devices="tiered", split=TASK_SPLIT, hidden=8, rounds=2),
+                                      TASK_SPLIT)}[case]
+    cfg = tiny(**{"heads": "private", "rounds": 3, **kw})
     harness = run_federated(cfg, tmp_path / "harness", progress=False)
-    pilot, link = local_run(cfg, bace_split, tmp_path / "pilot", link_cls=ForgetfulLink)
+    pilot, link = local_run(cfg, split, tmp_path / "pilot", link_cls=ForgetfulLink)
     assert harness["selected_round"] == pilot["selected_round"] == 0 and harness["test"] != harness["test_last"]
     assert_parity(harness, pilot, private_heads=True)
     assert pilot["heads"] == "private" and pilot["valid_kind"].startswith("mean over the partners")
     assert json.loads((tmp_path / "pilot" / "config.json").read_text())["run"]["heads"] == "private"
     rows = list(csv.DictReader(open(tmp_path / "pilot" / "metrics.csv")))
     assert [r["valid_rocauc@1.0"] for r in rows] == [str(r["valid_rocauc@1.0"]) for r in harness["history"]]
+    if case == "fjord-task-split":  # each partner scored on its own tasks only
+        for entry in pilot["per_partner"]:
+            assert sum(math.isfinite(v) for v in entry["test_by_task"]) == 3
 
 
 def test_the_head_stays_at_its_site_on_its_disk(bace_split, tmp_path):
