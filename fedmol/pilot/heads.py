@@ -22,9 +22,17 @@ that answered of their finite scores, as in-process. At the end the sites score 
 round's trunk with that round's heads (``purpose`` ``report``, ``head_round``) for
 ``summary.json``'s ``per_partner`` entries (:func:`own_model_entry`).
 
-Deviation from in-process: a partner whose training reply the coordinator discards for a
-simulated drop-out (a device profile's ``p_drop``) has trained its head at its site all the same
-(in-process it never trains), so with such profiles the two backends differ.
+Why the pooled validation set at a split site (not only its own validation molecules): it is
+the set the in-process round score uses, so flower-sim and the demo select the same round with
+the same numbers; such a site holds the whole dataset and the split file anyway. A site CSV has
+its own validation molecules only, and the per-partner ``valid`` is always those.
+
+Deviations from in-process: the evaluation messages are counted traffic (``bytes_up`` /
+``bytes_down``, ``sent.jsonl`` kind ``validate``; in-process the organizer holds the heads and
+nothing is sent); a partner whose training reply the coordinator discards for a simulated
+drop-out (a device profile's ``p_drop``) has trained its head at its site all the same
+(in-process it never trains), so with such profiles the scores differ; a coordinator's test CSV
+is refused (it could score no partner's model).
 """
 
 from __future__ import annotations
