@@ -201,9 +201,7 @@ def featurize(
 
 
 # split --------------------------------------------------------------------------------------------------
-TaskSplitOpt = typer.Option(None, "--task-split", help="Deal the tasks too: disjoint (each task held by one "
-                            "partner) | overlap (by --holders-per-task partners); a partner sees only its tasks' labels.")
-HoldersOpt = typer.Option(None, "--holders-per-task", help="With --task-split overlap: partners per task (default 2).")
+TaskSplitOpt, HoldersOpt, TargetAwareOpt = (run_option(k) for k in ("task_split", "holders_per_task", "target_aware"))
 
 
 def _registry_tasks(name: Optional[str]) -> int:
@@ -224,6 +222,7 @@ def split_make(
     csv: Optional[Path] = CsvOpt, smiles_col: Optional[str] = SmilesCol, target_cols: Optional[str] = TargetCols,
     task: Optional[str] = TaskOpt, data_dir: Optional[Path] = DataDir, jobs: Optional[int] = Jobs,
     task_split: Optional[str] = TaskSplitOpt, holders_per_task: Optional[int] = HoldersOpt,
+    target_aware: bool = TargetAwareOpt,
 ):
     """Deal a dataset's scaffolds to K partners and freeze the split as a file."""
     from fedmol.data.splits import check_task_split, class_warnings, make_split, write_split
@@ -233,7 +232,7 @@ def split_make(
         check_task_split(name or "the CSV", n_tasks, partners, task_split, holders_per_task)
     ds = _load(name, data_dir, csv, smiles_col, target_cols, task, jobs)
     split = make_split(ds, partners, alpha, seed, quantity_skew, task_split=task_split,
-                       holders_per_task=holders_per_task)
+                       holders_per_task=holders_per_task, target_aware=target_aware)
     write_split(split, out)
     _show(split, class_warnings(split, ds))
     console.print(f"wrote {out}")
@@ -404,7 +403,7 @@ def train(
 #: the run settings ``fedmol run`` takes as options (fedmol.config.RunConfig declares them)
 RUN_OPTIONS = ("algorithm", "dataset", "split", "partners", "alpha", "quantity_skew", "devices", "rounds", "seed",
                "model", "hidden", "layers", "dropout", "clients_per_round", "eval_every", "select", "patience",
-               "faulty_links", "lossy_links", "heads", "csv", "smiles_col", "target_cols", "task", "data_dir")
+               "faulty_links", "lossy_links", "task_split", "holders_per_task", "target_aware", "heads", "csv", "smiles_col", "target_cols", "task", "data_dir")
 
 
 @app.command()

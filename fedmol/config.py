@@ -110,6 +110,13 @@ class RunConfig(FederationConfig):
     alpha: Optional[float] = _opt(1.0, "Dirichlet concentration of the scaffold deal (small: heterogeneous).", gt=0)
     quantity_skew: float = _opt(0.0, "Skew of the partners' sizes (0: equal expected sizes).", ge=0)
     csv: Optional[Text] = _opt(None, "Your own CSV/TSV instead of a registry dataset.")
+    task_split: Optional[Literal["disjoint", "overlap"]] = _opt(
+        None, "Deal the dataset's tasks too: disjoint (each task held by one partner) | overlap (by "
+        "--holders-per-task partners); a partner sees only its tasks' labels (docs/task_splits.md).")
+    holders_per_task: Optional[int] = _opt(None, "With --task-split overlap: partners per task (default 2).", ge=1,
+                                           le=MAX_PARTNERS)
+    target_aware: bool = _opt(False, "With --task-split: send every molecule to a partner that holds one of its "
+                              "labelled tasks (sparse multi-assay tables such as moleculeace).")
     heads: Literal["shared", "private"] = _opt(
         "shared", "shared (one task head, federated) | private (each partner keeps its own head; the trunk is "
         "federated; docs/private_heads.md).")

@@ -564,10 +564,13 @@ def _group_types(pool: _Pool, y: np.ndarray, settings: _Settings) -> _GroupTypes
     return _GroupTypes(clusters, k_used, n_strata, group_type, type_size, present)
 
 
-def _deal_until_feasible(pool: _Pool, types: _GroupTypes, s: _Settings) -> tuple[np.ndarray, int, np.ndarray]:
+def _deal_until_feasible(pool: _Pool, types: _GroupTypes, s: _Settings,
+                         holder_weights: list[np.ndarray] | None = None) -> tuple[list[list[np.ndarray]], int, np.ndarray]:
     """Step 4: Dirichlet draws until every partner gets enough molecules and groups.
 
-    Returns the owner of each pool group, the number of draws used and the partner-size prior.
+    Returns each partner's molecules (one array per scaffold group it got, in group order), the
+    number of draws used and the partner-size prior. With ``holder_weights`` (a target-aware task
+    split, :func:`_holder_weights`) each draw's molecules then follow their tasks (step 4c).
     """
     K = s.n_partners
     rng = np.random.default_rng(s.seed)
@@ -577,11 +580,13 @@ def _deal_until_feasible(pool: _Pool, types: _GroupTypes, s: _Settings) -> tuple
     for draw in range(1, MAX_DRAWS + 1):
         owner = _deal(types.group_type, pool.sizes, types.type_size, types.present, conc, q, rng,
                       types.n_strata, s.alpha)
-        mol_k = np.bincount(owner, weights=pool.sizes, minlength=K)
-        grp_k = np.bincount(owner, minlength=K)
-        if mol_k.min() >= s.min_partner_size and grp_k.min() >= MIN_GROUPS_PER_PARTNER:
-            return owner, draw, q
-        score = (int(mol_k.min()), int(grp_k.min()))
+        mol_owner = None if holder_weights is None else _follow_tasks(owner, holder_weights, rng)
+        members = _members_by_partner(pool, owner, mol_owner, K)
+        mol_k = [sum(len(m) for m in ms) for ms in members]
+        grp_k = [len(ms) for ms in members]
+        if min(mol_k) >= s.min_partner_size and min(grp_k) >= MIN_GROUPS_PER_PARTNER:
+            return members, draw, q
+        score = (int(min(mol_k)), int(min(grp_k)))
         if best is None or score > best:
             best = score
     assert best is not None
@@ -594,6 +599,45 @@ def _deal_until_feasible(pool: _Pool, types: _GroupTypes, s: _Settings) -> tuple
         f"smallest partner {best[0]} molecules, {best[1]} groups); lower --partners or "
         "raise --alpha"
     )
+
+
+def _holder_weights(pool: _Pool, y: np.ndarray, holders: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """Per pool group, an integer ``[molecules, K]`` matrix: how many of each molecule's labelled
+    tasks partner ``k`` holds (``holders[k]``: the task indices partner ``k`` holds)."""
+    held = np.zeros((y.shape[1], len(holders)), dtype=np.int64)
+    for k, tasks in enumerate(holders):
+        held[list(tasks), k] = 1
+    labelled = (~np.isnan(y)).astype(np.int64)
+    return [labelled[m] @ held for m in pool.members]
+
+
+def _follow_tasks(owner: np.ndarray, holder_weights: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Step 4c, target-aware deals: each pool molecule stays with its group's owner when that
+    partner holds one of the molecule's labelled tasks; otherwise it goes to a partner that does,
+    drawn in proportion to how many of its labelled tasks each holds (one ``rng.integers`` per group
+    with such molecules). A molecule labelled on no held task stays."""
+    out = []
+    for g, w in enumerate(holder_weights):
+        mol = np.full(len(w), owner[g], dtype=np.int64)
+        total = w.sum(axis=1)
+        move = np.flatnonzero((w[:, owner[g]] == 0) & (total > 0))
+        if len(move):
+            draw = rng.integers(0, total[move])
+            mol[move] = np.argmax(draw[:, None] < np.cumsum(w[move], axis=1), axis=1)
+        out.append(mol)
+    return out
+
+
+def _members_by_partner(pool: _Pool, owner: np.ndarray, mol_owner: list[np.ndarray] | None,
+                        K: int) -> list[list[np.ndarray]]:
+    """Each partner's molecules, one array per (part of a) scaffold group, in group order."""
+    if mol_owner is None:
+        return [[pool.members[i] for i in np.flatnonzero(owner == k)] for k in range(K)]
+    out: list[list[np.ndarray]] = [[] for _ in range(K)]
+    for m, o in zip(pool.members, mol_owner):
+        for k in np.unique(o):
+            out[int(k)].append(m[o == k])
+    return out
 
 
 def _molecule_clusters(n: int, pool: _Pool, group_clusters: np.ndarray) -> np.ndarray:
@@ -646,6 +690,7 @@ def scaffold_partition(
     valid_fraction: float = 0.1,
     n_clusters: int | None = None,
     min_partner_size: int = DEFAULT_MIN_PARTNER_SIZE,
+    holders: Sequence[Sequence[int]] | None = None,
 ) -> Partition:
     """Deal a dataset's scaffold groups to ``n_partners`` simulated partners.
 
@@ -664,10 +709,13 @@ def scaffold_partition(
     pool = _split_off_test_set(scaffolds, s.test_fraction)
     _check_pool_capacity(pool, s.n_partners, s.min_partner_size)
     types = _group_types(pool, y_arr, s)
-    owner, draws, q = _deal_until_feasible(pool, types, s)
-    partners = [
-        _split_partner([pool.members[i] for i in np.flatnonzero(owner == k)], s.valid_fraction)
-        for k in range(s.n_partners)
-    ]
-    return Partition(partners=partners, test=pool.test, params=_partition_params(s, pool, types, draws, q, n),
+    if holders is not None and len(holders) != s.n_partners:
+        raise PartitionError(f"holders lists {len(holders)} partners' tasks, for {s.n_partners} partners")
+    weights = None if holders is None else _holder_weights(pool, y_arr, holders)
+    members, draws, q = _deal_until_feasible(pool, types, s, weights)
+    partners = [_split_partner(ms, s.valid_fraction) for ms in members]
+    params = _partition_params(s, pool, types, draws, q, n)
+    if holders is not None:
+        params["target_aware"] = True
+    return Partition(partners=partners, test=pool.test, params=params,
                      clusters=_molecule_clusters(n, pool, types.clusters))

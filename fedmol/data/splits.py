@@ -22,7 +22,10 @@ The deal (:func:`deal_tasks`): ``rng = numpy.random.default_rng([seed, TASKS_SAL
 rng.permutation(T)``, ``ranks = rng.permutation(K)``; place ``j`` of ``0..T*M-1`` gives task
 ``order[j // M]`` to partner ``ranks[j % K]`` (round-robin, so every partner holds ``floor`` or
 ``ceil`` of ``T*M/K`` tasks, and a task's ``M <= K`` holders are distinct). Without a task split
-neither key is written, so such files are unchanged.
+neither key is written, so such files are unchanged. A *target-aware* task split (``target_aware=True``,
+``"target_aware": true`` in ``task_split``) also sends every molecule to a partner holding one of its
+labelled tasks (the partitioner's step 4c, docs/partition.md): for sparse multi-assay tables such as
+MoleculeACE each partner then holds its own targets' compounds.
 ``report``
     the heterogeneity report (sizes, scaffolds, label balance, pairwise divergences).
 ``sha256``
@@ -40,7 +43,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import numpy as np
 import rdkit
@@ -75,6 +78,7 @@ class PartnerRows(_Strict):
 class TaskSplit(_Strict):
     mode: Literal["disjoint", "overlap"]
     holders_per_task: int = Field(ge=1)
+    target_aware: Optional[bool] = None
 
 
 class SplitSpec(_Strict):
@@ -187,16 +191,23 @@ def dataset_scaffolds(ds: MoleculeDataset, progress: bool = True) -> list[str]:
 
 def make_split(ds: MoleculeDataset, partners: int, alpha: float, seed: int = 0, quantity_skew: float = 0.0,
                test_fraction: float = 0.1, valid_fraction: float = 0.1, progress: bool = True,
-               task_split: str | None = None, holders_per_task: int | None = None) -> dict:
+               task_split: str | None = None, holders_per_task: int | None = None, target_aware: bool = False) -> dict:
     """Deal ``ds`` to ``partners`` simulated partners by scaffold; return the split file's content.
     With ``task_split`` ("disjoint" | "overlap", ``holders_per_task`` partners per task, default 2
-    for overlap) its tasks are dealt too (:func:`deal_tasks`)."""
+    for overlap) its tasks are dealt too (:func:`deal_tasks`); ``target_aware`` then sends every
+    molecule to a partner holding one of its labelled tasks (docs/task_splits.md)."""
     held = _task_deal(ds, partners, seed, task_split, holders_per_task)  # a bad task split fails before any work
+    if target_aware and held is None:
+        raise DataError("--target-aware deals each molecule to a holder of its tasks: it needs --task-split")
     scaffolds = dataset_scaffolds(ds, progress=progress)
     y = ds.labels
+    holders = None
+    if target_aware:
+        index = {t: i for i, t in enumerate(ds.info.tasks)}
+        holders = [[index[t] for t in names] for names in held[1]]
     part = scaffold_partition(scaffolds, y, ds.task_type, n_partners=partners, alpha=alpha, seed=seed,
                                quantity_skew=quantity_skew, test_fraction=test_fraction,
-                               valid_fraction=valid_fraction)
+                               valid_fraction=valid_fraction, holders=holders)
     rows = ds.rows
     spec = dict(dataset=ds.name, source_sha256=ds.source_sha256, featurizer_version=FEATURIZER_VERSION,
                 rdkit_version=rdkit.__version__, partners=int(partners), alpha=float(alpha), seed=int(seed),
@@ -207,7 +218,7 @@ def make_split(ds: MoleculeDataset, partners: int, alpha: float, seed: int = 0, 
                            target_cols=list(ds.info.tasks), task=ds.task_type)
     deal = [dict(train=_rows(rows, p.train), valid=_rows(rows, p.valid)) for p in part.partners]
     if held is not None:
-        spec["task_split"] = held[0]
+        spec["task_split"] = dict(held[0], **({"target_aware": True} if target_aware else {}))
         deal = [dict(d, tasks=t) for d, t in zip(deal, held[1])]
     return dict(format=FORMAT, spec=spec, partners=deal, test=_rows(rows, part.test),
                 report=heterogeneity_report(part, scaffolds, y, ds.task_type))
@@ -386,7 +397,8 @@ def verify_split(path: str | Path, data_dir=None, csv=None, progress: bool = Tru
     ts = spec.get("task_split") or {}
     rebuilt = make_split(ds, spec["partners"], spec["alpha"], spec["seed"], spec["quantity_skew"],
                          spec["test_fraction"], spec["valid_fraction"], progress=progress,
-                         task_split=ts.get("mode"), holders_per_task=ts.get("holders_per_task"))
+                         task_split=ts.get("mode"), holders_per_task=ts.get("holders_per_task"),
+                         target_aware=bool(ts.get("target_aware", False)))
     for key in ("partners", "test", "report"):
         if json.dumps(rebuilt[key], sort_keys=True) != json.dumps(split[key], sort_keys=True):
             problems.append(f"rebuilding from the spec gives a different {key!r}")

@@ -130,7 +130,9 @@ def build_federation(cfg: RunConfig, progress: bool = True) -> Federation:
     else:
         ds = load_dataset(None if cfg.csv else cfg.dataset, csv=cfg.csv, smiles_col=cfg.smiles_col,
                           target_cols=cfg.target_cols, task=cfg.task, data_dir=cfg.data_dir, progress=progress)
-        split = make_split(ds, cfg.partners, cfg.alpha, cfg.seed, cfg.quantity_skew, progress=progress)
+        split = make_split(ds, cfg.partners, cfg.alpha, cfg.seed, cfg.quantity_skew, progress=progress,
+                           task_split=cfg.task_split, holders_per_task=cfg.holders_per_task,
+                           target_aware=cfg.target_aware)
     if cfg.model == "mlp":  # its input: fingerprints, computed once and cached beside the graphs
         from fedmol.data.fingerprints import attach_fingerprints
         attach_fingerprints(ds)

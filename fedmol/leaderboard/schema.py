@@ -74,7 +74,8 @@ class Strict(BaseModel):
 
 # -- the resolved run configuration (config.json written by fedmol.fl.harness) -------------------
 #: run settings added after the first archives: absent there, and then their defaults hold
-LATER_SETTINGS = {"select", "patience", "csv", "smiles_col", "target_cols", "task", "heads"}
+LATER_SETTINGS = {"select", "patience", "csv", "smiles_col", "target_cols", "task", "heads", "task_split",
+                  "holders_per_task", "target_aware"}
 
 
 class RunSettings(RunConfig):
@@ -94,6 +95,10 @@ class RunSettings(RunConfig):
     task: None = None
     #: only "shared": a private-heads run has no single global model for a check to recompute
     heads: Literal["shared"] = "shared"
+    #: leaderboard tracks are the scaffold deal alone: no task split
+    task_split: None = None
+    holders_per_task: None = None
+    target_aware: Literal[False] = False
 
     @model_validator(mode="before")
     @classmethod

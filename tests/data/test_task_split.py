@@ -252,3 +252,67 @@ def test_short_federated_run_on_a_task_split(tmp_path):
     scored = [{n for v, n in zip(p["test_by_task"], names) if v is not None and not math.isnan(v)}
               for p in ref["per_partner"]]
     assert all(s <= set(d["tasks"]) for s, d in zip(scored, read_split(split)["partners"])) and sum(map(len, scored)) > 8
+
+
+# -- target-aware deals ----------------------------------------------------------------------------
+def _sparse_table(n=240, tasks=6, seed=0):
+    """Scaffolds (40 groups) and a sparse label table: every molecule measured on one or two tasks."""
+    rng = np.random.default_rng(seed)
+    scaffolds = [f"c1ccc{g % 40}cc1" for g in range(n)]
+    y = np.full((n, tasks), np.nan)
+    for i in range(n):
+        y[i, rng.choice(tasks, size=1 + int(rng.random() < 0.3), replace=False)] = rng.normal(6, 1)
+    y[:3] = np.nan  # molecules labelled on nothing stay with their group's partner
+    return scaffolds, y
+
+
+def test_target_aware_partition_sends_each_molecule_to_a_holder_of_its_tasks():
+    from fedmol.data.partition import scaffold_partition
+
+    scaffolds, y = _sparse_table()
+    holders = [[0, 1], [2, 3], [4], [5]]
+    kw = dict(n_clusters=2, test_fraction=0.1)
+    part = scaffold_partition(scaffolds, y, "regression", 4, 1.0, 0, holders=holders, **kw)
+    owner = part.owner(len(scaffolds))
+    for i in np.flatnonzero(owner >= 0):
+        labelled = set(np.flatnonzero(~np.isnan(y[i])))
+        assert not labelled or labelled & set(holders[owner[i]]), (i, labelled, owner[i])
+    assert part.params["target_aware"] is True
+    again = scaffold_partition(scaffolds, y, "regression", 4, 1.0, 0, holders=holders, **kw)
+    assert [p.train.tolist() for p in again.partners] == [p.train.tolist() for p in part.partners]
+    plain = scaffold_partition(scaffolds, y, "regression", 4, 1.0, 0, **kw)
+    assert np.array_equal(plain.test, part.test) and "target_aware" not in plain.params  # the same test set
+    mixed = ~np.isnan(y[:, 0]) & ~np.isnan(y[:, 2])  # held by partners 0 and 1: either may get it
+    assert set(owner[mixed & (owner >= 0)]) <= {0, 1}
+
+
+def test_target_aware_split_file_round_trip_and_refusal(tox21, tmp_path):
+    obj = make_split(tox21, 4, 1.0, seed=0, progress=False, task_split="disjoint", target_aware=True)
+    assert obj["spec"]["task_split"] == {"mode": "disjoint", "holders_per_task": 1, "target_aware": True}
+    path = write_split(obj, tmp_path / "ta.json")
+    assert verify_split(path, progress=False)[0] == []
+    plain = make_split(tox21, 4, 1.0, seed=0, progress=False, task_split="disjoint")
+    assert plain["test"] == obj["test"] and plain["partners"] != obj["partners"]
+    names, rows = list(tox21.info.tasks), tox21.rows.tolist()
+    y = np.asarray(tox21.labels)
+    for p in obj["partners"]:  # every training molecule is labelled on one of its partner's tasks
+        own = [names.index(t) for t in p["tasks"]]
+        pos = [rows.index(r) for r in p["train"][:200]]
+        assert all((~np.isnan(y[i, own])).any() or np.isnan(y[i]).all() for i in pos)
+    with pytest.raises(DataError, match="--target-aware deals each molecule to a holder of its tasks: it needs "
+                                        "--task-split"):
+        make_split(tox21, 4, 1.0, seed=0, progress=False, target_aware=True)
+
+
+def test_run_config_makes_a_task_split_on_the_fly(tmp_path):
+    from fedmol.config import RunConfig
+    from fedmol.fl.harness import build_federation
+
+    cfg = RunConfig(dataset="sider", partners=4, task_split="disjoint", target_aware=True)
+    fed = build_federation(cfg, progress=False)
+    assert fed.split["spec"]["task_split"]["target_aware"] is True
+    assert [p["tasks"] for p in fed.split["partners"]] == [
+        p["tasks"] for p in make_split(fed.dataset, 4, 1.0, 0, progress=False, task_split="disjoint")["partners"]]
+    from fedmol.errors import FedmolError
+    with pytest.raises(FedmolError, match="task_split must be"):
+        RunConfig.checked({"task_split": "all"})
