@@ -31,7 +31,7 @@ import torch
 from fedmol.data.fingerprints import ECFP4, ecfp4_of
 from fedmol.errors import FedmolError
 from fedmol.evaluate import HIGHER_IS_BETTER, Evaluator
-from fedmol.fl.algorithm import Algorithm, initial_model
+from fedmol.fl.algorithm import Algorithm, centre_head, initial_model
 from fedmol.config import RunConfig
 from fedmol.fl.harness import Federation, build_federation, secondary_scores
 from fedmol.fl.setup import backbone_config
@@ -214,14 +214,17 @@ def budget(cfg: RunConfig, min_epochs: int = 5) -> int:
 
 def fit_gnn(train, valid, model_config: dict, evaluator: Evaluator, *, seed: int, epochs: int,
             hp: dict, max_steps: int | None = None, patience: int | None = None, init_seed: int | None = None,
-            eval_every: int = 1) -> tuple[torch.nn.Module, dict]:
+            eval_every: int = 1, private_head: bool = False) -> tuple[torch.nn.Module, dict]:
     """The run's starting weights (:func:`fedmol.fl.algorithm.initial_model` of ``init_seed``, the
     run seed: the same start as every federated algorithm) trained by :func:`fedmol.training.fit`
     under the federated protocol: rounds of ``local_epochs`` epochs, Adam rebuilt every round, the
     best validation score among the rounds a federated run evaluates (every ``eval_every``-th and
     the last); ``seed`` orders the data. Returns ``(model at its best round, {"valid", "best_epoch",
-    "epochs_run"})``."""
+    "epochs_run"})``. ``private_head`` (a reference of a private-heads run): the head starts centred on
+    ``train``'s labels, as a partner's own head does (:func:`fedmol.fl.algorithm.centre_head`)."""
     net = initial_model(model_config, seed if init_seed is None else init_seed)
+    if private_head:
+        centre_head(net.head, labels_of(train), model_config["task_type"])
     res = fit(net, train, valid, evaluator, seed=seed, epochs=epochs, lr=hp["lr"], weight_decay=hp["weight_decay"],
               batch_size=hp["batch_size"], clip=hp["clip"], max_steps=max_steps, patience=patience,
               round_epochs=int(hp["local_epochs"]), eval_every=eval_every)
@@ -286,7 +289,8 @@ def fit_model(cfg: RunConfig, fed: Federation, model: str, train, valid, *, seed
     if model == "gnn":
         net, _ = fit_gnn(train, valid, _model_config(cfg, ds, width), Evaluator(ds.task_type, ds.num_tasks),
                          seed=seed, epochs=budget(cfg, min_epochs), hp=train_settings(cfg), max_steps=max_steps,
-                         patience=patience, init_seed=init_seed, eval_every=int(cfg.eval_every))
+                         patience=patience, init_seed=init_seed, eval_every=int(cfg.eval_every),
+                         private_head=cfg.heads == "private")
         return Fitted(model, net, float(width), len(train), n_labelled)
     trees = fit_forest(train, seed, n_jobs) if model == "rf-ecfp4" else fit_boosted(train, seed)
     return Fitted(model, trees, None, len(train), n_labelled)

@@ -195,3 +195,45 @@ def test_cli_refuses_private_heads_of_teacher_algorithms_on_every_backend(tmp_pa
                                        backend, "--out", str(tmp_path / "run")])
         assert res.exit_code == 2 and "feddf: private heads are not supported" in res.output
         assert "Flower simulation engine" not in res.output
+
+
+# -- a private regression head starts at its owner's labels ------------------------------------------
+def test_centre_head_sets_each_regression_bias_to_its_label_mean():
+    from fedmol.fl.algorithm import centre_head
+
+    head = torch.nn.Linear(4, 3)
+    before = head.bias.detach().clone()
+    y = [[7.0, float("nan"), float("nan")], [9.0, 1.0, float("nan")], [float("nan"), 3.0, float("nan")]]
+    centre_head(head, y, "regression")
+    assert head.bias.tolist()[:2] == pytest.approx([8.0, 2.0]) and head.bias[2] == before[2]  # no label: kept
+    same = torch.nn.Linear(4, 3)
+    same.load_state_dict({"weight": head.weight, "bias": before})
+    centre_head(same, y, "classification")  # AUC ignores the bias: classification heads keep theirs
+    assert torch.equal(same.bias, before)
+
+
+def test_private_regression_heads_start_at_each_partners_own_labels():
+    """A partner's first head and the MLP references of a private-heads run are centred on the labels
+    each trains on (hand-computed means); a shared-heads reference is not."""
+    import numpy as np
+
+    from fedmol.fl.algorithm import LocalData, own_head
+    from fedmol.fl.harness import build_federation
+    from fedmol.fl.message import Message
+    from fedmol.fl.references import fit_model
+    from fedmol.fl.setup import start_algorithm
+
+    run = RunConfig(dataset="esol", partners=4, heads="private", model="mlp", hidden=8, layers=2, rounds=1,
+                    hparams={"max_local_steps": 1})
+    fed = build_federation(run, progress=False)
+    algo, _ = start_algorithm(run, fed.dataset, fed.infos, "private")
+    train, valid = fed.local[1].train, fed.local[1].valid
+    mean = float(np.nanmean(train.labels))
+    own = LocalData(1, train, valid)
+    own_head(Message(arrays={}, config={"heads": "private", "init_seed": 0, "width": 1.0,
+                                        "model": algo.model_config}), own)
+    assert float(own.head.bias.detach()[0]) == pytest.approx(mean, abs=1e-5)
+    for heads in ("private", "shared"):  # no training step: the start is what is kept
+        fitted = fit_model(run.replace(heads=heads), fed, "gnn", train, valid, seed=0, max_steps=0)
+        bias = float(fitted.model.head.bias.detach()[0])
+        assert (bias == pytest.approx(mean, abs=1e-5)) if heads == "private" else abs(bias - mean) > 0.5
