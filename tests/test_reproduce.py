@@ -136,3 +136,24 @@ def test_trees_against_another_suites_neural_rows_reproduce(tmp_path):
     assert json.loads((tmp_path / "trees_vs_neural.json").read_text()) == \
         json.loads((src / "trees_vs_neural.json").read_text())
     assert (tmp_path / "trees_vs_neural.md").read_text() == (src / "trees_vs_neural.md").read_text()
+
+
+@pytest.mark.parametrize("suite,dataset", [("federation_tasks", "tox21"), ("federation_tasks_moleculeace", "moleculeace")])
+def test_task_targets_reproduce_from_the_committed_results(tmp_path, suite, dataset):
+    """benchmarks/task_targets.py on a task suite's committed results writes the committed targets.json
+    and targets.md; the chosen method's share of partners beating their local model checked by hand
+    from partner_gains.csv."""
+    src = REPO / "benchmarks" / "results" / suite
+    (tmp_path / "task_gains.csv").write_bytes((src / "task_gains.csv").read_bytes())
+    _script_on_results("task_targets.py", suite, tmp_path)
+    got = json.loads((tmp_path / "targets.json").read_text())
+    assert got == json.loads((src / "targets.json").read_text())
+    assert (tmp_path / "targets.md").read_text() == (src / "targets.md").read_text()
+    row = next(r for r in got["datasets"] if r["dataset"] == dataset)
+    chosen = next(m for m in row["methods"] if m["method"] == row["best_federated"])
+    gains = pd.read_csv(src / "partner_gains.csv")
+    pairs = gains[(gains["dataset"] == dataset) & (gains["method"] == row["best_federated"])]
+    assert chosen["pairs_vs_local"] == len(pairs) == 8 * chosen["seeds"]
+    assert chosen["share_vs_local"] == pytest.approx(float((pairs["gain_test"].fillna(-1) > 0).mean()))
+    if dataset == "tox21":
+        assert row["target_met"] == (chosen["share_vs_local"] >= 0.8)
