@@ -201,10 +201,7 @@ def make_split(ds: MoleculeDataset, partners: int, alpha: float, seed: int = 0, 
         raise DataError("--target-aware deals each molecule to a holder of its tasks: it needs --task-split")
     scaffolds = dataset_scaffolds(ds, progress=progress)
     y = ds.labels
-    holders = None
-    if target_aware:
-        index = {t: i for i, t in enumerate(ds.info.tasks)}
-        holders = [[index[t] for t in names] for names in held[1]]
+    holders = held[2] if target_aware else None
     part = scaffold_partition(scaffolds, y, ds.task_type, n_partners=partners, alpha=alpha, seed=seed,
                                quantity_skew=quantity_skew, test_fraction=test_fraction,
                                valid_fraction=valid_fraction, holders=holders)
@@ -272,14 +269,14 @@ def check_task_split(name: str, n_tasks: int, partners: int, mode: str | None,
 
 
 def _task_deal(ds: MoleculeDataset, partners: int, seed: int, mode: str | None,
-               holders_per_task: int | None) -> tuple[dict, list[list[str]]] | None:
-    """The spec's ``task_split`` and each partner's task names, or None without a task split."""
+               holders_per_task: int | None) -> tuple[dict, list[list[str]], list[list[int]]] | None:
+    """The spec's ``task_split``, each partner's task names and their indices, or None without a task split."""
     m = check_task_split(ds.name, ds.num_tasks, int(partners), mode, holders_per_task)
     if m is None:
         return None
     names = list(ds.info.tasks)
     held = deal_tasks(len(names), int(partners), m, seed)
-    return dict(mode=mode, holders_per_task=m), [[names[t] for t in h] for h in held]
+    return dict(mode=mode, holders_per_task=m), [[names[t] for t in h] for h in held], held
 
 
 def split_tasks(split: dict, ds: MoleculeDataset) -> list[list[int]] | None:
