@@ -51,6 +51,8 @@ def parse_hparams(items: list[str]) -> dict:
 
 #: the run settings' short flags (the long flag is the setting's name, dashed)
 SHORT_FLAGS = {"algorithm": "-A", "dataset": "-d", "partners": "-k", "alpha": "-a", "rounds": "-r", "seed": "-s"}
+#: other spellings of a setting's option (issue 18 spells --holders-per-task as --tasks-per-partner)
+ALIASES = {"holders_per_task": "--tasks-per-partner"}
 
 
 def run_option(name: str, **kw):
@@ -59,7 +61,8 @@ def run_option(name: str, **kw):
     from fedmol.config import RunConfig, dashed
 
     field = RunConfig.model_fields[name]
-    flags = [f"--{dashed(name)}", *([SHORT_FLAGS[name]] if name in SHORT_FLAGS else [])]
+    flags = [f"--{dashed(name)}", *([SHORT_FLAGS[name]] if name in SHORT_FLAGS else []),
+             *([ALIASES[name]] if name in ALIASES else [])]
     return typer.Option(field.default, *flags, help=field.description, **kw)
 
 

@@ -316,3 +316,11 @@ def test_run_config_makes_a_task_split_on_the_fly(tmp_path):
     from fedmol.errors import FedmolError
     with pytest.raises(FedmolError, match="task_split must be"):
         RunConfig.checked({"task_split": "all"})
+
+
+def test_tasks_per_partner_is_the_issue_spelling_of_holders_per_task(tmp_path):
+    from fedmol.cli import app
+
+    res = CliRunner().invoke(app, ["split", "make", "tox21", "--partners", "16", "--task-split", "overlap",
+                                   "--tasks-per-partner", "1", "--out", str(tmp_path / "s.json")])
+    assert res.exit_code != 0 and "gives tox21's 12 tasks to 12 of 16 partners" in res.output
