@@ -46,7 +46,9 @@ def test_one_quick_run_reproduces_its_committed_numbers(tmp_path, monkeypatch):
             f"{c}: rerun {summary['test'][c.split('@')[1]]} vs committed {row[c]} (tolerance {tol:g}, "
             f"{'same' if same else 'another'} CPU kind): regenerate benchmarks/results/quick")
     mb = (summary["bytes_up"] + summary["bytes_down"]) / 1e6
-    assert mb == pytest.approx(row["mb"], abs=1e-9)
+    # the bytes count each reply's metrics as JSON: a loss that differs in its last bits on another CPU
+    # kind prints with another number of digits (a few bytes a message), the tensors' bytes never move
+    assert mb == pytest.approx(row["mb"], abs=1e-9 if same else 1e-4)
 
 
 def test_a_shipped_submission_reruns_to_its_claims(tmp_path):

@@ -41,7 +41,9 @@ starting weights, kept between rounds) before the algorithm's ``client_update`` 
 out of the reply before anything is sent, so the server aggregates the trunk only (coordinates
 nobody sent keep their value: the server's head stays the initial one). A partner's head predicts
 its own data's tasks (:func:`own_num_tasks`: a pilot site may hold other target columns). Algorithms whose server
-needs the partners' heads set ``private_heads_refusal`` and refuse the option.
+needs the partners' heads set ``private_heads_refusal`` and refuse the option. With the shared
+hyperparameter ``head_steps`` a partner first refits its head alone on the trunk it receives
+(FedRep's head phase, :func:`refit_head`), before it trains and before its model is scored.
 """
 
 from __future__ import annotations
@@ -131,6 +133,55 @@ def own_head(msg: Message, data: LocalData) -> Message:
     return Message(arrays={**msg.arrays, **{f"head.{k}": v for k, v in head.items()}}, config=config)
 
 
+class _HeadOnFrozenTrunk(nn.Module):
+    """``model``'s head on its frozen trunk, for :func:`fedmol.training.train_epoch`: training mode
+    reaches the head only (the trunk stays in eval mode: no dropout, BN statistics unchanged) and
+    the trunk's output is computed without gradients."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.task_type = model, model.task_type
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        self.model.eval()
+        self.model.head.train(mode)
+        return self
+
+    def forward(self, batch, width=None):
+        with torch.no_grad():
+            z = self.model.embed(batch)
+        return self.model.head(z, self.model.width)
+
+
+def refit_head(model: nn.Module, train, hp: dict, seed: int) -> nn.Module:
+    """FedRep's head phase (Collins et al., ICML 2021, Alg. 1: the head is updated with the received
+    representation fixed): ``hp["head_steps"]`` steps of the partner's local optimizer (Adam, its
+    ``lr``, ``weight_decay``, ``batch_size``, ``clip``) on ``model.head`` alone, the trunk frozen, over
+    the partner's own training molecules in the order of ``seed``. Returns ``model`` in eval mode."""
+    steps = int(hp.get("head_steps") or 0)
+    if steps:
+        opt = torch.optim.Adam(model.head.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        loader, head_alone, done = make_loader(train, hp["batch_size"], shuffle=True, seed=seed), _HeadOnFrozenTrunk(model), 0
+        while done < steps:  # more than an epoch on a small site: the loader reshuffles each pass
+            taken = train_epoch(head_alone, loader, opt, max_steps=steps - done, clip=hp["clip"])["steps"]
+            if not taken:  # nothing trainable (fewer than two molecules)
+                break
+            done += taken
+    return model.eval()
+
+
+def refit_own_head(algo_cls, msg: Message, data: LocalData) -> Message:
+    """:func:`own_head` of ``msg``, the partner's head first refit on the received trunk
+    (:func:`refit_head`, seeded by the message's client seed; the refit head is kept) when the
+    message's ``head_steps`` asks for it: what a private-heads partner trains from."""
+    if msg.config["hp"].get("head_steps"):
+        model = refit_head(algo_cls.client_model(own_head(msg, data)), data.train, msg.config["hp"],
+                           msg.config["seed"])
+        slicing.load_sub_state_dict(data.head, model.head.state_dict(), float(msg.config["width"]))
+    return own_head(msg, data)
+
+
 def keep_own_head(reply: Message, data: LocalData, width: float) -> Message:
     """Write the trained head of ``reply`` (width ``width``) back into the partner's own head and
     leave it out of ``reply``: what the partner then sends holds no head tensor."""
@@ -174,6 +225,9 @@ class HParams(BaseModel):
                                      "this L2 norm (null: DP off)")
     dp_noise: float = Field(0.0, ge=0, description="DP noise multiplier sigma")
     dp_delta: float = Field(1e-5, gt=0, lt=1, description="DP delta of the reported epsilon")
+    head_steps: int = Field(0, ge=0, description="private heads: steps a partner first trains its own head alone "
+                            "on the trunk it receives (trunk frozen; FedRep's head phase), before it trains and "
+                            "before its model is scored (0: off)")
 
     @classmethod
     def defaults(cls, own_only: bool = False) -> dict[str, Any]:
@@ -185,6 +239,13 @@ class HParams(BaseModel):
         """``{name: {"default", "type" (type and range in words), "meaning"}}`` of every field."""
         return {k: dict(default=f.default, type=requirement(f), meaning=f.description or "")
                 for k, f in cls.model_fields.items()}
+
+
+def sent_hparams(hp: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters a message carries: every one, except ``head_steps`` while it is 0 (the
+    head phase came later; without it a message stays byte for byte what it was, and so do the
+    committed byte counts)."""
+    return {k: v for k, v in hp.items() if k != "head_steps" or v}
 
 
 def client_seed(run_seed: int, rnd: int, pid: int) -> int:
@@ -223,6 +284,9 @@ class Algorithm:
     def __init__(self, model_config: dict, hparams: dict | None = None, seed: int = 0, heads: str = "shared"):
         self.heads = self.check_heads(heads)
         self.hp: dict[str, Any] = self.check_hparams(hparams)
+        if self.hp.get("head_steps") and heads != "private":
+            from fedmol.errors import FedmolError
+            raise FedmolError(f"{self.name}: head_steps refits a partner's private head: it needs heads = private")
         self.model_config = {**model_config, "norm": self.norm, "scaler": self.scaler, "width": 1.0}
         self.seed = seed
         self.model: nn.Module | None = None
@@ -371,7 +435,7 @@ class Algorithm:
         private heads: without the head, and with the run seed the partner's first head starts from)."""
         config = dict(round=rnd, pid=partner.pid, width=float(width), model=self.model_config,
                       seed=client_seed(self.seed, rnd, partner.pid),
-                      hp={k: v for k, v in self.hp.items()}, **extra)
+                      hp=sent_hparams(self.hp), **extra)
         arrays = slicing.sub_state_dict(self.model, width)
         if self.heads == "private":
             config.update(heads="private", init_seed=self.seed)
@@ -409,7 +473,7 @@ class Algorithm:
             raise FedmolError(f"{cls.name}: differential privacy (dp_clip) is not supported: {cls.dp_refusal}")
         if msg.config.get("heads") == "private":
             cls.check_heads("private")
-            reply = keep_own_head(cls.client_update(own_head(msg, data), data), data, msg.config["width"])
+            reply = keep_own_head(cls.client_update(refit_own_head(cls, msg, data), data), data, msg.config["width"])
         else:
             reply = cls.client_update(msg, data)
         if clip is not None:

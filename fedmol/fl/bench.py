@@ -348,7 +348,7 @@ def check_suite(s: Suite) -> None:
                               f"be loaded: {e}; drop it from the suite or run with --algorithms") from e
         for backbone in s.backbones:
             try:
-                cls(dict(name=backbone), {**s.hparams, **a.hparams}, 0)
+                cls(dict(name=backbone), {**s.hparams, **a.hparams}, 0, s.run.get("heads", "shared"))
             except FedmolError as e:
                 raise FedmolError(f"{where}: algorithm {a.label!r}: {e}") from e
     for r in s.references:

@@ -61,7 +61,7 @@ from fedmol.data.splits import (dataset_for_split, make_split, mask_tasks, partn
                                 split_tasks)
 from fedmol.config import RunConfig
 from fedmol.evaluate import Evaluator
-from fedmol.fl.algorithm import LocalData, PartnerInfo
+from fedmol.fl.algorithm import LocalData, PartnerInfo, client_seed, refit_head
 from fedmol.fl.driver import Delivery, RoundDriver, check_schedule, served_width, unserved_entry
 from fedmol.fl.registry import get_algorithm
 from fedmol.fl.setup import clear_results, partner_devices, resolved_config, start_algorithm, summary_extras
@@ -253,16 +253,19 @@ class PrivateHeadScores:
         self.sets = [own_task_sets(fed.split, fed.dataset, p.pid, {"test": fed.test, "valid": fed.valid})
                      for p in fed.infos]
         self.kept: dict[int, list] = {}
+        self.selected: int | None = None  # the round whose trunk and heads are served (:meth:`restore`)
 
     @contextmanager
-    def model(self, algo, width: float, pid: int):
-        """The served model at ``width`` with partner ``pid``'s own head in place of the server's."""
+    def model(self, algo, width: float, pid: int, rnd: int):
+        """The served model at ``width`` with partner ``pid``'s own head in place of the server's,
+        refit on the served trunk when ``head_steps`` asks for it (:func:`refit_head`, seeded by
+        round ``rnd``'s client seed; the refit head is not kept: scoring changes no head)."""
         model, own = algo.eval_model(width), self.fed.local[pid].head
-        if own is None:
-            yield model
-            return
         saved = {k: v.clone() for k, v in model.head.state_dict().items()}
-        model.head.load_state_dict(slicing.sub_state_dict(own, model.width))
+        if own is not None:
+            model.head.load_state_dict(slicing.sub_state_dict(own, model.width))
+        if own is not None and algo.hp.get("head_steps"):
+            refit_head(model, self.fed.local[pid].train, algo.hp, client_seed(algo.seed, rnd, pid))
         try:
             yield model
         finally:
@@ -275,7 +278,7 @@ class PrivateHeadScores:
             able = [p.pid for p in self.fed.infos if algo.serving_cap(p.device.max_width) >= w - 1e-9]
             scores = []
             for pid in able:
-                with self.model(algo, w, pid) as m:
+                with self.model(algo, w, pid, self.transport.round) as m:
                     scores.append(own_model_scores(m, {name: self.sets[pid][name] for name in datasets}, evaluator, w))
             for name in datasets:
                 out[name][width_key(w)] = finite_mean([s[name] for s in scores])
@@ -286,12 +289,13 @@ class PrivateHeadScores:
         """Give every partner back its head of evaluated round ``rnd`` (the selected round)."""
         for data, head in zip(self.fed.local, self.kept[rnd]):
             data.head = head
+        self.selected = rnd
 
     def entry(self, algo, p: PartnerInfo, w: float, evaluator: Evaluator) -> dict:
         """``per_partner`` entry of partner ``p`` at its served width ``w``: its own model on the
         global test set restricted to its tasks and on its own validation molecules."""
         valid = self.fed.local[p.pid].valid
-        with self.model(algo, w, p.pid) as m:
+        with self.model(algo, w, p.pid, self.selected) as m:
             scores = own_model_scores(m, {"test": self.sets[p.pid]["test"], "own_valid": valid}, evaluator, w)
         own_valid = scores.pop("own_valid")
         return dict(partner=p.pid, width=w, served=True, n_train=p.n_train, n_valid=len(valid), **scores,

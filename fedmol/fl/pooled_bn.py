@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from fedmol.errors import FedmolError
+from fedmol.fl.algorithm import sent_hparams
 from fedmol.fl.message import Message
 from fedmol.models import build, slicing
 from fedmol.models.slicing import SliceBatchNorm
@@ -178,7 +179,7 @@ class PooledBNStats:
         width = float(width)
         if width in self._bn_stats:
             return None  # the statistics of these weights at this width are known
-        config = dict(width=width, model=self.model_config, hp=dict(self.hp), purpose="sbn")
+        config = dict(width=width, model=self.model_config, hp=sent_hparams(self.hp), purpose="sbn")
         return self._strip_bn(Message(arrays=slicing.sub_state_dict(self.model, width), config=config))
 
     def absorb_query(self, width: float, replies) -> None:

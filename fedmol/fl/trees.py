@@ -50,7 +50,7 @@ import torch
 from pydantic import Field
 
 from fedmol.errors import FedmolError
-from fedmol.fl.algorithm import Algorithm, HParams, LocalData, PartnerInfo, client_seed
+from fedmol.fl.algorithm import Algorithm, HParams, LocalData, PartnerInfo, client_seed, sent_hparams
 from fedmol.fl.message import Message
 from fedmol.models.trees import TREE_KEYS, TreeEnsemble, check_trees, concat_trees, empty_trees, trees_of_booster
 
@@ -143,7 +143,7 @@ class BoostedTrees(Algorithm):
 
     def send(self, rnd: int, partner: PartnerInfo, width: float = 1.0, **extra) -> Message:
         config = dict(round=rnd, pid=partner.pid, width=1.0, model=self.model_config, trees=self.trees_for(partner),
-                      seed=client_seed(self.seed, rnd, partner.pid), hp=dict(self.hp), **extra)
+                      seed=client_seed(self.seed, rnd, partner.pid), hp=sent_hparams(self.hp), **extra)
         return Message(arrays=self.model.trees(), config=config)
 
     def upload_problem(self, reply: Message) -> str | None:

@@ -13,7 +13,8 @@ site's own number of target columns), runs :meth:`~fedmol.fl.algorithm.Algorithm
 **Evaluation** (:class:`SiteScores`, the round driver's ``evaluate`` at the coordinator): every
 evaluated round, each partner able to run a served width is sent the trunk at that width (a
 validate message, ``purpose`` ``evaluate``, no head); the site keeps its current head as that
-round's and scores the trunk plus its head (:func:`score_own_model`, the harness's
+round's and scores the trunk plus its head (refit on the trunk first when the run's ``head_steps``
+asks for it, as in-process; :func:`score_own_model`, the harness's
 :func:`~fedmol.fl.harness.own_model_scores`) on the sets of
 :class:`~fedmol.fl.harness.PrivateHeadScores`: with a split file (the demo, flower-sim) the
 pooled validation set and the split's test rows restricted to its own tasks, else (a site CSV)
@@ -40,7 +41,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedmol.fl.algorithm import HEAD_KEYS, LocalData, first_head, own_head, own_num_tasks
+from fedmol.fl.algorithm import (HEAD_KEYS, LocalData, client_seed, first_head, own_head, own_num_tasks, refit_head,
+                                 sent_hparams)
 from fedmol.fl.message import Message
 from fedmol.pilot.records import PilotError
 
@@ -119,6 +121,9 @@ def validate(algo_cls, msg: Message, meta: dict, site, store: HeadStore) -> Mess
     model = algo_cls.client_model(own_head(msg, data))
     if purpose == EVALUATE:
         store.save(data, int(meta["round"]))
+    trunk_round = int(meta["round"]) if purpose == EVALUATE else int(msg.config["head_round"])
+    if msg.config.get("hp", {}).get("head_steps"):  # as in-process: refit on the trunk, not kept
+        refit_head(model, data.train, msg.config["hp"], client_seed(int(msg.config["init_seed"]), trunk_round, data.pid))
     evaluator = Evaluator(site.task_type, len(site.tasks))
     scores = score_own_model(model, site, evaluator, float(msg.config["width"]))
     by_task = scores.pop("test_by_task", None)
@@ -159,7 +164,8 @@ def trunk_message(algo, width: float, purpose: str, head_round: int | None = Non
     from fedmol.models import slicing
 
     config = {"width": float(width), "model": algo.model_config, "purpose": purpose, "heads": "private",
-              "init_seed": algo.seed, **({"head_round": int(head_round)} if head_round is not None else {})}
+              "init_seed": algo.seed, "hp": sent_hparams(algo.hp),
+              **({"head_round": int(head_round)} if head_round is not None else {})}
     arrays = {k: v for k, v in slicing.sub_state_dict(algo.eval_model(width), width).items() if k not in HEAD_KEYS}
     return Message(arrays=arrays, config=config)
 

@@ -237,3 +237,60 @@ def test_private_regression_heads_start_at_each_partners_own_labels():
         fitted = fit_model(run.replace(heads=heads), fed, "gnn", train, valid, seed=0, max_steps=0)
         bias = float(fitted.model.head.bias.detach()[0])
         assert (bias == pytest.approx(mean, abs=1e-5)) if heads == "private" else abs(bias - mean) > 0.5
+
+
+# -- FedRep's head phase: head_steps ----------------------------------------------------------------
+def test_refit_head_trains_the_head_alone_and_lowers_its_loss():
+    """The trunk (weights and BN statistics) is untouched bit for bit, the head's training loss falls,
+    the same seed gives the same head, and the model comes back in eval mode."""
+    from fedmol.fl.algorithm import refit_head
+    from fedmol.fl.harness import build_federation
+    from fedmol.models import masked_loss
+    from fedmol.training import predict
+
+    run = cfg(model="mlp", hidden=16)
+    fed = build_federation(run, progress=False)
+    train = fed.local[0].train
+    model = initial_model(dict(name="mlp", num_tasks=fed.dataset.num_tasks, hidden=16, layers=2,
+                               task_type="classification"), 0)
+    hp = dict(head_steps=30, lr=1e-2, weight_decay=0.0, batch_size=32, clip=None)
+
+    def train_loss(m):
+        y, pred = predict(m, train)
+        return float(masked_loss(torch.as_tensor(pred), torch.as_tensor(y), "classification"))
+
+    trunk = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head.")}
+    before = train_loss(model)
+    refit_head(model, train, hp, seed=7)
+    assert not model.training
+    assert all(torch.equal(v, trunk[k]) for k, v in model.state_dict().items() if k in trunk)
+    assert train_loss(model) < before - 0.05
+    again = initial_model(dict(name="mlp", num_tasks=fed.dataset.num_tasks, hidden=16, layers=2,
+                               task_type="classification"), 0)
+    refit_head(again, train, hp, seed=7)
+    assert torch.equal(again.head.weight, model.head.weight)
+    untouched = initial_model(dict(name="mlp", num_tasks=fed.dataset.num_tasks, hidden=16, layers=2,
+                                   task_type="classification"), 0)
+    head = untouched.head.weight.clone()
+    refit_head(untouched, train, {**hp, "head_steps": 0}, seed=7)
+    assert torch.equal(untouched.head.weight, head)
+
+
+def test_head_steps_need_private_heads():
+    with pytest.raises(FedmolError, match="^fedavg: head_steps refits a partner's private head: it needs heads = "
+                                          "private$"):
+        run_federated(cfg(algorithm="fedavg", hparams={"max_local_steps": 2, "head_steps": 3}), None, progress=False)
+
+
+def test_head_steps_change_the_partners_models_and_no_head_leaves(tmp_path):
+    """With a head phase the scores move (the heads are refit on every received trunk) and still no head
+    tensor is sent; a rerun gives the same numbers."""
+    base, _ = watched_run(cfg(algorithm="fedavg", heads="private"), tmp_path / "base")
+    run = cfg(algorithm="fedavg", heads="private", hparams={"max_local_steps": 2, "head_steps": 4})
+    summary, seen = watched_run(run, tmp_path / "refit")
+    assert_no_head_left(tmp_path / "refit", seen)
+    assert summary["test"] != base["test"]
+    assert [e["test"] for e in summary["per_partner"]] != [e["test"] for e in base["per_partner"]]
+    again = run_federated(run, None, progress=False)
+    assert again["test"] == summary["test"]
+    assert json.dumps(again["per_partner"]) == json.dumps(summary["per_partner"])  # NaN off a partner's tasks

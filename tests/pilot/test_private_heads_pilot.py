@@ -64,14 +64,16 @@ def first_round_wins(monkeypatch):
     monkeypatch.setattr(driver, "RoundSelector", FirstRoundWins)
 
 
-@pytest.mark.parametrize("case", ["fedavg", "heterofl-tiered", "fjord-task-split"])
+@pytest.mark.parametrize("case", ["fedavg", "heterofl-tiered", "fjord-task-split", "fedavg-head-steps"])
 def test_link_private_heads_equal_in_process(case, bace_split, tmp_path, first_round_wins):
-    """The scores equal (bit for bit in metrics.csv): FedAvg, a nested algorithm with its queries, and a
-    task split (each site labelled and scored on its own tasks)."""
+    """The scores equal (bit for bit in metrics.csv): FedAvg, a nested algorithm with its queries, a
+    task split (each site labelled and scored on its own tasks), and FedRep's head phase (``head_steps``:
+    every site refits its head on each trunk it trains from or scores)."""
     kw, split = {"fedavg": ({}, bace_split),
                  "heterofl-tiered": (dict(algorithm="heterofl", devices="tiered"), bace_split),
                  "fjord-task-split": (dict(algorithm="fjord", devices="tiered", split=TASK_SPLIT, hidden=8, rounds=2),
-                                      TASK_SPLIT)}[case]
+                                      TASK_SPLIT),
+                 "fedavg-head-steps": (dict(hparams={**tiny().hparams, "head_steps": 3}), bace_split)}[case]
     cfg = tiny(**{"heads": "private", "rounds": 3, **kw})
     harness = run_federated(cfg, tmp_path / "harness", progress=False)
     pilot, link = local_run(cfg, split, tmp_path / "pilot", link_cls=ForgetfulLink)
