@@ -79,6 +79,8 @@ def partner(
     node_auth: bool = typer.Option(True, "--node-auth/--no-node-auth", help="Authenticate with CERTS/node.key (--no-node-auth: only with a coordinator started with --no-node-auth)."),
     home: Path = typer.Option(Path("fedmol-partner"), "--home", help="Folder for site.toml, the SuperNode's state and logs."),
     audit_dir: Optional[Path] = typer.Option(None, "--audit-dir", help="Where audit.jsonl goes (default HOME/audit)."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Where the site keeps what it needs between "
+                                             "messages: with private heads its own heads (default: the audit dir)."),
     threads: int = typer.Option(0, "--threads", help="CPU threads for local training (0: torch's default)."),
     check_only: bool = typer.Option(False, "--check-only", help="Only check and featurize the CSV, start nothing."),
     wait: float = typer.Option(300.0, "--wait", min=0, help="Seconds to keep trying while the coordinator has not "
@@ -110,7 +112,7 @@ def partner(
     home = home.expanduser().resolve()
     nc = node_config(csv.expanduser(), smiles_col, target_cols, task, width_cap, partition_id,
                      (audit_dir or home / "audit").expanduser(), valid_csv.expanduser() if valid_csv else None,
-                     threads)
+                     threads, state_dir.expanduser() if state_dir else None)
     check_partner_data(nc, log=_say)
     if check_only:
         _say("check passed: nothing was started (--check-only)")

@@ -97,7 +97,13 @@ def _decode(content, node: int, inbox: list | None) -> Reply:
 
 
 class GridLink:
-    """Messages over a Flower ``Grid``: push all, then pull the pending replies until the deadline."""
+    """Messages over a Flower ``Grid``: push all, then pull the pending replies until the deadline.
+
+    Why not Flower's ``Grid.send_and_receive`` (flwr 1.42, read in ``superlink/grid/http_grid.py``):
+    it sleeps 3 s between pulls on a deployment's grid (here ``poll``, 0.2 s: a round makes up to
+    three exchanges), a transient pull error ends the run instead of being retried until the
+    deadline, a message the SuperLink refuses to accept fails the whole push, and it returns the
+    replies without saying which node stayed silent, which the round's failure records need."""
 
     def __init__(self, grid, poll: float = 0.2, inbox_path: str | Path | None = None):
         self.grid, self.poll = grid, poll

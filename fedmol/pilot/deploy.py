@@ -206,12 +206,15 @@ def partner_certs(certs: Path) -> tuple[Path, Path | None, int | None]:
 
 
 def node_config(csv: Path, smiles_col: str, target_cols: str, task: str, width_cap: float, partition_id: int,
-                audit_dir: Path, valid_csv: Path | None = None, threads: int = 0) -> dict:
+                audit_dir: Path, valid_csv: Path | None = None, threads: int = 0, state_dir: Path | None = None) -> dict:
+    """A site's node config (``fedmol.pilot.site``'s keys) from ``fedmol pilot partner``'s options."""
     nc = {"partition-id": int(partition_id), "width-cap": float(width_cap), "csv": str(csv.resolve()),
           "smiles-col": smiles_col, "target-cols": target_cols, "task": task, "audit-dir": str(audit_dir.resolve()),
           "threads": int(threads)}
     if valid_csv is not None:
         nc["valid-csv"] = str(valid_csv.resolve())
+    if state_dir is not None:
+        nc["state-dir"] = str(state_dir.resolve())
     return nc
 
 

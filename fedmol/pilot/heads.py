@@ -5,7 +5,9 @@ head never leaves its site, so the site keeps it, and only the site can score it
 lives on its disk, in its state folder (node config ``state-dir``, default its ``audit-dir``):
 ``heads/run-<run id>.safetensors`` is the partner's current head (full width, safetensors only,
 written atomically), ``heads/run-<run id>-r<round>.safetensors`` its head at each evaluated
-round (:class:`HeadStore`). A private-heads training message loads the current head (none yet:
+round that can still be selected (:class:`HeadStore`: every evaluation message names the best round
+so far, and the site deletes the other rounds' heads; the final report leaves the selected round's
+only, the head of the partner's final model). A private-heads training message loads the current head (none yet:
 the first head of the run's starting weights, :func:`fedmol.fl.algorithm.first_head`, for the
 site's own number of target columns), runs :meth:`~fedmol.fl.algorithm.Algorithm.partner_update`
 (which keeps the trained head and leaves it out of the reply) and saves it again.
@@ -87,6 +89,13 @@ class HeadStore:
         head.load_state_dict(load_file(str(path)))
         data.head = head
 
+    def prune(self, keep) -> None:
+        """Delete this run's round heads except those of the rounds in ``keep`` (None entries ignored)."""
+        keep_names = {self.path(int(r)).name for r in keep if r is not None}
+        for path in self.folder.glob(f"run-{self.run_id}-r*.safetensors"):
+            if path.name not in keep_names:
+                path.unlink(missing_ok=True)
+
     def save(self, data: LocalData, rnd: int | None = None) -> None:
         """Write ``data.head`` as the current head (or as round ``rnd``'s), atomically."""
         from fedmol.atomic import write_atomic
@@ -121,6 +130,10 @@ def validate(algo_cls, msg: Message, meta: dict, site, store: HeadStore) -> Mess
     model = algo_cls.client_model(own_head(msg, data))
     if purpose == EVALUATE:
         store.save(data, int(meta["round"]))
+        if "keep_round" in msg.config:  # the rounds that can still be selected: this one, the best so far
+            store.prune({int(meta["round"]), msg.config["keep_round"]})
+    else:
+        store.prune({int(msg.config["head_round"])})  # the run is over: its selected round's head is the site's
     trunk_round = int(meta["round"]) if purpose == EVALUATE else int(msg.config["head_round"])
     if msg.config.get("hp", {}).get("head_steps"):  # as in-process: refit on the trunk, not kept
         refit_head(model, data.train, msg.config["hp"], client_seed(int(msg.config["init_seed"]), trunk_round, data.pid))
@@ -159,13 +172,16 @@ def split_sets(site) -> dict | None:
 
 
 # -- the coordinator -------------------------------------------------------------------------------
-def trunk_message(algo, width: float, purpose: str, head_round: int | None = None) -> Message:
-    """The served model at ``width`` without its head, for a site to score with its own head."""
+def trunk_message(algo, width: float, purpose: str, head_round: int | None = None,
+                  keep_round: int | None = None) -> Message:
+    """The served model at ``width`` without its head, for a site to score with its own head
+    (``keep_round``, evaluate: the best round so far, whose head the site must still keep)."""
     from fedmol.models import slicing
 
     config = {"width": float(width), "model": algo.model_config, "purpose": purpose, "heads": "private",
               "init_seed": algo.seed, "hp": sent_hparams(algo.hp),
-              **({"head_round": int(head_round)} if head_round is not None else {})}
+              **({"head_round": int(head_round)} if head_round is not None else {}),
+              **({"keep_round": keep_round} if purpose == EVALUATE else {})}
     arrays = {k: v for k, v in slicing.sub_state_dict(algo.eval_model(width), width).items() if k not in HEAD_KEYS}
     return Message(arrays=arrays, config=config)
 
@@ -187,7 +203,8 @@ class SiteScores:
         out: dict[str, dict[str, float]] = {name: {} for name in self.names}
         for w in widths:
             query(w)
-            answers = self.driver.ask_to_validate(w, trunk_message(algo, w, EVALUATE))
+            keep = self.driver.selector.best_round
+            answers = self.driver.ask_to_validate(w, trunk_message(algo, w, EVALUATE, keep_round=keep))
             for name in self.names:
                 out[name][width_key(w)] = finite_mean(m.metrics.get(name, float("nan")) for _, m in answers)
         return out

@@ -98,3 +98,22 @@ def test_demo_rejects_unknown_algorithm_before_starting_anything(tmp_path):
     assert not (tmp_path / "x").exists()
     r = runner.invoke(pilot_app, ["demo", "--hp", "colour=red", "--dataset", "bace", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "unknown hyperparameter" in r.output
+
+
+def test_partner_state_dir_reaches_the_node_config(tmp_path, monkeypatch, data_dir):
+    """``--state-dir`` (where a site keeps its private heads) goes into the node config the SuperNode gets;
+    without it the key is absent (the site then keeps its state in its audit dir)."""
+    import pandas as pd
+
+    from fedmol.pilot import deploy
+
+    pd.read_csv(data_dir / "BBBP.csv").iloc[:40][["smiles", "p_np"]].to_csv(tmp_path / "site.csv", index=False)
+    seen = []
+    monkeypatch.setattr(deploy, "run_partner", lambda superlink, nc, *a, **kw: seen.append(nc) or 0)
+    base = ["partner", "--superlink", "127.0.0.1:9092", "--insecure", "--partition-id", "0", "--csv",
+            str(tmp_path / "site.csv"), "--smiles-col", "smiles", "--target-cols", "p_np", "--task", "classification",
+            "--home", str(tmp_path / "home")]
+    for extra in (["--state-dir", str(tmp_path / "state")], []):
+        r = runner.invoke(pilot_app, base + extra)
+        assert r.exit_code == 0, r.output
+    assert seen[0]["state-dir"] == str((tmp_path / "state").resolve()) and "state-dir" not in seen[1]

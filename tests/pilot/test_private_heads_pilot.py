@@ -20,7 +20,7 @@ from fedmol.fl.harness import run_federated
 from fedmol.pilot import site
 from fedmol.pilot.config import PilotSettings
 from fedmol.pilot.coordinator import LocalLink, run_coordinator
-from fedmol.pilot.records import TRAIN
+from fedmol.pilot.records import TRAIN, VALIDATE
 
 from pilot_common import assert_no_head_uploaded, assert_parity, tiny
 from test_local import local_run
@@ -38,6 +38,7 @@ class ForgetfulLink(LocalLink):
     def __init__(self, node_configs, run_id=None):
         super().__init__(node_configs, run_id)
         self.head_files: list[dict[int, bytes | None]] = []
+        self.round_heads: list[dict[int, list[str]]] = []  # after each validate exchange: every site's round heads
 
     def exchange(self, kind, sends, group, timeout):
         site._CACHE.clear()
@@ -45,6 +46,9 @@ class ForgetfulLink(LocalLink):
         if kind == TRAIN:
             files = {n: heads_folder(nc) / f"run-{self.run_id}.safetensors" for n, nc in self.node_configs.items()}
             self.head_files.append({n: f.read_bytes() if f.is_file() else None for n, f in files.items()})
+        if kind == VALIDATE:
+            self.round_heads.append({n: sorted(p.name for p in heads_folder(nc).glob("*-r*.safetensors"))
+                                     for n, nc in self.node_configs.items()})
         return out
 
 
@@ -88,21 +92,30 @@ def test_link_private_heads_equal_in_process(case, bace_split, tmp_path, first_r
             assert sum(math.isfinite(v) for v in entry["test_by_task"]) == 3
 
 
-def test_the_head_stays_at_its_site_on_its_disk(bace_split, tmp_path):
-    pilot, link = local_run(tiny(heads="private", rounds=2), bace_split, tmp_path, link_cls=ForgetfulLink)
+def test_the_head_stays_at_its_site_on_its_disk(bace_split, tmp_path, first_round_wins):
+    """Kept between messages on the site's disk; of the round heads only those that can still be selected
+    stay (this round's and the best so far: round 0), and after the report the selected round's alone."""
+    pilot, link = local_run(tiny(heads="private", rounds=3), bace_split, tmp_path, link_cls=ForgetfulLink)
     assert_no_head_uploaded([tmp_path / f"site{k}" / "audit.jsonl" for k in (0, 1)], tmp_path / "sent.jsonl")
     start = initial_model(json.loads((tmp_path / "config.json").read_text())["model"], 0).head.state_dict()
+    name = f"run-{link.run_id}-r{{}}.safetensors".format
     for node, nc in link.node_configs.items():
+        assert [heads[node] for heads in link.round_heads] == [  # after 3 evaluations, then after the report
+            [name(0)], [name(0), name(1)], [name(0), name(2)], [name(0)]]
         after = [files[node] for files in link.head_files]
         assert None not in after and after[0] != after[1]  # kept between messages, changed by training
         folder = heads_folder(nc)
-        assert sorted(p.name for p in folder.iterdir()) == [f"run-{link.run_id}-r{r}.safetensors" for r in (0, 1)] + [
-            f"run-{link.run_id}.safetensors"]
-        kept = [load_file(str(folder / f"run-{link.run_id}-r{r}.safetensors")) for r in (0, 1)]
-        assert not torch.equal(kept[0]["weight"], start["weight"]) and not torch.equal(kept[0]["weight"],
-                                                                                       kept[1]["weight"])
-        assert (folder / f"run-{link.run_id}.safetensors").read_bytes() == after[1]
+        assert sorted(p.name for p in folder.iterdir()) == [name(0), f"run-{link.run_id}.safetensors"]
+        kept = load_file(str(folder / name(0)))
+        assert not torch.equal(kept["weight"], start["weight"])
+        assert torch.equal(kept["weight"], load_file_bytes(after[0])["weight"])  # round 0's head: after its training
+        assert (folder / f"run-{link.run_id}.safetensors").read_bytes() == after[2]
     assert all(math.isfinite(e["test"]) and math.isfinite(e["valid"]) for e in pilot["per_partner"])
+
+
+def load_file_bytes(data: bytes) -> dict:
+    from safetensors.torch import load
+    return load(data)
 
 
 # -- sites with their own CSVs and their own target columns ----------------------------------------
