@@ -162,7 +162,8 @@ def refit_head(model: nn.Module, train, hp: dict, seed: int) -> nn.Module:
     steps = int(hp.get("head_steps") or 0)
     if steps:
         opt = torch.optim.Adam(model.head.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-        loader, head_alone, done = make_loader(train, hp["batch_size"], shuffle=True, seed=seed), _HeadOnFrozenTrunk(model), 0
+        loader = make_loader(train, hp["batch_size"], shuffle=True, seed=seed)
+        head_alone, done = _HeadOnFrozenTrunk(model), 0
         while done < steps:  # more than an epoch on a small site: the loader reshuffles each pass
             taken = train_epoch(head_alone, loader, opt, max_steps=steps - done, clip=hp["clip"])["steps"]
             if not taken:  # nothing trainable (fewer than two molecules)

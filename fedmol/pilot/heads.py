@@ -129,14 +129,16 @@ def validate(algo_cls, msg: Message, meta: dict, site, store: HeadStore) -> Mess
         raise PilotError(f"unknown purpose {purpose!r} of a private-heads validate message")
     model = algo_cls.client_model(own_head(msg, data))
     if purpose == EVALUATE:
-        store.save(data, int(meta["round"]))
+        trunk_round = int(meta["round"])
+        store.save(data, trunk_round)
         if "keep_round" in msg.config:  # the rounds that can still be selected: this one, the best so far
-            store.prune({int(meta["round"]), msg.config["keep_round"]})
+            store.prune({trunk_round, msg.config["keep_round"]})
     else:
-        store.prune({int(msg.config["head_round"])})  # the run is over: its selected round's head is the site's
-    trunk_round = int(meta["round"]) if purpose == EVALUATE else int(msg.config["head_round"])
+        trunk_round = int(msg.config["head_round"])
+        store.prune({trunk_round})  # the run is over: its selected round's head is the site's
     if msg.config.get("hp", {}).get("head_steps"):  # as in-process: refit on the trunk, not kept
-        refit_head(model, data.train, msg.config["hp"], client_seed(int(msg.config["init_seed"]), trunk_round, data.pid))
+        seed = client_seed(int(msg.config["init_seed"]), trunk_round, data.pid)
+        refit_head(model, data.train, msg.config["hp"], seed)
     evaluator = Evaluator(site.task_type, len(site.tasks))
     scores = score_own_model(model, site, evaluator, float(msg.config["width"]))
     by_task = scores.pop("test_by_task", None)

@@ -15,11 +15,20 @@ slice's coordinates (outside them the sliced path's gradients are exactly zero);
 the order of float sums where a layout changes (a strided weight view vs a contiguous tensor in a
 matmul, the per-tensor norms of gradient clipping). Measured on the project's CPU (torch 2.13): every
 case bit-identical except HeteroFL with SGD and gradient clipping, 5.8e-11 at most.
+
+Except for the biases that feed a batch norm (GIN's ``lin1`` / ``lin2`` biases, the MLP's layer biases) and
+the running means of those norms: in training mode the norm subtracts the batch mean, so such a bias has a
+zero gradient in exact arithmetic, and what float rounding leaves of it (~1e-9) has a sign that depends on
+the CPU's order of sums. Adam divides by its root mean square, turning that residue into steps of the full
+learning rate: on the project's Intel CPU both paths were bit-identical, on an AMD EPYC they differed by up
+to 0.038 on these coordinates only (every weight within 1e-6). They are checked within ``2 x lr x steps``
+(each path moves them at most about ``lr`` a step), the running means that tracked them within the same.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -42,6 +51,10 @@ BACKBONES = {
     "gin": dict(name="gin", hidden=16, layers=2),
     "mlp": dict(name="mlp", hidden=16, layers=2, fp_radius=2, fp_bits=256, fp_counts=True),
 }
+#: the coordinates a batch norm makes rounding-driven (see the module docstring): biases feeding a norm,
+#: and the norms' running means
+NORM_FED = re.compile(r"(convs\.\d+\.lin[12]\.bias|input\.bias|linears\.\d+\.bias|"
+                      r"(convs\.\d+\.norm|norms\.\d+)\.running_mean\w*)$")
 
 
 def molecules(n: int, seed: int = 0):
@@ -52,12 +65,15 @@ def molecules(n: int, seed: int = 0):
     return out
 
 
-def assert_same_update(got: dict, want: dict) -> None:
+def assert_same_update(got: dict, want: dict, norm_fed_tol: float) -> None:
+    """Every tensor equal within ``TOL``; the coordinates a batch norm makes rounding-driven (``NORM_FED``)
+    within ``norm_fed_tol`` (``2 x lr x steps``)."""
     assert set(got) == set(want)
     for k in want:
         assert got[k].shape == want[k].shape, k
         if want[k].is_floating_point():
-            torch.testing.assert_close(got[k], want[k], atol=TOL, rtol=TOL, msg=k)
+            tol = norm_fed_tol if NORM_FED.search(k) else TOL
+            torch.testing.assert_close(got[k], want[k], atol=tol, rtol=TOL, msg=lambda m, k=k: f"{k}: {m}")
         else:
             assert torch.equal(got[k], want[k]), k
 
@@ -117,7 +133,8 @@ def test_partner_update_equals_the_sliced_path(algo_cls, hp, backbone):
     for rnd in range(rounds):
         replies = []  # FedDF: round 0's group students are the slices of the widest, algo.model
         for msg, got, want in run_round(algo, partners, data, rnd, algo.model):
-            assert_same_update(got.arrays, want)
+            steps = hparams["local_epochs"] * hparams["max_local_steps"]
+            assert_same_update(got.arrays, want, 2 * algo.hp["lr"] * steps)
             assert not torch.equal(got.arrays["head.weight"], msg.arrays["head.weight"])  # it trained
             replies.append(got)
         if rnd + 1 < rounds:
@@ -128,7 +145,7 @@ def test_partner_update_equals_the_sliced_path(algo_cls, hp, backbone):
 
 
 NORMS = [("bn", False), ("sbn", True), ("fjord_bn", False)]  # FedAvg/FedDF/FedGen, HeteroFL, FjORD/FedResCuE
-OPTIMIZERS = {
+OPTIMIZERS = {  # every one at lr 1e-2 (the bound of the norm-fed coordinates assumes it)
     "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2),
     "adam_wd": lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-3),
     "sgd_momentum": lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, weight_decay=5e-4),
@@ -154,4 +171,5 @@ def test_standalone_training_equals_the_slice_of_the_full_model(backbone, norm, 
         torch.manual_seed(7)
         for _ in range(2):
             train_epoch(model, loader, opt, width=run_width, clip=1.0)
-    assert_same_update(standalone.state_dict(), slicing.sub_state_dict(full, width))
+    steps = 2 * len(loader)
+    assert_same_update(standalone.state_dict(), slicing.sub_state_dict(full, width), 2 * 1e-2 * steps)

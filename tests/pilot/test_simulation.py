@@ -62,8 +62,8 @@ def test_flower_sim_private_heads_equal_in_process(private_sim_run):
     assert_parity(harness, sim, private_heads=True)
     assert len(audits) == 2
     assert_no_head_uploaded(audits, tmp / "sim" / "sent.jsonl")
-    for audit in audits:  # the head, and the head of every evaluated round, stayed on the partner's disk
+    for audit in audits:  # the head, and the selected round's head (the partner's final model), stayed on its disk
         names = {p.name for p in (audit.parent / "heads").iterdir()}
         (current,) = [n for n in names if re.fullmatch(r"run-\d+\.safetensors", n)]
         run = current[len("run-"):-len(".safetensors")]
-        assert names == {current, f"run-{run}-r0.safetensors", f"run-{run}-r1.safetensors"}
+        assert names == {current, f"run-{run}-r{sim['selected_round']}.safetensors"}
