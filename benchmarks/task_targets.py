@@ -6,12 +6,15 @@ Reads the committed results of ``fedmol bench federation_tasks`` (``results_per_
 
 * **vs local (same family)**: the share of partner x seed pairs whose model (federated trunk + its own
   head) beats, on the partner's own tasks of the global test scaffolds, its single-partner baseline of the
-  same family (the local-only MLP, trained and selected the same way), the mean gain and a Wilcoxon
+  same family (the local-only MLP or GIN, trained and selected the same way), the mean gain and a Wilcoxon
   signed-rank test over those pairs; the share per seed (a finding holds when every seed agrees);
 * **vs best local**: the same against the partner's best local model (MLP, ECFP4 forest or ECFP4 LightGBM,
   chosen on its own validation molecules);
-* the same for the **centralized MLP** (every partner's labels pooled, scored per partner on its own tasks):
+* the same for the **centralized model** of that family (every partner's labels pooled, scored per partner
+  on its own tasks):
   what the partners' labels can give together, with no federation in the way;
+* **the head phase**: an algorithm run with FedRep's head phase (label ``<algorithm>_refit``) against itself
+  without it, paired per partner x seed;
 * **per task**: the share of (partner, task) pairs -- in a disjoint task split, of tasks -- whose
   federated score beats the best local model's (``task_gains.csv``); on MoleculeACE, the share of
   targets that gain.
@@ -36,6 +39,8 @@ from scipy.stats import wilcoxon
 from federation_targets import _best, _f, publish
 
 SHARE_TARGET = {"tox21": 0.80}
+#: the label suffix of an algorithm run with FedRep's head phase (``head_steps``, docs/private_heads.md)
+REFIT = "_refit"
 
 
 def _shares(gains: pd.DataFrame, column: str) -> dict:
@@ -59,11 +64,16 @@ def _task_share(tasks: pd.DataFrame) -> dict:
                 task_mean=float(np.mean(d)) if len(d) else math.nan)
 
 
+def family(per_seed: pd.DataFrame) -> str:
+    """The neural family of a task suite's backbone: ``mlp`` (the fingerprint MLP) or ``gnn`` (GIN)."""
+    return "mlp" if (per_seed["method"] == "local-only (mlp)").any() else "gnn"
+
+
 def method_rows(per_seed: pd.DataFrame, gains: pd.DataFrame, tasks: pd.DataFrame) -> list[dict]:
-    """One row per federated method of one dataset, then the centralized MLP's (the same labels pooled:
+    """One row per federated method of one dataset, then the centralized model's (the same labels pooled:
     what the partners' labels could give together)."""
     rows = []
-    shown = (per_seed["kind"] == "federated") | (per_seed["method"] == "centralized (mlp)")
+    shown = (per_seed["kind"] == "federated") | (per_seed["method"] == f"centralized ({family(per_seed)})")
     for method, m in per_seed[shown].groupby("method", sort=False):
         g = gains[gains["method"] == method]
         local, best = _shares(g, "gain_test"), _shares(g, "gain_test_vs_best_local")
@@ -75,14 +85,33 @@ def method_rows(per_seed: pd.DataFrame, gains: pd.DataFrame, tasks: pd.DataFrame
     return rows
 
 
+def head_phase_rows(gains: pd.DataFrame) -> list[dict]:
+    """Each algorithm run with FedRep's head phase (label ``<algorithm>_refit``) against itself without it,
+    paired per partner x seed: the mean difference of the test gains (positive: the head phase is better),
+    the share of pairs it improves and the Wilcoxon p."""
+    rows = []
+    for method in gains["method"].unique():
+        if not str(method).endswith(REFIT) or str(method)[:-len(REFIT)] not in set(gains["method"]):
+            continue
+        pick = lambda m: gains[gains["method"] == m].set_index(["seed", "partner"])["gain_test"]  # noqa: E731
+        d = (pick(method) - pick(str(method)[:-len(REFIT)])).dropna().to_numpy(dtype=float)
+        rows.append(dict(method=str(method), without=str(method)[:-len(REFIT)], pairs=len(d),
+                         diff=float(np.mean(d)) if len(d) else math.nan,
+                         share_better=float(np.mean(d > 0)) if len(d) else math.nan,
+                         p=float(wilcoxon(d).pvalue) if len(d) >= 6 and np.any(d != 0) else math.nan))
+    return rows
+
+
 def dataset_row(name: str, per_seed: pd.DataFrame, gains: pd.DataFrame, tasks: pd.DataFrame) -> dict:
     """Every method's row, the method chosen on validation, the references' scores and the target."""
     ref = lambda label: float(per_seed.loc[per_seed["method"] == label, "test@partner"].mean())  # noqa: E731
     row = dict(dataset=name, metric=str(per_seed["metric"].iloc[0]), methods=method_rows(per_seed, gains, tasks),
-               best_federated=_best(per_seed, "federated"), local_mlp=ref("local-only (mlp)"),
-               best_local=ref("best local"), centralized_mlp=ref("centralized (mlp)"))
+               best_federated=_best(per_seed, "federated"), family=family(per_seed),
+               local=ref(f"local-only ({family(per_seed)})"), best_local=ref("best local"),
+               centralized=ref(f"centralized ({family(per_seed)})"))
     target = SHARE_TARGET.get(name)
     chosen = next((m for m in row["methods"] if m["method"] == row["best_federated"]), None)
+    row["head_phase"] = head_phase_rows(gains)
     row["share_target"] = target
     row["target_met"] = None if target is None or chosen is None else bool(chosen["share_vs_local"] >= target)
     return row
@@ -115,12 +144,21 @@ def markdown(rows: list[dict]) -> str:
                 _f(m["share_vs_best_local"], ".0%") + f" of {m['pairs_vs_best_local']}",
                 _f(m["p_vs_best_local"], ".2g"),
                 _f(m.get("task_share"), ".0%") + f" of {m.get('task_pairs', 0)}"]) + " |")
-    refs = ["", "| dataset | metric | local-only MLP | best local | centralized MLP | chosen on validation | "
-            "target (share beating local, chosen method) | met |", "|---|---|---:|---:|---:|---|---:|---|"]
+    refs = ["", "| dataset | metric | family | local-only | best local | centralized | chosen on validation | "
+            "target (share beating local, chosen method) | met |", "|---|---|---|---:|---:|---:|---|---:|---|"]
     for r in rows:
-        refs.append(f"| {r['dataset']} | {r['metric']} | {_f(r['local_mlp'])} | {_f(r['best_local'])} | "
-                    f"{_f(r['centralized_mlp'])} | {r['best_federated']} | {_f(r['share_target'], '.0%')} | "
+        refs.append(f"| {r['dataset']} | {r['metric']} | {r['family']} | {_f(r['local'])} | {_f(r['best_local'])} | "
+                    f"{_f(r['centralized'])} | {r['best_federated']} | {_f(r['share_target'], '.0%')} | "
                     f"{'' if r['target_met'] is None else ('yes' if r['target_met'] else '**no**')} |")
+    phase = [(r["dataset"], h) for r in rows for h in r.get("head_phase", [])]
+    if phase:
+        refs += ["", "FedRep's head phase (`<algorithm>_refit`, `head_steps`) against the same algorithm without it, "
+                 "paired per partner x seed: mean difference of the test gains (positive: the head phase is better), "
+                 "share of pairs it improves, Wilcoxon p.", "",
+                 "| dataset | with head phase | without | paired difference | better in | Wilcoxon p |",
+                 "|---|---|---|---:|---:|---:|"]
+        refs += [f"| {ds} | {h['method']} | {h['without']} | {_f(h['diff'], '+.3f')} | "
+                 f"{_f(h['share_better'], '.0%')} of {h['pairs']} | {_f(h['p'], '.2g')} |" for ds, h in phase]
     notes = [
         "# Task suite: the targets of issue 18",
         "",

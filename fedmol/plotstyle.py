@@ -2,8 +2,8 @@
 (:mod:`fedmol.leaderboard.board`) both take a method's colour and marker from here, so FjORD is the
 same colour in a rounds plot, a CDF and the board.
 
-* Algorithms (every name of :data:`fedmol.fl.registry.ALGORITHMS`, plus the standard suite's variants)
-  have a fixed colour of their own; none is black, gray, brown or red, which the references use.
+* Algorithms (every name of :data:`fedmol.fl.registry.ALGORITHMS`, plus the standard suite's variants
+  and the task suites' ``<algorithm>_refit``, a darker shade of its algorithm's) have a fixed colour of their own; none is black, gray, brown or red, which the references use.
 * References keep their styles: the GNN black, the fingerprint MLP gold, the ECFP4 forest gray, the ECFP4
   boosted trees brown;
   centralized dashed, local-only dotted, ensemble dash-dotted; the partner's best local red dotted.
@@ -35,10 +35,15 @@ ALGORITHM_COLORS = {
     "fedgen_pooled": "#bcbd22",  # olive
     "fedgen_od": "#7b4173",      # plum
     "fedgen_od_cap": "#393b79",  # indigo
+    # FedRep's head phase (benchmarks/suites/federation_tasks*.toml): the algorithm's colour, darker
+    "fedavg_refit": "#08306b",     # navy
+    "fjord_refit": "#4a1486",      # dark purple
+    "fedrescue_refit": "#00646e",  # dark teal
 }
 ALGORITHM_MARKERS = {"fedavg": "o", "feddf": "s", "heterofl": "^", "fjord": "v", "fedgen": "D",
                      "fedrescue": "P", "gbt-bagging": "*", "gbt-cyclic": "h",
-                     "fedgen_pooled": "X", "fedgen_od": "<", "fedgen_od_cap": ">"}
+                     "fedgen_pooled": "X", "fedgen_od": "<", "fedgen_od_cap": ">",
+                     "fedavg_refit": "o", "fjord_refit": "v", "fedrescue_refit": "P"}
 #: names not listed above: colours no algorithm and no reference uses
 SPARE_COLORS = ["#637939", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#de9ed6", "#6baed6", "#fd8d3c",
                 "#74c476", "#9e9ac8", "#b5cf6b", "#e7969c"]

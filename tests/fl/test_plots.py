@@ -76,6 +76,7 @@ def test_every_algorithm_has_a_fixed_colour_of_its_own():
     colors = [method_color(a) for a in ALGORITHMS]
     assert all(a in ALGORITHM_COLORS for a in ALGORITHMS), "a registered algorithm has no fixed colour"
     assert len(set(colors)) == len(colors)
+    assert len(set(ALGORITHM_COLORS.values())) == len(ALGORITHM_COLORS), "two fixed colours are the same"
     refs = {method_color(r) for r in ("local-only (gnn)", "centralized (rf-ecfp4)", "ensemble (gbt-ecfp4)",
                                        "best local")}
     assert not refs & set(colors), "an algorithm is drawn in a reference's colour"
