@@ -67,9 +67,11 @@ def _bn_modules(model: nn.Module) -> list[tuple[str, SliceBatchNorm]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SliceBatchNorm)]
 
 
-def _batches_with_two_atoms(loader: Iterable) -> Iterator:
+def _batches_norms_can_run(loader: Iterable, model: nn.Module) -> Iterator:
+    """The batches that give every norm layer at least two rows (a batch norm normalizing with its
+    batch's statistics needs two): atoms for a GNN, molecules for the fingerprint MLP."""
     for batch in loader:
-        if batch.num_nodes >= 2:
+        if model.norm_rows(batch) >= 2:
             yield batch
 
 
@@ -103,7 +105,7 @@ def bn_moment_sums(model: nn.Module, dataset, width: float, batch_size: int = 32
         handles.append(m.register_forward_pre_hook(hook(name)))
     try:
         loader = make_loader(dataset, batch_size, shuffle=False)
-        slicing.recompute_bn_stats(model, _batches_with_two_atoms(loader), width)
+        slicing.recompute_bn_stats(model, _batches_norms_can_run(loader, model), width)
     finally:
         for h in handles:
             h.remove()

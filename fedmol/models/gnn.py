@@ -196,6 +196,11 @@ class SliceGNN(nn.Module):
             index = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
         return POOLING[self.pool](h, index, size=int(getattr(batch, "num_graphs", 1) or 1))
 
+    def norm_rows(self, batch: Any) -> int:
+        """How many rows each norm layer normalizes over in ``batch``: its atoms (the norms act on
+        node states; the fingerprint MLP's act on molecules)."""
+        return int(batch.num_nodes)
+
     def forward(self, batch: Any, width: float | None = None) -> Tensor:
         """Predictions ``[num_graphs, num_tasks]`` (logits for classification)."""
         r = self._width(width)

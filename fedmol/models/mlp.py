@@ -69,6 +69,10 @@ class FingerprintMLP(SliceGNN):
                 h = _dropout(h, self.dropout)
         return h
 
+    def norm_rows(self, batch: Any) -> int:
+        """How many rows each norm layer normalizes over in ``batch``: its molecules."""
+        return int(batch.num_graphs)
+
     def macs(self, width: float, nodes: float, messages: float) -> float:
         """Analytic MACs per molecule; on bits estimated as ``nodes * (fp_radius + 1)`` (one
         environment per atom and radius, an upper bound)."""

@@ -182,3 +182,22 @@ def test_fedgen_pooled_run_records_the_query_traffic(tmp_path):
         _, pred = predict(net, test, float(key))
         want = shipped[shipped.width == float(key)].sort_values("row")["logit:Class"].to_numpy()
         np.testing.assert_allclose(pred[:, 0], want, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["gin", "mlp"])
+def test_a_last_batch_of_one_molecule_is_left_out_of_the_mlp_moments_only(backbone):
+    """A batch norm needs two rows: the MLP's norms see molecules, so a partner whose last batch holds one
+    molecule (9 molecules in batches of 4) leaves it out of its moment sums instead of failing (as its
+    training skips such a batch); a GNN's norms see atoms, so that molecule still counts."""
+    from fedmol.fl.pooled_bn import bn_moment_sums
+    from fl_graphs import SMILES
+
+    data = graphs(binary_labels(9, 1, 3))
+    for i, g in enumerate(data):
+        g.smiles = SMILES[i % len(SMILES)]
+    extra = dict(fp_radius=2, fp_bits=256) if backbone == "mlp" else {}
+    model = build(backbone, num_tasks=1, hidden=8, layers=2, task_type="classification", norm="sbn", **extra)
+    sums = bn_moment_sums(model, data, 1.0, batch_size=4)
+    counts = {float(v) for k, v in sums.items() if k.endswith(".count")}
+    atoms = sum(int(g.num_nodes) for g in data)
+    assert counts == ({8.0} if backbone == "mlp" else {float(atoms)})
