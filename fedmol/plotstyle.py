@@ -39,11 +39,13 @@ ALGORITHM_COLORS = {
     "fedavg_refit": "#08306b",     # navy
     "fjord_refit": "#4a1486",      # dark purple
     "fedrescue_refit": "#00646e",  # dark teal
+    "heterofl_refit": "#00441b",   # dark green
 }
 ALGORITHM_MARKERS = {"fedavg": "o", "feddf": "s", "heterofl": "^", "fjord": "v", "fedgen": "D",
                      "fedrescue": "P", "gbt-bagging": "*", "gbt-cyclic": "h",
                      "fedgen_pooled": "X", "fedgen_od": "<", "fedgen_od_cap": ">",
-                     "fedavg_refit": "o", "fjord_refit": "v", "fedrescue_refit": "P"}
+                     "fedavg_refit": "o", "fjord_refit": "v", "fedrescue_refit": "P",
+                     "heterofl_refit": "^"}
 #: names not listed above: colours no algorithm and no reference uses
 SPARE_COLORS = ["#637939", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#de9ed6", "#6baed6", "#fd8d3c",
                 "#74c476", "#9e9ac8", "#b5cf6b", "#e7969c"]
