@@ -136,16 +136,22 @@ def own_head(msg: Message, data: LocalData) -> Message:
 class _HeadOnFrozenTrunk(nn.Module):
     """``model``'s head on its frozen trunk, for :func:`fedmol.training.train_epoch`: training mode
     reaches the head only (the trunk stays in eval mode: no dropout, BN statistics unchanged) and
-    the trunk's output is computed without gradients."""
+    the trunk's output is computed without gradients. ``static_bn_batch_stats``: HeteroFL's static BN
+    layers (mode ``sbn``, which keep no statistics of their own at a partner) normalize with each
+    batch's statistics, as in the partner's local update (they track nothing: no side effect)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, static_bn_batch_stats: bool = False):
         super().__init__()
         self.model, self.task_type = model, model.task_type
+        self.static_bn = [m for m in model.modules() if isinstance(m, slicing.SliceBatchNorm) and m.mode == "sbn"
+                          ] if static_bn_batch_stats else []
 
     def train(self, mode: bool = True):
         self.training = mode
         self.model.eval()
         self.model.head.train(mode)
+        for m in self.static_bn:
+            m.train(mode)
         return self
 
     def forward(self, batch, width=None):
@@ -154,16 +160,19 @@ class _HeadOnFrozenTrunk(nn.Module):
         return self.model.head(z, self.model.width)
 
 
-def refit_head(model: nn.Module, train, hp: dict, seed: int) -> nn.Module:
+def refit_head(model: nn.Module, train, hp: dict, seed: int, static_bn_batch_stats: bool = False) -> nn.Module:
     """FedRep's head phase (Collins et al., ICML 2021, Alg. 1: the head is updated with the received
     representation fixed): ``hp["head_steps"]`` steps of the partner's local optimizer (Adam, its
     ``lr``, ``weight_decay``, ``batch_size``, ``clip``) on ``model.head`` alone, the trunk frozen, over
-    the partner's own training molecules in the order of ``seed``. Returns ``model`` in eval mode."""
+    the partner's own training molecules in the order of ``seed``. The trunk normalizes as the model
+    it serves: with its statistics (a scored model: HeteroFL's pooled ones), or, before a partner's
+    update (``static_bn_batch_stats``), static BN with batch statistics as that update will. Returns
+    ``model`` in eval mode."""
     steps = int(hp.get("head_steps") or 0)
     if steps:
         opt = torch.optim.Adam(model.head.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
         loader = make_loader(train, hp["batch_size"], shuffle=True, seed=seed)
-        head_alone, done = _HeadOnFrozenTrunk(model), 0
+        head_alone, done = _HeadOnFrozenTrunk(model, static_bn_batch_stats), 0
         while done < steps:  # more than an epoch on a small site: the loader reshuffles each pass
             taken = train_epoch(head_alone, loader, opt, max_steps=steps - done, clip=hp["clip"])["steps"]
             if not taken:  # nothing trainable (fewer than two molecules)
@@ -178,7 +187,7 @@ def refit_own_head(algo_cls, msg: Message, data: LocalData) -> Message:
     message's ``head_steps`` asks for it: what a private-heads partner trains from."""
     if msg.config["hp"].get("head_steps"):
         model = refit_head(algo_cls.client_model(own_head(msg, data)), data.train, msg.config["hp"],
-                           msg.config["seed"])
+                           msg.config["seed"], static_bn_batch_stats=True)
         slicing.load_sub_state_dict(data.head, model.head.state_dict(), float(msg.config["width"]))
     return own_head(msg, data)
 

@@ -294,3 +294,26 @@ def test_head_steps_change_the_partners_models_and_no_head_leaves(tmp_path):
     again = run_federated(run, None, progress=False)
     assert again["test"] == summary["test"]
     assert json.dumps(again["per_partner"]) == json.dumps(summary["per_partner"])  # NaN off a partner's tasks
+
+
+def test_refit_before_an_update_normalizes_static_bn_with_batch_statistics():
+    """At a partner, HeteroFL's static BN keeps no statistics (identity until pooled ones are served): the head
+    phase before its update normalizes with batch statistics, as the update will; a scored model's refit uses
+    the model's statistics. Ordinary BN is refit in eval mode either way (same head both ways)."""
+    from fedmol.fl.algorithm import refit_head
+    from fedmol.fl.harness import build_federation
+
+    fed = build_federation(cfg(model="mlp", hidden=16), progress=False)
+    train = fed.local[0].train
+    hp = dict(head_steps=10, lr=1e-2, weight_decay=0.0, batch_size=32, clip=None)
+    heads = {}
+    for norm in ("sbn", "bn"):
+        for batch_stats in (False, True):
+            model = initial_model(dict(name="mlp", num_tasks=fed.dataset.num_tasks, hidden=16, layers=2,
+                                       task_type="classification", norm=norm), 0)
+            buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+            refit_head(model, train, hp, seed=3, static_bn_batch_stats=batch_stats)
+            assert all(torch.equal(model.state_dict()[k], v) for k, v in buffers.items())  # nothing tracked
+            heads[norm, batch_stats] = model.head.weight.detach().clone()
+    assert not torch.equal(heads["sbn", False], heads["sbn", True])
+    assert torch.equal(heads["bn", False], heads["bn", True])
