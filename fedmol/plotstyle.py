@@ -3,7 +3,8 @@
 same colour in a rounds plot, a CDF and the board.
 
 * Algorithms (every name of :data:`fedmol.fl.registry.ALGORITHMS`, plus the standard suite's variants
-  and the task suites' ``<algorithm>_refit``, a darker shade of its algorithm's) have a fixed colour of their own; none is black, gray, brown or red, which the references use.
+  and the task suites' ``<algorithm>_refit``, a darker shade of its algorithm's) have a fixed colour
+  of their own; none is black, gray, brown or red, which the references use.
 * References keep their styles: the GNN black, the fingerprint MLP gold, the ECFP4 forest gray, the ECFP4
   boosted trees brown;
   centralized dashed, local-only dotted, ensemble dash-dotted; the partner's best local red dotted.

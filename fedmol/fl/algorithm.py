@@ -181,6 +181,13 @@ def refit_head(model: nn.Module, train, hp: dict, seed: int, static_bn_batch_sta
     return model.eval()
 
 
+def refit_scored_head(model: nn.Module, data: LocalData, hp: dict, run_seed: int, rnd: int) -> nn.Module:
+    """A scored model's head phase (when ``hp`` sets ``head_steps``): ``model`` (the served trunk with
+    partner ``data.pid``'s head) refit on its training molecules, seeded by round ``rnd``'s client seed,
+    so every transport (in-process, a pilot site) scores the same model for the same round."""
+    return refit_head(model, data.train, hp, client_seed(run_seed, rnd, data.pid))
+
+
 def refit_own_head(algo_cls, msg: Message, data: LocalData) -> Message:
     """:func:`own_head` of ``msg``, the partner's head first refit on the received trunk
     (:func:`refit_head`, seeded by the message's client seed; the refit head is kept) when the

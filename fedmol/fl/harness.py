@@ -61,7 +61,7 @@ from fedmol.data.splits import (dataset_for_split, make_split, mask_tasks, partn
                                 split_tasks)
 from fedmol.config import RunConfig
 from fedmol.evaluate import Evaluator
-from fedmol.fl.algorithm import LocalData, PartnerInfo, client_seed, refit_head
+from fedmol.fl.algorithm import LocalData, PartnerInfo, refit_scored_head
 from fedmol.fl.driver import Delivery, RoundDriver, check_schedule, served_width, unserved_entry
 from fedmol.fl.registry import get_algorithm
 from fedmol.fl.setup import clear_results, partner_devices, resolved_config, start_algorithm, summary_extras
@@ -264,8 +264,7 @@ class PrivateHeadScores:
         saved = {k: v.clone() for k, v in model.head.state_dict().items()}
         if own is not None:
             model.head.load_state_dict(slicing.sub_state_dict(own, model.width))
-        if own is not None and algo.hp.get("head_steps"):
-            refit_head(model, self.fed.local[pid].train, algo.hp, client_seed(algo.seed, rnd, pid))
+            refit_scored_head(model, self.fed.local[pid], algo.hp, algo.seed, rnd)
         try:
             yield model
         finally:

@@ -5,11 +5,11 @@ head never leaves its site, so the site keeps it, and only the site can score it
 lives on its disk, in its state folder (node config ``state-dir``, default its ``audit-dir``):
 ``heads/run-<run id>.safetensors`` is the partner's current head (full width, safetensors only,
 written atomically), ``heads/run-<run id>-r<round>.safetensors`` its head at each evaluated
-round that can still be selected (:class:`HeadStore`: every evaluation message names the best round
-so far, and the site deletes the other rounds' heads; the final report leaves the selected round's
-only, the head of the partner's final model). A private-heads training message loads the current head (none yet:
-the first head of the run's starting weights, :func:`fedmol.fl.algorithm.first_head`, for the
-site's own number of target columns), runs :meth:`~fedmol.fl.algorithm.Algorithm.partner_update`
+round that can still be selected (:class:`HeadStore`: every evaluation message names the best
+round so far, and the site deletes the other rounds' heads; the final report leaves the selected
+round's only, the head of the partner's final model). A private-heads training message loads the
+current head (none yet: the first head of the run's starting weights,
+:func:`fedmol.fl.algorithm.first_head`, for the site's own number of target columns), runs :meth:`~fedmol.fl.algorithm.Algorithm.partner_update`
 (which keeps the trained head and leaves it out of the reply) and saves it again.
 
 **Evaluation** (:class:`SiteScores`, the round driver's ``evaluate`` at the coordinator): every
@@ -43,7 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedmol.fl.algorithm import (HEAD_KEYS, LocalData, client_seed, first_head, own_head, own_num_tasks, refit_head,
+from fedmol.fl.algorithm import (HEAD_KEYS, LocalData, first_head, own_head, own_num_tasks, refit_scored_head,
                                  sent_hparams)
 from fedmol.fl.message import Message
 from fedmol.pilot.records import PilotError
@@ -136,9 +136,7 @@ def validate(algo_cls, msg: Message, meta: dict, site, store: HeadStore) -> Mess
     else:
         trunk_round = int(msg.config["head_round"])
         store.prune({trunk_round})  # the run is over: its selected round's head is the site's
-    if msg.config.get("hp", {}).get("head_steps"):  # as in-process: refit on the trunk, not kept
-        seed = client_seed(int(msg.config["init_seed"]), trunk_round, data.pid)
-        refit_head(model, data.train, msg.config["hp"], seed)
+    refit_scored_head(model, data, msg.config.get("hp", {}), int(msg.config["init_seed"]), trunk_round)
     evaluator = Evaluator(site.task_type, len(site.tasks))
     scores = score_own_model(model, site, evaluator, float(msg.config["width"]))
     by_task = scores.pop("test_by_task", None)
