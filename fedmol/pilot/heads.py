@@ -9,8 +9,8 @@ round that can still be selected (:class:`HeadStore`: every evaluation message n
 round so far, and the site deletes the other rounds' heads; the final report leaves the selected
 round's only, the head of the partner's final model). A private-heads training message loads the
 current head (none yet: the first head of the run's starting weights,
-:func:`fedmol.fl.algorithm.first_head`, for the site's own number of target columns), runs :meth:`~fedmol.fl.algorithm.Algorithm.partner_update`
-(which keeps the trained head and leaves it out of the reply) and saves it again.
+:func:`fedmol.fl.algorithm.first_head`, for the site's own number of target columns), runs
+:meth:`~fedmol.fl.algorithm.Algorithm.partner_update` (which keeps the trained head and leaves it out of the reply) and saves it again.
 
 **Evaluation** (:class:`SiteScores`, the round driver's ``evaluate`` at the coordinator): every
 evaluated round, each partner able to run a served width is sent the trunk at that width (a
