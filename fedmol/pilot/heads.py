@@ -10,7 +10,8 @@ round so far, and the site deletes the other rounds' heads; the final report lea
 round's only, the head of the partner's final model). A private-heads training message loads the
 current head (none yet: the first head of the run's starting weights,
 :func:`fedmol.fl.algorithm.first_head`, for the site's own number of target columns), runs
-:meth:`~fedmol.fl.algorithm.Algorithm.partner_update` (which keeps the trained head and leaves it out of the reply) and saves it again.
+:meth:`~fedmol.fl.algorithm.Algorithm.partner_update` (which keeps the trained head and leaves it
+out of the reply) and saves it again.
 
 **Evaluation** (:class:`SiteScores`, the round driver's ``evaluate`` at the coordinator): every
 evaluated round, each partner able to run a served width is sent the trunk at that width (a
