@@ -245,6 +245,10 @@ class HParams(BaseModel):
     head_steps: int = Field(0, ge=0, description="private heads: steps a partner first trains its own head alone "
                             "on the trunk it receives (trunk frozen; FedRep's head phase), before it trains and "
                             "before its model is scored (0: off)")
+    server_lr: float = Field(1.0, gt=0, description="server learning rate of FedAvgM's server step on the trunk and "
+                             "head weights (1 with server_momentum 0: the aggregate as it is)")
+    server_momentum: float = Field(0.0, ge=0, lt=1, description="server momentum (FedAvgM, Hsu et al. 2019): the "
+                                   "aggregate's change of the weights is accumulated across rounds (0: off)")
 
     @classmethod
     def defaults(cls, own_only: bool = False) -> dict[str, Any]:
@@ -258,11 +262,48 @@ class HParams(BaseModel):
                 for k, f in cls.model_fields.items()}
 
 
+#: hyperparameters only the server uses (a partner is never sent them)
+SERVER_ONLY = ("server_lr", "server_momentum")
+
+
 def sent_hparams(hp: dict[str, Any]) -> dict[str, Any]:
     """The hyperparameters a message carries: every one, except ``head_steps`` while it is 0 (the
     head phase came later; without it a message stays byte for byte what it was, and so do the
-    committed byte counts)."""
-    return {k: v for k, v in hp.items() if k != "head_steps" or v}
+    committed byte counts) and the server's own (:data:`SERVER_ONLY`)."""
+    return {k: v for k, v in hp.items() if (k != "head_steps" or v) and k not in SERVER_ONLY}
+
+
+class ServerMomentum:
+    """FedAvgM's server step (Hsu, Qi & Brown 2019, "Measuring the effects of non-identical data
+    distribution", Alg. 1; Reddi et al. ICLR 2021, Alg. 2 with SGD-momentum as the server optimizer):
+    with ``delta = w_t - aggregate`` (the pseudo-gradient), ``v <- beta v + delta`` and
+    ``w_{t+1} = w_t - eta v``. It acts on the model's parameters only (BN running statistics and the
+    step counter stay the aggregate's, as in FedAvg); coordinates nobody updated have ``delta = 0``
+    (their velocity still decays into them). ``eta = 1, beta = 0`` is the aggregate itself, and then
+    nothing is computed."""
+
+    def __init__(self, lr: float, momentum: float):
+        self.lr, self.momentum = float(lr), float(momentum)
+        self.velocity: dict[str, torch.Tensor] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.lr != 1.0 or self.momentum != 0.0
+
+    def before(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        """The parameters before aggregation (None when the step is off)."""
+        return {k: p.detach().clone() for k, p in model.named_parameters()} if self.active else None
+
+    @torch.no_grad()
+    def step(self, model: nn.Module, before: dict[str, torch.Tensor] | None) -> None:
+        """Replace the aggregated parameters of ``model`` by the server step from ``before``."""
+        if before is None:
+            return
+        for k, p in model.named_parameters():
+            v = self.velocity.get(k)
+            delta = before[k] - p
+            self.velocity[k] = delta if v is None else self.momentum * v + delta
+            p.copy_(before[k] - self.lr * self.velocity[k])
 
 
 def client_seed(run_seed: int, rnd: int, pid: int) -> int:
@@ -304,6 +345,11 @@ class Algorithm:
         if self.hp.get("head_steps") and heads != "private":
             from fedmol.errors import FedmolError
             raise FedmolError(f"{self.name}: head_steps refits a partner's private head: it needs heads = private")
+        self.server_opt = ServerMomentum(self.hp["server_lr"], self.hp["server_momentum"])
+        if self.server_opt.active and not self.trains_backbone:
+            from fedmol.errors import FedmolError
+            raise FedmolError(f"{self.name}: server_lr and server_momentum step a backbone's weights; "
+                              f"{self.name} trains none")
         self.model_config = {**model_config, "norm": self.norm, "scaler": self.scaler, "width": 1.0}
         self.seed = seed
         self.model: nn.Module | None = None
@@ -395,6 +441,16 @@ class Algorithm:
     def server_step(self, rnd: int) -> dict:
         """Optional server-side work after aggregation; returns metrics."""
         return {}
+
+    def update_global(self, rnd: int, replies: list[tuple[PartnerInfo, Message]]) -> dict:
+        """A round's server side (what the round loop calls): :meth:`aggregate`, FedAvgM's server step
+        when ``server_lr`` / ``server_momentum`` ask for it (:class:`ServerMomentum`), then
+        :meth:`server_step`; returns the metrics of both."""
+        before = self.server_opt.before(self.model)
+        metrics = self.aggregate(rnd, replies)
+        self.server_opt.step(self.model, before)
+        metrics.update(self.server_step(rnd))
+        return metrics
 
     def query(self, width: float) -> Message | None:
         """Optional question to every partner before evaluating ``width`` (None: no query)."""

@@ -287,9 +287,7 @@ class RoundDriver:
             skipped = (f"{len(replies)} usable repl{'y' if len(replies) == 1 else 'ies'} by the deadline, fewer "
                        f"than min-partners {self.min_partners}: not aggregated, global model unchanged")
             return self.algo.aggregate(rnd, []), skipped
-        agg = self.algo.aggregate(rnd, replies)
-        agg.update(self.algo.server_step(rnd))
-        return agg, ""
+        return self.algo.update_global(rnd, replies), ""
 
     def _round_row(self, rnd: int, sat_out: int, down: int, got: RoundReplies, skipped: str) -> dict:
         """The round's ``metrics.csv`` row before evaluation and timings."""
