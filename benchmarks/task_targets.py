@@ -14,7 +14,7 @@ Reads the committed results of ``fedmol bench federation_tasks`` (``results_per_
   on its own tasks):
   what the partners' labels can give together, with no federation in the way;
 * **the head phase**: an algorithm run with FedRep's head phase (label ``<algorithm>_refit``) against itself
-  without it, paired per partner x seed;
+  without it, paired per partner x seed; **other variants** (``<method>_<variant>``) against their method;
 * **per task**: the share of (partner, task) pairs -- in a disjoint task split, of tasks -- whose
   federated score beats the best local model's (``task_gains.csv``); on MoleculeACE, the share of
   targets that gain.
@@ -85,18 +85,20 @@ def method_rows(per_seed: pd.DataFrame, gains: pd.DataFrame, tasks: pd.DataFrame
     return rows
 
 
-def head_phase_rows(gains: pd.DataFrame) -> list[dict]:
-    """Each algorithm run with FedRep's head phase (label ``<algorithm>_refit``) against itself without it,
-    paired per partner x seed: the mean difference of the test gains (positive: the head phase is better),
-    the share of pairs it improves and the Wilcoxon p."""
-    rows = []
-    for method in gains["method"].unique():
-        if not str(method).endswith(REFIT) or str(method)[:-len(REFIT)] not in set(gains["method"]):
+def paired_rows(gains: pd.DataFrame, suffix: str | None = REFIT) -> list[dict]:
+    """Each variant against the method it varies, paired per partner x seed: the mean difference of the
+    test gains (positive: the variant is better), the share of pairs it improves and the Wilcoxon p. A
+    variant's label is its method's plus ``_<something>`` (the longest such method present):
+    ``suffix=REFIT`` pairs FedRep's head phase (``<algorithm>_refit``) with the algorithm without it,
+    ``suffix=None`` every other variant (``fedavg_refit_fedavgm`` with ``fedavg_refit``)."""
+    methods, rows = [str(m) for m in gains["method"].unique()], []
+    pick = lambda m: gains[gains["method"] == m].set_index(["seed", "partner"])["gain_test"]  # noqa: E731
+    for method in methods:
+        base = max((b for b in methods if method.startswith(b + "_")), key=len, default=None)
+        if base is None or (method == base + REFIT) != (suffix == REFIT):
             continue
-        pick = lambda m: gains[gains["method"] == m].set_index(["seed", "partner"])["gain_test"]  # noqa: E731
-        d = (pick(method) - pick(str(method)[:-len(REFIT)])).dropna().to_numpy(dtype=float)
-        rows.append(dict(method=str(method), without=str(method)[:-len(REFIT)], pairs=len(d),
-                         diff=float(np.mean(d)) if len(d) else math.nan,
+        d = (pick(method) - pick(base)).dropna().to_numpy(dtype=float)
+        rows.append(dict(method=method, without=base, pairs=len(d), diff=float(np.mean(d)) if len(d) else math.nan,
                          share_better=float(np.mean(d > 0)) if len(d) else math.nan,
                          p=float(wilcoxon(d).pvalue) if len(d) >= 6 and np.any(d != 0) else math.nan))
     return rows
@@ -111,7 +113,8 @@ def dataset_row(name: str, per_seed: pd.DataFrame, gains: pd.DataFrame, tasks: p
                centralized=ref(f"centralized ({family(per_seed)})"))
     target = SHARE_TARGET.get(name)
     chosen = next((m for m in row["methods"] if m["method"] == row["best_federated"]), None)
-    row["head_phase"] = head_phase_rows(gains)
+    row["head_phase"] = paired_rows(gains, REFIT)
+    row["variants"] = paired_rows(gains, None)
     row["share_target"] = target
     row["target_met"] = None if target is None or chosen is None else bool(chosen["share_vs_local"] >= target)
     return row
@@ -159,6 +162,15 @@ def markdown(rows: list[dict]) -> str:
                  "|---|---|---|---:|---:|---:|"]
         refs += [f"| {ds} | {h['method']} | {h['without']} | {_f(h['diff'], '+.3f')} | "
                  f"{_f(h['share_better'], '.0%')} of {h['pairs']} | {_f(h['p'], '.2g')} |" for ds, h in phase]
+    variants = [(r["dataset"], h) for r in rows for h in r.get("variants", [])]
+    if variants:
+        refs += ["", "Other variants (`<method>_<variant>`: the same method with one setting changed, e.g. "
+                 "`_fedavgm`: FedAvgM's server momentum, `_rep`: FedRep's representation phase, head frozen in the "
+                 "update) against the method they vary, paired the same way.", "",
+                 "| dataset | variant | method | paired difference | better in | Wilcoxon p |",
+                 "|---|---|---|---:|---:|---:|"]
+        refs += [f"| {ds} | {h['method']} | {h['without']} | {_f(h['diff'], '+.3f')} | "
+                 f"{_f(h['share_better'], '.0%')} of {h['pairs']} | {_f(h['p'], '.2g')} |" for ds, h in variants]
     notes = [
         "# Task suite: the targets of issue 18",
         "",

@@ -245,6 +245,8 @@ class HParams(BaseModel):
     head_steps: int = Field(0, ge=0, description="private heads: steps a partner first trains its own head alone "
                             "on the trunk it receives (trunk frozen; FedRep's head phase), before it trains and "
                             "before its model is scored (0: off)")
+    freeze_head: bool = Field(False, description="private heads: a partner's local update trains the trunk only, "
+                              "its head frozen (FedRep's representation phase; needs head_steps)")
     server_lr: float = Field(1.0, gt=0, description="server learning rate of FedAvgM's server step on the trunk and "
                              "head weights (1 with server_momentum 0: the aggregate as it is)")
     server_momentum: float = Field(0.0, ge=0, lt=1, description="server momentum (FedAvgM, Hsu et al. 2019): the "
@@ -266,11 +268,15 @@ class HParams(BaseModel):
 SERVER_ONLY = ("server_lr", "server_momentum")
 
 
+#: hyperparameters added later that a message leaves out while off (without them a message stays
+#: byte for byte what it was, and so do the committed byte counts)
+SENT_WHEN_ON = ("head_steps", "freeze_head")
+
+
 def sent_hparams(hp: dict[str, Any]) -> dict[str, Any]:
-    """The hyperparameters a message carries: every one, except ``head_steps`` while it is 0 (the
-    head phase came later; without it a message stays byte for byte what it was, and so do the
-    committed byte counts) and the server's own (:data:`SERVER_ONLY`)."""
-    return {k: v for k, v in hp.items() if (k != "head_steps" or v) and k not in SERVER_ONLY}
+    """The hyperparameters a message carries: every one, except those of :data:`SENT_WHEN_ON` while
+    they are off and the server's own (:data:`SERVER_ONLY`)."""
+    return {k: v for k, v in hp.items() if (k not in SENT_WHEN_ON or v) and k not in SERVER_ONLY}
 
 
 class ServerMomentum:
@@ -342,9 +348,7 @@ class Algorithm:
     def __init__(self, model_config: dict, hparams: dict | None = None, seed: int = 0, heads: str = "shared"):
         self.heads = self.check_heads(heads)
         self.hp: dict[str, Any] = self.check_hparams(hparams)
-        if self.hp.get("head_steps") and heads != "private":
-            from fedmol.errors import FedmolError
-            raise FedmolError(f"{self.name}: head_steps refits a partner's private head: it needs heads = private")
+        self.check_head_phases(heads)
         self.server_opt = ServerMomentum(self.hp["server_lr"], self.hp["server_momentum"])
         if self.server_opt.active and not self.trains_backbone:
             from fedmol.errors import FedmolError
@@ -381,6 +385,17 @@ class Algorithm:
             more = f" (also wrong: {', '.join(bad[1:])})" if len(bad) > 1 else ""
             raise FedmolError(f"{cls.name}: {key} must be {requirement(fields[key])}, got {hp[key]!r}{more}") from None
         return hp
+
+    def check_head_phases(self, heads: str) -> None:
+        """FedRep's phases (``head_steps``, ``freeze_head``) need private heads, and a frozen head
+        needs the head phase (else it never trains); else a one-line error."""
+        from fedmol.errors import FedmolError
+
+        for key in ("head_steps", "freeze_head"):
+            if self.hp.get(key) and heads != "private":
+                raise FedmolError(f"{self.name}: {key} acts on a partner's private head: it needs heads = private")
+        if self.hp.get("freeze_head") and not self.hp.get("head_steps"):
+            raise FedmolError(f"{self.name}: freeze_head leaves a partner's head to the head phase: set head_steps > 0")
 
     @classmethod
     def check_heads(cls, heads: str) -> str:
@@ -586,8 +601,10 @@ class Algorithm:
         loss) with a fresh optimizer (``optimizer(params)``, default Adam with the message's ``lr`` and
         ``weight_decay``). Returns the mean loss (and parts) per step, ``steps`` and ``samples``."""
         hp = msg.config["hp"]
+        if hp.get("freeze_head"):  # FedRep's representation phase: the head takes no step
+            model.head.requires_grad_(False)
         opt = (optimizer or (lambda params: torch.optim.Adam(params, lr=hp["lr"], weight_decay=hp["weight_decay"])))(
-            model.parameters())
+            [p for p in model.parameters() if p.requires_grad])
         loader = make_loader(data.train, hp["batch_size"], shuffle=True, seed=msg.config["seed"])
         epochs = [train_epoch(model, loader, opt, width=width, extra_loss=extra_loss, max_steps=hp["max_local_steps"],
                               clip=hp["clip"], loss_fn=loss_fn) for _ in range(int(hp["local_epochs"]))]

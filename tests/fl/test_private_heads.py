@@ -276,10 +276,46 @@ def test_refit_head_trains_the_head_alone_and_lowers_its_loss():
     assert torch.equal(untouched.head.weight, head)
 
 
-def test_head_steps_need_private_heads():
-    with pytest.raises(FedmolError, match="^fedavg: head_steps refits a partner's private head: it needs heads = "
-                                          "private$"):
-        run_federated(cfg(algorithm="fedavg", hparams={"max_local_steps": 2, "head_steps": 3}), None, progress=False)
+@pytest.mark.parametrize("hp, heads, message", [
+    ({"head_steps": 3}, "shared", "fedavg: head_steps acts on a partner's private head: it needs heads = private"),
+    ({"head_steps": 3, "freeze_head": True}, "shared",
+     "fedavg: head_steps acts on a partner's private head: it needs heads = private"),
+    ({"freeze_head": True}, "private",
+     "fedavg: freeze_head leaves a partner's head to the head phase: set head_steps > 0"),
+])
+def test_fedrep_phases_need_private_heads_and_a_head_phase(hp, heads, message):
+    with pytest.raises(FedmolError, match="^" + message + "$"):
+        run_federated(cfg(algorithm="fedavg", heads=heads, hparams={"max_local_steps": 2, **hp}), None,
+                      progress=False)
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "fjord"])
+def test_freeze_head_trains_the_trunk_only_and_keeps_the_refit_head(algorithm):
+    """FedRep's representation phase: after the head phase the update trains the trunk, the head stays
+    exactly the refit one (the partner keeps it); without the freeze the update moves the head too."""
+    import copy
+
+    from fedmol.fl.algorithm import refit_own_head
+    from fedmol.fl.harness import build_federation
+    from fedmol.fl.setup import start_algorithm
+
+    run = cfg(model="mlp", hidden=16, algorithm=algorithm, heads="private",
+              hparams={"max_local_steps": 3, "head_steps": 4, "freeze_head": True})
+    fed = build_federation(run, progress=False)
+    algo, _ = start_algorithm(run, fed.dataset, fed.infos, "private")
+    msg = algo.configure(1, fed.infos[0])
+    assert msg.config["hp"]["freeze_head"] is True
+    refit_only = copy.deepcopy(fed.local[0])
+    refit_own_head(type(algo), copy.deepcopy(msg), refit_only)
+    data = copy.deepcopy(fed.local[0])
+    reply = type(algo).partner_update(copy.deepcopy(msg), data)
+    assert all(torch.equal(a, b) for a, b in zip(data.head.state_dict().values(), refit_only.head.state_dict().values()))
+    assert any(not torch.equal(reply.arrays[k], v) for k, v in msg.arrays.items() if k.endswith("weight"))
+    joint = copy.deepcopy(fed.local[0])
+    unfrozen = copy.deepcopy(msg)
+    unfrozen.config["hp"] = {**msg.config["hp"], "freeze_head": False}
+    type(algo).partner_update(unfrozen, joint)
+    assert not torch.equal(joint.head.weight, refit_only.head.weight)
 
 
 def test_head_steps_change_the_partners_models_and_no_head_leaves(tmp_path):
