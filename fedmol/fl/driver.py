@@ -9,12 +9,16 @@ partner and how its answer comes back) and in how they start and end a run. A ro
    online ones are sampled;
 2. ``algorithm.configure`` gives each sampled partner its message (or None: it sits out); bytes
    down are counted from the tensors in the message;
-3. the transport delivers the messages (in-process, a partner trains when its answer is read;
-   over Flower, all messages go out at once and the answers are awaited until the deadline). Then,
-   partner by partner: a simulated drop mid-round (``p_drop``), a transport failure (no answer, an
-   error, an answer that does not fit the model), else :func:`screen_reply` (NaN/inf rejection,
-   then faulty links: ``p_upload_loss``, ``p_truncate``). Every failure is logged with its reason;
-4. ``algorithm.aggregate`` over the replies that arrived, then ``server_step`` (a round with fewer
+3. the simulated drops mid-round (``p_drop``) are drawn first, from a generator of the round's own
+   (:meth:`RoundDriver._drops`), and a dropped partner is not delivered its message (it never trains,
+   on any transport: over Flower its site keeps its private head as it was); the transport delivers
+   the others' (in-process, a partner trains when its answer is read; over Flower, all messages go
+   out at once and the answers are awaited until the deadline). Then, partner by partner: the drop,
+   a transport failure (no answer, an error, an answer that does not fit the model), else
+   :func:`screen_reply` (NaN/inf rejection, then faulty links: ``p_upload_loss``, ``p_truncate``).
+   Every failure is logged with its reason;
+4. ``algorithm.update_global`` over the replies that arrived: its aggregation, FedAvgM's server
+   momentum when set, then its ``server_step`` (a round with fewer
    usable replies than ``min_partners`` is not aggregated, when a minimum is set);
 5. every ``eval_every`` rounds and after the last, the global model is scored at each served width
    on the organizer's sets (the global test set; the pooled validation set when the organizer has
@@ -133,6 +137,7 @@ class RoundDriver:
         self.widths = tuple(sorted(algo.widths(), reverse=True))
         self.spec = slicing.slice_spec(algo.model)  # how tensors nest: used to model truncated uploads
         self.rng = np.random.default_rng([seed, 11])
+        self.seed = seed
         self.selector = RoundSelector(select, self.metric)
         self.rows: list[dict] = []
         self.sent: list[dict] = []
@@ -256,10 +261,12 @@ class RoundDriver:
         """Deliver the messages and screen what comes back (:func:`screen_reply`); accepted replies are logged
         in :attr:`sent`."""
         rng, name = self.rng, self.transport.partition_id
-        answer = self.transport.train(rnd, sends)
+        dropped = self._drops(rnd, sends)
+        answer = self.transport.train(rnd, [(p, msg) for p, msg in sends if p.pid not in dropped])
         got = RoundReplies()
         for p, msg in sends:
-            if rng.random() < p.device.p_drop:
+            rng.random()  # where the drop used to be drawn: every later draw of the run stays as it was
+            if p.pid in dropped:
                 got.failures.append(f"partner {name(p)}: dropped out mid-round")
                 continue
             delivery = answer(p, msg)
@@ -279,6 +286,13 @@ class RoundDriver:
             self.sent.append(sent_record(rnd, name(p), delivery.reply, self.algo))
             got.bytes_up += delivery.reply.nbytes()
         return got
+
+    def _drops(self, rnd: int, sends: list[tuple[PartnerInfo, Message]]) -> set[int]:
+        """The partners of ``sends`` that drop out mid-round (each with its device's ``p_drop``), drawn
+        before anything is delivered from a generator seeded by the run seed and ``rnd``: a dropped
+        partner is never sent its training message, in-process or over Flower."""
+        rng = np.random.default_rng([self.seed, 13, rnd])
+        return {p.pid for p, _ in sends if rng.random() < p.device.p_drop}
 
     def _aggregate(self, rnd: int, replies: list[tuple[PartnerInfo, Message]]) -> tuple[dict, str]:
         """``(the algorithm's server metrics, why the round was not aggregated or "")``; with fewer replies than

@@ -33,10 +33,9 @@ its own validation molecules only, and the per-partner ``valid`` is always those
 
 Deviations from in-process: the evaluation messages are counted traffic (``bytes_up`` /
 ``bytes_down``, ``sent.jsonl`` kind ``validate``; in-process the organizer holds the heads and
-nothing is sent); a partner whose training reply the coordinator discards for a simulated
-drop-out (a device profile's ``p_drop``) has trained its head at its site all the same
-(in-process it never trains), so with such profiles the scores differ; a coordinator's test CSV
-is refused (it could score no partner's model).
+nothing is sent); a coordinator's test CSV is refused (it could score no partner's model). A
+simulated drop-out (``p_drop``) is drawn before delivery and the site is not sent its training
+message (:class:`fedmol.fl.driver.RoundDriver`), so it trains no head, as in-process.
 """
 
 from __future__ import annotations

@@ -68,12 +68,17 @@ def first_round_wins(monkeypatch):
     monkeypatch.setattr(driver, "RoundSelector", FirstRoundWins)
 
 
-@pytest.mark.parametrize("case", ["fedavg", "heterofl-tiered", "fjord-task-split", "fedavg-head-steps"])
+@pytest.mark.parametrize("case", ["fedavg", "heterofl-tiered", "fjord-task-split", "fedavg-head-steps",
+                                  "fedavg-drops"])
 def test_link_private_heads_equal_in_process(case, bace_split, tmp_path, first_round_wins):
     """The scores equal (bit for bit in metrics.csv): FedAvg, a nested algorithm with its queries, a
-    task split (each site labelled and scored on its own tasks), and FedRep's head phase (``head_steps``:
-    every site refits its head on each trunk it trains from or scores)."""
+    task split (each site labelled and scored on its own tasks), FedRep's head phase (``head_steps``:
+    every site refits its head on each trunk it trains from or scores), and simulated drop-outs
+    (``p_drop``: a dropped site is not sent its training message, so it trains no head, as in-process)."""
+    drops = tmp_path / "drops.toml"
+    drops.write_text("[[tier]]\nshare = 1\nmax_width = 1.0\np_drop = 0.5\n")
     kw, split = {"fedavg": ({}, bace_split),
+                 "fedavg-drops": (dict(devices=str(drops)), bace_split),
                  "heterofl-tiered": (dict(algorithm="heterofl", devices="tiered"), bace_split),
                  "fjord-task-split": (dict(algorithm="fjord", devices="tiered", split=TASK_SPLIT, hidden=8, rounds=2),
                                       TASK_SPLIT),
@@ -87,6 +92,9 @@ def test_link_private_heads_equal_in_process(case, bace_split, tmp_path, first_r
     assert json.loads((tmp_path / "pilot" / "config.json").read_text())["run"]["heads"] == "private"
     rows = list(csv.DictReader(open(tmp_path / "pilot" / "metrics.csv")))
     assert [r["valid_rocauc@1.0"] for r in rows] == [str(r["valid_rocauc@1.0"]) for r in harness["history"]]
+    if case == "fedavg-drops":
+        assert 0 < sum(int(r["failures"]) for r in rows) < 2 * len(rows)
+        assert [r["failure_reasons"] for r in rows] == [r["failure_reasons"] for r in harness["history"]]
     if case == "fjord-task-split":  # each partner scored on its own tasks only
         for entry in pilot["per_partner"]:
             assert sum(math.isfinite(v) for v in entry["test_by_task"]) == 3
