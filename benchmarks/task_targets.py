@@ -45,7 +45,10 @@ REFIT = "_refit"
 
 def _shares(gains: pd.DataFrame, column: str) -> dict:
     """Share of pairs with a positive ``column`` (a pair without a score counts as no gain), its mean,
-    the Wilcoxon p over the scored pairs and the share per seed."""
+    the Wilcoxon p over the scored pairs and the share per seed (a suite with one local family has no
+    best-local column: every number NaN)."""
+    if column not in gains:
+        return dict(share=math.nan, pairs=0, mean=math.nan, p=math.nan, per_seed={})
     g = gains[column].to_numpy(dtype=float)
     d = g[np.isfinite(g)]
     per_seed = {int(s): float(np.mean(np.nan_to_num(x[column].to_numpy(dtype=float), nan=-1.0) > 0))

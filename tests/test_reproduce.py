@@ -142,13 +142,15 @@ def test_trees_against_another_suites_neural_rows_reproduce(tmp_path):
 
 @pytest.mark.parametrize("suite,dataset", [("federation_tasks", "tox21"), ("federation_tasks_gin", "tox21"),
                                            ("federation_tasks_moleculeace", "moleculeace"),
-                                           ("federation_tasks_moleculeace_gin", "moleculeace")])
+                                           ("federation_tasks_moleculeace_gin", "moleculeace"),
+                                           ("federation_tasks_patience", "tox21")])
 def test_task_targets_reproduce_from_the_committed_results(tmp_path, suite, dataset):
     """benchmarks/task_targets.py on a task suite's committed results writes the committed targets.json
     and targets.md; the chosen method's share of partners beating their local model checked by hand
     from partner_gains.csv."""
     src = REPO / "benchmarks" / "results" / suite
-    (tmp_path / "task_gains.csv").write_bytes((src / "task_gains.csv").read_bytes())
+    if (src / "task_gains.csv").is_file():  # a suite with one local family has no best local to compare tasks with
+        (tmp_path / "task_gains.csv").write_bytes((src / "task_gains.csv").read_bytes())
     _script_on_results("task_targets.py", suite, tmp_path)
     got = json.loads((tmp_path / "targets.json").read_text())
     assert got == json.loads((src / "targets.json").read_text())
