@@ -136,6 +136,16 @@ def _seeds(per_seed: dict) -> str:
     return " / ".join(_f(v, ".0%") for _, v in sorted(per_seed.items()))
 
 
+def _paired_table(rows: list[dict], key: str, intro: str, head: str) -> list[str]:
+    """The markdown lines of every dataset's ``key`` pairs (:func:`paired_rows`), or none."""
+    pairs = [(r["dataset"], h) for r in rows for h in r.get(key, [])]
+    if not pairs:
+        return []
+    return ["", intro, "", head + " paired difference | better in | Wilcoxon p |", "|---|---|---|---:|---:|---:|"] + [
+        f"| {ds} | {h['method']} | {h['without']} | {_f(h['diff'], '+.3f')} | "
+        f"{_f(h['share_better'], '.0%')} of {h['pairs']} | {_f(h['p'], '.2g')} |" for ds, h in pairs]
+
+
 def markdown(rows: list[dict]) -> str:
     head = ("| dataset | method | test@partner | vs local (same family) | beat local | per seed | Wilcoxon p | "
             "vs best local | beat best local | Wilcoxon p | tasks beating best local |")
@@ -156,24 +166,14 @@ def markdown(rows: list[dict]) -> str:
         refs.append(f"| {r['dataset']} | {r['metric']} | {r['family']} | {_f(r['local'])} | {_f(r['best_local'])} | "
                     f"{_f(r['centralized'])} | {r['best_federated']} | {_f(r['share_target'], '.0%')} | "
                     f"{'' if r['target_met'] is None else ('yes' if r['target_met'] else '**no**')} |")
-    phase = [(r["dataset"], h) for r in rows for h in r.get("head_phase", [])]
-    if phase:
-        refs += ["", "FedRep's head phase (`<algorithm>_refit`, `head_steps`) against the same algorithm without it, "
-                 "paired per partner x seed: mean difference of the test gains (positive: the head phase is better), "
-                 "share of pairs it improves, Wilcoxon p.", "",
-                 "| dataset | with head phase | without | paired difference | better in | Wilcoxon p |",
-                 "|---|---|---|---:|---:|---:|"]
-        refs += [f"| {ds} | {h['method']} | {h['without']} | {_f(h['diff'], '+.3f')} | "
-                 f"{_f(h['share_better'], '.0%')} of {h['pairs']} | {_f(h['p'], '.2g')} |" for ds, h in phase]
-    variants = [(r["dataset"], h) for r in rows for h in r.get("variants", [])]
-    if variants:
-        refs += ["", "Other variants (`<method>_<variant>`: the same method with one setting changed, e.g. "
-                 "`_fedavgm`: FedAvgM's server momentum, `_rep`: FedRep's representation phase, head frozen in the "
-                 "update) against the method they vary, paired the same way.", "",
-                 "| dataset | variant | method | paired difference | better in | Wilcoxon p |",
-                 "|---|---|---|---:|---:|---:|"]
-        refs += [f"| {ds} | {h['method']} | {h['without']} | {_f(h['diff'], '+.3f')} | "
-                 f"{_f(h['share_better'], '.0%')} of {h['pairs']} | {_f(h['p'], '.2g')} |" for ds, h in variants]
+    refs += _paired_table(rows, "head_phase", "FedRep's head phase (`<algorithm>_refit`, `head_steps`) against the "
+                          "same algorithm without it, paired per partner x seed: mean difference of the test gains "
+                          "(positive: the head phase is better), share of pairs it improves, Wilcoxon p.",
+                          "| dataset | with head phase | without |")
+    refs += _paired_table(rows, "variants", "Other variants (`<method>_<variant>`: the same method with one setting "
+                          "changed, e.g. `_fedavgm`: FedAvgM's server momentum, `_rep`: FedRep's representation phase, "
+                          "head frozen in the update) against the method they vary, paired the same way.",
+                          "| dataset | variant | method |")
     notes = [
         "# Task suite: the targets of issue 18",
         "",
