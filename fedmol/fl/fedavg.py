@@ -22,6 +22,9 @@ Differential privacy (hp ``dp_clip``, ``dp_noise``, ``dp_delta``): DP-FedAvg wit
 
 Private heads (run option ``heads="private"``, :mod:`fedmol.fl.algorithm`): supported; the server
 averages the trunk only and each partner keeps its own task head.
+
+Server momentum (hp ``server_momentum``, ``server_lr``; off by default) turns it into FedAvgM (Hsu et
+al. 2019), through :class:`fedmol.fl.algorithm.ServerMomentum` (shared by every algorithm).
 """
 
 from __future__ import annotations
