@@ -88,17 +88,17 @@ def method_rows(per_seed: pd.DataFrame, gains: pd.DataFrame, tasks: pd.DataFrame
     return rows
 
 
-def paired_rows(gains: pd.DataFrame, suffix: str | None = REFIT) -> list[dict]:
+def paired_rows(gains: pd.DataFrame) -> list[dict]:
     """Each variant against the method it varies, paired per partner x seed: the mean difference of the
     test gains (positive: the variant is better), the share of pairs it improves and the Wilcoxon p. A
     variant's label is its method's plus ``_<something>`` (the longest such method present):
-    ``suffix=REFIT`` pairs FedRep's head phase (``<algorithm>_refit``) with the algorithm without it,
-    ``suffix=None`` every other variant (``fedavg_refit_fedavgm`` with ``fedavg_refit``)."""
+    ``fedavg_refit`` (FedRep's head phase) against ``fedavg``, ``fedavg_refit_fedavgm`` against
+    ``fedavg_refit``."""
     methods, rows = [str(m) for m in gains["method"].unique()], []
     pick = lambda m: gains[gains["method"] == m].set_index(["seed", "partner"])["gain_test"]  # noqa: E731
     for method in methods:
         base = max((b for b in methods if method.startswith(b + "_")), key=len, default=None)
-        if base is None or (method == base + REFIT) != (suffix == REFIT):
+        if base is None:
             continue
         d = (pick(method) - pick(base)).dropna().to_numpy(dtype=float)
         rows.append(dict(method=method, without=base, pairs=len(d), diff=float(np.mean(d)) if len(d) else math.nan,
@@ -116,8 +116,9 @@ def dataset_row(name: str, per_seed: pd.DataFrame, gains: pd.DataFrame, tasks: p
                centralized=ref(f"centralized ({family(per_seed)})"))
     target = SHARE_TARGET.get(name)
     chosen = next((m for m in row["methods"] if m["method"] == row["best_federated"]), None)
-    row["head_phase"] = paired_rows(gains, REFIT)
-    row["variants"] = paired_rows(gains, None)
+    pairs = paired_rows(gains)
+    row["head_phase"] = [p for p in pairs if p["method"] == p["without"] + REFIT]
+    row["variants"] = [p for p in pairs if p["method"] != p["without"] + REFIT]
     row["share_target"] = target
     row["target_met"] = None if target is None or chosen is None else bool(chosen["share_vs_local"] >= target)
     return row

@@ -4,9 +4,9 @@ A round is: the server **configures** each sampled partner (which width, which h
 what it receives), each partner **updates** from what it received and its own data and returns a
 message, the server **aggregates** the messages (then, with ``server_momentum`` / ``server_lr``, takes
 FedAvgM's server step: :class:`ServerMomentum`), then optionally runs a **server step** (FedDF's
-distillation, FedGen's generator); :meth:`Algorithm.update_global` is that sequence. Algorithms that must ask partners something before evaluating
-(pooled BN statistics: HeteroFL's static BN, FedGen with ``pooled_bn``; :mod:`fedmol.fl.pooled_bn`) use the
-optional **query** pair.
+distillation, FedGen's generator); :meth:`Algorithm.update_global` is that sequence. Algorithms
+that must ask partners something before evaluating (pooled BN statistics: HeteroFL's static BN,
+FedGen with ``pooled_bn``; :mod:`fedmol.fl.pooled_bn`) use the optional **query** pair.
 
 Boundaries, so the same objects run over Flower between real machines:
 

@@ -18,8 +18,8 @@ partner and how its answer comes back) and in how they start and end a run. A ro
    :func:`screen_reply` (NaN/inf rejection, then faulty links: ``p_upload_loss``, ``p_truncate``).
    Every failure is logged with its reason;
 4. ``algorithm.update_global`` over the replies that arrived: its aggregation, FedAvgM's server
-   momentum when set, then its ``server_step`` (a round with fewer
-   usable replies than ``min_partners`` is not aggregated, when a minimum is set);
+   momentum when set, then its ``server_step`` (a round with fewer usable replies than
+   ``min_partners`` is not aggregated, when a minimum is set);
 5. every ``eval_every`` rounds and after the last, the global model is scored at each served width
    on the organizer's sets (the global test set; the pooled validation set when the organizer has
    it), after the algorithm's queries to the partners (HeteroFL's static BN, counted as traffic).

@@ -119,8 +119,9 @@ class Report:
 
 
 #: hyperparameters added to fedmol after schema 1 whose defaults change nothing, for every algorithm
-#: ("*": differential privacy, FedRep's phases for private heads and FedAvgM's server step, off) or one ("fedgen": pooled BN
-#: statistics and ordered dropout, off): a submission made before them lacks them and resolves to these defaults
+#: ("*": differential privacy, FedRep's phases for private heads and FedAvgM's server step, off) or
+#: one ("fedgen": pooled BN statistics and ordered dropout, off): a submission made before them lacks
+#: them and resolves to these defaults
 ADDED_LATER = {"*": ("dp_clip", "dp_noise", "dp_delta", "head_steps", "freeze_head", "server_lr",
                      "server_momentum"),
                "fedgen": ("pooled_bn", "sbn_batch_size", "ordered_dropout", "od_cap_every_step")}
