@@ -43,7 +43,7 @@ def data_dir() -> Path:
 FEDERATION_FIXTURES = {"tls_run": "tls_demo", "killed_run": "killed_demo", "tls_pilot": "tls_cli_pilot",
                        "sim_run": "flower_sim", "private_sim_run": "flower_sim_private"}
 #: the chains run side by side while the rest of the suite runs; a chain's federations one after the other
-FEDERATION_CHAINS = (("tls_demo", "killed_demo"), ("tls_cli_pilot", "flower_sim", "flower_sim_private"))
+FEDERATION_CHAINS = (("killed_demo",), ("tls_demo",), ("tls_cli_pilot",), ("flower_sim", "flower_sim_private"))
 FEDERATION_TIMEOUT = 1800.0  # seconds a fixture waits for its federation
 
 

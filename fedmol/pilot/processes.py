@@ -1,9 +1,13 @@
 """Starting and stopping Flower's processes (SuperLink, SuperNodes) safely.
 
-Every process is started in its own session (so it leads a process group holding everything it
-spawns: SuperExec, ServerApp, ClientApp processes) with its output in a log file, and is ended by
-its group id: SIGTERM, then SIGKILL after a grace period. :func:`group_members` lists what is
-still alive in a group (tests use it to check nothing is left behind).
+Every process leads a process group of its own, holding everything it spawns (SuperExec, ServerApp,
+ClientApp processes), with its output in a log file, and is ended by its group id: SIGTERM, then
+SIGKILL after a grace period. It stays in the caller's session: a terminal's Ctrl-C does not reach
+it (it is not in the foreground group), and it keeps the caller's scheduling priority, so ``nice
+fedmol pilot demo`` lowers the whole federation's (Linux's autogroup scheduling shares the CPU
+between sessions whatever the niceness inside them: a session per process would escape it).
+:func:`group_members` lists what is still alive in a group (tests use it to check nothing is left
+behind).
 """
 
 from __future__ import annotations
@@ -106,7 +110,7 @@ class Processes:
         log = self.log_dir / f"{name}.log"
         with open(log, "ab") as fh:
             popen = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+                                     env={**os.environ, **(env or {})}, cwd=cwd, process_group=0)
         p = Proc(name, argv, popen, log, popen.pid)
         self.procs.append(p)
         return p

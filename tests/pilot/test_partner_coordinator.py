@@ -71,7 +71,7 @@ def test_tls_pilot_end_to_end(tls_pilot):
     nodes = json.loads((out / "nodes.json").read_text())
     assert sorted(n["partition_id"] for n in nodes if n["status"] == "accepted") == [0, 1]
     run_config = tomllib.loads((out / "pilot" / "run.toml").read_text())
-    assert run_config["min-partners"] == 2 and run_config["round-timeout"] == 120.0
+    assert run_config["min-partners"] == 2 and run_config["round-timeout"] == 300.0
     assert run_config["target-cols"] == "p_np" and run_config["test-csv"].endswith("test.csv")
     link_log = (out / "pilot" / "logs" / "superlink.log").read_text()
     assert "https://127.0.0.1" in link_log and "RegisterNode" in link_log

@@ -1,5 +1,7 @@
-"""Process handling: free ports, a listener that exits is an error, whole groups are ended."""
+"""Process handling: free ports, a listener that exits is an error, whole groups are ended, the
+caller's session and priority are kept."""
 
+import os
 import sys
 import time
 
@@ -38,3 +40,17 @@ def test_listening_process_is_found_and_whole_group_stopped(tmp_path):
     procs.stop_all()
     assert group_members(p.pgid) == [] and procs.leftovers() == {}
     assert (tmp_path / "server.log").is_file()
+
+
+def test_a_process_leads_its_group_in_the_callers_session_at_its_priority(tmp_path):
+    """Its own group (ended as one), but no session of its own: a session of its own would escape the
+    caller's priority under Linux's autogroup scheduling (``nice fedmol pilot demo`` would lower nothing)."""
+    procs = Processes(tmp_path)
+    p = procs.start("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        assert os.getpgid(p.pid) == p.pid != os.getpgid(0)
+        assert os.getsid(p.pid) == os.getsid(0)
+        assert os.getpriority(os.PRIO_PROCESS, p.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+    finally:
+        procs.stop_all()
+    assert group_members(p.pgid) == []
