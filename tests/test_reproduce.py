@@ -147,7 +147,8 @@ def test_trees_against_another_suites_neural_rows_reproduce(tmp_path):
                                            ("federation_tasks_gin_patience", "tox21"),
                                            ("federation_tasks_gin_patience20", "tox21"),
                                            ("federation_tasks_overlap", "tox21"),
-                                           ("federation_tasks_overlap_patience", "tox21")])
+                                           ("federation_tasks_overlap_patience", "tox21"),
+                                           ("federation_tasks_overlap2", "tox21")])
 def test_task_targets_reproduce_from_the_committed_results(tmp_path, suite, dataset):
     """benchmarks/task_targets.py on a task suite's committed results writes the committed targets.json
     and targets.md; the chosen method's share of partners beating their local model checked by hand
