@@ -3,7 +3,7 @@
 Each costs one to three minutes, mostly waiting on processes (Flower starts a ClientApp process per
 message; a killed site's round closes at its deadline). ``tests/conftest.py`` starts the ones the
 selected tests need, as soon as collection ends, in chains run side by side (a chain runs its
-federations one after the other) at the lowest priority (:func:`lower_priority`; the killed-site
+federations one after the other) at a low priority (:func:`lower_priority`; the killed-site
 federation, whose healthy site must beat a 90 s deadline, at a fair share), and moves the tests that
 read them to the end of the run (test_demo.py, test_partner_coordinator.py and test_simulation.py:
 their fixtures wait for the results). The federations themselves are unchanged: real SuperLink,
@@ -33,9 +33,9 @@ from pilot_common import tiny
 CLI = [sys.executable, "-m", "fedmol.cli", "pilot"]
 COLS = ["--smiles-col", "smiles", "--target-cols", "p_np", "--task", "classification"]
 FAKE_VERSION = "0.0.9"
-#: deadlines of the federations that expect no timeout: they run at the lowest priority (see
-#: :func:`lower_priority`), and a busy machine may hold a healthy site back for minutes
-PATIENT = dict(round_deadline=300, connect_timeout=300)
+#: seconds of the round and connection deadlines of the federations that expect no timeout: they run
+#: at a low priority (see :func:`lower_priority`), and a busy machine may hold a healthy site back
+PATIENT_S = 300
 
 
 # -- the CLI pilot (fedmol pilot coordinator + fedmol pilot partner) --------------------------------
@@ -149,7 +149,8 @@ def run_federation(root: Path, csvs: dict, *, insecure: bool, partners: list[int
 def tls_cli_pilot(root: Path) -> dict:
     """TLS and SuperNode authentication, two partners with their own BBBP CSVs."""
     csvs = make_csvs(root / "csvs", Path(os.environ["FEDMOL_DATA_DIR"]))
-    return dict(run_federation(root, csvs, insecure=False, partners=[0, 1], **PATIENT), csvs=csvs)
+    return dict(run_federation(root, csvs, insecure=False, partners=[0, 1], round_deadline=PATIENT_S,
+                                connect_timeout=PATIENT_S), csvs=csvs)
 
 
 # -- fedmol pilot demo ------------------------------------------------------------------------------
@@ -181,8 +182,7 @@ def tls_demo(root: Path) -> dict:
                                                      "target-cols": "Class", "task": "classification"},
                   env={"PYTHONPATH": older_fedmol(root / "older", FAKE_VERSION)})]
     cfg = tiny(algorithm="fedavg")
-    pilot = run_demo(cfg, root / "pilot-run", round_timeout=PATIENT["round_deadline"],
-                     connect_timeout=PATIENT["connect_timeout"], record_inbox=True,
+    pilot = run_demo(cfg, root / "pilot-run", round_timeout=PATIENT_S, connect_timeout=PATIENT_S, record_inbox=True,
                      extra_sites=extra, log=lambda m: None)
     harness = run_federated(cfg, root / "harness-run", progress=False)
     return dict(out=str(root / "pilot-run"), pilot=pilot, harness=harness)
@@ -254,12 +254,13 @@ def lower_priority() -> None:
     """The in-process tests first: the federations (and every process they start) fill the idle core.
     This chain leads its own session (tests/conftest.py), and Linux's autogroup scheduling shares the
     CPU fairly between sessions whatever the niceness inside them: the session's own priority is
-    lowered too, where the kernel offers it (/proc/self/autogroup)."""
+    lowered too, where the kernel offers it (/proc/self/autogroup), to 10 rather than 19: at 19 a machine
+    busy with other work (a benchmark beside the tests) starved a short ``flwr`` command past its 120 s."""
     os.nice(10)
     if os.getsid(0) != os.getpid():  # run by hand, inside someone's session: leave that session's priority be
         return
     try:
-        Path("/proc/self/autogroup").write_text("19")
+        Path("/proc/self/autogroup").write_text("10")
     except OSError:  # not Linux, or no autogroup scheduling: niceness alone then decides
         pass
 
