@@ -102,13 +102,16 @@ def setting_row(per_seed: pd.DataFrame, gains: pd.DataFrame) -> dict:
 
 def _tables(results: Path, also: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(results_per_seed, partner_gains)`` of a suite's committed results, with the rows of another
-    suite's on the same grid (``also``) for the methods the first one did not run."""
+    suite's on the same grid (``also``) for the methods the first one did not run, in the settings
+    (dataset x alpha x devices) the first one ran."""
     per_seed, gains = (pd.read_csv(results / n) for n in ("results_per_seed.csv", "partner_gains.csv"))
     if also is not None:
         more, more_gains = (pd.read_csv(also / n) for n in ("results_per_seed.csv", "partner_gains.csv"))
-        mine = set(per_seed["method"])
-        per_seed = pd.concat([per_seed, more[~more["method"].isin(mine)]], ignore_index=True)
-        gains = pd.concat([gains, more_gains[~more_gains["method"].isin(mine)]], ignore_index=True)
+        key = ["dataset", "alpha", "devices"]
+        ran, mine = pd.MultiIndex.from_frame(per_seed[key].drop_duplicates()), set(per_seed["method"])
+        new = lambda t: ~t["method"].isin(mine) & pd.MultiIndex.from_frame(t[key]).isin(ran)  # noqa: E731
+        per_seed = pd.concat([per_seed, more[new(more)]], ignore_index=True)
+        gains = pd.concat([gains, more_gains[new(more_gains)]], ignore_index=True)
     return per_seed, gains
 
 
@@ -136,13 +139,13 @@ def _met(v) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| dataset | alpha | best federated (on validation) | test@partner | best local | vs best local | "
+    head = ("| dataset | alpha | devices | best federated (on validation) | test@partner | best local | vs best local | "
             "beat best local | target | met | Wilcoxon p | gap closed | target | met | best ensemble | "
             "ensemble | fed vs ensemble | p (seeds) | MB fed / ensemble |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append("| " + " | ".join([
-            str(r["dataset"]), f"{r['alpha']:g}", str(r.get("best_federated")), _f(r.get("test")),
+            str(r["dataset"]), f"{r['alpha']:g}", str(r["devices"]), str(r.get("best_federated")), _f(r.get("test")),
             _f(r.get("best_local")), _f(r.get("gain_vs_best_local"), "+.3f"),
             _f(r.get("beat_best_local"), ".0%") + f" of {r.get('pairs', 0)}", _f(r.get("share_target"), ".0%"),
             _met(r.get("share_met")), _f(r.get("wilcoxon_p"), ".2g"), _f(r.get("gap_closed"), ".0%"),
