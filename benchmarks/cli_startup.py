@@ -47,6 +47,7 @@ MAIN = "from fedmol.cli import main; main()"
 
 def _export(rev: str, into: Path) -> Path:
     """``fedmol/`` as of ``rev``, unpacked under ``into`` (read-only use of git: no checkout)."""
+    into.mkdir(parents=True, exist_ok=True)
     tar = into / "src.tar"
     with open(tar, "wb") as f:
         subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", rev, "fedmol"], stdout=f, check=True)

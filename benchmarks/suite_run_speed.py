@@ -47,7 +47,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import tomllib
@@ -56,6 +55,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from fedmol.jsonio import write_json  # noqa: E402  (this checkout's, whatever is installed)
+from cli_startup import _export  # noqa: E402  (benchmarks/, first on sys.path when run as a script)
 
 MAIN = "from fedmol.cli import main; main()"
 SUITE = REPO / "benchmarks" / "suites" / "standard.toml"
@@ -73,17 +73,6 @@ def _suite_settings(path: Path) -> dict:
     assert suite["devices"] == ["tiered"] and suite["faulty_links"][0] == 0.0, "expected the standard suite"
     return dict(run=suite["run"], hparams=suite["hparams"], threads=suite.get("threads", 1),
                 devices=suite["devices"][0])
-
-
-def _export(rev: str, into: Path) -> Path:
-    """``fedmol/`` as of ``rev``, unpacked under ``into`` (read-only use of git: no checkout)."""
-    into.mkdir(parents=True, exist_ok=True)
-    tar = into / "src.tar"
-    with open(tar, "wb") as f:
-        subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", rev, "fedmol"], stdout=f, check=True)
-    with tarfile.open(tar) as t:
-        t.extractall(into / "src", filter="data")
-    return into / "src"
 
 
 def _env(src: Path, cache: Path, data_dir: str) -> dict:
