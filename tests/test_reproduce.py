@@ -104,10 +104,11 @@ def test_federation_targets_reproduce_from_the_committed_results(tmp_path):
     assert json.loads((tmp_path / "targets.json").read_text()) == json.loads((src / "targets.json").read_text())
     assert (tmp_path / "targets.md").read_text() == (src / "targets.md").read_text()
     gains = pd.read_csv(src / "partner_gains.csv")
-    pairs = gains[(gains["dataset"] == "b3db_classification") & (gains["alpha"] == 100.0) & (gains["method"] == "fjord")]
+    pairs = gains[(gains["dataset"] == "b3db_classification") & (gains["alpha"] == 100.0)
+                  & (gains["devices"] == "tiered") & (gains["method"] == "fjord")]
     setting = next(r for r in json.loads((src / "targets.json").read_text())["settings"]
-                   if r["dataset"] == "b3db_classification" and r["alpha"] == 100.0)
-    assert setting["best_federated"] == "fjord" and setting["pairs"] == len(pairs) == 16
+                   if r["dataset"] == "b3db_classification" and r["alpha"] == 100.0 and r["devices"] == "tiered")
+    assert setting["best_federated"] == "fjord" and setting["pairs"] == len(pairs) == 24
     assert setting["beat_best_local"] == pytest.approx(float((pairs["gain_test_vs_best_local"] > 0).mean()))
 
 
