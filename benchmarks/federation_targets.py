@@ -109,7 +109,11 @@ def _tables(results: Path, also: Path | None = None) -> tuple[pd.DataFrame, pd.D
         more, more_gains = (pd.read_csv(also / n) for n in ("results_per_seed.csv", "partner_gains.csv"))
         key = ["dataset", "alpha", "devices"]
         ran, mine = pd.MultiIndex.from_frame(per_seed[key].drop_duplicates()), set(per_seed["method"])
-        new = lambda t: ~t["method"].isin(mine) & pd.MultiIndex.from_frame(t[key]).isin(ran)  # noqa: E731
+
+        def new(t: pd.DataFrame) -> pd.Series:
+            """Rows of a method the first suite did not run, in a setting it ran."""
+            return ~t["method"].isin(mine) & pd.MultiIndex.from_frame(t[key]).isin(ran)
+
         per_seed = pd.concat([per_seed, more[new(more)]], ignore_index=True)
         gains = pd.concat([gains, more_gains[new(more_gains)]], ignore_index=True)
     return per_seed, gains

@@ -49,11 +49,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from fedmol.fl.bench import load_suite  # noqa: E402
 from fedmol.jsonio import write_json  # noqa: E402  (this checkout's, whatever is installed)
 from cli_startup import _export  # noqa: E402  (benchmarks/, first on sys.path when run as a script)
 
@@ -68,18 +68,17 @@ PARTNER_SCORES = ("test", "valid")
 
 
 def _suite_settings(path: Path) -> dict:
-    """The suite's run settings, shared hparams, torch threads and device profile."""
-    suite = tomllib.loads(path.read_text())
-    assert suite["devices"] == ["tiered"] and suite["faulty_links"][0] == 0.0, "expected the standard suite"
-    return dict(run=suite["run"], hparams=suite["hparams"], threads=suite.get("threads", 1),
-                devices=suite["devices"][0])
+    """The suite's run settings, shared hparams, torch threads and device profile (read by fedmol's own
+    suite loader)."""
+    suite = load_suite(path)
+    assert suite.devices == ["tiered"] and suite.faulty_links[0] == 0.0, "expected the standard suite"
+    return dict(run=suite.run, hparams=suite.hparams, threads=suite.threads or 1, devices=suite.devices[0])
 
 
 def _env(src: Path, cache: Path, data_dir: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                FEDMOL_CACHE_DIR=str(cache), FEDMOL_DATA_DIR=data_dir, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                COLUMNS="120")
-    env.pop("FEDMOL_PILOT_FAKE_VERSION", None)
     return env
 
 
